@@ -1,0 +1,6 @@
+//! hearth-protocol: the sans-IO core of hearth.
+//!
+//! Pure functions and state machines only: no sockets, no files, no clocks (callers pass
+//! the time in), no async runtime. The daemon drives this crate; clients use [`api`].
+
+pub mod api;
