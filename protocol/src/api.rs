@@ -63,7 +63,7 @@ pub struct GroupSummary {
 }
 
 /// A member's role in a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Facilitator,
@@ -225,7 +225,10 @@ mod tests {
             default_socket_path(Some(Path::new("/run/user/1")), data),
             Path::new("/run/user/1/hearth/hearthd.sock")
         );
-        assert_eq!(default_socket_path(None, data), Path::new("/d/hearth/hearthd.sock"));
+        assert_eq!(
+            default_socket_path(None, data),
+            Path::new("/d/hearth/hearthd.sock")
+        );
     }
 
     #[test]

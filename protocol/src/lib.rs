@@ -4,3 +4,14 @@
 //! the time in), no async runtime. The daemon drives this crate; clients use [`api`].
 
 pub mod api;
+pub mod crypto;
+pub mod doc;
+pub mod envelope;
+pub mod group;
+pub mod identity;
+pub mod ids;
+pub mod invite;
+pub mod lockbox;
+pub mod membership;
+pub mod session;
+pub mod wire;

@@ -1,0 +1,177 @@
+//! The group's shared document: an automerge document mapped with autosurgeon.
+//!
+//! Every device writes with the fixed actor id of its member id, so each change is
+//! attributable to exactly one member and can be checked against that member's signed
+//! envelopes.
+
+use std::collections::BTreeMap;
+
+use automerge::{ActorId, AutoCommit, Change};
+use autosurgeon::{Hydrate, Reconcile, hydrate, reconcile};
+
+/// Longest group name accepted.
+pub const MAX_NAME_LEN: usize = 200;
+/// Longest purpose accepted (the practice asks for twelve words or fewer; this is a hard cap).
+pub const MAX_PURPOSE_LEN: usize = 1_000;
+/// Longest agreement text accepted.
+pub const MAX_AGREEMENT_LEN: usize = 4_000;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate)]
+pub struct GroupDoc {
+    #[autosurgeon(missing = "Default::default")]
+    pub name: String,
+    #[autosurgeon(missing = "Default::default")]
+    pub purpose: String,
+    /// Keyed by agreement id, so concurrent additions on different devices all survive.
+    #[autosurgeon(missing = "Default::default")]
+    pub agreements: BTreeMap<String, AgreementRecord>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Reconcile, Hydrate)]
+pub struct AgreementRecord {
+    pub text: String,
+    /// Member id (hex) of the author.
+    pub author: String,
+    /// Author's wall clock, seconds since the Unix epoch: for display only.
+    pub created_at: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DocError {
+    #[error("the group document does not have the expected shape: {0}")]
+    Shape(#[from] autosurgeon::HydrateError),
+    #[error("could not write to the group document: {0}")]
+    Write(#[from] autosurgeon::ReconcileError),
+    #[error("automerge rejected the data: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+}
+
+pub struct GroupDocument {
+    doc: AutoCommit,
+}
+
+impl GroupDocument {
+    pub fn new(actor: ActorId) -> GroupDocument {
+        GroupDocument {
+            doc: AutoCommit::new().with_actor(actor),
+        }
+    }
+
+    /// Loads a saved document (a snapshot) and writes as `actor` from now on.
+    pub fn load(saved: &[u8], actor: ActorId) -> Result<GroupDocument, DocError> {
+        let doc = AutoCommit::load(saved)?.with_actor(actor);
+        Ok(GroupDocument { doc })
+    }
+
+    pub fn read(&self) -> Result<GroupDoc, DocError> {
+        if self.doc.is_empty() {
+            return Ok(GroupDoc::default());
+        }
+        Ok(hydrate(&self.doc)?)
+    }
+
+    /// Applies `edit` to the current state and returns the automerge changes it made
+    /// (empty if it changed nothing).
+    pub fn edit(&mut self, edit: impl FnOnce(&mut GroupDoc)) -> Result<Vec<Change>, DocError> {
+        let before = self.doc.get_heads();
+        let mut state = self.read()?;
+        edit(&mut state);
+        reconcile(&mut self.doc, &state)?;
+        if self.doc.commit().is_none() {
+            return Ok(Vec::new());
+        }
+        Ok(self.doc.get_changes(&before))
+    }
+
+    /// Applies changes received from others, all at once (automerge is far faster in batch).
+    pub fn apply(&mut self, changes: Vec<Change>) -> Result<(), DocError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.doc.apply_changes_batch(changes)?;
+        Ok(())
+    }
+
+    pub fn save(&mut self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// Heads of the document, to compare two replicas.
+    pub fn heads(&mut self) -> Vec<automerge::ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// Whether `hash` is a change this document already holds.
+    pub fn has_change(&mut self, hash: &automerge::ChangeHash) -> bool {
+        self.doc.get_change_by_hash(hash).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor(n: u8) -> ActorId {
+        ActorId::from(&[n; 16][..])
+    }
+
+    #[test]
+    fn concurrent_agreements_both_survive() {
+        let mut a = GroupDocument::new(actor(1));
+        let base = a
+            .edit(|d| {
+                d.name = "Thursday circle".into();
+            })
+            .unwrap();
+        let mut b = GroupDocument::new(actor(2));
+        b.apply(base).unwrap();
+        let from_a = a
+            .edit(|d| {
+                d.agreements.insert(
+                    "a1".into(),
+                    AgreementRecord {
+                        text: "What is said here stays here".into(),
+                        author: "a".into(),
+                        created_at: 1,
+                    },
+                );
+            })
+            .unwrap();
+        let from_b = b
+            .edit(|d| {
+                d.agreements.insert(
+                    "b1".into(),
+                    AgreementRecord {
+                        text: "Phones away".into(),
+                        author: "b".into(),
+                        created_at: 2,
+                    },
+                );
+            })
+            .unwrap();
+        a.apply(from_b).unwrap();
+        b.apply(from_a).unwrap();
+        assert_eq!(a.read().unwrap(), b.read().unwrap());
+        assert_eq!(a.read().unwrap().agreements.len(), 2);
+    }
+
+    #[test]
+    fn edit_that_changes_nothing_makes_no_change() {
+        let mut a = GroupDocument::new(actor(1));
+        a.edit(|d| d.name = "x".into()).unwrap();
+        assert!(a.edit(|_| {}).unwrap().is_empty());
+    }
+
+    #[test]
+    fn save_load_round_trip() {
+        let mut a = GroupDocument::new(actor(1));
+        a.edit(|d| d.purpose = "Support each other".into()).unwrap();
+        let loaded = GroupDocument::load(&a.save(), actor(2)).unwrap();
+        assert_eq!(loaded.read().unwrap(), a.read().unwrap());
+    }
+
+    #[test]
+    fn garbage_snapshot_is_an_error() {
+        assert!(GroupDocument::load(b"not automerge", actor(1)).is_err());
+    }
+}

@@ -1,0 +1,358 @@
+//! Sealed, signed change envelopes: the unit every device appends to its per-group log.
+//!
+//! Layout (all integers big-endian), normative in docs/protocol.md:
+//!
+//! ```text
+//! header (109 bytes): version u8 | group_id [16] | epoch u32 | author [16] | seq u64
+//!                     | prev [32] | change_head [32]
+//! nonce [24] | ciphertext_len u32 | ciphertext | signature [64]
+//! ```
+//!
+//! The ciphertext is XChaCha20-Poly1305 under the epoch's envelope key, with the header
+//! as associated data. The signature (Ed25519, context `SIG_ENVELOPE`) covers header,
+//! nonce and ciphertext. `prev` is the hash of the author's previous envelope (zero for
+//! seq 1), so one verified signature on the newest envelope of a run authenticates the run.
+
+use rand_core::CryptoRngCore;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::api::Role;
+use crate::crypto::{self, SecretKey, TAG_LEN, XNONCE_LEN, labels};
+use crate::identity::{DeviceKeys, PublicIdentity};
+use crate::ids::{GroupId, MemberId};
+
+pub const FORMAT_VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 1 + 16 + 4 + 16 + 8 + 32 + 32;
+const SIG_LEN: usize = 64;
+/// Largest envelope accepted from anyone: one user action never needs more.
+pub const MAX_ENVELOPE_LEN: usize = 1 << 20;
+/// Most automerge changes one envelope may carry.
+pub const MAX_CHANGES_PER_ENVELOPE: usize = 4096;
+
+/// A 32-byte BLAKE3 hash (envelope hashes, automerge change hashes).
+pub type Hash = [u8; 32];
+pub const ZERO_HASH: Hash = [0u8; 32];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub version: u8,
+    pub group_id: GroupId,
+    pub epoch: u32,
+    pub author: MemberId,
+    pub seq: u64,
+    /// Hash of the author's previous envelope in this group, or zero for seq 1.
+    pub prev: Hash,
+    /// Hash of the author's newest automerge change once this envelope is applied
+    /// (zero if the author has made none).
+    pub change_head: Hash,
+}
+
+impl Header {
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        let mut w = Writer::new(&mut out);
+        w.put(&[self.version]);
+        w.put(self.group_id.as_bytes());
+        w.put(&self.epoch.to_be_bytes());
+        w.put(self.author.as_bytes());
+        w.put(&self.seq.to_be_bytes());
+        w.put(&self.prev);
+        w.put(&self.change_head);
+        out
+    }
+
+    fn from_bytes(b: &[u8; HEADER_LEN]) -> Header {
+        let mut r = Reader { buf: b, pos: 0 };
+        Header {
+            version: r.array::<1>()[0],
+            group_id: GroupId(r.array()),
+            epoch: u32::from_be_bytes(r.array()),
+            author: MemberId(r.array()),
+            seq: u64::from_be_bytes(r.array()),
+            prev: r.array(),
+            change_head: r.array(),
+        }
+    }
+}
+
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+impl<'a> Writer<'a> {
+    fn new(buf: &'a mut [u8]) -> Self {
+        Writer { buf, pos: 0 }
+    }
+    fn put(&mut self, bytes: &[u8]) {
+        self.buf[self.pos..self.pos + bytes.len()].copy_from_slice(bytes);
+        self.pos += bytes.len();
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+impl Reader<'_> {
+    /// Callers check the total length first, so this never reads past the end.
+    fn array<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        out.copy_from_slice(&self.buf[self.pos..self.pos + N]);
+        self.pos += N;
+        out
+    }
+}
+
+/// What is inside an envelope's ciphertext.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// A facilitator adds a member.
+    Add { member: PublicIdentity, role: Role },
+    /// Automerge changes made by the author, in causal order (one user action).
+    Changes { changes: Vec<Vec<u8>> },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvelopeError {
+    #[error("envelope is {0} bytes, outside the accepted range")]
+    BadLength(usize),
+    #[error("envelope format version {0} is not supported (this build speaks {FORMAT_VERSION})")]
+    Version(u8),
+    #[error("envelope length field does not match its size")]
+    Truncated,
+    #[error("envelope signature does not verify")]
+    BadSignature,
+    #[error("envelope does not decrypt under the epoch key")]
+    Decrypt,
+    #[error("envelope body is malformed")]
+    BadBody,
+}
+
+/// A sealed envelope, kept as its exact bytes (what was signed and hashed).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Envelope {
+    header: Header,
+    bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Envelope(author {}, seq {}, {} bytes)",
+            self.header.author,
+            self.header.seq,
+            self.bytes.len()
+        )
+    }
+}
+
+/// The key that seals envelope bodies of `group` at `epoch`.
+pub fn envelope_key(epoch_key: &SecretKey, group: &GroupId, epoch: u32) -> SecretKey {
+    crypto::derive_key(
+        epoch_key.expose(),
+        &[labels::ENVELOPE_KEY, group.as_bytes(), &epoch.to_be_bytes()],
+    )
+}
+
+impl Envelope {
+    /// Seals and signs `body` under `header` (whose version is set here).
+    pub fn seal(
+        keys: &DeviceKeys,
+        mut header: Header,
+        body: &Body,
+        epoch_key: &SecretKey,
+        rng: &mut impl CryptoRngCore,
+    ) -> Envelope {
+        header.version = FORMAT_VERSION;
+        let header_bytes = header.to_bytes();
+        let plaintext = Zeroizing::new(
+            postcard::to_stdvec(body).expect("serialising an in-memory body cannot fail"),
+        );
+        let key = envelope_key(epoch_key, &header.group_id, header.epoch);
+        let (nonce, ct) = crypto::seal(&key, &header_bytes, &plaintext, rng);
+        let mut bytes = Vec::with_capacity(HEADER_LEN + XNONCE_LEN + 4 + ct.len() + SIG_LEN);
+        bytes.extend_from_slice(&header_bytes);
+        bytes.extend_from_slice(&nonce);
+        let ct_len = u32::try_from(ct.len()).expect("bodies are far below 4 GiB");
+        bytes.extend_from_slice(&ct_len.to_be_bytes());
+        bytes.extend_from_slice(&ct);
+        let sig = keys.sign(labels::SIG_ENVELOPE, &bytes);
+        bytes.extend_from_slice(&sig);
+        Envelope { header, bytes }
+    }
+
+    /// Parses the framing of untrusted bytes. Checks nothing cryptographic.
+    pub fn decode(bytes: Vec<u8>) -> Result<Envelope, EnvelopeError> {
+        let min = HEADER_LEN + XNONCE_LEN + 4 + TAG_LEN + SIG_LEN;
+        if bytes.len() < min || bytes.len() > MAX_ENVELOPE_LEN {
+            return Err(EnvelopeError::BadLength(bytes.len()));
+        }
+        let header_bytes: &[u8; HEADER_LEN] = bytes[..HEADER_LEN]
+            .try_into()
+            .expect("length checked above");
+        let header = Header::from_bytes(header_bytes);
+        if header.version != FORMAT_VERSION {
+            return Err(EnvelopeError::Version(header.version));
+        }
+        let len_at = HEADER_LEN + XNONCE_LEN;
+        let ct_len = u32::from_be_bytes(
+            bytes[len_at..len_at + 4]
+                .try_into()
+                .expect("length checked above"),
+        ) as usize;
+        if len_at + 4 + ct_len + SIG_LEN != bytes.len() {
+            return Err(EnvelopeError::Truncated);
+        }
+        Ok(Envelope { header, bytes })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    /// The hash the author's next envelope names as `prev`: covers every byte, signature
+    /// included.
+    pub fn hash(&self) -> Hash {
+        blake3::derive_key(labels::ENVELOPE_HASH, &self.bytes)
+    }
+
+    fn signature(&self) -> &[u8; 64] {
+        self.bytes[self.bytes.len() - SIG_LEN..]
+            .try_into()
+            .expect("decode checked the length")
+    }
+
+    /// Checks the author's signature.
+    pub fn verify(&self, author: &PublicIdentity) -> Result<(), EnvelopeError> {
+        let signed = &self.bytes[..self.bytes.len() - SIG_LEN];
+        author
+            .verify(labels::SIG_ENVELOPE, signed, self.signature())
+            .map_err(|_| EnvelopeError::BadSignature)
+    }
+
+    /// Decrypts and decodes the body. Call only after the signature (or the hash chain up to a
+    /// verified signature) has been checked.
+    pub fn open(&self, epoch_key: &SecretKey) -> Result<Body, EnvelopeError> {
+        let nonce: [u8; XNONCE_LEN] = self.bytes[HEADER_LEN..HEADER_LEN + XNONCE_LEN]
+            .try_into()
+            .expect("decode checked the length");
+        let ct = &self.bytes[HEADER_LEN + XNONCE_LEN + 4..self.bytes.len() - SIG_LEN];
+        let key = envelope_key(epoch_key, &self.header.group_id, self.header.epoch);
+        let plaintext = crypto::open(&key, &self.bytes[..HEADER_LEN], &nonce, ct)
+            .map_err(|_| EnvelopeError::Decrypt)?;
+        let body: Body = postcard::from_bytes(&plaintext).map_err(|_| EnvelopeError::BadBody)?;
+        if let Body::Changes { changes } = &body
+            && changes.len() > MAX_CHANGES_PER_ENVELOPE
+        {
+            return Err(EnvelopeError::BadBody);
+        }
+        Ok(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand_core::OsRng;
+
+    fn header(author: MemberId) -> Header {
+        Header {
+            version: FORMAT_VERSION,
+            group_id: GroupId([3; 16]),
+            epoch: 0,
+            author,
+            seq: 1,
+            prev: ZERO_HASH,
+            change_head: ZERO_HASH,
+        }
+    }
+
+    fn sample() -> (DeviceKeys, SecretKey, Envelope, Body) {
+        let keys = DeviceKeys::generate(&mut OsRng);
+        let epoch_key = SecretKey::random(&mut OsRng);
+        let body = Body::Changes {
+            changes: vec![b"change".to_vec()],
+        };
+        let env = Envelope::seal(
+            &keys,
+            header(keys.member_id()),
+            &body,
+            &epoch_key,
+            &mut OsRng,
+        );
+        (keys, epoch_key, env, body)
+    }
+
+    #[test]
+    fn seal_verify_open_round_trip() {
+        let (keys, epoch_key, env, body) = sample();
+        let decoded = Envelope::decode(env.as_bytes().to_vec()).unwrap();
+        decoded.verify(&keys.public()).unwrap();
+        assert_eq!(decoded.open(&epoch_key).unwrap(), body);
+        assert_eq!(decoded.hash(), env.hash());
+    }
+
+    #[test]
+    fn every_flipped_byte_is_caught() {
+        let (keys, epoch_key, env, _) = sample();
+        for i in 0..env.as_bytes().len() {
+            let mut bytes = env.as_bytes().to_vec();
+            bytes[i] ^= 0x01;
+            let ok = Envelope::decode(bytes)
+                .ok()
+                .filter(|e| e.verify(&keys.public()).is_ok())
+                .and_then(|e| e.open(&epoch_key).ok());
+            assert!(ok.is_none(), "flip at byte {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn other_signer_and_other_key_fail() {
+        let (_, epoch_key, env, _) = sample();
+        let stranger = DeviceKeys::generate(&mut OsRng);
+        assert_eq!(
+            env.verify(&stranger.public()),
+            Err(EnvelopeError::BadSignature)
+        );
+        assert_eq!(
+            env.open(&SecretKey::random(&mut OsRng)),
+            Err(EnvelopeError::Decrypt)
+        );
+        let _ = epoch_key;
+    }
+
+    #[test]
+    fn plaintext_does_not_appear_in_envelope() {
+        let keys = DeviceKeys::generate(&mut OsRng);
+        let epoch_key = SecretKey::random(&mut OsRng);
+        let marker = b"MARKER-plaintext-7731";
+        let env = Envelope::seal(
+            &keys,
+            header(keys.member_id()),
+            &Body::Changes {
+                changes: vec![marker.to_vec()],
+            },
+            &epoch_key,
+            &mut OsRng,
+        );
+        assert!(!env.as_bytes().windows(marker.len()).any(|w| w == marker));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = Envelope::decode(bytes);
+        }
+    }
+}

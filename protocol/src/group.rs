@@ -1,0 +1,715 @@
+//! One group's replicated state, and the rules for accepting envelopes into it.
+//!
+//! A [`Group`] holds the root of trust ([`GroupInfo`]), the epoch keys this device has,
+//! the head of every member's log (the version vector), the membership derived from the
+//! logs and the automerge document. [`Group::ingest`] is the only way anything from a
+//! peer, or from this device's own store, changes that state.
+
+use std::collections::BTreeMap;
+
+use rand_core::CryptoRngCore;
+
+use crate::api::Role;
+use crate::crypto::{SecretKey, XNONCE_LEN};
+use crate::doc::{self, AgreementRecord, GroupDoc, GroupDocument};
+use crate::envelope::{Body, Envelope, Hash, Header, ZERO_HASH};
+use crate::identity::{DeviceKeys, PublicIdentity};
+use crate::ids::{GroupId, MemberId};
+use crate::membership::{GroupInfo, Membership};
+
+/// Most envelopes held back (waiting for an earlier envelope or for their author's add).
+pub const MAX_PENDING: usize = 50_000;
+
+/// The newest envelope of one author that this device has accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogHead {
+    pub seq: u64,
+    pub hash: Hash,
+    pub change_head: Hash,
+}
+
+/// author -> (highest sequence number, hash of that envelope).
+pub type VersionVector = BTreeMap<MemberId, (u64, Hash)>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("{what} is too long ({len} characters; at most {max})")]
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    #[error("only a facilitator can do that")]
+    NotFacilitator,
+    #[error("this device is not a member of the group")]
+    NotMember,
+    #[error("no key for epoch {0}")]
+    NoEpochKey(u32),
+    #[error("the group's root of trust does not check out (group id does not match its creator)")]
+    NotAuthentic,
+    #[error(transparent)]
+    Doc(#[from] doc::DocError),
+    #[error("this device's own envelope was not accepted: {0}")]
+    OwnEnvelope(String),
+}
+
+/// What [`Group::ingest`] did with a batch.
+#[derive(Debug, Default)]
+pub struct Ingested {
+    /// Newly accepted envelopes, each author's in sequence order: store and forward these.
+    pub accepted: Vec<Envelope>,
+    /// Envelopes dropped: wrong group, bad signature, broken hash chain, or over the cap.
+    pub rejected: usize,
+    /// Accepted envelopes whose content had no effect (undecryptable body, changes
+    /// attributed to someone else, an add by a non-facilitator).
+    pub ineffective: usize,
+}
+
+pub struct Group {
+    info: GroupInfo,
+    membership: Membership,
+    epoch_keys: BTreeMap<u32, SecretKey>,
+    heads: BTreeMap<MemberId, LogHead>,
+    doc: GroupDocument,
+    pending: BTreeMap<(MemberId, u64), Envelope>,
+}
+
+fn check_text(
+    what: &'static str,
+    text: &str,
+    max: usize,
+    allow_empty: bool,
+) -> Result<(), GroupError> {
+    let len = text.chars().count();
+    if !allow_empty && text.trim().is_empty() {
+        return Err(GroupError::Empty(what));
+    }
+    if len > max {
+        return Err(GroupError::TooLong { what, len, max });
+    }
+    Ok(())
+}
+
+impl Group {
+    /// Creates a new group with this device as creator and facilitator. Returns the group
+    /// and its first envelope (the document's initial state), which the caller must store.
+    pub fn create(
+        me: &DeviceKeys,
+        name: &str,
+        purpose: &str,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(Group, SecretKey, Envelope), GroupError> {
+        check_text("the group name", name, doc::MAX_NAME_LEN, false)?;
+        check_text("the purpose", purpose, doc::MAX_PURPOSE_LEN, true)?;
+        let mut nonce = [0u8; 16];
+        rng.fill_bytes(&mut nonce);
+        let info = GroupInfo {
+            group_id: GroupId::derive(&me.public().signing, &nonce),
+            creator: me.public(),
+            nonce,
+        };
+        let epoch_key = SecretKey::random(rng);
+        let mut group = Group::restore(info, [(0, epoch_key.clone())], None, me.member_id())?;
+        let env = group
+            .edit(me, rng, |d| {
+                d.name = name.to_owned();
+                d.purpose = purpose.to_owned();
+            })?
+            .ok_or_else(|| GroupError::OwnEnvelope("initial state made no change".into()))?;
+        Ok((group, epoch_key, env))
+    }
+
+    /// Rebuilds a group from what the store holds: its root, its epoch keys and, for a
+    /// member who joined, the snapshot it joined with. Feed the stored envelopes to
+    /// [`Group::ingest`] afterwards.
+    pub fn restore(
+        info: GroupInfo,
+        epoch_keys: impl IntoIterator<Item = (u32, SecretKey)>,
+        snapshot: Option<&[u8]>,
+        me: MemberId,
+    ) -> Result<Group, GroupError> {
+        if !info.is_authentic() {
+            return Err(GroupError::NotAuthentic);
+        }
+        let doc = match snapshot {
+            Some(bytes) => GroupDocument::load(bytes, me.actor_id())?,
+            None => GroupDocument::new(me.actor_id()),
+        };
+        Ok(Group {
+            membership: Membership::new(&info),
+            info,
+            epoch_keys: epoch_keys.into_iter().collect(),
+            heads: BTreeMap::new(),
+            doc,
+            pending: BTreeMap::new(),
+        })
+    }
+
+    pub fn id(&self) -> GroupId {
+        self.info.group_id
+    }
+
+    pub fn info(&self) -> &GroupInfo {
+        &self.info
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// The newest epoch this device holds a key for.
+    pub fn current_epoch(&self) -> u32 {
+        self.epoch_keys.keys().next_back().copied().unwrap_or(0)
+    }
+
+    pub fn epoch_key(&self, epoch: u32) -> Option<&SecretKey> {
+        self.epoch_keys.get(&epoch)
+    }
+
+    pub fn read(&self) -> Result<GroupDoc, GroupError> {
+        Ok(self.doc.read()?)
+    }
+
+    /// A saved copy of the document, for a joining member.
+    pub fn snapshot(&mut self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    pub fn version_vector(&self) -> VersionVector {
+        self.heads
+            .iter()
+            .map(|(a, h)| (*a, (h.seq, h.hash)))
+            .collect()
+    }
+
+    pub fn head(&self, author: &MemberId) -> Option<&LogHead> {
+        self.heads.get(author)
+    }
+
+    /// For each author, the sequence numbers we hold that `theirs` lacks.
+    pub fn missing_for(
+        &self,
+        theirs: &VersionVector,
+    ) -> Vec<(MemberId, std::ops::RangeInclusive<u64>)> {
+        self.heads
+            .iter()
+            .filter_map(|(author, head)| {
+                let their_seq = theirs.get(author).map_or(0, |(s, _)| *s);
+                (head.seq > their_seq).then(|| (*author, their_seq + 1..=head.seq))
+            })
+            .collect()
+    }
+
+    /// Adds an agreement written by this device. Returns its id and the envelope to store.
+    pub fn add_agreement(
+        &mut self,
+        me: &DeviceKeys,
+        text: &str,
+        now_unix: i64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(String, Envelope), GroupError> {
+        check_text("the agreement", text, doc::MAX_AGREEMENT_LEN, false)?;
+        let mut raw = [0u8; 8];
+        rng.fill_bytes(&mut raw);
+        let id = hex::encode(raw);
+        let record = AgreementRecord {
+            text: text.to_owned(),
+            author: me.member_id().to_hex(),
+            created_at: now_unix,
+        };
+        let env = self
+            .edit(me, rng, |d| {
+                d.agreements.insert(id.clone(), record);
+            })?
+            .ok_or_else(|| GroupError::OwnEnvelope("agreement made no change".into()))?;
+        Ok((id, env))
+    }
+
+    /// A facilitator on this device adds a member. Returns the envelope to store.
+    pub fn add_member(
+        &mut self,
+        me: &DeviceKeys,
+        member: PublicIdentity,
+        role: Role,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Envelope, GroupError> {
+        match self.membership.get(&me.member_id()) {
+            Some(m) if m.role == Role::Facilitator => {}
+            Some(_) => return Err(GroupError::NotFacilitator),
+            None => return Err(GroupError::NotMember),
+        }
+        self.append_own(me, Body::Add { member, role }, rng)
+    }
+
+    fn edit(
+        &mut self,
+        me: &DeviceKeys,
+        rng: &mut impl CryptoRngCore,
+        edit: impl FnOnce(&mut GroupDoc),
+    ) -> Result<Option<Envelope>, GroupError> {
+        if !self.membership.is_member(&me.member_id()) {
+            return Err(GroupError::NotMember);
+        }
+        let changes = self.doc.edit(edit)?;
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        let changes = changes
+            .into_iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect();
+        self.append_own(me, Body::Changes { changes }, rng)
+            .map(Some)
+    }
+
+    /// Seals `body` as this device's next envelope and runs it through [`Group::ingest`],
+    /// the same path every peer's envelope takes.
+    fn append_own(
+        &mut self,
+        me: &DeviceKeys,
+        body: Body,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Envelope, GroupError> {
+        let author = me.member_id();
+        let epoch = self.current_epoch();
+        let key = self
+            .epoch_keys
+            .get(&epoch)
+            .ok_or(GroupError::NoEpochKey(epoch))?
+            .clone();
+        let prior = self.heads.get(&author).copied();
+        let change_head = match &body {
+            Body::Changes { changes } => changes
+                .last()
+                .and_then(|c| automerge::Change::from_bytes(c.clone()).ok())
+                .map(|c| c.hash().0)
+                .unwrap_or(ZERO_HASH),
+            Body::Add { .. } => prior.map_or(ZERO_HASH, |h| h.change_head),
+        };
+        let header = Header {
+            version: 0,
+            group_id: self.info.group_id,
+            epoch,
+            author,
+            seq: prior.map_or(1, |h| h.seq + 1),
+            prev: prior.map_or(ZERO_HASH, |h| h.hash),
+            change_head,
+        };
+        let env = Envelope::seal(me, header, &body, &key, rng);
+        let result = self.ingest(vec![env.clone()]);
+        if result.accepted.len() != 1 || result.ineffective != 0 {
+            return Err(GroupError::OwnEnvelope(format!("{result:?}")));
+        }
+        Ok(env)
+    }
+
+    /// Checks and applies envelopes from anywhere (a peer, or this device's store).
+    ///
+    /// An author's envelopes are accepted as a contiguous run continuing its log: each
+    /// names the previous one's hash, and one verified signature on the newest envelope of
+    /// the run authenticates the whole run. Envelopes that cannot be checked yet (a gap
+    /// in the log, or an author not yet known to be a member) wait in a bounded buffer.
+    /// Automerge changes from the whole batch are applied in one call.
+    pub fn ingest(&mut self, envelopes: Vec<Envelope>) -> Ingested {
+        let mut out = Ingested::default();
+        for env in envelopes {
+            let h = env.header();
+            if h.group_id != self.info.group_id || h.seq == 0 {
+                out.rejected += 1;
+                continue;
+            }
+            let known = self.heads.get(&h.author).map_or(0, |x| x.seq);
+            if h.seq <= known {
+                continue; // already have it
+            }
+            if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(&(h.author, h.seq)) {
+                out.rejected += 1;
+                continue;
+            }
+            self.pending.insert((h.author, h.seq), env);
+        }
+
+        let mut changes = Vec::new();
+        loop {
+            let mut progress = false;
+            let authors: Vec<MemberId> = {
+                let mut a: Vec<MemberId> = self.pending.keys().map(|(a, _)| *a).collect();
+                a.dedup();
+                a
+            };
+            for author in authors {
+                let Some(identity) = self.membership.get(&author).map(|m| m.identity) else {
+                    continue;
+                };
+                let run = self.take_verified_run(author, &identity, &mut out);
+                for env in run {
+                    self.apply_accepted(&env, &mut changes, &mut out);
+                    out.accepted.push(env);
+                    progress = true;
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        if let Err(e) = self.doc.apply(changes) {
+            // Changes already passed per-change parsing; automerge refusing them here would
+            // be a bug or a hostile member's malformed op: it is counted, never fatal.
+            let _ = e;
+            out.ineffective += 1;
+        }
+        out
+    }
+
+    /// Removes from `pending` the longest run of `author`'s envelopes that continues its
+    /// log and is covered by a valid signature; drops any that break the chain or follow
+    /// the last valid signature.
+    fn take_verified_run(
+        &mut self,
+        author: MemberId,
+        identity: &PublicIdentity,
+        out: &mut Ingested,
+    ) -> Vec<Envelope> {
+        let head = self.heads.get(&author).copied();
+        // Drop stale entries left behind by an earlier batch.
+        let stale: Vec<u64> = self
+            .pending
+            .range((author, 0)..=(author, head.map_or(0, |h| h.seq)))
+            .map(|((_, s), _)| *s)
+            .collect();
+        for s in stale {
+            self.pending.remove(&(author, s));
+        }
+        let mut seq = head.map_or(1, |h| h.seq + 1);
+        let mut prev = head.map_or(ZERO_HASH, |h| h.hash);
+        let mut run = Vec::new();
+        while let Some(env) = self.pending.get(&(author, seq)) {
+            if env.header().prev != prev {
+                // A fork or a forgery: the author's log cannot continue through it.
+                self.pending.remove(&(author, seq));
+                out.rejected += 1;
+                break;
+            }
+            prev = env.hash();
+            run.push(seq);
+            seq += 1;
+        }
+        if run.is_empty() {
+            return Vec::new();
+        }
+        let mut envs: Vec<Envelope> = run
+            .iter()
+            .filter_map(|s| self.pending.remove(&(author, *s)))
+            .collect();
+        // Fast path: one signature over the newest envelope covers the run by hash chain.
+        let last_ok = envs.last().is_some_and(|e| e.verify(identity).is_ok());
+        if !last_ok {
+            // Find the newest envelope with a valid signature; everything after it goes.
+            let keep = envs
+                .iter()
+                .rposition(|e| e.verify(identity).is_ok())
+                .map_or(0, |i| i + 1);
+            out.rejected += envs.len() - keep;
+            envs.truncate(keep);
+        }
+        envs
+    }
+
+    fn apply_accepted(
+        &mut self,
+        env: &Envelope,
+        changes: &mut Vec<automerge::Change>,
+        out: &mut Ingested,
+    ) {
+        let h = *env.header();
+        let prior_change_head = self
+            .heads
+            .get(&h.author)
+            .map_or(ZERO_HASH, |x| x.change_head);
+        self.heads.insert(
+            h.author,
+            LogHead {
+                seq: h.seq,
+                hash: env.hash(),
+                change_head: h.change_head,
+            },
+        );
+        let Some(key) = self.epoch_keys.get(&h.epoch) else {
+            out.ineffective += 1;
+            return;
+        };
+        let Ok(body) = env.open(key) else {
+            out.ineffective += 1;
+            return;
+        };
+        match body {
+            Body::Add { member, role } => {
+                self.membership.record_add(h.author, member, role);
+                if h.change_head != prior_change_head {
+                    out.ineffective += 1;
+                }
+            }
+            Body::Changes { changes: raw } => {
+                let actor = h.author.actor_id();
+                let parsed: Option<Vec<automerge::Change>> = raw
+                    .into_iter()
+                    .map(|bytes| automerge::Change::from_bytes(bytes).ok())
+                    .collect();
+                let valid = parsed.filter(|cs| {
+                    !cs.is_empty()
+                        && cs.iter().all(|c| c.actor_id() == &actor)
+                        && cs.last().is_some_and(|c| c.hash().0 == h.change_head)
+                });
+                match valid {
+                    Some(cs) => changes.extend(cs),
+                    None => out.ineffective += 1,
+                }
+            }
+        }
+    }
+}
+
+/// Seals a snapshot for a joining member under the epoch's snapshot key.
+pub fn seal_snapshot(
+    epoch_key: &SecretKey,
+    group_id: &GroupId,
+    epoch: u32,
+    snapshot: &[u8],
+    rng: &mut impl CryptoRngCore,
+) -> Vec<u8> {
+    let key = snapshot_key(epoch_key, group_id, epoch);
+    let (nonce, ct) = crate::crypto::seal(&key, &snapshot_aad(group_id, epoch), snapshot, rng);
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&ct);
+    out
+}
+
+pub fn open_snapshot(
+    epoch_key: &SecretKey,
+    group_id: &GroupId,
+    epoch: u32,
+    sealed: &[u8],
+) -> Result<zeroize::Zeroizing<Vec<u8>>, crate::crypto::OpenError> {
+    if sealed.len() < XNONCE_LEN {
+        return Err(crate::crypto::OpenError);
+    }
+    let (nonce, ct) = sealed.split_at(XNONCE_LEN);
+    let nonce: [u8; XNONCE_LEN] = nonce.try_into().map_err(|_| crate::crypto::OpenError)?;
+    let key = snapshot_key(epoch_key, group_id, epoch);
+    crate::crypto::open(&key, &snapshot_aad(group_id, epoch), &nonce, ct)
+}
+
+fn snapshot_key(epoch_key: &SecretKey, group_id: &GroupId, epoch: u32) -> SecretKey {
+    crate::crypto::derive_key(
+        epoch_key.expose(),
+        &[
+            crate::crypto::labels::SNAPSHOT_KEY,
+            group_id.as_bytes(),
+            &epoch.to_be_bytes(),
+        ],
+    )
+}
+
+fn snapshot_aad(group_id: &GroupId, epoch: u32) -> Vec<u8> {
+    let mut ad = group_id.as_bytes().to_vec();
+    ad.extend_from_slice(&epoch.to_be_bytes());
+    ad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand_core::OsRng;
+
+    struct Device {
+        keys: DeviceKeys,
+        group: Group,
+    }
+
+    /// A creator plus `n` members who joined from a snapshot, each with all envelopes.
+    fn setup(n: usize) -> (Vec<Device>, Vec<Envelope>) {
+        let a = DeviceKeys::generate(&mut OsRng);
+        let (mut ga, key, first) = Group::create(&a, "Circle", "Support", &mut OsRng).unwrap();
+        let mut log = vec![first];
+        let mut others = Vec::new();
+        for _ in 0..n {
+            let k = DeviceKeys::generate(&mut OsRng);
+            log.push(
+                ga.add_member(&a, k.public(), Role::Member, &mut OsRng)
+                    .unwrap(),
+            );
+            others.push(k);
+        }
+        let snap = ga.snapshot();
+        let mut devices = vec![Device { keys: a, group: ga }];
+        for k in others {
+            let mut g = Group::restore(
+                *devices[0].group.info(),
+                [(0, key.clone())],
+                Some(&snap),
+                k.member_id(),
+            )
+            .unwrap();
+            let r = g.ingest(log.clone());
+            assert_eq!(r.accepted.len(), log.len());
+            devices.push(Device { keys: k, group: g });
+        }
+        (devices, log)
+    }
+
+    #[test]
+    fn members_write_and_converge() {
+        let (mut d, mut log) = setup(2);
+        for i in 0..3 {
+            let dev = &mut d[i];
+            let (_, env) = dev
+                .group
+                .add_agreement(&dev.keys, &format!("agreement {i}"), 0, &mut OsRng)
+                .unwrap();
+            log.push(env);
+        }
+        for dev in &mut d {
+            dev.group.ingest(log.clone());
+        }
+        let views: Vec<GroupDoc> = d.iter().map(|x| x.group.read().unwrap()).collect();
+        assert_eq!(views[0].agreements.len(), 3);
+        assert!(views.iter().all(|v| v == &views[0]));
+        assert_eq!(d[1].group.version_vector(), d[2].group.version_vector());
+    }
+
+    #[test]
+    fn stranger_envelopes_are_not_applied() {
+        let (mut d, _) = setup(1);
+        // A stranger with the epoch key (say, a leaked key) but no membership.
+        let stranger = DeviceKeys::generate(&mut OsRng);
+        let key = d[0].group.epoch_key(0).unwrap().clone();
+        let header = Header {
+            version: 0,
+            group_id: d[0].group.id(),
+            epoch: 0,
+            author: stranger.member_id(),
+            seq: 1,
+            prev: ZERO_HASH,
+            change_head: ZERO_HASH,
+        };
+        let env = Envelope::seal(
+            &stranger,
+            header,
+            &Body::Add {
+                member: stranger.public(),
+                role: Role::Facilitator,
+            },
+            &key,
+            &mut OsRng,
+        );
+        let r = d[1].group.ingest(vec![env]);
+        assert!(r.accepted.is_empty());
+        assert!(!d[1].group.membership().is_member(&stranger.member_id()));
+    }
+
+    #[test]
+    fn tampered_envelope_is_rejected_and_not_applied() {
+        let (mut d, _) = setup(1);
+        let (a, rest) = d.split_at_mut(1);
+        let (_, env) = a[0]
+            .group
+            .add_agreement(&a[0].keys, "no phones", 0, &mut OsRng)
+            .unwrap();
+        let mut bytes = env.as_bytes().to_vec();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        let forged = Envelope::decode(bytes).unwrap();
+        let r = rest[0].group.ingest(vec![forged]);
+        assert_eq!(r.rejected, 1);
+        assert!(r.accepted.is_empty());
+        assert!(rest[0].group.read().unwrap().agreements.is_empty());
+        // The genuine envelope still goes through afterwards.
+        assert_eq!(rest[0].group.ingest(vec![env]).accepted.len(), 1);
+    }
+
+    #[test]
+    fn member_cannot_pass_off_changes_as_anothers() {
+        let (mut d, _) = setup(1);
+        // b edits with a's actor id: the envelope verifies (b signed it) but its changes
+        // are attributed to a, so they must not apply.
+        let a_id = d[0].keys.member_id();
+        let mut forged_doc = GroupDocument::load(&d[1].group.snapshot(), a_id.actor_id()).unwrap();
+        let changes = forged_doc
+            .edit(|g| g.purpose = "hijacked".into())
+            .unwrap()
+            .into_iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect();
+        let b = &d[1];
+        let env = {
+            let key = b.group.epoch_key(0).unwrap().clone();
+            let header = Header {
+                version: 0,
+                group_id: b.group.id(),
+                epoch: 0,
+                author: b.keys.member_id(),
+                seq: 1,
+                prev: ZERO_HASH,
+                change_head: ZERO_HASH,
+            };
+            Envelope::seal(
+                &b.keys,
+                header,
+                &Body::Changes { changes },
+                &key,
+                &mut OsRng,
+            )
+        };
+        let r = d[0].group.ingest(vec![env]);
+        assert_eq!(r.ineffective, 1);
+        assert_eq!(d[0].group.read().unwrap().purpose, "Support");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Any interleaving and duplication of the same envelopes gives the same state.
+        #[test]
+        fn any_delivery_order_converges(seed in any::<u64>(), dup in 0usize..3) {
+            let (mut d, mut log) = setup(2);
+            for round in 0..2 {
+                for i in 0..d.len() {
+                    let dev = &mut d[i];
+                    let (_, env) = dev.group
+                        .add_agreement(&dev.keys, &format!("r{round} by {i}"), 0, &mut OsRng)
+                        .unwrap();
+                    log.push(env);
+                }
+            }
+            let a = &d[0];
+            let mut fresh = Group::restore(
+                *a.group.info(),
+                [(0, a.group.epoch_key(0).unwrap().clone())],
+                None,
+                DeviceKeys::generate(&mut OsRng).member_id(),
+            ).unwrap();
+            let mut shuffled: Vec<Envelope> = log.iter().cycle().take(log.len() * (dup + 1)).cloned().collect();
+            let mut s = seed;
+            for i in (1..shuffled.len()).rev() {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                shuffled.swap(i, (s >> 33) as usize % (i + 1));
+            }
+            // Deliver in a few uneven batches.
+            for chunk in shuffled.chunks(5) {
+                fresh.ingest(chunk.to_vec());
+            }
+            let mut reference = Group::restore(
+                *a.group.info(),
+                [(0, a.group.epoch_key(0).unwrap().clone())],
+                None,
+                DeviceKeys::generate(&mut OsRng).member_id(),
+            ).unwrap();
+            reference.ingest(log.clone());
+            prop_assert_eq!(fresh.read().unwrap(), reference.read().unwrap());
+            prop_assert_eq!(fresh.version_vector(), reference.version_vector());
+            prop_assert_eq!(fresh.read().unwrap().agreements.len(), 6);
+        }
+    }
+}

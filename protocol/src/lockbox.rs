@@ -1,0 +1,200 @@
+//! Lockboxes: an epoch key delivered to one member.
+//!
+//! The sender makes an ephemeral X25519 key, agrees with the recipient's X25519 key,
+//! derives a one-time key with HKDF (context: group id, epoch, both public keys) and seals
+//! the epoch key with ChaCha20-Poly1305 under a zero nonce (safe: the key is never reused).
+//! The sender signs the whole lockbox, so a recipient knows which member handed it the key.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce};
+use rand_core::CryptoRngCore;
+use serde::{Deserialize, Serialize};
+use x25519_dalek::{EphemeralSecret, PublicKey as DhPublic};
+use zeroize::Zeroizing;
+
+use crate::crypto::{self, SecretKey, labels};
+use crate::identity::{DeviceKeys, PublicIdentity};
+use crate::ids::{GroupId, MemberId};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lockbox {
+    pub group_id: GroupId,
+    pub epoch: u32,
+    pub sender: MemberId,
+    pub recipient: MemberId,
+    pub ephemeral: [u8; 32],
+    /// 32-byte epoch key + 16-byte tag.
+    pub ciphertext: Vec<u8>,
+    #[serde(with = "serde_big_array")]
+    pub signature: [u8; 64],
+}
+
+/// serde supports arrays up to 32 natively; signatures are 64 bytes.
+pub(crate) mod serde_big_array {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+        let v: &[u8] = Deserialize::deserialize(d)?;
+        v.try_into()
+            .map_err(|_| serde::de::Error::invalid_length(v.len(), &"64 bytes"))
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LockboxError {
+    #[error("lockbox is addressed to another member")]
+    NotForUs,
+    #[error("lockbox signature does not verify")]
+    BadSignature,
+    #[error("lockbox does not open with our key")]
+    Decrypt,
+}
+
+impl Lockbox {
+    pub fn seal(
+        sender: &DeviceKeys,
+        recipient: &PublicIdentity,
+        group_id: GroupId,
+        epoch: u32,
+        epoch_key: &SecretKey,
+        rng: &mut impl CryptoRngCore,
+    ) -> Lockbox {
+        let eph = EphemeralSecret::random_from_rng(&mut *rng);
+        let eph_public = DhPublic::from(&eph).to_bytes();
+        let shared = Zeroizing::new(
+            eph.diffie_hellman(&DhPublic::from(recipient.agreement))
+                .to_bytes(),
+        );
+        let key = box_key(&shared, &group_id, epoch, &eph_public, &recipient.agreement);
+        let mut lockbox = Lockbox {
+            group_id,
+            epoch,
+            sender: sender.member_id(),
+            recipient: recipient.member_id(),
+            ephemeral: eph_public,
+            ciphertext: Vec::new(),
+            signature: [0; 64],
+        };
+        lockbox.ciphertext = ChaCha20Poly1305::new(key.expose().into())
+            .encrypt(
+                &Nonce::default(),
+                Payload {
+                    msg: epoch_key.expose(),
+                    aad: &lockbox.aad(),
+                },
+            )
+            .expect("ChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
+        lockbox.signature = sender.sign(labels::SIG_LOCKBOX, &lockbox.signed_bytes());
+        lockbox
+    }
+
+    /// Checks the sender's signature, then opens the lockbox with our keys.
+    pub fn open(
+        &self,
+        me: &DeviceKeys,
+        sender: &PublicIdentity,
+    ) -> Result<SecretKey, LockboxError> {
+        if self.recipient != me.member_id() {
+            return Err(LockboxError::NotForUs);
+        }
+        if sender.member_id() != self.sender {
+            return Err(LockboxError::BadSignature);
+        }
+        sender
+            .verify(labels::SIG_LOCKBOX, &self.signed_bytes(), &self.signature)
+            .map_err(|_| LockboxError::BadSignature)?;
+        let shared = me.agree(&self.ephemeral);
+        let key = box_key(
+            &shared,
+            &self.group_id,
+            self.epoch,
+            &self.ephemeral,
+            &me.public().agreement,
+        );
+        let plain = ChaCha20Poly1305::new(key.expose().into())
+            .decrypt(
+                &Nonce::default(),
+                Payload {
+                    msg: &self.ciphertext,
+                    aad: &self.aad(),
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| LockboxError::Decrypt)?;
+        let bytes: [u8; 32] = plain[..].try_into().map_err(|_| LockboxError::Decrypt)?;
+        Ok(SecretKey::from_bytes(bytes))
+    }
+
+    fn aad(&self) -> Vec<u8> {
+        let mut ad = Vec::with_capacity(16 + 4 + 16 + 16);
+        ad.extend_from_slice(self.group_id.as_bytes());
+        ad.extend_from_slice(&self.epoch.to_be_bytes());
+        ad.extend_from_slice(self.sender.as_bytes());
+        ad.extend_from_slice(self.recipient.as_bytes());
+        ad
+    }
+
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut m = self.aad();
+        m.extend_from_slice(&self.ephemeral);
+        m.extend_from_slice(&self.ciphertext);
+        m
+    }
+}
+
+fn box_key(
+    shared: &[u8; 32],
+    group_id: &GroupId,
+    epoch: u32,
+    ephemeral: &[u8; 32],
+    recipient: &[u8; 32],
+) -> SecretKey {
+    crypto::derive_key(
+        shared,
+        &[
+            labels::LOCKBOX_KEY,
+            group_id.as_bytes(),
+            &epoch.to_be_bytes(),
+            ephemeral,
+            recipient,
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_core::OsRng;
+
+    #[test]
+    fn recipient_opens_others_cannot() {
+        let alice = DeviceKeys::generate(&mut OsRng);
+        let bob = DeviceKeys::generate(&mut OsRng);
+        let eve = DeviceKeys::generate(&mut OsRng);
+        let key = SecretKey::random(&mut OsRng);
+        let bx = Lockbox::seal(&alice, &bob.public(), GroupId([1; 16]), 0, &key, &mut OsRng);
+        assert_eq!(bx.open(&bob, &alice.public()).unwrap(), key);
+        assert_eq!(bx.open(&eve, &alice.public()), Err(LockboxError::NotForUs));
+        assert_eq!(
+            bx.open(&bob, &eve.public()),
+            Err(LockboxError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn tampered_lockbox_is_rejected() {
+        let alice = DeviceKeys::generate(&mut OsRng);
+        let bob = DeviceKeys::generate(&mut OsRng);
+        let key = SecretKey::random(&mut OsRng);
+        let mut bx = Lockbox::seal(&alice, &bob.public(), GroupId([1; 16]), 0, &key, &mut OsRng);
+        bx.epoch = 1;
+        assert_eq!(
+            bx.open(&bob, &alice.public()),
+            Err(LockboxError::BadSignature)
+        );
+    }
+}
