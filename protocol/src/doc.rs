@@ -36,14 +36,31 @@ pub struct AgreementRecord {
     pub created_at: i64,
 }
 
+/// Errors are boxed: automerge's are large and these travel through every write path.
 #[derive(Debug, thiserror::Error)]
 pub enum DocError {
     #[error("the group document does not have the expected shape: {0}")]
-    Shape(#[from] autosurgeon::HydrateError),
+    Shape(Box<autosurgeon::HydrateError>),
     #[error("could not write to the group document: {0}")]
-    Write(#[from] autosurgeon::ReconcileError),
+    Write(Box<autosurgeon::ReconcileError>),
     #[error("automerge rejected the data: {0}")]
-    Automerge(#[from] automerge::AutomergeError),
+    Automerge(Box<automerge::AutomergeError>),
+}
+
+impl From<autosurgeon::HydrateError> for DocError {
+    fn from(e: autosurgeon::HydrateError) -> Self {
+        DocError::Shape(Box::new(e))
+    }
+}
+impl From<autosurgeon::ReconcileError> for DocError {
+    fn from(e: autosurgeon::ReconcileError) -> Self {
+        DocError::Write(Box::new(e))
+    }
+}
+impl From<automerge::AutomergeError> for DocError {
+    fn from(e: automerge::AutomergeError) -> Self {
+        DocError::Automerge(Box::new(e))
+    }
 }
 
 pub struct GroupDocument {

@@ -563,8 +563,7 @@ mod tests {
     #[test]
     fn members_write_and_converge() {
         let (mut d, mut log) = setup(2);
-        for i in 0..3 {
-            let dev = &mut d[i];
+        for (i, dev) in d.iter_mut().enumerate() {
             let (_, env) = dev
                 .group
                 .add_agreement(&dev.keys, &format!("agreement {i}"), 0, &mut OsRng)
@@ -675,8 +674,7 @@ mod tests {
         fn any_delivery_order_converges(seed in any::<u64>(), dup in 0usize..3) {
             let (mut d, mut log) = setup(2);
             for round in 0..2 {
-                for i in 0..d.len() {
-                    let dev = &mut d[i];
+                for (i, dev) in d.iter_mut().enumerate() {
                     let (_, env) = dev.group
                         .add_agreement(&dev.keys, &format!("r{round} by {i}"), 0, &mut OsRng)
                         .unwrap();
