@@ -1,1 +1,213 @@
+//! Harness for hearth's end-to-end tests: real `hearthd` processes, each with its own data
+//! dir and socket, driven through the real `hearth` CLI with `--json`.
+//!
+//! The binaries come from the same target directory as the test executable, so run the
+//! suite with `cargo test --workspace` (or `cargo nextest run --workspace`), which builds
+//! them first.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a daemon may take to come up, or a change to reach another daemon, before a
+/// test gives up. Generous: CI machines are small and shared.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Path of a workspace binary next to the running test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so it is built",
+        path.display()
+    );
+    path
+}
+
+/// Polls `f` until it returns `Some`, or panics after [`PATIENCE`] naming `what`.
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub struct Daemon {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts hearthd on 127.0.0.1 (random port, mDNS off) with `data_dir`, and waits until
+    /// its API answers.
+    pub fn start(name: &str, data_dir: &Path) -> Daemon {
+        let socket = data_dir.with_extension("sock");
+        let mut d = Daemon {
+            name: name.to_owned(),
+            data_dir: data_dir.to_owned(),
+            socket,
+            child: None,
+        };
+        d.restart();
+        d
+    }
+
+    /// Starts the (stopped) daemon again on the same data dir.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = std::fs::File::create(self.data_dir.with_extension("log"))
+            .expect("create daemon log file");
+        let child = Command::new(bin("hearthd"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+            .env("HEARTH_LOG", "info,hearthd=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn hearthd");
+        self.child = Some(child);
+        wait_for(&format!("{} to answer on its socket", self.name), || {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("{} exited during start-up ({status}): {}", self.name, self.log());
+            }
+            self.try_json(&["status"]).ok()
+        });
+    }
+
+    /// The daemon's log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+
+    /// Runs `hearth --json ARGS` against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("hearth"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--json")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run hearth")
+    }
+
+    /// The JSON answer of a command that must succeed.
+    pub fn json(&self, args: &[&str]) -> Value {
+        match self.try_json(args) {
+            Ok(v) => v,
+            Err(e) => panic!("`hearth {}` on {} failed: {e}\n{}", args.join(" "), self.name, self.log()),
+        }
+    }
+
+    pub fn try_json(&self, args: &[&str]) -> Result<Value, String> {
+        let out = self.cli(args);
+        if !out.status.success() {
+            return Err(format!(
+                "exit {:?}: {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("stdout is not JSON: {e}"))
+    }
+
+    /// A loopback TCP multiaddr this daemon listens on.
+    pub fn addr(&self) -> String {
+        let status = self.json(&["status"]);
+        status["listen_addrs"]
+            .as_array()
+            .and_then(|a| a.iter().filter_map(Value::as_str).find(|a| a.starts_with("/ip4/127.0.0.1/tcp/")))
+            .expect("a loopback listen address")
+            .to_owned()
+    }
+
+    /// Texts of the agreements of `group` as this daemon shows them.
+    pub fn agreement_texts(&self, group: &str) -> Vec<String> {
+        let mut texts: Vec<String> = self.json(&["agreement", "list", group])
+            .as_array()
+            .expect("agreement list is an array")
+            .iter()
+            .filter_map(|a| a["text"].as_str().map(str::to_owned))
+            .collect();
+        texts.sort();
+        texts
+    }
+
+    /// Waits until this daemon shows every text in `expected` among `group`'s agreements.
+    pub fn wait_for_agreements(&self, group: &str, expected: &[&str]) {
+        wait_for(&format!("{} to show {expected:?}", self.name), || {
+            let have = self.try_json(&["agreement", "list", group]).ok()?;
+            let texts: Vec<&str> = have.as_array()?.iter().filter_map(|a| a["text"].as_str()).collect();
+            expected.iter().all(|e| texts.contains(e)).then_some(())
+        });
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = child.wait().expect("wait for hearthd");
+            assert!(status.success(), "{} did not shut down cleanly: {status}\n{}", self.name, self.log());
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill hearthd");
+            child.wait().ok();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Files under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(p).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+        })
+        .collect()
+}

@@ -1,0 +1,67 @@
+//! The whole path: a facilitator invites two members by token; writes reach
+//! everyone; a stopped member catches up through another member; nothing is lost across
+//! restarts.
+
+use hearth_tests::Daemon;
+
+#[test]
+fn three_members_sync_forward_and_survive_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Daemon::start("A", &tmp.path().join("a"));
+    let b = Daemon::start("B", &tmp.path().join("b"));
+    let mut c = Daemon::start("C", &tmp.path().join("c"));
+
+    let created = a.json(&["group", "create", "Thursday circle", "--purpose", "Walk beside each other"]);
+    let group = created["group_id"].as_str().unwrap().to_owned();
+
+    for joiner in [&b, &c] {
+        let invite = a.json(&["invite", &group]);
+        let token = invite["token"].as_str().unwrap();
+        let joined = joiner.json(&["join", token]);
+        assert_eq!(joined["group_id"], group.as_str());
+    }
+
+    a.json(&["agreement", "add", &group, "from A: what is said here stays here"]);
+    b.json(&["agreement", "add", &group, "from B: phones away"]);
+    c.json(&["agreement", "add", &group, "from C: speak from your own experience"]);
+    let first_three = [
+        "from A: what is said here stays here",
+        "from B: phones away",
+        "from C: speak from your own experience",
+    ];
+    // B and C never dialled each other: C's write reaches B through A.
+    for d in [&a, &b, &c] {
+        d.wait_for_agreements(&group, &first_three);
+    }
+    let shown = c.json(&["group", "show", &group]);
+    assert_eq!(shown["name"], "Thursday circle");
+    assert_eq!(shown["purpose"], "Walk beside each other");
+    assert_eq!(shown["members"].as_array().unwrap().len(), 3);
+
+    // C stops; A writes; B receives it.
+    c.stop();
+    a.json(&["agreement", "add", &group, "from A while C was away"]);
+    b.wait_for_agreements(&group, &["from A while C was away"]);
+
+    // A stops; C comes back and can reach only B, which forwards A's write.
+    a.stop();
+    c.restart();
+    c.json(&["peer", "add", &b.addr()]);
+    c.wait_for_agreements(&group, &["from A while C was away"]);
+
+    // Everything survives all three stopping and starting again.
+    let expected_all: Vec<String> = c.agreement_texts(&group);
+    assert_eq!(expected_all.len(), 4);
+    let mut b = b;
+    b.stop();
+    c.stop();
+    for d in [&mut a, &mut b, &mut c] {
+        d.restart();
+    }
+    // A was stopped before C's catch-up but had all four already.
+    for d in [&a, &b, &c] {
+        assert_eq!(d.agreement_texts(&group), expected_all, "{} lost data", d.name);
+        let g = d.json(&["group", "show", &group]);
+        assert_eq!(g["members"].as_array().unwrap().len(), 3, "{}", d.name);
+    }
+}
