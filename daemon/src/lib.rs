@@ -1,1 +1,14 @@
+//! hearthd: the hearth daemon. Drives the sans-IO `hearth-protocol` core with tokio:
+//! encrypted storage, libp2p networking, the sync engine and the local API.
 
+pub mod config;
+pub mod daemon;
+mod frame;
+pub mod http;
+pub mod join;
+pub mod net;
+pub mod node;
+mod peers;
+mod records;
+pub mod store;
+pub mod sync;

@@ -85,8 +85,16 @@ impl Daemon {
             .expect("spawn hearthd");
         self.child = Some(child);
         wait_for(&format!("{} to answer on its socket", self.name), || {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("{} exited during start-up ({status}): {}", self.name, self.log());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "{} exited during start-up ({status}): {}",
+                    self.name,
+                    self.log()
+                );
             }
             self.try_json(&["status"]).ok()
         });
@@ -113,7 +121,12 @@ impl Daemon {
     pub fn json(&self, args: &[&str]) -> Value {
         match self.try_json(args) {
             Ok(v) => v,
-            Err(e) => panic!("`hearth {}` on {} failed: {e}\n{}", args.join(" "), self.name, self.log()),
+            Err(e) => panic!(
+                "`hearth {}` on {} failed: {e}\n{}",
+                args.join(" "),
+                self.name,
+                self.log()
+            ),
         }
     }
 
@@ -134,14 +147,19 @@ impl Daemon {
         let status = self.json(&["status"]);
         status["listen_addrs"]
             .as_array()
-            .and_then(|a| a.iter().filter_map(Value::as_str).find(|a| a.starts_with("/ip4/127.0.0.1/tcp/")))
+            .and_then(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
+            })
             .expect("a loopback listen address")
             .to_owned()
     }
 
     /// Texts of the agreements of `group` as this daemon shows them.
     pub fn agreement_texts(&self, group: &str) -> Vec<String> {
-        let mut texts: Vec<String> = self.json(&["agreement", "list", group])
+        let mut texts: Vec<String> = self
+            .json(&["agreement", "list", group])
             .as_array()
             .expect("agreement list is an array")
             .iter()
@@ -155,7 +173,11 @@ impl Daemon {
     pub fn wait_for_agreements(&self, group: &str, expected: &[&str]) {
         wait_for(&format!("{} to show {expected:?}", self.name), || {
             let have = self.try_json(&["agreement", "list", group]).ok()?;
-            let texts: Vec<&str> = have.as_array()?.iter().filter_map(|a| a["text"].as_str()).collect();
+            let texts: Vec<&str> = have
+                .as_array()?
+                .iter()
+                .filter_map(|a| a["text"].as_str())
+                .collect();
             expected.iter().all(|e| texts.contains(e)).then_some(())
         });
     }
@@ -166,7 +188,12 @@ impl Daemon {
             // SAFETY: kill(2) on our own child's pid.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let status = child.wait().expect("wait for hearthd");
-            assert!(status.success(), "{} did not shut down cleanly: {status}\n{}", self.name, self.log());
+            assert!(
+                status.success(),
+                "{} did not shut down cleanly: {status}\n{}",
+                self.name,
+                self.log()
+            );
         }
     }
 

@@ -14,7 +14,10 @@ fn no_plaintext_on_disk_or_in_logs() {
         .as_str()
         .unwrap()
         .to_owned();
-    let token = a.json(&["invite", &group])["token"].as_str().unwrap().to_owned();
+    let token = a.json(&["invite", &group])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     b.json(&["join", &token]);
     a.json(&["agreement", "add", &group, agreement]);
     b.wait_for_agreements(&group, &[agreement]);
@@ -41,7 +44,10 @@ fn a_non_member_gets_nothing_of_the_group() {
         .as_str()
         .unwrap()
         .to_owned();
-    let token = a.json(&["invite", &group])["token"].as_str().unwrap().to_owned();
+    let token = a.json(&["invite", &group])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     b.json(&["join", &token]);
     // The outsider has a group of its own, so it takes part in the session handshake.
     outsider.json(&["group", "create", "Other"]);
@@ -54,15 +60,30 @@ fn a_non_member_gets_nothing_of_the_group() {
     a.json(&["agreement", "add", &group, "members only"]);
     b.wait_for_agreements(&group, &["members only"]);
     let groups = outsider.json(&["group", "list"]);
-    let names: Vec<&str> = groups.as_array().unwrap().iter().filter_map(|g| g["name"].as_str()).collect();
+    let names: Vec<&str> = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|g| g["name"].as_str())
+        .collect();
     assert_eq!(names, ["Other"]);
     let out = outsider.cli(&["group", "show", &group]);
-    assert_eq!(out.status.code(), Some(1), "the outsider must not know the group");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the outsider must not know the group"
+    );
 
     // A used token does not let the outsider in.
     let out = outsider.cli(&["join", &token]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("refused"));
     assert_eq!(outsider.json(&["status"])["groups"], 1);
-    assert_eq!(a.json(&["group", "show", &group])["members"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        a.json(&["group", "show", &group])["members"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 }

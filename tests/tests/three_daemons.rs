@@ -11,7 +11,13 @@ fn three_members_sync_forward_and_survive_restarts() {
     let b = Daemon::start("B", &tmp.path().join("b"));
     let mut c = Daemon::start("C", &tmp.path().join("c"));
 
-    let created = a.json(&["group", "create", "Thursday circle", "--purpose", "Walk beside each other"]);
+    let created = a.json(&[
+        "group",
+        "create",
+        "Thursday circle",
+        "--purpose",
+        "Walk beside each other",
+    ]);
     let group = created["group_id"].as_str().unwrap().to_owned();
 
     for joiner in [&b, &c] {
@@ -21,9 +27,19 @@ fn three_members_sync_forward_and_survive_restarts() {
         assert_eq!(joined["group_id"], group.as_str());
     }
 
-    a.json(&["agreement", "add", &group, "from A: what is said here stays here"]);
+    a.json(&[
+        "agreement",
+        "add",
+        &group,
+        "from A: what is said here stays here",
+    ]);
     b.json(&["agreement", "add", &group, "from B: phones away"]);
-    c.json(&["agreement", "add", &group, "from C: speak from your own experience"]);
+    c.json(&[
+        "agreement",
+        "add",
+        &group,
+        "from C: speak from your own experience",
+    ]);
     let first_three = [
         "from A: what is said here stays here",
         "from B: phones away",
@@ -60,7 +76,12 @@ fn three_members_sync_forward_and_survive_restarts() {
     }
     // A was stopped before C's catch-up but had all four already.
     for d in [&a, &b, &c] {
-        assert_eq!(d.agreement_texts(&group), expected_all, "{} lost data", d.name);
+        assert_eq!(
+            d.agreement_texts(&group),
+            expected_all,
+            "{} lost data",
+            d.name
+        );
         let g = d.json(&["group", "show", &group]);
         assert_eq!(g["members"].as_array().unwrap().len(), 3, "{}", d.name);
     }

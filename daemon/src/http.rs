@@ -1,0 +1,311 @@
+//! The local API: HTTP/1.1 + JSON on a Unix socket, for the `hearth` CLI and other thin
+//! clients. The socket is 0600 in a 0700 directory, and every connection's peer uid is
+//! checked against ours, so only this user's programs can talk to the daemon.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hearth_protocol::api::{self, ApiError};
+use libp2p::Multiaddr;
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::join;
+use crate::net::NetHandle;
+use crate::node::{Node, NodeError};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub node: Arc<Node>,
+    pub net: NetHandle,
+}
+
+/// An API failure: an HTTP status and an [`ApiError`] body.
+pub struct Failure(StatusCode, ApiError);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<NodeError> for Failure {
+    fn from(e: NodeError) -> Self {
+        let (status, code) = match &e {
+            NodeError::GroupNotFound(_) => (StatusCode::NOT_FOUND, "group_not_found"),
+            NodeError::AmbiguousGroup(_) => (StatusCode::CONFLICT, "ambiguous_group"),
+            NodeError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            NodeError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            NodeError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            NodeError::Unreachable(_) => (StatusCode::BAD_GATEWAY, "unreachable"),
+            NodeError::Store(_) | NodeError::Internal(_) => {
+                tracing::error!("request failed: {e}");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        Failure(status, ApiError::new(code, e.to_string()))
+    }
+}
+
+impl From<JsonRejection> for Failure {
+    fn from(e: JsonRejection) -> Self {
+        Failure(
+            StatusCode::BAD_REQUEST,
+            ApiError::new(
+                "bad_request",
+                format!(
+                    "the request body is not what this endpoint takes: {}",
+                    e.body_text()
+                ),
+            ),
+        )
+    }
+}
+
+type Answer<T> = Result<Json<T>, Failure>;
+
+/// Request bodies: a malformed one becomes a [`Failure`] with our error shape.
+struct Body<T>(T);
+
+impl<S, T> axum::extract::FromRequest<S> for Body<T>
+where
+    Json<T>: axum::extract::FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = Failure;
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Failure> {
+        let Json(v) = Json::<T>::from_request(req, state).await?;
+        Ok(Body(v))
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/groups", get(list_groups).post(create_group))
+        .route("/v1/groups/{group}", get(show_group))
+        .route(
+            "/v1/groups/{group}/agreements",
+            get(list_agreements).post(add_agreement),
+        )
+        .route(
+            "/v1/groups/{group}/invites",
+            axum::routing::post(create_invite),
+        )
+        .route("/v1/join", axum::routing::post(join_group))
+        .route("/v1/peers", get(list_peers).post(add_peer))
+        .fallback(|| async {
+            Failure(
+                StatusCode::NOT_FOUND,
+                ApiError::new("not_found", "no such endpoint; see docs/cli.md for the API"),
+            )
+        })
+        .with_state(state)
+}
+
+async fn status(State(s): State<AppState>) -> Answer<api::Status> {
+    let listen_addrs = s
+        .net
+        .listen_addrs()
+        .await
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    Ok(Json(api::Status {
+        member_id: s.node.member_id().to_hex(),
+        listen_addrs,
+        peers: s.net.peers().await.len(),
+        groups: s.node.group_count(),
+    }))
+}
+
+async fn create_group(
+    State(s): State<AppState>,
+    Body(req): Body<api::CreateGroup>,
+) -> Answer<api::GroupCreated> {
+    let node = s.node.clone();
+    let id = blocking(move || node.create_group(&req.name, req.purpose.as_deref().unwrap_or("")))
+        .await?;
+    Ok(Json(api::GroupCreated {
+        group_id: id.to_hex(),
+    }))
+}
+
+async fn list_groups(State(s): State<AppState>) -> Answer<Vec<api::GroupSummary>> {
+    Ok(Json(s.node.list_groups()))
+}
+
+async fn show_group(
+    State(s): State<AppState>,
+    UrlPath(group): UrlPath<String>,
+) -> Answer<api::GroupDetail> {
+    let id = s.node.resolve_group(&group)?;
+    Ok(Json(s.node.group_detail(&id)?))
+}
+
+async fn list_agreements(
+    State(s): State<AppState>,
+    UrlPath(group): UrlPath<String>,
+) -> Answer<Vec<api::Agreement>> {
+    let id = s.node.resolve_group(&group)?;
+    Ok(Json(s.node.agreements(&id)?))
+}
+
+async fn add_agreement(
+    State(s): State<AppState>,
+    UrlPath(group): UrlPath<String>,
+    Body(req): Body<api::AddAgreement>,
+) -> Answer<api::AgreementAdded> {
+    let id = s.node.resolve_group(&group)?;
+    let node = s.node.clone();
+    let agreement = blocking(move || node.add_agreement(&id, &req.text)).await?;
+    Ok(Json(api::AgreementAdded { id: agreement }))
+}
+
+async fn create_invite(
+    State(s): State<AppState>,
+    UrlPath(group): UrlPath<String>,
+    Body(req): Body<api::CreateInvite>,
+) -> Answer<api::InviteCreated> {
+    let id = s.node.resolve_group(&group)?;
+    let ttl = req.ttl_secs.unwrap_or(api::DEFAULT_INVITE_TTL_SECS);
+    Ok(Json(join::create_invite(&s.node, &s.net, &id, ttl).await?))
+}
+
+async fn join_group(State(s): State<AppState>, Body(req): Body<api::Join>) -> Answer<api::Joined> {
+    let id = join::join(s.node.clone(), s.net.clone(), &req.token).await?;
+    Ok(Json(api::Joined {
+        group_id: id.to_hex(),
+    }))
+}
+
+async fn add_peer(
+    State(s): State<AppState>,
+    Body(req): Body<api::AddPeer>,
+) -> Answer<api::PeerAdded> {
+    let addr: Multiaddr = req.addr.trim().parse().map_err(|e| {
+        Failure(
+            StatusCode::BAD_REQUEST,
+            ApiError::new(
+                "invalid",
+                format!(
+                    "{:?} is not a multiaddr ({e}); it looks like /ip4/192.0.2.7/tcp/4001",
+                    req.addr
+                ),
+            ),
+        )
+    })?;
+    s.net.dial(addr.clone()).await.map_err(|e| {
+        Failure(
+            StatusCode::BAD_REQUEST,
+            ApiError::new("invalid", format!("cannot dial {addr}: {e:#}")),
+        )
+    })?;
+    crate::peers::remember(s.node.store(), &addr).map_err(NodeError::from)?;
+    Ok(Json(api::PeerAdded {
+        addr: addr.to_string(),
+    }))
+}
+
+async fn list_peers(State(s): State<AppState>) -> Answer<Vec<api::Peer>> {
+    Ok(Json(
+        s.net
+            .peers()
+            .await
+            .into_iter()
+            .map(|(peer, addrs)| api::Peer {
+                peer_id: peer.to_string(),
+                addrs: addrs.iter().map(|a| a.to_string()).collect(),
+            })
+            .collect(),
+    ))
+}
+
+/// Runs store-writing work (fsync) off the async worker threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, Failure> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Failure::from(NodeError::Internal(format!("worker failed: {e}"))))?
+        .map_err(Failure::from)
+}
+
+/// Accepts only connections from processes running as our own uid.
+pub struct SameUserListener {
+    inner: UnixListener,
+    uid: u32,
+}
+
+impl axum::serve::Listener for SameUserListener {
+    type Io = UnixStream;
+    type Addr = tokio::net::unix::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => match stream.peer_cred() {
+                    Ok(cred) if cred.uid() == self.uid => return (stream, addr),
+                    Ok(cred) => {
+                        tracing::warn!(
+                            uid = cred.uid(),
+                            "refused an API connection from another user"
+                        )
+                    }
+                    Err(e) => tracing::warn!("refused an API connection: no peer credentials: {e}"),
+                },
+                Err(e) => {
+                    tracing::warn!("accepting an API connection failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// Binds the API socket: creates its directory (0700) if needed, refuses if another daemon
+/// answers on it, replaces a stale socket, and makes the socket 0600.
+pub async fn bind(path: &Path) -> anyhow::Result<SameUserListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            bail!(
+                "another hearthd is already serving {}; stop it first, or pass a different --socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    // Create the socket with no group/other bits from the start, then pin it to 0600.
+    // SAFETY: umask only changes this process's file-creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    let inner = bound.with_context(|| format!("binding the API socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private", path.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    Ok(SameUserListener { inner, uid })
+}

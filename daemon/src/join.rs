@@ -1,0 +1,236 @@
+//! Invites and the join protocol, on both sides of `/hearth/join/1`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use hearth_protocol::api::{self, InviteCreated};
+use hearth_protocol::ids::GroupId;
+use hearth_protocol::invite::{InviteToken, JoinAccept, JoinRequest};
+use hearth_protocol::session::Side;
+use hearth_protocol::wire::JoinMessage;
+use libp2p::{Multiaddr, PeerId};
+use rand_core::{OsRng, RngCore};
+
+use crate::frame::{read_msg, write_msg};
+use crate::net::{JOIN_PROTOCOL, NetHandle, SYNC_PROTOCOL};
+use crate::node::{Node, NodeError, now_unix};
+use crate::records::{self, InviteRecord};
+use crate::store::{Table, WriteOp};
+
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Makes a one-time invite for `group` (facilitators only).
+pub async fn create_invite(
+    node: &Node,
+    net: &NetHandle,
+    group: &GroupId,
+    ttl_secs: u64,
+) -> Result<InviteCreated, NodeError> {
+    if ttl_secs == 0 || ttl_secs > api::MAX_INVITE_TTL_SECS {
+        return Err(NodeError::Invalid(format!(
+            "an invite must last between 1 second and {} days",
+            api::MAX_INVITE_TTL_SECS / 86_400
+        )));
+    }
+    if !node.is_facilitator(group) {
+        return Err(NodeError::Forbidden(
+            "only a facilitator of this group can invite; ask one of them".into(),
+        ));
+    }
+    let addrs: Vec<String> = net
+        .listen_addrs()
+        .await
+        .iter()
+        .map(|a| a.to_string())
+        .take(hearth_protocol::invite::MAX_TOKEN_ADDRS)
+        .collect();
+    if addrs.is_empty() {
+        return Err(NodeError::Internal(
+            "hearthd is not listening on any address, so nobody could use an invite".into(),
+        ));
+    }
+    let mut secret = [0u8; 32];
+    OsRng.fill_bytes(&mut secret);
+    let expires_at = now_unix().saturating_add(ttl_secs);
+    let token = InviteToken {
+        group_id: *group,
+        facilitator: node.member_id(),
+        secret,
+        expires_at,
+        addrs,
+    };
+    let record = InviteRecord {
+        group_id: *group,
+        secret,
+        expires_at,
+    };
+    node.store().write(vec![WriteOp::Put {
+        table: Table::Invites,
+        key: token.invite_id().to_vec(),
+        value: records::encode(&record),
+    }])?;
+    Ok(InviteCreated {
+        token: token.encode(),
+        expires_at,
+    })
+}
+
+/// The joiner's side: dials the facilitator named by the token, runs the handshake, stores
+/// the group and starts syncing with the facilitator.
+pub async fn join(node: Arc<Node>, net: NetHandle, token_text: &str) -> Result<GroupId, NodeError> {
+    let token = InviteToken::decode(token_text).map_err(|e| NodeError::Invalid(e.to_string()))?;
+    if token.expires_at <= now_unix() {
+        return Err(NodeError::Invalid(
+            "the invite has expired; ask the facilitator for a new one".into(),
+        ));
+    }
+    if node.is_member(&token.group_id) {
+        return Err(NodeError::Conflict(
+            "this device is already a member of that group".into(),
+        ));
+    }
+    let mut last_error = String::from("the invite names no address");
+    let mut connected = None;
+    for addr in &token.addrs {
+        let Ok(addr) = addr.parse::<Multiaddr>() else {
+            last_error = format!("the invite holds an unreadable address {addr:?}");
+            continue;
+        };
+        match net.connect(addr, DIAL_TIMEOUT).await {
+            Ok(peer) => {
+                connected = Some(peer);
+                break;
+            }
+            Err(e) => last_error = format!("{e:#}"),
+        }
+    }
+    let Some(peer) = connected else {
+        return Err(NodeError::Unreachable(format!(
+            "none of the invite's addresses answered ({last_error}); check that the \
+             facilitator's hearthd is running and reachable from here"
+        )));
+    };
+    let welcome = tokio::time::timeout(JOIN_TIMEOUT, request_join(&node, &net, peer, &token))
+        .await
+        .map_err(|_| {
+            NodeError::Unreachable("the facilitator's daemon did not answer in time".into())
+        })??;
+    let group = node.install_joined(welcome)?;
+    start_sync(node, net, peer);
+    Ok(group)
+}
+
+async fn request_join(
+    node: &Node,
+    net: &NetHandle,
+    peer: PeerId,
+    token: &InviteToken,
+) -> Result<hearth_protocol::invite::Welcome, NodeError> {
+    let unreachable = |e: anyhow::Error| NodeError::Unreachable(format!("{e:#}"));
+    let mut stream = net
+        .open_stream(peer, JOIN_PROTOCOL)
+        .await
+        .map_err(unreachable)?;
+    let local = net.local_peer_id().to_bytes();
+    let remote = peer.to_bytes();
+    let request = JoinRequest::new(node.keys(), token, &local, &remote);
+    write_msg(&mut stream, &JoinMessage::Request(request))
+        .await
+        .map_err(unreachable)?;
+    match read_msg::<_, JoinMessage>(&mut stream)
+        .await
+        .map_err(unreachable)?
+    {
+        Some(JoinMessage::Accept(accept)) => accept
+            .verify(node.keys(), token, &local, &remote)
+            .map_err(|e| NodeError::Forbidden(format!("the join answer was refused: {e}"))),
+        Some(JoinMessage::Reject) => Err(NodeError::Forbidden(
+            "the facilitator's daemon refused the invite: it is used, expired or was \
+             withdrawn; ask for a new one"
+                .into(),
+        )),
+        _ => Err(NodeError::Unreachable(
+            "the facilitator's daemon closed the connection without answering".into(),
+        )),
+    }
+}
+
+/// Opens a sync session to `peer` in the background.
+pub fn start_sync(node: Arc<Node>, net: NetHandle, peer: PeerId) {
+    tokio::spawn(async move {
+        let result = async {
+            let stream = net.open_stream(peer, SYNC_PROTOCOL).await?;
+            crate::sync::run(node, net.local_peer_id(), peer, stream, Side::Dialer).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(%peer, "sync session failed: {e:#}");
+        }
+    });
+}
+
+/// The facilitator's side of one join stream.
+pub async fn serve(
+    node: Arc<Node>,
+    net: NetHandle,
+    peer: PeerId,
+    mut stream: libp2p::Stream,
+) -> anyhow::Result<()> {
+    let request = match tokio::time::timeout(JOIN_TIMEOUT, read_msg::<_, JoinMessage>(&mut stream))
+        .await
+        .context("join request timed out")??
+    {
+        Some(JoinMessage::Request(r)) => r,
+        _ => return Err(anyhow!("peer sent no join request")),
+    };
+    let answer = match admit(&node, &net, peer, &request) {
+        Ok(accept) => JoinMessage::Accept(Box::new(accept)),
+        Err(e) => {
+            tracing::info!(%peer, "refused a join request: {e}");
+            JoinMessage::Reject
+        }
+    };
+    write_msg(&mut stream, &answer).await?;
+    futures::AsyncWriteExt::close(&mut stream).await.ok();
+    Ok(())
+}
+
+fn admit(
+    node: &Node,
+    net: &NetHandle,
+    peer: PeerId,
+    request: &JoinRequest,
+) -> Result<JoinAccept, NodeError> {
+    let Some(raw) = node.store().get(Table::Invites, &request.invite_id)? else {
+        return Err(NodeError::Forbidden("unknown or used invite".into()));
+    };
+    let record: InviteRecord = postcard::from_bytes(&raw)
+        .map_err(|_| NodeError::Internal("a stored invite is malformed".into()))?;
+    let joiner = peer.to_bytes();
+    let local = net.local_peer_id().to_bytes();
+    if record.expires_at <= now_unix() || !request.verify(&record.secret, &joiner, &local) {
+        // A wrong proof for a real invite id means someone is guessing: burn the invite.
+        node.store().write(vec![WriteOp::Delete {
+            table: Table::Invites,
+            key: request.invite_id.to_vec(),
+        }])?;
+        return Err(NodeError::Forbidden(
+            "expired invite or failed proof".into(),
+        ));
+    }
+    let admission = node.admit(&record.group_id, request.identity, &request.invite_id)?;
+    Ok(JoinAccept::new(
+        node.keys(),
+        request,
+        &record.secret,
+        admission.info,
+        admission.epoch,
+        &admission.epoch_key,
+        &admission.snapshot,
+        &joiner,
+        &local,
+        &mut OsRng,
+    ))
+}

@@ -1,0 +1,892 @@
+//! hearthd's libp2p layer.
+//!
+//! One spawned task owns the [`Swarm`]; everything else talks to it through a cloneable
+//! [`NetHandle`] (an mpsc command channel with oneshot replies) and receives [`NetEvent`]s on a
+//! bounded channel.
+//!
+//! Design points (see hearth's design):
+//! - The transport identity is ephemeral: a fresh ed25519 key on every [`start`], never
+//!   persisted, so mDNS on a shared network reveals no stable identity.
+//! - TCP + Noise + Yamux only. No DNS, QUIC, relays, DHT or bootstrap nodes: we dial only what
+//!   the caller asks for, plus peers discovered over mDNS (when enabled).
+//! - hearth's own protocols ([`SYNC_PROTOCOL`], [`JOIN_PROTOCOL`]) run over raw libp2p streams
+//!   (`libp2p-stream`); inbound streams arrive as [`NetEvent::InboundStream`].
+//!
+//! Event ordering: all events (including inbound streams) are produced by the swarm task in
+//! the order it observes them, so a peer's `Connected` is always delivered before any
+//! `InboundStream` from that peer's connection. The swarm task never blocks on a full event
+//! channel: it queues events internally (keeps serving handle commands meanwhile) and stops
+//! polling the network once that backlog reaches [`MAX_EVENT_BACKLOG`], which applies
+//! backpressure to remotes instead of dropping `Connected`/`Disconnected`.
+//!
+//! Nothing here logs stream payloads; logging is at `debug` (connection lifecycle) or `trace`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use futures::StreamExt as _;
+use libp2p::core::ConnectedPoint;
+use libp2p::core::transport::ListenerId;
+use libp2p::core::upgrade::Version;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, DialError, NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, Stream, StreamProtocol, Swarm, Transport as _, connection_limits, identify,
+    mdns, noise, ping, tcp, yamux,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, trace, warn};
+
+#[cfg(test)]
+mod tests;
+
+/// hearth's sync protocol (one stream per sync session).
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/1");
+/// hearth's join protocol (invite redemption).
+pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/join/1");
+/// Protocol version announced via identify. Peers announcing something that does not start
+/// with [`HEARTH_ID_PREFIX`] are not hearth daemons and get disconnected.
+pub const IDENTIFY_PROTOCOL_VERSION: &str = "/hearth/id/1";
+const HEARTH_ID_PREFIX: &str = "/hearth/id/";
+/// Agent version announced via identify: deliberately carries no version number.
+const AGENT_VERSION: &str = "hearthd";
+
+/// Connections with no open stream are closed after this long.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Upper bound for the TCP connect + Noise + Yamux handshake of one connection.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Upper bound for [`NetHandle::open_stream`] (dialing if needed + protocol negotiation).
+pub const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Capacity of the [`NetEvent`] channel returned by [`start`].
+pub const EVENT_CHANNEL_CAPACITY: usize = 256;
+/// Events the swarm task queues internally (on top of the channel) before it stops polling
+/// the network until the consumer catches up.
+pub const MAX_EVENT_BACKLOG: usize = 1024;
+/// How long [`start`] waits for all listeners to report an address.
+const LISTEN_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// After listeners on wildcard addresses are up, [`start`] keeps collecting interface
+/// addresses until none arrived for this long (bounded by [`LISTEN_SETTLE_MAX`]).
+const LISTEN_SETTLE_QUIET: Duration = Duration::from_millis(100);
+const LISTEN_SETTLE_MAX: Duration = Duration::from_secs(1);
+const COMMAND_CHANNEL_CAPACITY: usize = 64;
+/// mDNS re-query interval (libp2p's default is 5 min; shorter recovers lost packets sooner).
+const MDNS_QUERY_INTERVAL: Duration = Duration::from_secs(60);
+
+// Connection limits: hearth groups are small; these only guard against floods.
+const MAX_PENDING_INCOMING: u32 = 16;
+const MAX_ESTABLISHED_INCOMING: u32 = 64;
+const MAX_ESTABLISHED_TOTAL: u32 = 128;
+const MAX_ESTABLISHED_PER_PEER: u32 = 8;
+
+/// Network configuration.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Addresses to listen on, e.g. `/ip4/0.0.0.0/tcp/0`. May be empty (dial-only node).
+    pub listen: Vec<Multiaddr>,
+    /// Enable mDNS discovery (and auto-dialing of discovered peers) on the local network.
+    pub mdns: bool,
+}
+
+#[derive(Debug)]
+pub enum NetEvent {
+    /// First connection to this peer established (not sent for extra parallel connections).
+    Connected { peer: PeerId },
+    /// Last connection to this peer closed.
+    Disconnected { peer: PeerId },
+    /// A remote opened a stream for one of our protocols.
+    InboundStream {
+        peer: PeerId,
+        protocol: StreamProtocol,
+        stream: Stream,
+    },
+}
+
+/// Cloneable handle to the running network task.
+///
+/// When every handle has been dropped (or [`NetHandle::shutdown`] was called) the swarm task
+/// stops, closing all connections; the event channel then ends.
+#[derive(Clone)]
+pub struct NetHandle {
+    local_peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for NetHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetHandle")
+            .field("local_peer_id", &self.local_peer_id)
+            .field("running", &!self.commands.is_closed())
+            .finish()
+    }
+}
+
+enum Command {
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<anyhow::Result<()>>,
+    },
+    Connect {
+        addr: Multiaddr,
+        reply: oneshot::Sender<anyhow::Result<PeerId>>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+const STOPPED: &str = "hearth network task is not running (shut down)";
+
+impl NetHandle {
+    /// This node's (ephemeral) peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    async fn request<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(make(reply)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Dials an address (with or without `/p2p/` suffix). Resolves when the dial was issued;
+    /// errors if the address is not dialable (e.g. unsupported transport) with a clear message.
+    /// The outcome of the dial itself shows up as [`NetEvent::Connected`] (or not at all).
+    pub async fn dial(&self, addr: Multiaddr) -> anyhow::Result<()> {
+        check_dialable(&addr, Some(&self.local_peer_id))?;
+        self.request(|reply| Command::Dial { addr, reply })
+            .await
+            .ok_or_else(|| anyhow!(STOPPED))?
+    }
+
+    /// Dials `addr` and waits until a connection is established or `timeout` passes; returns
+    /// the connected PeerId. If `addr` ends in `/p2p/<peer>` and that peer is already
+    /// connected, returns at once without dialing.
+    pub async fn connect(&self, addr: Multiaddr, timeout: Duration) -> anyhow::Result<PeerId> {
+        check_dialable(&addr, Some(&self.local_peer_id))?;
+        let shown = addr.clone();
+        match tokio::time::timeout(
+            timeout,
+            self.request(|reply| Command::Connect { addr, reply }),
+        )
+        .await
+        {
+            Ok(Some(result)) => result,
+            Ok(None) => Err(anyhow!(STOPPED)),
+            Err(_) => Err(anyhow!(
+                "connecting to {shown} timed out after {}",
+                fmt_duration(timeout)
+            )),
+        }
+    }
+
+    /// Addresses we are listening on (wildcard listen addresses expanded to the concrete
+    /// interface addresses), non-loopback addresses first. Empty once the network task has
+    /// stopped.
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.request(|reply| Command::ListenAddrs { reply })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Connected peers with the remote addresses of their connections (without `/p2p/`
+    /// suffix), sorted by peer id. Empty once the network task has stopped.
+    pub async fn peers(&self) -> Vec<(PeerId, Vec<Multiaddr>)> {
+        self.request(|reply| Command::Peers { reply })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Opens a new stream to a connected (or dialable-by-id, e.g. mDNS-discovered) peer for
+    /// `protocol`. Gives up after [`OPEN_STREAM_TIMEOUT`].
+    pub async fn open_stream(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> anyhow::Result<Stream> {
+        self.open_stream_with_timeout(peer, protocol, OPEN_STREAM_TIMEOUT)
+            .await
+    }
+
+    /// [`NetHandle::open_stream`] with an explicit timeout.
+    pub async fn open_stream_with_timeout(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+        timeout: Duration,
+    ) -> anyhow::Result<Stream> {
+        if self.commands.is_closed() {
+            bail!(STOPPED);
+        }
+        if peer == self.local_peer_id {
+            bail!("cannot open a {protocol} stream to ourselves");
+        }
+        // Each clone gets its own guaranteed slot in libp2p-stream's channels, so concurrent
+        // callers never wait on each other here.
+        let mut control = self.control.clone();
+        trace!(%peer, %protocol, "opening stream");
+        match tokio::time::timeout(timeout, control.open_stream(peer, protocol.clone())).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(p))) => {
+                Err(anyhow!("peer {peer} does not support protocol {p}"))
+            }
+            Ok(Err(libp2p_stream::OpenStreamError::Io(e))) => Err(anyhow!(
+                "could not open a {protocol} stream to {peer}: {}",
+                error_chain(&e)
+            )),
+            Ok(Err(e)) => Err(anyhow!(
+                "could not open a {protocol} stream to {peer}: {}",
+                error_chain(&e)
+            )),
+            Err(_) => Err(anyhow!(
+                "opening a {protocol} stream to {peer} timed out after {} \
+                 (peer not connected and not dialable, or unresponsive)",
+                fmt_duration(timeout)
+            )),
+        }
+    }
+
+    /// Stops the swarm task (used on shutdown): closes all connections and listeners, ends the
+    /// event channel. Resolves once the swarm has been dropped. Idempotent.
+    pub async fn shutdown(&self) {
+        let _ = self.request(|reply| Command::Shutdown { reply }).await;
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    stream: libp2p_stream::Behaviour,
+}
+
+fn build_swarm(enable_mdns: bool) -> anyhow::Result<Swarm<Behaviour>> {
+    let swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        // Equivalent to `.with_tcp(..)` but with a bound on the connection handshake, so a
+        // remote that stalls the Noise/Yamux upgrade cannot pin a pending connection forever.
+        .with_other_transport(|key| {
+            let noise = noise::Config::new(key)?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                tcp::tokio::Transport::new(tcp::Config::new().nodelay(true))
+                    .upgrade(Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .timeout(HANDSHAKE_TIMEOUT),
+            )
+        })
+        .context("building the TCP/Noise/Yamux transport")?
+        .with_behaviour(|key| {
+            let local_peer_id = key.public().to_peer_id();
+            let mdns = if enable_mdns {
+                let config = mdns::Config {
+                    query_interval: MDNS_QUERY_INTERVAL,
+                    ..Default::default()
+                };
+                Some(
+                    mdns::tokio::Behaviour::new(config, local_peer_id).map_err(|e| {
+                        format!("cannot start mDNS discovery ({e}); disable mDNS to run without it")
+                    })?,
+                )
+            } else {
+                None
+            };
+            let limits = connection_limits::ConnectionLimits::default()
+                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING))
+                .with_max_established(Some(MAX_ESTABLISHED_TOTAL))
+                .with_max_established_per_peer(Some(MAX_ESTABLISHED_PER_PEER));
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
+                limits: connection_limits::Behaviour::new(limits),
+                identify: identify::Behaviour::new(
+                    identify::Config::new(IDENTIFY_PROTOCOL_VERSION.to_string(), key.public())
+                        .with_agent_version(AGENT_VERSION.to_string()),
+                ),
+                ping: ping::Behaviour::default(),
+                mdns: Toggle::from(mdns),
+                stream: libp2p_stream::Behaviour::new(),
+            })
+        })
+        .map_err(|e| anyhow!("{e}"))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    Ok(swarm)
+}
+
+/// Builds the swarm (with a fresh, ephemeral identity), starts listening on every
+/// `config.listen` address, spawns the swarm task on the current tokio runtime and returns the
+/// handle plus the event receiver. Resolves only after every listen address is bound (so
+/// `listen_addrs()` is populated right after), failing clearly if one cannot be bound.
+///
+/// The receiver must be drained: while it is full the swarm task stops reading from the
+/// network (handle commands keep working).
+///
+/// Must be called from within a tokio runtime.
+pub async fn start(config: NetConfig) -> anyhow::Result<(NetHandle, mpsc::Receiver<NetEvent>)> {
+    // libp2p's TCP listeners set SO_REUSEPORT, so a second daemon on the same port would
+    // silently share it; probe first so a taken port is a clear error instead.
+    for addr in &config.listen {
+        probe_listen_addr(addr).await?;
+    }
+
+    let mut swarm = build_swarm(config.mdns)?;
+    let local_peer_id = *swarm.local_peer_id();
+    let mut control = swarm.behaviour().stream.new_control();
+    let sync_incoming = control
+        .accept(SYNC_PROTOCOL)
+        .context("registering the sync protocol")?;
+    let join_incoming = control
+        .accept(JOIN_PROTOCOL)
+        .context("registering the join protocol")?;
+    let incoming = futures::stream::select(
+        sync_incoming.map(|(peer, stream)| (peer, SYNC_PROTOCOL, stream)),
+        join_incoming.map(|(peer, stream)| (peer, JOIN_PROTOCOL, stream)),
+    );
+
+    let mut waiting = HashMap::new();
+    let mut any_wildcard = false;
+    for addr in &config.listen {
+        let id = swarm.listen_on(addr.clone()).map_err(|e| {
+            anyhow!(
+                "cannot listen on {addr}: {} (hearthd listens on TCP only: \
+                 /ip4/<ip>/tcp/<port> or /ip6/<ip>/tcp/<port>)",
+                error_chain(&e)
+            )
+        })?;
+        any_wildcard |= is_wildcard(addr);
+        waiting.insert(id, addr.clone());
+    }
+
+    let mut driver = Driver {
+        swarm,
+        connections: BTreeMap::new(),
+        pending_connects: HashMap::new(),
+        backlog: VecDeque::new(),
+    };
+    driver.wait_for_listeners(waiting, any_wildcard).await?;
+    debug!(peer = %local_peer_id, addrs = ?driver.swarm.listeners().collect::<Vec<_>>(), "network started");
+
+    let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+    let (commands, commands_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
+    tokio::spawn(driver.run(commands_rx, events_tx, incoming));
+
+    Ok((
+        NetHandle {
+            local_peer_id,
+            commands,
+            control,
+        },
+        events_rx,
+    ))
+}
+
+struct Driver {
+    swarm: Swarm<Behaviour>,
+    /// Open connections per peer with their remote address.
+    connections: BTreeMap<PeerId, Vec<(ConnectionId, Multiaddr)>>,
+    /// `connect()` calls waiting for their dial to finish.
+    pending_connects: HashMap<ConnectionId, oneshot::Sender<anyhow::Result<PeerId>>>,
+    /// Events not yet handed to the event channel.
+    backlog: VecDeque<NetEvent>,
+}
+
+impl Driver {
+    async fn wait_for_listeners(
+        &mut self,
+        mut waiting: HashMap<ListenerId, Multiaddr>,
+        any_wildcard: bool,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + LISTEN_READY_TIMEOUT;
+        while !waiting.is_empty() {
+            let event = match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await
+            {
+                Ok(event) => event,
+                Err(_) => {
+                    let addrs: Vec<String> = waiting.values().map(|a| a.to_string()).collect();
+                    bail!(
+                        "listening on {} did not become ready within {}",
+                        addrs.join(", "),
+                        fmt_duration(LISTEN_READY_TIMEOUT)
+                    );
+                }
+            };
+            match &event {
+                SwarmEvent::NewListenAddr { listener_id, .. } => {
+                    waiting.remove(listener_id);
+                }
+                SwarmEvent::ListenerClosed {
+                    listener_id,
+                    reason,
+                    ..
+                } => {
+                    if let Some(addr) = waiting.get(listener_id) {
+                        match reason {
+                            Err(e) => bail!("cannot listen on {addr}: {}", error_chain(e)),
+                            Ok(()) => bail!("cannot listen on {addr}: listener closed"),
+                        }
+                    }
+                }
+                _ => {}
+            }
+            self.on_swarm_event(event);
+        }
+        if any_wildcard {
+            // A wildcard listener reports one address per interface; collect the ones that
+            // are available right away so listen_addrs() is complete after start().
+            let settle_deadline = tokio::time::Instant::now() + LISTEN_SETTLE_MAX;
+            loop {
+                let quiet_deadline =
+                    (tokio::time::Instant::now() + LISTEN_SETTLE_QUIET).min(settle_deadline);
+                match tokio::time::timeout_at(quiet_deadline, self.swarm.select_next_some()).await {
+                    Ok(event) => self.on_swarm_event(event),
+                    Err(_) => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<NetEvent>,
+        incoming: impl futures::Stream<Item = (PeerId, StreamProtocol, Stream)> + Unpin,
+    ) {
+        let mut events = Some(events);
+        let mut incoming = incoming.fuse();
+        let mut warned_backlog = false;
+        let shutdown_reply = loop {
+            let poll_network = self.backlog.len() < MAX_EVENT_BACKLOG;
+            if !poll_network && !warned_backlog {
+                warn!(
+                    backlog = self.backlog.len(),
+                    "network event consumer is not keeping up; pausing network processing"
+                );
+            }
+            warned_backlog = !poll_network;
+            let deliver = events.is_some() && !self.backlog.is_empty();
+            let mut receiver_gone = false;
+            tokio::select! {
+                biased;
+                command = commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => break Some(reply),
+                    Some(command) => self.on_command(command),
+                    None => {
+                        debug!("all network handles dropped; stopping");
+                        break None;
+                    }
+                },
+                permit = reserve(events.as_ref()), if deliver => match permit {
+                    Ok(permit) => {
+                        if let Some(event) = self.backlog.pop_front() {
+                            permit.send(event);
+                        }
+                    }
+                    Err(_) => {
+                        debug!("network event receiver dropped; discarding further events");
+                        receiver_gone = true;
+                    }
+                },
+                event = self.swarm.select_next_some(), if poll_network => {
+                    self.on_swarm_event(event);
+                }
+                Some((peer, protocol, stream)) = incoming.next(), if poll_network => {
+                    debug!(%peer, %protocol, "inbound stream");
+                    self.push(NetEvent::InboundStream { peer, protocol, stream });
+                }
+            }
+            if receiver_gone {
+                events = None;
+                self.backlog.clear();
+            }
+        };
+        let local = *self.swarm.local_peer_id();
+        drop(self);
+        debug!(peer = %local, "network stopped");
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(());
+        }
+        // Answer shutdown requests that raced with this one instead of dropping them silently.
+        commands.close();
+        while let Some(command) = commands.recv().await {
+            if let Command::Shutdown { reply } = command {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn push(&mut self, event: NetEvent) {
+        self.backlog.push_back(event);
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Dial { addr, reply } => {
+                let result = self.dial(addr).map(|_| ());
+                let _ = reply.send(result);
+            }
+            Command::Connect { addr, reply } => {
+                if let Some(peer) = peer_of(&addr)
+                    && self.swarm.is_connected(&peer)
+                {
+                    let _ = reply.send(Ok(peer));
+                    return;
+                }
+                match self.dial(addr) {
+                    Ok(connection) => {
+                        // Forget waiters whose connect() already timed out.
+                        self.pending_connects.retain(|_, tx| !tx.is_closed());
+                        self.pending_connects.insert(connection, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::ListenAddrs { reply } => {
+                let mut addrs: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+                // Addresses other machines can reach first (invites embed the first few).
+                addrs.sort_by_key(is_loopback);
+                let _ = reply.send(addrs);
+            }
+            Command::Peers { reply } => {
+                let peers = self
+                    .connections
+                    .iter()
+                    .map(|(peer, conns)| (*peer, conns.iter().map(|(_, a)| a.clone()).collect()))
+                    .collect();
+                let _ = reply.send(peers);
+            }
+            Command::Shutdown { reply } => {
+                // Handled in run(); kept for exhaustiveness.
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn dial(&mut self, addr: Multiaddr) -> anyhow::Result<ConnectionId> {
+        check_dialable(&addr, Some(self.swarm.local_peer_id()))?;
+        let opts = DialOpts::from(addr.clone());
+        let connection = opts.connection_id();
+        debug!(%addr, %connection, "dialing");
+        self.swarm
+            .dial(opts)
+            .map_err(|e| anyhow!("cannot dial {addr}: {}", describe_dial_error(&e)))?;
+        Ok(connection)
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let remote = without_p2p(endpoint.get_remote_address());
+                debug!(
+                    peer = %peer_id,
+                    connection = %connection_id,
+                    %remote,
+                    outbound = matches!(endpoint, ConnectedPoint::Dialer { .. }),
+                    "connection established"
+                );
+                self.connections
+                    .entry(peer_id)
+                    .or_default()
+                    .push((connection_id, remote));
+                if num_established.get() == 1 {
+                    self.push(NetEvent::Connected { peer: peer_id });
+                }
+                if let Some(reply) = self.pending_connects.remove(&connection_id) {
+                    let _ = reply.send(Ok(peer_id));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                debug!(
+                    peer = %peer_id,
+                    connection = %connection_id,
+                    cause = cause.as_ref().map(|c| error_chain(c)),
+                    "connection closed"
+                );
+                if let Some(conns) = self.connections.get_mut(&peer_id) {
+                    conns.retain(|(id, _)| *id != connection_id);
+                    if conns.is_empty() {
+                        self.connections.remove(&peer_id);
+                    }
+                }
+                if num_established == 0 {
+                    self.connections.remove(&peer_id);
+                    self.push(NetEvent::Disconnected { peer: peer_id });
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                let reason = describe_dial_error(&error);
+                debug!(peer = ?peer_id, connection = %connection_id, %reason, "outgoing connection failed");
+                if let Some(reply) = self.pending_connects.remove(&connection_id) {
+                    let _ = reply.send(Err(anyhow!("connection failed: {reason}")));
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                connection_id,
+                send_back_addr,
+                error,
+                ..
+            } => {
+                debug!(connection = %connection_id, remote = %send_back_addr, error = %error_chain(&error), "incoming connection failed");
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                debug!(%address, "listening");
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                debug!(%address, "listen address expired");
+            }
+            SwarmEvent::ListenerClosed {
+                addresses, reason, ..
+            } => match reason {
+                Ok(()) => debug!(?addresses, "listener closed"),
+                Err(e) => warn!(?addresses, error = %error_chain(&e), "listener failed"),
+            },
+            SwarmEvent::ListenerError { error, .. } => {
+                warn!(error = %error_chain(&error), "listener error");
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            other => trace!(event = ?other, "swarm event"),
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => self.on_mdns_discovered(found),
+            BehaviourEvent::Mdns(mdns::Event::Expired(gone)) => {
+                for (peer, addr) in gone {
+                    trace!(%peer, %addr, "mDNS record expired");
+                }
+            }
+            BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                connection_id,
+            }) => {
+                if info.protocol_version.starts_with(HEARTH_ID_PREFIX) {
+                    trace!(peer = %peer_id, connection = %connection_id, version = %info.protocol_version, "identified hearth peer");
+                } else {
+                    // Most likely an unrelated libp2p node found via mDNS (the mDNS service
+                    // name is shared by all libp2p applications).
+                    debug!(peer = %peer_id, "disconnecting non-hearth peer");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                }
+            }
+            BehaviourEvent::Identify(event) => trace!(?event, "identify"),
+            BehaviourEvent::Ping(event) => {
+                trace!(peer = %event.peer, rtt = ?event.result.as_ref().ok(), "ping")
+            }
+            BehaviourEvent::Limits(never) => match never {},
+            BehaviourEvent::Stream(()) => {}
+        }
+    }
+
+    /// Dials each newly discovered peer once per discovery, unless already connected/dialing.
+    fn on_mdns_discovered(&mut self, found: Vec<(PeerId, Multiaddr)>) {
+        let local = *self.swarm.local_peer_id();
+        let mut by_peer: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
+        for (peer, addr) in found {
+            let addr = without_p2p(&addr);
+            if peer == local || check_dialable(&addr, None).is_err() {
+                continue;
+            }
+            let addrs = by_peer.entry(peer).or_default();
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        for (peer, addrs) in by_peer {
+            if self.swarm.is_connected(&peer) {
+                continue;
+            }
+            debug!(%peer, ?addrs, "mDNS discovered peer; dialing");
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(%peer, reason = %describe_dial_error(&e), "not dialing discovered peer");
+            }
+        }
+    }
+}
+
+async fn reserve(
+    events: Option<&mpsc::Sender<NetEvent>>,
+) -> Result<mpsc::Permit<'_, NetEvent>, mpsc::error::SendError<()>> {
+    match events {
+        Some(events) => events.reserve().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Checks that `addr` can be dialed by our transport stack:
+/// `/ip4|ip6/<ip>/tcp/<port>[/p2p/<peer>]` with a concrete IP and non-zero port.
+fn check_dialable(addr: &Multiaddr, local: Option<&PeerId>) -> anyhow::Result<()> {
+    const SHAPE: &str = "hearthd dials only TCP addresses of the form \
+        /ip4/<ip>/tcp/<port>[/p2p/<peer-id>] or /ip6/<ip>/tcp/<port>[/p2p/<peer-id>] \
+        (no DNS, QUIC, WebSocket or relay addresses)";
+    let mut parts = addr.iter();
+    let ip: IpAddr = match parts.next() {
+        Some(Protocol::Ip4(ip)) => ip.into(),
+        Some(Protocol::Ip6(ip)) => ip.into(),
+        _ => bail!("cannot dial {addr}: unsupported address; {SHAPE}"),
+    };
+    let port = match parts.next() {
+        Some(Protocol::Tcp(port)) => port,
+        _ => bail!("cannot dial {addr}: unsupported address; {SHAPE}"),
+    };
+    let peer = match parts.next() {
+        None => None,
+        Some(Protocol::P2p(peer)) => Some(peer),
+        Some(_) => bail!("cannot dial {addr}: unsupported address; {SHAPE}"),
+    };
+    if parts.next().is_some() {
+        bail!("cannot dial {addr}: unsupported address; {SHAPE}");
+    }
+    if ip.is_unspecified() || ip.is_multicast() || port == 0 {
+        bail!("cannot dial {addr}: not a concrete address (unspecified/multicast IP or port 0)");
+    }
+    if let (Some(peer), Some(local)) = (peer, local)
+        && &peer == local
+    {
+        bail!("cannot dial {addr}: that is our own peer id");
+    }
+    Ok(())
+}
+
+/// The peer id in a trailing `/p2p/` component, if any.
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => Some(peer),
+        _ => None,
+    }
+}
+
+fn without_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
+}
+
+fn is_loopback(addr: &Multiaddr) -> bool {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => ip.is_loopback(),
+        Some(Protocol::Ip6(ip)) => ip.is_loopback(),
+        _ => false,
+    }
+}
+
+fn is_wildcard(addr: &Multiaddr) -> bool {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => ip.is_unspecified(),
+        Some(Protocol::Ip6(ip)) => ip.is_unspecified(),
+        _ => false,
+    }
+}
+
+/// Fails if `addr` is a concrete `/ip4/<ip>/tcp/<port>` (port != 0) that is already taken.
+/// IPv6 and port 0 are left to libp2p (a dual-stack probe could report false conflicts).
+async fn probe_listen_addr(addr: &Multiaddr) -> anyhow::Result<()> {
+    let mut parts = addr.iter();
+    let (Some(Protocol::Ip4(ip)), Some(Protocol::Tcp(port)), None) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return Ok(());
+    };
+    if port == 0 {
+        return Ok(());
+    }
+    let socket_addr = SocketAddr::new(ip.into(), port);
+    let probe = tokio::net::TcpSocket::new_v4()
+        .and_then(|s| {
+            // Like libp2p, tolerate TIME_WAIT leftovers; unlike libp2p, no SO_REUSEPORT.
+            s.set_reuseaddr(true)?;
+            s.bind(socket_addr)?;
+            Ok(s)
+        })
+        .and_then(|s| s.listen(1));
+    match probe {
+        Ok(listener) => {
+            drop(listener);
+            Ok(())
+        }
+        Err(e) => Err(anyhow!("cannot listen on {addr}: {e}")),
+    }
+}
+
+fn describe_dial_error(error: &DialError) -> String {
+    match error {
+        DialError::Transport(errors) => {
+            let parts: Vec<String> = errors
+                .iter()
+                .map(|(addr, e)| format!("{}: {}", without_p2p(addr), error_chain(e)))
+                .collect();
+            parts.join("; ")
+        }
+        DialError::Denied { cause } => format!("denied locally: {}", error_chain(cause)),
+        DialError::WrongPeerId { obtained, .. } => {
+            format!("the remote is peer {obtained}, not the one in the address")
+        }
+        DialError::NoAddresses => {
+            "no usable address (is it one of our own listen addresses?)".to_string()
+        }
+        other => error_chain(other),
+    }
+}
+
+/// `e` and its sources joined with ": ", skipping empty messages and messages already
+/// contained in an earlier one (many errors embed their source in their own message).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current = Some(e);
+    while let Some(err) = current {
+        let msg = err.to_string();
+        let msg = msg.trim_end_matches('.');
+        if !msg.is_empty() && !parts.iter().any(|p| p.contains(msg)) {
+            parts.push(msg.to_string());
+        }
+        current = err.source();
+    }
+    if parts.is_empty() {
+        format!("{e:?}")
+    } else {
+        parts.join(": ")
+    }
+}
+
+fn fmt_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}

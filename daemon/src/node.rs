@@ -1,0 +1,558 @@
+//! The daemon's state: this device's identity, its groups and their logs, kept in memory
+//! and in the encrypted store. Every change goes through here, so the local API and the
+//! peer sessions see one consistent state.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hearth_protocol::api::{self, Role};
+use hearth_protocol::crypto::SecretKey;
+use hearth_protocol::envelope::Envelope;
+use hearth_protocol::group::{Group, GroupError, VersionVector};
+use hearth_protocol::identity::{DeviceKeys, PublicIdentity};
+use hearth_protocol::ids::{GroupId, MemberId};
+use hearth_protocol::session::{self, Side};
+use rand_core::OsRng;
+use tokio::sync::watch;
+
+use crate::records::{self, GroupRecord, IDENTITY_KEY};
+use crate::store::{Store, StoreError, Table, WriteOp};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("no group called {0:?} here; `hearth group list` shows the groups this device is in")]
+    GroupNotFound(String),
+    #[error("{0:?} names more than one group; use the group id from `hearth group list`")]
+    AmbiguousGroup(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("could not reach the other daemon: {0}")]
+    Unreachable(String),
+    #[error("storage failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<GroupError> for NodeError {
+    fn from(e: GroupError) -> Self {
+        match e {
+            GroupError::TooLong { .. } | GroupError::Empty(_) => NodeError::Invalid(e.to_string()),
+            GroupError::NotFacilitator | GroupError::NotMember => {
+                NodeError::Forbidden(e.to_string())
+            }
+            other => NodeError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// One group with the envelopes of every author's log, in sequence order.
+pub struct Slot {
+    pub group: Group,
+    logs: BTreeMap<MemberId, Vec<Envelope>>,
+}
+
+impl Slot {
+    fn record(&mut self, accepted: &[Envelope]) {
+        for env in accepted {
+            self.logs
+                .entry(env.header().author)
+                .or_default()
+                .push(env.clone());
+        }
+    }
+}
+
+pub struct Node {
+    keys: DeviceKeys,
+    store: Store,
+    groups: Mutex<BTreeMap<GroupId, Slot>>,
+    /// Bumped whenever any group accepts new envelopes; sessions wake on it to push.
+    changed: watch::Sender<u64>,
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Node {
+    /// Loads (or on first start creates) this device's identity, then rebuilds every group
+    /// from its stored envelopes.
+    pub fn open(store: Store) -> Result<Node, NodeError> {
+        let keys = match store.get(Table::Meta, IDENTITY_KEY)? {
+            Some(bytes) => DeviceKeys::from_secret_bytes(&bytes).ok_or_else(|| {
+                NodeError::Internal("the stored device identity is malformed".into())
+            })?,
+            None => {
+                let keys = DeviceKeys::generate(&mut OsRng);
+                store.write(vec![WriteOp::Put {
+                    table: Table::Meta,
+                    key: IDENTITY_KEY.to_vec(),
+                    value: keys.to_secret_bytes().to_vec(),
+                }])?;
+                keys
+            }
+        };
+        let node = Node {
+            keys,
+            store,
+            groups: Mutex::new(BTreeMap::new()),
+            changed: watch::channel(0).0,
+        };
+        for (key, _) in node.store.scan(Table::Groups, &[])? {
+            let id = GroupId(
+                key.as_slice()
+                    .try_into()
+                    .map_err(|_| NodeError::Internal("a stored group key is malformed".into()))?,
+            );
+            let slot = node.load_slot(&id)?;
+            node.lock().insert(id, slot);
+        }
+        Ok(node)
+    }
+
+    fn load_slot(&self, id: &GroupId) -> Result<Slot, NodeError> {
+        let raw = self
+            .store
+            .get(Table::Groups, id.as_bytes())?
+            .ok_or_else(|| NodeError::Internal(format!("group {id} vanished from the store")))?;
+        let record: GroupRecord = postcard::from_bytes(&raw).map_err(|_| {
+            NodeError::Internal(format!("stored record of group {id} is malformed"))
+        })?;
+        let mut keys = Vec::new();
+        for (k, v) in self.store.scan(Table::EpochKeys, id.as_bytes())? {
+            let epoch = k
+                .get(16..20)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes);
+            let bytes: Option<[u8; 32]> = v.as_slice().try_into().ok();
+            match (epoch, bytes) {
+                (Some(e), Some(b)) => keys.push((e, SecretKey::from_bytes(b))),
+                _ => {
+                    return Err(NodeError::Internal(format!(
+                        "stored key of group {id} is malformed"
+                    )));
+                }
+            }
+        }
+        let mut group = Group::restore(
+            record.info,
+            keys,
+            record.snapshot.as_deref(),
+            self.keys.member_id(),
+        )?;
+        let mut envelopes = Vec::new();
+        for (_, bytes) in self.store.scan(Table::Envelopes, id.as_bytes())? {
+            match Envelope::decode(bytes.to_vec()) {
+                Ok(env) => envelopes.push(env),
+                Err(e) => tracing::warn!(group = %id, "skipping a malformed stored envelope: {e}"),
+            }
+        }
+        let stored = envelopes.len();
+        let result = group.ingest(envelopes);
+        if result.accepted.len() != stored {
+            tracing::warn!(group = %id, stored, accepted = result.accepted.len(), "some stored envelopes were not accepted");
+        }
+        let mut slot = Slot {
+            group,
+            logs: BTreeMap::new(),
+        };
+        slot.record(&result.accepted);
+        Ok(slot)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<GroupId, Slot>> {
+        // A panic while holding the lock would be a bug; the state is still usable.
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn keys(&self) -> &DeviceKeys {
+        &self.keys
+    }
+
+    pub fn member_id(&self) -> MemberId {
+        self.keys.member_id()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn group_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Finds a group by id or by its (unique) name.
+    pub fn resolve_group(&self, text: &str) -> Result<GroupId, NodeError> {
+        let groups = self.lock();
+        if let Ok(id) = text.parse::<GroupId>()
+            && groups.contains_key(&id)
+        {
+            return Ok(id);
+        }
+        let matches: Vec<GroupId> = groups
+            .iter()
+            .filter(|(_, s)| s.group.read().is_ok_and(|d| d.name == text))
+            .map(|(id, _)| *id)
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(NodeError::GroupNotFound(text.to_owned())),
+            _ => Err(NodeError::AmbiguousGroup(text.to_owned())),
+        }
+    }
+
+    /// Runs `f` on a group's slot; errors if the group is unknown.
+    pub fn with_slot<T>(
+        &self,
+        id: &GroupId,
+        f: impl FnOnce(&mut Slot) -> Result<T, NodeError>,
+    ) -> Result<T, NodeError> {
+        let mut groups = self.lock();
+        let slot = groups
+            .get_mut(id)
+            .ok_or_else(|| NodeError::GroupNotFound(id.to_hex()))?;
+        f(slot)
+    }
+
+    /// Persists `env` (plus `extra` ops) in one durable transaction, then records it. If
+    /// the store refuses, the group is rebuilt from the store so memory matches disk.
+    fn commit_own(
+        &self,
+        groups: &mut BTreeMap<GroupId, Slot>,
+        id: &GroupId,
+        env: Envelope,
+        extra: Vec<WriteOp>,
+    ) -> Result<(), NodeError> {
+        let mut ops = vec![records::put_envelope(&env)];
+        ops.extend(extra);
+        if let Err(e) = self.store.write(ops) {
+            if let Ok(slot) = self.load_slot(id) {
+                groups.insert(*id, slot);
+            }
+            return Err(e.into());
+        }
+        if let Some(slot) = groups.get_mut(id) {
+            slot.record(std::slice::from_ref(&env));
+        }
+        self.bump();
+        Ok(())
+    }
+
+    pub fn create_group(&self, name: &str, purpose: &str) -> Result<GroupId, NodeError> {
+        let (group, epoch_key, first) = Group::create(&self.keys, name, purpose, &mut OsRng)?;
+        let id = group.id();
+        let record = GroupRecord {
+            info: *group.info(),
+            snapshot: None,
+        };
+        let mut slot = Slot {
+            group,
+            logs: BTreeMap::new(),
+        };
+        self.store.write(vec![
+            records::put_group(&record),
+            records::put_epoch_key(&id, 0, &epoch_key),
+            records::put_envelope(&first),
+        ])?;
+        slot.record(&[first]);
+        self.lock().insert(id, slot);
+        self.bump();
+        Ok(id)
+    }
+
+    pub fn list_groups(&self) -> Vec<api::GroupSummary> {
+        self.lock()
+            .iter()
+            .map(|(id, s)| api::GroupSummary {
+                group_id: id.to_hex(),
+                name: s.group.read().map(|d| d.name).unwrap_or_default(),
+                members: s.group.membership().len(),
+            })
+            .collect()
+    }
+
+    pub fn group_detail(&self, id: &GroupId) -> Result<api::GroupDetail, NodeError> {
+        self.with_slot(id, |s| {
+            let doc = s.group.read()?;
+            let members = s
+                .group
+                .membership()
+                .iter()
+                .map(|(m, info)| api::MemberInfo {
+                    member_id: m.to_hex(),
+                    role: info.role,
+                })
+                .collect();
+            Ok(api::GroupDetail {
+                group_id: id.to_hex(),
+                name: doc.name.clone(),
+                purpose: doc.purpose.clone(),
+                members,
+                agreements: agreements_of(&doc),
+            })
+        })
+    }
+
+    pub fn agreements(&self, id: &GroupId) -> Result<Vec<api::Agreement>, NodeError> {
+        self.with_slot(id, |s| Ok(agreements_of(&s.group.read()?)))
+    }
+
+    pub fn add_agreement(&self, id: &GroupId, text: &str) -> Result<String, NodeError> {
+        let mut groups = self.lock();
+        let slot = groups
+            .get_mut(id)
+            .ok_or_else(|| NodeError::GroupNotFound(id.to_hex()))?;
+        let now = i64::try_from(now_unix()).unwrap_or(i64::MAX);
+        let (agreement_id, env) = slot
+            .group
+            .add_agreement(&self.keys, text, now, &mut OsRng)?;
+        self.commit_own(&mut groups, id, env, Vec::new())?;
+        Ok(agreement_id)
+    }
+
+    /// Adds a member on behalf of a facilitator on this device, deleting the invite that
+    /// admitted them in the same transaction. Returns what the joiner needs.
+    pub fn admit(
+        &self,
+        id: &GroupId,
+        member: PublicIdentity,
+        invite_id: &[u8; 16],
+    ) -> Result<Admission, NodeError> {
+        let mut groups = self.lock();
+        let slot = groups
+            .get_mut(id)
+            .ok_or_else(|| NodeError::GroupNotFound(id.to_hex()))?;
+        let env = slot
+            .group
+            .add_member(&self.keys, member, Role::Member, &mut OsRng)?;
+        let epoch = slot.group.current_epoch();
+        let epoch_key = slot
+            .group
+            .epoch_key(epoch)
+            .cloned()
+            .ok_or_else(|| NodeError::Internal("no key for the current epoch".into()))?;
+        let snapshot = slot.group.snapshot();
+        let info = *slot.group.info();
+        let burn = WriteOp::Delete {
+            table: Table::Invites,
+            key: invite_id.to_vec(),
+        };
+        self.commit_own(&mut groups, id, env, vec![burn])?;
+        Ok(Admission {
+            info,
+            epoch,
+            epoch_key,
+            snapshot,
+        })
+    }
+
+    /// Stores a group this device has just joined.
+    pub fn install_joined(
+        &self,
+        welcome: hearth_protocol::invite::Welcome,
+    ) -> Result<GroupId, NodeError> {
+        let id = welcome.info.group_id;
+        if self.lock().contains_key(&id) {
+            return Err(NodeError::Conflict(
+                "this device is already a member of that group".into(),
+            ));
+        }
+        let group = Group::restore(
+            welcome.info,
+            [(welcome.epoch, welcome.epoch_key.clone())],
+            Some(&welcome.snapshot),
+            self.keys.member_id(),
+        )?;
+        let record = GroupRecord {
+            info: welcome.info,
+            snapshot: Some(welcome.snapshot.to_vec()),
+        };
+        self.store.write(vec![
+            records::put_group(&record),
+            records::put_epoch_key(&id, welcome.epoch, &welcome.epoch_key),
+        ])?;
+        self.lock().insert(
+            id,
+            Slot {
+                group,
+                logs: BTreeMap::new(),
+            },
+        );
+        self.bump();
+        Ok(id)
+    }
+
+    pub fn is_member(&self, id: &GroupId) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    /// Checks, persists and records envelopes a peer sent. Returns how many were new.
+    pub fn ingest(&self, id: &GroupId, envelopes: Vec<Envelope>) -> Result<usize, NodeError> {
+        let mut groups = self.lock();
+        let Some(slot) = groups.get_mut(id) else {
+            return Ok(0);
+        };
+        let result = slot.group.ingest(envelopes);
+        if result.rejected > 0 || result.ineffective > 0 {
+            tracing::warn!(
+                group = %id,
+                rejected = result.rejected,
+                ineffective = result.ineffective,
+                "dropped envelopes that failed checks"
+            );
+        }
+        if result.accepted.is_empty() {
+            return Ok(0);
+        }
+        let ops = result.accepted.iter().map(records::put_envelope).collect();
+        if let Err(e) = self.store.write(ops) {
+            // Memory ran ahead of disk: rebuild from disk; the peer will resend.
+            if let Ok(slot) = self.load_slot(id) {
+                groups.insert(*id, slot);
+            }
+            return Err(e.into());
+        }
+        slot.record(&result.accepted);
+        drop(groups);
+        self.bump();
+        Ok(result.accepted.len())
+    }
+
+    pub fn version_vector(&self, id: &GroupId) -> VersionVector {
+        self.lock()
+            .get(id)
+            .map(|s| s.group.version_vector())
+            .unwrap_or_default()
+    }
+
+    /// Envelopes `known` lacks, each author's in order, within the given budgets.
+    pub fn missing(
+        &self,
+        id: &GroupId,
+        known: &VersionVector,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Vec<Envelope> {
+        let groups = self.lock();
+        let Some(slot) = groups.get(id) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (author, range) in slot.group.missing_for(known) {
+            let Some(log) = slot.logs.get(&author) else {
+                continue;
+            };
+            for seq in range {
+                let Some(env) = usize::try_from(seq - 1).ok().and_then(|i| log.get(i)) else {
+                    break;
+                };
+                if out.len() >= max_count || bytes + env.as_bytes().len() > max_bytes {
+                    return out;
+                }
+                bytes += env.as_bytes().len();
+                out.push(env.clone());
+            }
+        }
+        out
+    }
+
+    /// The tags proving this device's groups to a peer in a session with `transcript`.
+    pub fn group_proofs(&self, transcript: &[u8; 32], my_side: Side) -> Vec<[u8; 32]> {
+        self.lock()
+            .values()
+            .filter_map(|s| {
+                let epoch = s.group.current_epoch();
+                let key = s.group.epoch_key(epoch)?;
+                Some(session::group_tag(
+                    key,
+                    &s.group.id(),
+                    epoch,
+                    transcript,
+                    my_side,
+                ))
+            })
+            .collect()
+    }
+
+    /// The groups whose tag the peer (on `their_side`) presented.
+    pub fn matched_groups(
+        &self,
+        transcript: &[u8; 32],
+        their_side: Side,
+        tags: &[[u8; 32]],
+    ) -> Vec<GroupId> {
+        self.lock()
+            .values()
+            .filter(|s| {
+                let epoch = s.group.current_epoch();
+                s.group.epoch_key(epoch).is_some_and(|key| {
+                    let expected =
+                        session::group_tag(key, &s.group.id(), epoch, transcript, their_side);
+                    session::tag_matches(&expected, tags)
+                })
+            })
+            .map(|s| s.group.id())
+            .collect()
+    }
+
+    /// Whether `member` (with exactly this identity) belongs to group `id`.
+    pub fn has_member(&self, id: &GroupId, member: &PublicIdentity) -> bool {
+        self.lock().get(id).is_some_and(|s| {
+            s.group
+                .membership()
+                .get(&member.member_id())
+                .is_some_and(|m| m.identity == *member)
+        })
+    }
+
+    /// Whether this device is a facilitator of group `id`.
+    pub fn is_facilitator(&self, id: &GroupId) -> bool {
+        self.lock().get(id).is_some_and(|s| {
+            s.group
+                .membership()
+                .get(&self.member_id())
+                .is_some_and(|m| m.role == Role::Facilitator)
+        })
+    }
+}
+
+/// What a facilitator's daemon hands a member it has just added.
+pub struct Admission {
+    pub info: hearth_protocol::membership::GroupInfo,
+    pub epoch: u32,
+    pub epoch_key: SecretKey,
+    pub snapshot: Vec<u8>,
+}
+
+fn agreements_of(doc: &hearth_protocol::doc::GroupDoc) -> Vec<api::Agreement> {
+    let mut list: Vec<api::Agreement> = doc
+        .agreements
+        .iter()
+        .map(|(id, a)| api::Agreement {
+            id: id.clone(),
+            text: a.text.clone(),
+            author: a.author.clone(),
+            created_at: a.created_at,
+        })
+        .collect();
+    // Display order: by the author's clock, then id so every device shows the same order.
+    list.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    list
+}

@@ -1,0 +1,264 @@
+//! A sync session with one peer, on one long-lived `/hearth/sync/1` stream.
+//!
+//! Handshake (see `hearth_protocol::session`): nonces, group proofs, member signatures.
+//! Then each side sends its version vector for every shared group and, whenever it holds
+//! envelopes the other lacks (its own, or any member's it has accepted), sends them in
+//! bounded batches. The writer only ever computes "what does the peer lack" from the
+//! peer's last known version vector, so pushes coalesce and a slow peer only slows its
+//! own stream (the write awaits the peer's flow control).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures::AsyncReadExt;
+use hearth_protocol::envelope::Envelope;
+use hearth_protocol::group::VersionVector;
+use hearth_protocol::ids::GroupId;
+use hearth_protocol::session::{self, Side};
+use hearth_protocol::wire::{
+    BATCH_BYTE_BUDGET, MAX_BATCH_ENVELOPES, SyncMessage, VvEntry, WIRE_VERSION,
+};
+use libp2p::PeerId;
+use rand_core::{OsRng, RngCore};
+use tokio::sync::Notify;
+
+use crate::frame::{read_msg, write_msg};
+use crate::node::Node;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Group proofs are padded to a multiple of this, so a peer learns only a rough count.
+const PROOF_PADDING: usize = 8;
+
+type Known = Arc<Mutex<HashMap<GroupId, VersionVector>>>;
+
+pub async fn run(
+    node: Arc<Node>,
+    local: PeerId,
+    peer: PeerId,
+    stream: libp2p::Stream,
+    side: Side,
+) -> anyhow::Result<()> {
+    let (mut reader, mut writer) = stream.split();
+    let groups = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(&node, local, peer, side, &mut reader, &mut writer),
+    )
+    .await
+    .context("handshake timed out")??;
+    if groups.is_empty() {
+        tracing::debug!(%peer, "no shared group; closing session");
+        return Ok(());
+    }
+    tracing::info!(%peer, groups = groups.len(), "sync session established");
+
+    let known: Known = Arc::default();
+    let wake = Arc::new(Notify::new());
+    let mut push = tokio::spawn(push_loop(
+        node.clone(),
+        groups.clone(),
+        known.clone(),
+        wake.clone(),
+        writer,
+    ));
+    let receive = receive_loop(&node, &groups, &known, &wake, &mut reader);
+    let result = tokio::select! {
+        r = receive => r,
+        r = &mut push => r.context("push task failed")?,
+    };
+    push.abort();
+    tracing::info!(%peer, "sync session ended");
+    result
+}
+
+async fn handshake<R, W>(
+    node: &Node,
+    local: PeerId,
+    peer: PeerId,
+    side: Side,
+    reader: &mut R,
+    writer: &mut W,
+) -> anyhow::Result<BTreeSet<GroupId>>
+where
+    R: futures::AsyncRead + Unpin,
+    W: futures::AsyncWrite + Unpin,
+{
+    let mut nonce = [0u8; 32];
+    OsRng.fill_bytes(&mut nonce);
+    write_msg(
+        writer,
+        &SyncMessage::Hello {
+            version: WIRE_VERSION,
+            nonce,
+        },
+    )
+    .await?;
+    let their_nonce = match read_msg(reader).await? {
+        Some(SyncMessage::Hello { nonce, .. }) => nonce,
+        _ => bail!("peer did not start with hello"),
+    };
+    let (local_b, peer_b) = (local.to_bytes(), peer.to_bytes());
+    let transcript = match side {
+        Side::Dialer => session::transcript(&local_b, &peer_b, &nonce, &their_nonce),
+        Side::Listener => session::transcript(&peer_b, &local_b, &their_nonce, &nonce),
+    };
+
+    let mut tags = node.group_proofs(&transcript, side);
+    while tags.is_empty() || tags.len() % PROOF_PADDING != 0 {
+        let mut filler = [0u8; 32];
+        OsRng.fill_bytes(&mut filler);
+        tags.push(filler);
+    }
+    write_msg(writer, &SyncMessage::Proofs { tags }).await?;
+    let their_tags = match read_msg(reader).await? {
+        Some(SyncMessage::Proofs { tags }) => tags,
+        _ => bail!("peer did not send group proofs"),
+    };
+    let matched = node.matched_groups(&transcript, side.other(), &their_tags);
+    if matched.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+
+    let signature = session::sign_auth(node.keys(), &transcript, side, &matched);
+    write_msg(
+        writer,
+        &SyncMessage::Auth {
+            identity: node.keys().public(),
+            signature,
+        },
+    )
+    .await?;
+    let (identity, their_sig) = match read_msg(reader).await? {
+        Some(SyncMessage::Auth {
+            identity,
+            signature,
+        }) => (identity, signature),
+        _ => bail!("peer did not prove its member identity"),
+    };
+    if !session::verify_auth(&identity, &their_sig, &transcript, side.other(), &matched) {
+        bail!("peer's member signature does not verify");
+    }
+    Ok(matched
+        .into_iter()
+        .filter(|g| node.has_member(g, &identity))
+        .collect())
+}
+
+async fn receive_loop<R>(
+    node: &Node,
+    groups: &BTreeSet<GroupId>,
+    known: &Known,
+    wake: &Notify,
+    reader: &mut R,
+) -> anyhow::Result<()>
+where
+    R: futures::AsyncRead + Unpin,
+{
+    while let Some(msg) = read_msg::<_, SyncMessage>(reader).await? {
+        match msg {
+            SyncMessage::Have { group_id, heads } if groups.contains(&group_id) => {
+                let vv = heads
+                    .into_iter()
+                    .map(|e| (e.author, (e.seq, e.hash)))
+                    .collect();
+                lock(known).insert(group_id, vv);
+                wake.notify_one();
+            }
+            SyncMessage::Envelopes {
+                group_id,
+                envelopes,
+            } if groups.contains(&group_id) => {
+                let decoded: Vec<Envelope> = envelopes
+                    .into_iter()
+                    .filter_map(|b| Envelope::decode(b).ok())
+                    .collect();
+                // The peer has these: never echo them back.
+                if let Some(vv) = lock(known).get_mut(&group_id) {
+                    note_sent(vv, &decoded);
+                }
+                node.ingest(&group_id, decoded)?;
+            }
+            // Anything else (a group not shared in this session, a late handshake message)
+            // is ignored rather than trusted.
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+async fn push_loop<W>(
+    node: Arc<Node>,
+    groups: BTreeSet<GroupId>,
+    known: Known,
+    wake: Arc<Notify>,
+    mut writer: W,
+) -> anyhow::Result<()>
+where
+    W: futures::AsyncWrite + Unpin,
+{
+    let mut changed = node.subscribe();
+    for group_id in &groups {
+        let heads = node
+            .version_vector(group_id)
+            .into_iter()
+            .map(|(author, (seq, hash))| VvEntry { author, seq, hash })
+            .collect();
+        write_msg(
+            &mut writer,
+            &SyncMessage::Have {
+                group_id: *group_id,
+                heads,
+            },
+        )
+        .await?;
+    }
+    loop {
+        changed.borrow_and_update();
+        let mut sent_any = false;
+        for group_id in &groups {
+            let Some(vv) = lock(&known).get(group_id).cloned() else {
+                continue; // their version vector has not arrived yet
+            };
+            let batch = node.missing(group_id, &vv, MAX_BATCH_ENVELOPES, BATCH_BYTE_BUDGET);
+            if batch.is_empty() {
+                continue;
+            }
+            if let Some(vv) = lock(&known).get_mut(group_id) {
+                note_sent(vv, &batch);
+            }
+            let envelopes = batch.into_iter().map(Envelope::into_bytes).collect();
+            write_msg(
+                &mut writer,
+                &SyncMessage::Envelopes {
+                    group_id: *group_id,
+                    envelopes,
+                },
+            )
+            .await?;
+            sent_any = true;
+        }
+        if sent_any {
+            continue;
+        }
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return Ok(()) },
+            () = wake.notified() => {}
+        }
+    }
+}
+
+/// Records that the peer now has `envelopes`.
+fn note_sent(vv: &mut VersionVector, envelopes: &[Envelope]) {
+    for env in envelopes {
+        let h = env.header();
+        let entry = vv.entry(h.author).or_insert((0, [0; 32]));
+        if h.seq > entry.0 {
+            *entry = (h.seq, env.hash());
+        }
+    }
+}
+
+fn lock(known: &Known) -> std::sync::MutexGuard<'_, HashMap<GroupId, VersionVector>> {
+    known.lock().unwrap_or_else(|p| p.into_inner())
+}
