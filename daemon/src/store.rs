@@ -69,6 +69,9 @@ impl Table {
     }
 }
 
+/// A key and its opened value.
+pub type Entry = (Vec<u8>, Zeroizing<Vec<u8>>);
+
 #[derive(Debug)]
 pub enum WriteOp {
     Put {
@@ -175,7 +178,7 @@ impl Store {
         &self,
         table: Table,
         prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Zeroizing<Vec<u8>>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(table.definition()).map_err(db_err)?;
         let mut out = Vec::new();

@@ -105,7 +105,7 @@ where
     };
 
     let mut tags = node.group_proofs(&transcript, side);
-    while tags.is_empty() || tags.len() % PROOF_PADDING != 0 {
+    while tags.is_empty() || !tags.len().is_multiple_of(PROOF_PADDING) {
         let mut filler = [0u8; 32];
         OsRng.fill_bytes(&mut filler);
         tags.push(filler);
