@@ -20,6 +20,8 @@ use crate::store::{Table, WriteOp};
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `join` waits for the first sync to bring this device's own admission.
+const ADMISSION_SYNC_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Makes a one-time invite for `group` (facilitators only).
 pub async fn create_invite(
@@ -118,7 +120,20 @@ pub async fn join(node: Arc<Node>, net: NetHandle, token_text: &str) -> Result<G
             NodeError::Unreachable("the facilitator's daemon did not answer in time".into())
         })??;
     let group = node.install_joined(welcome)?;
-    start_sync(node, net, peer);
+    let mut changed = node.subscribe();
+    start_sync(node.clone(), net, peer);
+    // Answer once the facilitator's add has arrived, so the group is writable right away.
+    let synced = tokio::time::timeout(ADMISSION_SYNC_TIMEOUT, async {
+        while !node.sees_self_in(&group) {
+            if changed.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    if synced.is_err() {
+        tracing::warn!(%group, "joined, but the facilitator's add has not synced yet");
+    }
     Ok(group)
 }
 

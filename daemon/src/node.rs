@@ -522,6 +522,15 @@ impl Node {
         })
     }
 
+    /// Whether this device already sees itself in group `id`'s membership (a joiner does
+    /// once the facilitator's add has synced).
+    pub fn sees_self_in(&self, id: &GroupId) -> bool {
+        let me = self.member_id();
+        self.lock()
+            .get(id)
+            .is_some_and(|s| s.group.membership().is_member(&me))
+    }
+
     /// Whether this device is a facilitator of group `id`.
     pub fn is_facilitator(&self, id: &GroupId) -> bool {
         self.lock().get(id).is_some_and(|s| {

@@ -174,11 +174,7 @@ impl Store {
     }
 
     /// All entries whose key starts with `prefix`, in key order.
-    pub fn scan(
-        &self,
-        table: Table,
-        prefix: &[u8],
-    ) -> Result<Vec<Entry>, StoreError> {
+    pub fn scan(&self, table: Table, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(table.definition()).map_err(db_err)?;
         let mut out = Vec::new();

@@ -43,7 +43,10 @@ pub enum GroupError {
     Empty(&'static str),
     #[error("only a facilitator can do that")]
     NotFacilitator,
-    #[error("this device is not a member of the group")]
+    #[error(
+        "this device is not (or not yet) a member of the group; if it has just joined, \
+         wait until it has synced with the facilitator's daemon"
+    )]
     NotMember,
     #[error("no key for epoch {0}")]
     NoEpochKey(u32),

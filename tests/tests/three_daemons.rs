@@ -20,25 +20,22 @@ fn three_members_sync_forward_and_survive_restarts() {
     ]);
     let group = created["group_id"].as_str().unwrap().to_owned();
 
-    for joiner in [&b, &c] {
+    // Each member writes straight after joining: a join answers once the group is writable.
+    for (joiner, text) in [
+        (&b, "from B: phones away"),
+        (&c, "from C: speak from your own experience"),
+    ] {
         let invite = a.json(&["invite", &group]);
         let token = invite["token"].as_str().unwrap();
         let joined = joiner.json(&["join", token]);
         assert_eq!(joined["group_id"], group.as_str());
+        joiner.json(&["agreement", "add", &group, text]);
     }
-
     a.json(&[
         "agreement",
         "add",
         &group,
         "from A: what is said here stays here",
-    ]);
-    b.json(&["agreement", "add", &group, "from B: phones away"]);
-    c.json(&[
-        "agreement",
-        "add",
-        &group,
-        "from C: speak from your own experience",
     ]);
     let first_three = [
         "from A: what is said here stays here",
