@@ -11,13 +11,14 @@ use libp2p::Multiaddr;
 #[derive(Debug, Parser)]
 #[command(name = "hearthd", version)]
 pub struct Args {
-    /// Where hearthd keeps its encrypted store [default: the XDG data dir, hearth/]
-    #[arg(long, env = "HEARTH_DATA_DIR", value_name = "DIR")]
+    /// Where hearthd keeps its encrypted store (env: HEARTH_DATA_DIR)
+    /// [default: the XDG data dir, hearth/]
+    #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// The local API socket [default: $XDG_RUNTIME_DIR/hearth/hearthd.sock, else
-    /// hearthd.sock in the data dir]
-    #[arg(long, env = "HEARTH_SOCKET", value_name = "PATH")]
+    /// The local API socket (env: HEARTH_SOCKET) [default:
+    /// $XDG_RUNTIME_DIR/hearth/hearthd.sock, else hearthd.sock in the data dir]
+    #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 
     /// Address to listen on for other members' daemons (repeatable)
@@ -38,20 +39,29 @@ pub struct Config {
     pub mdns: bool,
 }
 
+/// An environment variable as a path; set-but-empty counts as unset (as in the CLI).
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
 impl Args {
+    /// Flags win over the environment, which wins over the defaults.
     pub fn resolve(self) -> anyhow::Result<Config> {
-        let data_dir = match self.data_dir {
+        let data_dir = match self.data_dir.or_else(|| env_path("HEARTH_DATA_DIR")) {
             Some(d) => d,
             None => dirs::data_dir()
                 .context("no data directory is known for this user; pass --data-dir or set HEARTH_DATA_DIR")?
                 .join("hearth"),
         };
-        let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from);
-        let socket = self.socket.unwrap_or_else(|| {
-            hearth_protocol::api::default_socket_path(runtime_dir.as_deref(), &data_dir)
-        });
+        let runtime_dir = env_path("XDG_RUNTIME_DIR");
+        let socket = self
+            .socket
+            .or_else(|| env_path("HEARTH_SOCKET"))
+            .unwrap_or_else(|| {
+                hearth_protocol::api::default_socket_path(runtime_dir.as_deref(), &data_dir)
+            });
         let listen = if self.listen.is_empty() {
             vec!["/ip4/0.0.0.0/tcp/0".parse().expect("a constant multiaddr")]
         } else {
