@@ -87,17 +87,39 @@ impl GroupDocument {
         Ok(hydrate(&self.doc)?)
     }
 
-    /// Applies `edit` to the current state and returns the automerge changes it made
-    /// (empty if it changed nothing).
+    /// Applies `edit` to the whole current state and returns the automerge change it made
+    /// (none if it changed nothing). Costs a pass over the document: for setting up a
+    /// group; frequent actions use a targeted method such as [`Self::insert_agreement`].
     pub fn edit(&mut self, edit: impl FnOnce(&mut GroupDoc)) -> Result<Vec<Change>, DocError> {
-        let before = self.doc.get_heads();
         let mut state = self.read()?;
         edit(&mut state);
         reconcile(&mut self.doc, &state)?;
-        if self.doc.commit().is_none() {
-            return Ok(Vec::new());
-        }
-        Ok(self.doc.get_changes(&before))
+        Ok(self.commit())
+    }
+
+    /// Adds one agreement, touching only its own entry (constant cost in the group's size).
+    pub fn insert_agreement(
+        &mut self,
+        id: &str,
+        record: &AgreementRecord,
+    ) -> Result<Vec<Change>, DocError> {
+        use automerge::{ObjType, ReadDoc, transaction::Transactable};
+        let agreements = match self.doc.get(automerge::ROOT, "agreements")? {
+            Some((automerge::Value::Object(ObjType::Map), obj)) => obj,
+            _ => self
+                .doc
+                .put_object(automerge::ROOT, "agreements", ObjType::Map)?,
+        };
+        autosurgeon::reconcile_prop(&mut self.doc, agreements, id, record)?;
+        Ok(self.commit())
+    }
+
+    /// Commits pending operations as one change and returns it.
+    fn commit(&mut self) -> Vec<Change> {
+        let Some(hash) = self.doc.commit() else {
+            return Vec::new();
+        };
+        self.doc.get_change_by_hash(&hash).into_iter().collect()
     }
 
     /// Applies changes received from others, all at once (automerge is far faster in batch).

@@ -222,10 +222,12 @@ impl Group {
             author: me.member_id().to_hex(),
             created_at: now_unix,
         };
+        if !self.membership.is_member(&me.member_id()) {
+            return Err(GroupError::NotMember);
+        }
+        let changes = self.doc.insert_agreement(&id, &record)?;
         let env = self
-            .edit(me, rng, |d| {
-                d.agreements.insert(id.clone(), record);
-            })?
+            .seal_changes(me, changes, rng)?
             .ok_or_else(|| GroupError::OwnEnvelope("agreement made no change".into()))?;
         Ok((id, env))
     }
@@ -256,6 +258,16 @@ impl Group {
             return Err(GroupError::NotMember);
         }
         let changes = self.doc.edit(edit)?;
+        self.seal_changes(me, changes, rng)
+    }
+
+    /// Seals this device's new automerge changes as its next envelope (none if empty).
+    fn seal_changes(
+        &mut self,
+        me: &DeviceKeys,
+        changes: Vec<automerge::Change>,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Option<Envelope>, GroupError> {
         if changes.is_empty() {
             return Ok(None);
         }

@@ -1,12 +1,12 @@
 //! Harness for hearth's end-to-end tests: real `hearthd` processes, each with its own data
 //! dir and socket, driven through the real `hearth` CLI with `--json`.
 //!
-//! The binaries come from the same target directory as the test executable, so run the
-//! suite with `cargo test --workspace` (or `cargo nextest run --workspace`), which builds
-//! them first.
+//! The binaries are built (or found up to date) by the harness itself, with the same cargo,
+//! profile and target directory as the test executable.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -15,21 +15,56 @@ use serde_json::Value;
 /// test gives up. Generous: CI machines are small and shared.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Path of a workspace binary next to the running test executable.
+/// Path of a workspace binary, built fresh for this test run.
+///
+/// `cargo test` builds other packages' binaries only as test harnesses, and a binary left
+/// in the target directory may be stale, so the first call builds `hearthd` and `hearth`
+/// with the same cargo, profile and target directory as this test executable.
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
-    let dir = exe
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT
+        .get_or_init(build_binaries)
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{e}"));
+    dir.join(name)
+}
+
+fn build_binaries() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("test executable path: {e}"))?;
+    // target/<profile dir>/deps/<test>-<hash>
+    let profile_dir = exe
         .parent()
         .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` so it is built",
-        path.display()
-    );
-    path
+        .ok_or("test executable is not in target/<profile>/deps")?;
+    let target_dir = profile_dir.parent().ok_or("no target directory")?;
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => return Err("unreadable profile directory".into()),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let status = Command::new(cargo)
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .args([
+            "--profile",
+            profile,
+            "-p",
+            "hearthd",
+            "-p",
+            "hearth",
+            "--bins",
+        ])
+        .status()
+        .map_err(|e| format!("running cargo build for the binaries under test: {e}"))?;
+    if !status.success() {
+        return Err(format!("building hearthd and hearth failed ({status})"));
+    }
+    Ok(profile_dir.to_owned())
 }
 
 /// Polls `f` until it returns `Some`, or panics after [`PATIENCE`] naming `what`.
