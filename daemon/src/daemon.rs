@@ -1,10 +1,12 @@
 //! The daemon's life: open the store, start networking and the local API, route peer
 //! events to sessions, and shut down cleanly on SIGTERM or Ctrl-C.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context;
 use hearth_protocol::session::Side;
+use libp2p::PeerId;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
@@ -32,8 +34,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .context("starting networking")?;
 
     for addr in peers::remembered(node.store())? {
-        if let Err(e) = net.dial(addr.clone()).await {
-            tracing::warn!(%addr, "could not dial a remembered peer: {e:#}");
+        if let Err(e) = net.dial(addr).await {
+            tracing::warn!("could not dial a remembered peer");
+            tracing::debug!("dial failed: {e:#}");
         }
     }
     let router_task = tokio::spawn(route_events(node.clone(), net.clone(), events));
@@ -82,14 +85,64 @@ async fn shutdown_signal() {
     }
 }
 
+/// Inbound sync sessions one peer may hold at once (a joiner briefly holds two: the one
+/// that found no shared group yet, and the one after joining).
+const MAX_SESSIONS_PER_PEER: usize = 2;
+/// Inbound sync sessions in all.
+const MAX_SESSIONS: usize = 64;
+/// Join requests being answered at once, from any peer.
+const MAX_JOINS: usize = 4;
+
+/// Counts streams per peer and in all, so no one can make the daemon run unbounded tasks.
+#[derive(Clone, Default)]
+struct Gate(Arc<std::sync::Mutex<(HashMap<PeerId, usize>, usize)>>);
+
+struct Pass {
+    gate: Gate,
+    peer: PeerId,
+}
+
+impl Gate {
+    fn enter(&self, peer: PeerId, per_peer: usize, total: usize) -> Option<Pass> {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (per, all) = &mut *state;
+        let count = per.entry(peer).or_default();
+        if *count >= per_peer || *all >= total {
+            return None;
+        }
+        *count += 1;
+        *all += 1;
+        Some(Pass {
+            gate: self.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        let mut state = self.gate.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (per, all) = &mut *state;
+        *all -= 1;
+        if let Some(c) = per.get_mut(&self.peer) {
+            *c -= 1;
+            if *c == 0 {
+                per.remove(&self.peer);
+            }
+        }
+    }
+}
+
 /// Starts a sync session for each new peer (the side with the lower peer id opens it, so
-/// two daemons keep one session), and serves inbound sync and join streams.
+/// two daemons keep one session), and serves inbound sync and join streams within limits.
 async fn route_events(
     node: Arc<Node>,
     net: NetHandle,
     mut events: tokio::sync::mpsc::Receiver<NetEvent>,
 ) {
     let local = net.local_peer_id();
+    let sessions = Gate::default();
+    let joins = Gate::default();
     while let Some(event) = events.recv().await {
         match event {
             NetEvent::Connected { peer } => {
@@ -104,14 +157,25 @@ async fn route_events(
             } => {
                 let node = node.clone();
                 if protocol == SYNC_PROTOCOL {
+                    let Some(pass) = sessions.enter(peer, MAX_SESSIONS_PER_PEER, MAX_SESSIONS)
+                    else {
+                        tracing::debug!(%peer, "refused a sync stream over the limit");
+                        continue;
+                    };
                     tokio::spawn(async move {
+                        let _pass = pass;
                         if let Err(e) = sync::run(node, local, peer, stream, Side::Listener).await {
                             tracing::debug!(%peer, "sync session failed: {e:#}");
                         }
                     });
                 } else if protocol == JOIN_PROTOCOL {
+                    let Some(pass) = joins.enter(peer, 1, MAX_JOINS) else {
+                        tracing::debug!(%peer, "refused a join stream over the limit");
+                        continue;
+                    };
                     let net = net.clone();
                     tokio::spawn(async move {
+                        let _pass = pass;
                         if let Err(e) = join::serve(node, net, peer, stream).await {
                             tracing::debug!(%peer, "join stream failed: {e:#}");
                         }

@@ -17,9 +17,9 @@ where
     w.flush().await.context("flushing to peer")
 }
 
-/// Reads one message; `None` when the peer closed the stream cleanly between frames.
-/// The announced length is checked against the cap before anything is allocated.
-pub async fn read_msg<R, T>(r: &mut R) -> anyhow::Result<Option<T>>
+/// Reads one message of at most `max_len` bytes; `None` when the peer closed the stream
+/// cleanly between frames. The announced length is checked before anything is allocated.
+pub async fn read_msg<R, T>(r: &mut R, max_len: usize) -> anyhow::Result<Option<T>>
 where
     R: AsyncRead + Unpin,
     T: DeserializeOwned + Bounded,
@@ -31,6 +31,9 @@ where
         Err(e) => return Err(e).context("reading from peer"),
     }
     let len = wire::frame_len(prefix)?;
+    if len > max_len {
+        anyhow::bail!("peer sent a {len}-byte message where at most {max_len} are expected");
+    }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await.context("reading from peer")?;
     Ok(Some(wire::decode(&body)?))
@@ -44,7 +47,7 @@ mod tests {
     #[tokio::test]
     async fn oversized_prefix_is_refused_without_reading_more() {
         let mut bytes: &[u8] = &((MAX_FRAME_LEN as u32) + 1).to_be_bytes();
-        let r: anyhow::Result<Option<SyncMessage>> = read_msg(&mut bytes).await;
+        let r: anyhow::Result<Option<SyncMessage>> = read_msg(&mut bytes, MAX_FRAME_LEN).await;
         assert!(r.is_err());
     }
 
@@ -56,9 +59,9 @@ mod tests {
         let mut buf = Vec::new();
         write_msg(&mut buf, &msg).await.unwrap();
         let mut slice = buf.as_slice();
-        let back: Option<SyncMessage> = read_msg(&mut slice).await.unwrap();
+        let back: Option<SyncMessage> = read_msg(&mut slice, MAX_FRAME_LEN).await.unwrap();
         assert_eq!(back, Some(msg));
-        let eof: Option<SyncMessage> = read_msg(&mut slice).await.unwrap();
+        let eof: Option<SyncMessage> = read_msg(&mut slice, MAX_FRAME_LEN).await.unwrap();
         assert_eq!(eof, None);
     }
 }

@@ -8,7 +8,7 @@ use hearth_protocol::api::{self, InviteCreated};
 use hearth_protocol::ids::GroupId;
 use hearth_protocol::invite::{InviteToken, JoinAccept, JoinRequest};
 use hearth_protocol::session::Side;
-use hearth_protocol::wire::JoinMessage;
+use hearth_protocol::wire::{JoinMessage, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN};
 use libp2p::{Multiaddr, PeerId};
 use rand_core::{OsRng, RngCore};
 
@@ -132,7 +132,7 @@ pub async fn join(node: Arc<Node>, net: NetHandle, token_text: &str) -> Result<G
     })
     .await;
     if synced.is_err() {
-        tracing::warn!(%group, "joined, but the facilitator's add has not synced yet");
+        tracing::warn!("joined, but the facilitator's add has not synced yet");
     }
     Ok(group)
 }
@@ -154,7 +154,7 @@ async fn request_join(
     write_msg(&mut stream, &JoinMessage::Request(request))
         .await
         .map_err(unreachable)?;
-    match read_msg::<_, JoinMessage>(&mut stream)
+    match read_msg::<_, JoinMessage>(&mut stream, MAX_FRAME_LEN)
         .await
         .map_err(unreachable)?
     {
@@ -193,14 +193,22 @@ pub async fn serve(
     peer: PeerId,
     mut stream: libp2p::Stream,
 ) -> anyhow::Result<()> {
-    let request = match tokio::time::timeout(JOIN_TIMEOUT, read_msg::<_, JoinMessage>(&mut stream))
-        .await
-        .context("join request timed out")??
+    let request = match tokio::time::timeout(
+        JOIN_TIMEOUT,
+        read_msg::<_, JoinMessage>(&mut stream, MAX_HANDSHAKE_FRAME_LEN),
+    )
+    .await
+    .context("join request timed out")??
     {
         Some(JoinMessage::Request(r)) => r,
         _ => return Err(anyhow!("peer sent no join request")),
     };
-    let answer = match admit(&node, &net, peer, &request) {
+    // The admission writes (fsync) and saves the document: off the async workers.
+    let worker = (node.clone(), net.clone());
+    let admitted = tokio::task::spawn_blocking(move || admit(&worker.0, &worker.1, peer, &request))
+        .await
+        .context("admission worker failed")?;
+    let answer = match admitted {
         Ok(accept) => JoinMessage::Accept(Box::new(accept)),
         Err(e) => {
             tracing::info!(%peer, "refused a join request: {e}");
@@ -218,24 +226,13 @@ fn admit(
     peer: PeerId,
     request: &JoinRequest,
 ) -> Result<JoinAccept, NodeError> {
-    let Some(raw) = node.store().get(Table::Invites, &request.invite_id)? else {
-        return Err(NodeError::Forbidden("unknown or used invite".into()));
-    };
-    let record: InviteRecord = postcard::from_bytes(&raw)
-        .map_err(|_| NodeError::Internal("a stored invite is malformed".into()))?;
     let joiner = peer.to_bytes();
     let local = net.local_peer_id().to_bytes();
-    if record.expires_at <= now_unix() || !request.verify(&record.secret, &joiner, &local) {
-        // A wrong proof for a real invite id means someone is guessing: burn the invite.
-        node.store().write(vec![WriteOp::Delete {
-            table: Table::Invites,
-            key: request.invite_id.to_vec(),
-        }])?;
-        return Err(NodeError::Forbidden(
-            "expired invite or failed proof".into(),
-        ));
-    }
-    let admission = node.admit(&record.group_id, request.identity, &request.invite_id)?;
+    let (admission, record) = node.admit(
+        &request.invite_id,
+        |invite| request.verify(&invite.secret, &joiner, &local),
+        request.identity,
+    )?;
     Ok(JoinAccept::new(
         node.keys(),
         request,

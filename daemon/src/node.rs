@@ -51,21 +51,9 @@ impl From<GroupError> for NodeError {
     }
 }
 
-/// One group with the envelopes of every author's log, in sequence order.
+/// One group this device belongs to.
 pub struct Slot {
     pub group: Group,
-    logs: BTreeMap<MemberId, Vec<Envelope>>,
-}
-
-impl Slot {
-    fn record(&mut self, accepted: &[Envelope]) {
-        for env in accepted {
-            self.logs
-                .entry(env.header().author)
-                .or_default()
-                .push(env.clone());
-        }
-    }
 }
 
 pub struct Node {
@@ -152,20 +140,19 @@ impl Node {
         for (_, bytes) in self.store.scan(Table::Envelopes, id.as_bytes())? {
             match Envelope::decode(bytes.to_vec()) {
                 Ok(env) => envelopes.push(env),
-                Err(e) => tracing::warn!(group = %id, "skipping a malformed stored envelope: {e}"),
+                Err(e) => tracing::warn!("skipping a malformed stored envelope: {e}"),
             }
         }
         let stored = envelopes.len();
         let result = group.ingest(envelopes);
         if result.accepted.len() != stored {
-            tracing::warn!(group = %id, stored, accepted = result.accepted.len(), "some stored envelopes were not accepted");
+            tracing::warn!(
+                stored,
+                accepted = result.accepted.len(),
+                "some stored envelopes were not accepted"
+            );
         }
-        let mut slot = Slot {
-            group,
-            logs: BTreeMap::new(),
-        };
-        slot.record(&result.accepted);
-        Ok(slot)
+        Ok(Slot { group })
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<GroupId, Slot>> {
@@ -247,9 +234,6 @@ impl Node {
             }
             return Err(e.into());
         }
-        if let Some(slot) = groups.get_mut(id) {
-            slot.record(std::slice::from_ref(&env));
-        }
         self.bump();
         Ok(())
     }
@@ -261,17 +245,12 @@ impl Node {
             info: *group.info(),
             snapshot: None,
         };
-        let mut slot = Slot {
-            group,
-            logs: BTreeMap::new(),
-        };
         self.store.write(vec![
             records::put_group(&record),
             records::put_epoch_key(&id, 0, &epoch_key),
             records::put_envelope(&first),
         ])?;
-        slot.record(&[first]);
-        self.lock().insert(id, slot);
+        self.lock().insert(id, Slot { group });
         self.bump();
         Ok(id)
     }
@@ -326,17 +305,35 @@ impl Node {
         Ok(agreement_id)
     }
 
-    /// Adds a member on behalf of a facilitator on this device, deleting the invite that
-    /// admitted them in the same transaction. Returns what the joiner needs.
+    /// Admits `member` by the invite `invite_id`, if `proves` accepts the invite: looks the
+    /// invite up, checks it, adds the member and deletes the invite, all under the state
+    /// lock and with the add and the deletion in one transaction, so an invite admits at
+    /// most one member however many requests race. A failed check burns the invite.
     pub fn admit(
         &self,
-        id: &GroupId,
-        member: PublicIdentity,
         invite_id: &[u8; 16],
-    ) -> Result<Admission, NodeError> {
+        proves: impl FnOnce(&records::InviteRecord) -> bool,
+        member: PublicIdentity,
+    ) -> Result<(Admission, records::InviteRecord), NodeError> {
         let mut groups = self.lock();
+        let burn = WriteOp::Delete {
+            table: Table::Invites,
+            key: invite_id.to_vec(),
+        };
+        let Some(raw) = self.store.get(Table::Invites, invite_id)? else {
+            return Err(NodeError::Forbidden("unknown or used invite".into()));
+        };
+        let record: records::InviteRecord = postcard::from_bytes(&raw)
+            .map_err(|_| NodeError::Internal("a stored invite is malformed".into()))?;
+        if record.expires_at <= now_unix() || !proves(&record) {
+            self.store.write(vec![burn])?;
+            return Err(NodeError::Forbidden(
+                "expired invite or failed proof".into(),
+            ));
+        }
+        let id = record.group_id;
         let slot = groups
-            .get_mut(id)
+            .get_mut(&id)
             .ok_or_else(|| NodeError::GroupNotFound(id.to_hex()))?;
         let env = slot
             .group
@@ -349,17 +346,16 @@ impl Node {
             .ok_or_else(|| NodeError::Internal("no key for the current epoch".into()))?;
         let snapshot = slot.group.snapshot();
         let info = *slot.group.info();
-        let burn = WriteOp::Delete {
-            table: Table::Invites,
-            key: invite_id.to_vec(),
-        };
-        self.commit_own(&mut groups, id, env, vec![burn])?;
-        Ok(Admission {
-            info,
-            epoch,
-            epoch_key,
-            snapshot,
-        })
+        self.commit_own(&mut groups, &id, env, vec![burn])?;
+        Ok((
+            Admission {
+                info,
+                epoch,
+                epoch_key,
+                snapshot,
+            },
+            record,
+        ))
     }
 
     /// Stores a group this device has just joined.
@@ -387,13 +383,7 @@ impl Node {
             records::put_group(&record),
             records::put_epoch_key(&id, welcome.epoch, &welcome.epoch_key),
         ])?;
-        self.lock().insert(
-            id,
-            Slot {
-                group,
-                logs: BTreeMap::new(),
-            },
-        );
+        self.lock().insert(id, Slot { group });
         self.bump();
         Ok(id)
     }
@@ -411,10 +401,15 @@ impl Node {
         let result = slot.group.ingest(envelopes);
         if result.rejected > 0 || result.ineffective > 0 {
             tracing::warn!(
-                group = %id,
                 rejected = result.rejected,
                 ineffective = result.ineffective,
                 "dropped envelopes that failed checks"
+            );
+        }
+        if result.forks > 0 {
+            tracing::warn!(
+                authors = result.forks,
+                "a member signed two different histories; that member's log is frozen here"
             );
         }
         if result.accepted.is_empty() {
@@ -428,7 +423,6 @@ impl Node {
             }
             return Err(e.into());
         }
-        slot.record(&result.accepted);
         drop(groups);
         self.bump();
         Ok(result.accepted.len())
@@ -449,28 +443,18 @@ impl Node {
         max_count: usize,
         max_bytes: usize,
     ) -> Vec<Envelope> {
-        let groups = self.lock();
-        let Some(slot) = groups.get(id) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for (author, range) in slot.group.missing_for(known) {
-            let Some(log) = slot.logs.get(&author) else {
-                continue;
-            };
-            for seq in range {
-                let Some(env) = usize::try_from(seq - 1).ok().and_then(|i| log.get(i)) else {
-                    break;
-                };
-                if out.len() >= max_count || bytes + env.as_bytes().len() > max_bytes {
-                    return out;
-                }
-                bytes += env.as_bytes().len();
-                out.push(env.clone());
-            }
+        self.lock()
+            .get(id)
+            .map(|s| s.group.missing_for(known, max_count, max_bytes))
+            .unwrap_or_default()
+    }
+
+    /// A peer's version vector, rewound where it disagrees with our logs (a fork).
+    pub fn reconcile_heads(&self, id: &GroupId, theirs: VersionVector) -> VersionVector {
+        match self.lock().get(id) {
+            Some(s) => s.group.reconcile_heads(theirs),
+            None => theirs,
         }
-        out
     }
 
     /// The tags proving this device's groups to a peer in a session with `transcript`.

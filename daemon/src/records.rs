@@ -30,6 +30,12 @@ pub struct InviteRecord {
     pub expires_at: u64,
 }
 
+impl Drop for InviteRecord {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.secret);
+    }
+}
+
 pub fn envelope_key(group: &GroupId, author: &MemberId, seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(40);
     k.extend_from_slice(group.as_bytes());

@@ -18,7 +18,8 @@ use hearth_protocol::group::VersionVector;
 use hearth_protocol::ids::GroupId;
 use hearth_protocol::session::{self, Side};
 use hearth_protocol::wire::{
-    BATCH_BYTE_BUDGET, MAX_BATCH_ENVELOPES, SyncMessage, VvEntry, WIRE_VERSION,
+    BATCH_BYTE_BUDGET, MAX_BATCH_ENVELOPES, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN, SyncMessage,
+    VvEntry, WIRE_VERSION,
 };
 use libp2p::PeerId;
 use rand_core::{OsRng, RngCore};
@@ -94,7 +95,7 @@ where
         },
     )
     .await?;
-    let their_nonce = match read_msg(reader).await? {
+    let their_nonce = match read_msg(reader, MAX_HANDSHAKE_FRAME_LEN).await? {
         Some(SyncMessage::Hello { nonce, .. }) => nonce,
         _ => bail!("peer did not start with hello"),
     };
@@ -111,7 +112,7 @@ where
         tags.push(filler);
     }
     write_msg(writer, &SyncMessage::Proofs { tags }).await?;
-    let their_tags = match read_msg(reader).await? {
+    let their_tags = match read_msg(reader, MAX_HANDSHAKE_FRAME_LEN).await? {
         Some(SyncMessage::Proofs { tags }) => tags,
         _ => bail!("peer did not send group proofs"),
     };
@@ -129,7 +130,7 @@ where
         },
     )
     .await?;
-    let (identity, their_sig) = match read_msg(reader).await? {
+    let (identity, their_sig) = match read_msg(reader, MAX_HANDSHAKE_FRAME_LEN).await? {
         Some(SyncMessage::Auth {
             identity,
             signature,
@@ -146,7 +147,7 @@ where
 }
 
 async fn receive_loop<R>(
-    node: &Node,
+    node: &Arc<Node>,
     groups: &BTreeSet<GroupId>,
     known: &Known,
     wake: &Notify,
@@ -155,7 +156,7 @@ async fn receive_loop<R>(
 where
     R: futures::AsyncRead + Unpin,
 {
-    while let Some(msg) = read_msg::<_, SyncMessage>(reader).await? {
+    while let Some(msg) = read_msg::<_, SyncMessage>(reader, MAX_FRAME_LEN).await? {
         match msg {
             SyncMessage::Have { group_id, heads } if groups.contains(&group_id) => {
                 let vv = heads
@@ -177,7 +178,11 @@ where
                 if let Some(vv) = lock(known).get_mut(&group_id) {
                     note_sent(vv, &decoded);
                 }
-                node.ingest(&group_id, decoded)?;
+                // Verification, decryption and the fsync run off the async workers.
+                let worker = node.clone();
+                tokio::task::spawn_blocking(move || worker.ingest(&group_id, decoded))
+                    .await
+                    .context("ingest worker failed")??;
             }
             // Anything else (a group not shared in this session, a late handshake message)
             // is ignored rather than trusted.

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use automerge::{ActorId, AutoCommit, Change};
-use autosurgeon::{Hydrate, Reconcile, hydrate, reconcile};
+use autosurgeon::{Hydrate, Reconcile, reconcile};
 
 /// Longest group name accepted.
 pub const MAX_NAME_LEN: usize = 200;
@@ -80,11 +80,36 @@ impl GroupDocument {
         Ok(GroupDocument { doc })
     }
 
+    /// The current state. Lenient by design: any member can write any automerge
+    /// operation, so a field of the wrong type reads as its default and a malformed
+    /// agreement is skipped, rather than one member making the group unreadable.
     pub fn read(&self) -> Result<GroupDoc, DocError> {
-        if self.doc.is_empty() {
-            return Ok(GroupDoc::default());
+        use automerge::{ObjType, ReadDoc};
+        let text = |prop: &str| {
+            autosurgeon::hydrate_prop::<_, Option<String>, _, _>(&self.doc, automerge::ROOT, prop)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        };
+        let mut agreements = BTreeMap::new();
+        if let Ok(Some((automerge::Value::Object(ObjType::Map), obj))) =
+            self.doc.get(automerge::ROOT, "agreements")
+        {
+            for key in self.doc.keys(&obj) {
+                if let Ok(record) = autosurgeon::hydrate_prop::<_, AgreementRecord, _, _>(
+                    &self.doc,
+                    &obj,
+                    key.as_str(),
+                ) {
+                    agreements.insert(key, record);
+                }
+            }
         }
-        Ok(hydrate(&self.doc)?)
+        Ok(GroupDoc {
+            name: text("name"),
+            purpose: text("purpose"),
+            agreements,
+        })
     }
 
     /// Applies `edit` to the whole current state and returns the automerge change it made
@@ -133,6 +158,11 @@ impl GroupDocument {
 
     pub fn save(&mut self) -> Vec<u8> {
         self.doc.save()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn clone_saved(&self) -> Vec<u8> {
+        self.doc.clone().save()
     }
 
     /// Heads of the document, to compare two replicas.
@@ -207,6 +237,38 @@ mod tests {
         a.edit(|d| d.purpose = "Support each other".into()).unwrap();
         let loaded = GroupDocument::load(&a.save(), actor(2)).unwrap();
         assert_eq!(loaded.read().unwrap(), a.read().unwrap());
+    }
+
+    #[test]
+    fn malformed_fields_from_a_member_do_not_make_the_group_unreadable() {
+        use automerge::transaction::Transactable;
+        let mut a = GroupDocument::new(actor(1));
+        a.edit(|d| d.name = "Circle".into()).unwrap();
+        a.insert_agreement(
+            "good",
+            &AgreementRecord {
+                text: "kept".into(),
+                author: "a".into(),
+                created_at: 1,
+            },
+        )
+        .unwrap();
+        let agreements = match automerge::ReadDoc::get(&a.doc, automerge::ROOT, "agreements") {
+            Ok(Some((_, obj))) => obj,
+            other => panic!("no agreements map: {other:?}"),
+        };
+        a.doc.put(&agreements, "bad", 42).unwrap();
+        a.doc.put(automerge::ROOT, "purpose", 7).unwrap();
+        a.doc.commit();
+        let read = a.read().unwrap();
+        assert_eq!(read.name, "Circle");
+        assert_eq!(read.purpose, "");
+        assert_eq!(read.agreements.keys().collect::<Vec<_>>(), ["good"]);
+        // A member who replaces the whole map with a string hides agreements but the
+        // group still reads, and a new agreement repairs the map.
+        a.doc.put(automerge::ROOT, "agreements", "oops").unwrap();
+        a.doc.commit();
+        assert!(a.read().unwrap().agreements.is_empty());
     }
 
     #[test]

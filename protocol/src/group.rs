@@ -19,6 +19,14 @@ use crate::membership::{GroupInfo, Membership};
 
 /// Most envelopes held back (waiting for an earlier envelope or for their author's add).
 pub const MAX_PENDING: usize = 50_000;
+/// Most bytes held back in all.
+pub const MAX_PENDING_BYTES: usize = 64 << 20;
+/// Most envelopes held back for one author.
+pub const MAX_PENDING_PER_AUTHOR: usize = 10_000;
+/// Most envelopes held back for an author not (yet) known to be a member.
+pub const MAX_PENDING_PER_UNKNOWN_AUTHOR: usize = 1_000;
+/// Highest sequence number accepted (keeps index arithmetic far from overflow).
+pub const MAX_SEQ: u64 = 1 << 48;
 
 /// The newest envelope of one author that this device has accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +34,8 @@ pub struct LogHead {
     pub seq: u64,
     pub hash: Hash,
     pub change_head: Hash,
+    /// Sequence number of the author's newest automerge change (0 if none).
+    pub change_seq: u64,
 }
 
 /// author -> (highest sequence number, hash of that envelope).
@@ -65,9 +75,11 @@ pub struct Ingested {
     pub accepted: Vec<Envelope>,
     /// Envelopes dropped: wrong group, bad signature, broken hash chain, or over the cap.
     pub rejected: usize,
-    /// Accepted envelopes whose content had no effect (undecryptable body, changes
-    /// attributed to someone else, an add by a non-facilitator).
+    /// Accepted envelopes whose content had no effect (undecryptable body, changes that
+    /// are not the author's own next ones, a body that contradicts its signed header).
     pub ineffective: usize,
+    /// Authors newly caught forking their log.
+    pub forks: usize,
 }
 
 pub struct Group {
@@ -76,7 +88,13 @@ pub struct Group {
     epoch_keys: BTreeMap<u32, SecretKey>,
     heads: BTreeMap<MemberId, LogHead>,
     doc: GroupDocument,
+    /// Every accepted envelope, per author in sequence order (what peers may lack).
+    logs: BTreeMap<MemberId, Vec<Envelope>>,
     pending: BTreeMap<(MemberId, u64), Envelope>,
+    pending_bytes: usize,
+    /// Authors caught signing two different envelopes for one place in their log. Their
+    /// logs stop at the fork on this device.
+    forked: std::collections::BTreeSet<MemberId>,
 }
 
 fn check_text(
@@ -146,7 +164,10 @@ impl Group {
             epoch_keys: epoch_keys.into_iter().collect(),
             heads: BTreeMap::new(),
             doc,
+            logs: BTreeMap::new(),
             pending: BTreeMap::new(),
+            pending_bytes: 0,
+            forked: Default::default(),
         })
     }
 
@@ -180,6 +201,11 @@ impl Group {
         self.doc.save()
     }
 
+    #[cfg(test)]
+    fn snapshot_clone(&self) -> Vec<u8> {
+        self.doc.clone_saved()
+    }
+
     pub fn version_vector(&self) -> VersionVector {
         self.heads
             .iter()
@@ -191,18 +217,60 @@ impl Group {
         self.heads.get(author)
     }
 
-    /// For each author, the sequence numbers we hold that `theirs` lacks.
+    /// Envelopes that a peer with version vector `theirs` lacks, each author's in order,
+    /// at most `max_count` of them and `max_bytes` in all.
     pub fn missing_for(
         &self,
         theirs: &VersionVector,
-    ) -> Vec<(MemberId, std::ops::RangeInclusive<u64>)> {
-        self.heads
-            .iter()
-            .filter_map(|(author, head)| {
-                let their_seq = theirs.get(author).map_or(0, |(s, _)| *s);
-                (head.seq > their_seq).then(|| (*author, their_seq + 1..=head.seq))
-            })
-            .collect()
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Vec<Envelope> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (author, log) in &self.logs {
+            let their_seq = theirs.get(author).map_or(0, |(s, _)| *s);
+            let from = usize::try_from(their_seq).unwrap_or(usize::MAX);
+            for env in log.iter().skip(from) {
+                if out.len() >= max_count || bytes + env.as_bytes().len() > max_bytes {
+                    return out;
+                }
+                bytes += env.as_bytes().len();
+                out.push(env.clone());
+            }
+        }
+        out
+    }
+
+    /// Reads a peer's version vector: where the peer's (seq, hash) for an author differs
+    /// from the envelope we hold at that seq, one of us holds a branch of a fork. Returns
+    /// the vector to send against, rewound so that our envelope at that seq goes to the
+    /// peer, whose `ingest` will then detect the fork (and ours, when it sends its own).
+    pub fn reconcile_heads(&self, mut theirs: VersionVector) -> VersionVector {
+        for (author, (seq, hash)) in theirs.iter_mut() {
+            let Some(log) = self.logs.get(author) else {
+                continue;
+            };
+            let Some(ours) = usize::try_from(*seq)
+                .ok()
+                .and_then(|s| log.get(s.checked_sub(1)?))
+            else {
+                continue;
+            };
+            if ours.hash() != *hash {
+                *seq -= 1;
+                *hash = if *seq == 0 {
+                    ZERO_HASH
+                } else {
+                    log[*seq as usize - 1].hash()
+                };
+            }
+        }
+        theirs
+    }
+
+    /// Authors this device has caught forking their log.
+    pub fn forked_authors(&self) -> impl Iterator<Item = &MemberId> {
+        self.forked.iter()
     }
 
     /// Adds an agreement written by this device. Returns its id and the envelope to store.
@@ -330,23 +398,10 @@ impl Group {
     pub fn ingest(&mut self, envelopes: Vec<Envelope>) -> Ingested {
         let mut out = Ingested::default();
         for env in envelopes {
-            let h = env.header();
-            if h.group_id != self.info.group_id || h.seq == 0 {
-                out.rejected += 1;
-                continue;
-            }
-            let known = self.heads.get(&h.author).map_or(0, |x| x.seq);
-            if h.seq <= known {
-                continue; // already have it
-            }
-            if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(&(h.author, h.seq)) {
-                out.rejected += 1;
-                continue;
-            }
-            self.pending.insert((h.author, h.seq), env);
+            self.buffer(env, &mut out);
         }
 
-        let mut changes = Vec::new();
+        let mut changes: Vec<Vec<automerge::Change>> = Vec::new();
         loop {
             let mut progress = false;
             let authors: Vec<MemberId> = {
@@ -355,12 +410,16 @@ impl Group {
                 a
             };
             for author in authors {
+                if self.forked.contains(&author) {
+                    continue;
+                }
                 let Some(identity) = self.membership.get(&author).map(|m| m.identity) else {
                     continue;
                 };
                 let run = self.take_verified_run(author, &identity, &mut out);
                 for env in run {
                     self.apply_accepted(&env, &mut changes, &mut out);
+                    self.logs.entry(author).or_default().push(env.clone());
                     out.accepted.push(env);
                     progress = true;
                 }
@@ -369,18 +428,80 @@ impl Group {
                 break;
             }
         }
-        if let Err(e) = self.doc.apply(changes) {
-            // Changes already passed per-change parsing; automerge refusing them here would
-            // be a bug or a hostile member's malformed op: it is counted, never fatal.
-            let _ = e;
-            out.ineffective += 1;
-        }
+        self.apply_changes(changes, &mut out);
         out
     }
 
+    /// Puts one envelope in the pending buffer, unless it is foreign, already held, proof
+    /// of a fork, or over the buffer's bounds.
+    fn buffer(&mut self, env: Envelope, out: &mut Ingested) {
+        let h = *env.header();
+        if h.group_id != self.info.group_id || h.seq == 0 || h.seq > MAX_SEQ {
+            out.rejected += 1;
+            return;
+        }
+        let known = self.heads.get(&h.author).map_or(0, |x| x.seq);
+        if h.seq <= known {
+            self.check_for_fork(&env, out);
+            return;
+        }
+        let key = (h.author, h.seq);
+        if self.pending.contains_key(&key) {
+            // Never let a later arrival displace a buffered envelope: a forger could
+            // otherwise evict the genuine one.
+            return;
+        }
+        let is_member = self.membership.is_member(&h.author);
+        let author_count = self
+            .pending
+            .range((h.author, 0)..=(h.author, u64::MAX))
+            .count();
+        let over = self.pending_bytes + env.as_bytes().len() > MAX_PENDING_BYTES
+            || self.pending.len() >= MAX_PENDING
+            || author_count >= MAX_PENDING_PER_AUTHOR
+            || (!is_member && author_count >= MAX_PENDING_PER_UNKNOWN_AUTHOR);
+        if over {
+            out.rejected += 1;
+            return;
+        }
+        self.pending_bytes += env.as_bytes().len();
+        self.pending.insert(key, env);
+    }
+
+    /// An envelope at or below the author's head must be the one we hold; a validly
+    /// signed different one proves the author forked its log.
+    fn check_for_fork(&mut self, env: &Envelope, out: &mut Ingested) {
+        let h = env.header();
+        let Some(held) = self
+            .logs
+            .get(&h.author)
+            .and_then(|log| log.get(usize::try_from(h.seq - 1).ok()?))
+        else {
+            return;
+        };
+        if held.hash() == env.hash() {
+            return;
+        }
+        let signed = self
+            .membership
+            .get(&h.author)
+            .is_some_and(|m| env.verify(&m.identity).is_ok());
+        if signed && self.forked.insert(h.author) {
+            out.forks += 1;
+        } else if !signed {
+            out.rejected += 1;
+        }
+    }
+
+    fn take_pending(&mut self, key: &(MemberId, u64)) -> Option<Envelope> {
+        let env = self.pending.remove(key)?;
+        self.pending_bytes -= env.as_bytes().len();
+        Some(env)
+    }
+
     /// Removes from `pending` the longest run of `author`'s envelopes that continues its
-    /// log and is covered by a valid signature; drops any that break the chain or follow
-    /// the last valid signature.
+    /// log and is covered by a valid signature; drops any that break the chain or are
+    /// not covered.
     fn take_verified_run(
         &mut self,
         author: MemberId,
@@ -389,13 +510,13 @@ impl Group {
     ) -> Vec<Envelope> {
         let head = self.heads.get(&author).copied();
         // Drop stale entries left behind by an earlier batch.
-        let stale: Vec<u64> = self
+        let stale: Vec<(MemberId, u64)> = self
             .pending
             .range((author, 0)..=(author, head.map_or(0, |h| h.seq)))
-            .map(|((_, s), _)| *s)
+            .map(|(k, _)| *k)
             .collect();
-        for s in stale {
-            self.pending.remove(&(author, s));
+        for key in stale {
+            self.take_pending(&key);
         }
         let mut seq = head.map_or(1, |h| h.seq + 1);
         let mut prev = head.map_or(ZERO_HASH, |h| h.hash);
@@ -403,7 +524,7 @@ impl Group {
         while let Some(env) = self.pending.get(&(author, seq)) {
             if env.header().prev != prev {
                 // A fork or a forgery: the author's log cannot continue through it.
-                self.pending.remove(&(author, seq));
+                self.take_pending(&(author, seq));
                 out.rejected += 1;
                 break;
             }
@@ -411,79 +532,103 @@ impl Group {
             run.push(seq);
             seq += 1;
         }
-        if run.is_empty() {
-            return Vec::new();
-        }
         let mut envs: Vec<Envelope> = run
             .iter()
-            .filter_map(|s| self.pending.remove(&(author, *s)))
+            .filter_map(|s| self.take_pending(&(author, *s)))
             .collect();
         // Fast path: one signature over the newest envelope covers the run by hash chain.
-        let last_ok = envs.last().is_some_and(|e| e.verify(identity).is_ok());
-        if !last_ok {
-            // Find the newest envelope with a valid signature; everything after it goes.
+        if envs.last().is_some_and(|e| e.verify(identity).is_err()) {
+            // Slow path, bounded by the genuine envelopes: keep the prefix whose every
+            // signature verifies and drop the rest.
             let keep = envs
                 .iter()
-                .rposition(|e| e.verify(identity).is_ok())
-                .map_or(0, |i| i + 1);
+                .position(|e| e.verify(identity).is_err())
+                .unwrap_or(envs.len());
             out.rejected += envs.len() - keep;
             envs.truncate(keep);
         }
         envs
     }
 
+    /// Advances the author's head and applies the envelope's body if it is well formed.
     fn apply_accepted(
         &mut self,
         env: &Envelope,
-        changes: &mut Vec<automerge::Change>,
+        changes: &mut Vec<Vec<automerge::Change>>,
         out: &mut Ingested,
     ) {
         let h = *env.header();
-        let prior_change_head = self
-            .heads
-            .get(&h.author)
-            .map_or(ZERO_HASH, |x| x.change_head);
-        self.heads.insert(
-            h.author,
-            LogHead {
-                seq: h.seq,
-                hash: env.hash(),
-                change_head: h.change_head,
-            },
-        );
-        let Some(key) = self.epoch_keys.get(&h.epoch) else {
-            out.ineffective += 1;
-            return;
+        let prior = self.heads.get(&h.author).copied();
+        let prior_change_head = prior.map_or(ZERO_HASH, |x| x.change_head);
+        let prior_change_seq = prior.map_or(0, |x| x.change_seq);
+        // Whatever the body holds, the log moves on: every device agrees on the log.
+        // A body with no effect leaves the author's automerge position where it was.
+        let mut head = LogHead {
+            seq: h.seq,
+            hash: env.hash(),
+            change_head: prior_change_head,
+            change_seq: prior_change_seq,
         };
-        let Ok(body) = env.open(key) else {
-            out.ineffective += 1;
-            return;
-        };
-        match body {
-            Body::Add { member, role } => {
+        let effective = match self.epoch_keys.get(&h.epoch).map(|k| env.open(k)) {
+            Some(Ok(Body::Add { member, role })) if h.change_head == prior_change_head => {
                 self.membership.record_add(h.author, member, role);
-                if h.change_head != prior_change_head {
-                    out.ineffective += 1;
+                true
+            }
+            Some(Ok(Body::Changes { changes: raw })) => {
+                match checked_changes(raw, &h, prior_change_seq) {
+                    Some(cs) => {
+                        head.change_head = h.change_head;
+                        head.change_seq = prior_change_seq + cs.len() as u64;
+                        changes.push(cs);
+                        true
+                    }
+                    None => false,
                 }
             }
-            Body::Changes { changes: raw } => {
-                let actor = h.author.actor_id();
-                let parsed: Option<Vec<automerge::Change>> = raw
-                    .into_iter()
-                    .map(|bytes| automerge::Change::from_bytes(bytes).ok())
-                    .collect();
-                let valid = parsed.filter(|cs| {
-                    !cs.is_empty()
-                        && cs.iter().all(|c| c.actor_id() == &actor)
-                        && cs.last().is_some_and(|c| c.hash().0 == h.change_head)
-                });
-                match valid {
-                    Some(cs) => changes.extend(cs),
-                    None => out.ineffective += 1,
-                }
+            _ => false,
+        };
+        if !effective {
+            out.ineffective += 1;
+        }
+        self.heads.insert(h.author, head);
+    }
+
+    /// Applies the accepted envelopes' changes in one automerge call; if automerge refuses
+    /// the batch, applies envelope by envelope so one bad envelope cannot sink the rest.
+    fn apply_changes(&mut self, changes: Vec<Vec<automerge::Change>>, out: &mut Ingested) {
+        if changes.is_empty() {
+            return;
+        }
+        let all: Vec<automerge::Change> = changes.iter().flatten().cloned().collect();
+        if self.doc.apply(all).is_ok() {
+            return;
+        }
+        for cs in changes {
+            if self.doc.apply(cs).is_err() {
+                out.ineffective += 1;
             }
         }
     }
+}
+
+/// Parses an envelope's automerge changes and checks they are the author's own next ones:
+/// its actor id, sequence numbers continuing the author's last, and the signed head last.
+fn checked_changes(
+    raw: Vec<Vec<u8>>,
+    header: &Header,
+    prior_change_seq: u64,
+) -> Option<Vec<automerge::Change>> {
+    let actor = header.author.actor_id();
+    let changes: Vec<automerge::Change> = raw
+        .into_iter()
+        .map(|bytes| automerge::Change::from_bytes(bytes).ok())
+        .collect::<Option<_>>()?;
+    let contiguous = changes
+        .iter()
+        .zip(prior_change_seq + 1..)
+        .all(|(c, seq)| c.actor_id() == &actor && c.seq() == seq);
+    let signed_head = changes.last()?.hash().0 == header.change_head;
+    (contiguous && signed_head).then_some(changes)
 }
 
 /// Seals a snapshot for a joining member under the epoch's snapshot key.
@@ -680,6 +825,158 @@ mod tests {
         let r = d[0].group.ingest(vec![env]);
         assert_eq!(r.ineffective, 1);
         assert_eq!(d[0].group.read().unwrap().purpose, "Support");
+    }
+
+    /// Seals `body` as `keys`' envelope at `seq` after `prev`, with `change_head`.
+    fn craft(
+        g: &Group,
+        keys: &DeviceKeys,
+        seq: u64,
+        prev: Hash,
+        change_head: Hash,
+        body: &Body,
+    ) -> Envelope {
+        let header = Header {
+            version: 0,
+            group_id: g.id(),
+            epoch: 0,
+            author: keys.member_id(),
+            seq,
+            prev,
+            change_head,
+        };
+        Envelope::seal(keys, header, body, g.epoch_key(0).unwrap(), &mut OsRng)
+    }
+
+    #[test]
+    fn a_members_duplicate_changes_cannot_sink_others_in_the_same_batch() {
+        let (d, log) = setup(1);
+        let b = &d[1];
+        // Two different automerge changes with b's actor and the same seq.
+        let snap = GroupDocument::load(&d[0].group.snapshot_clone(), b.keys.member_id().actor_id());
+        let mut one = snap.unwrap();
+        let mut two =
+            GroupDocument::load(&d[0].group.snapshot_clone(), b.keys.member_id().actor_id())
+                .unwrap();
+        let c1 = one.edit(|g| g.purpose = "one".into()).unwrap();
+        let c2 = two.edit(|g| g.purpose = "two".into()).unwrap();
+        let raw: Vec<Vec<u8>> = c1
+            .iter()
+            .chain(c2.iter())
+            .map(|c| c.raw_bytes().to_vec())
+            .collect();
+        let head = c2[0].hash().0;
+        let hostile = craft(
+            &b.group,
+            &b.keys,
+            1,
+            ZERO_HASH,
+            head,
+            &Body::Changes { changes: raw },
+        );
+        // An honest agreement from a, delivered in the same batch.
+        let mut a = d.into_iter().next().unwrap();
+        let (_, honest) = a
+            .group
+            .add_agreement(&a.keys, "honest", 0, &mut OsRng)
+            .unwrap();
+        let mut fresh = Group::restore(
+            *a.group.info(),
+            [(0, a.group.epoch_key(0).unwrap().clone())],
+            None,
+            DeviceKeys::generate(&mut OsRng).member_id(),
+        )
+        .unwrap();
+        let mut batch = log.clone();
+        batch.push(hostile);
+        batch.push(honest);
+        let r = fresh.ingest(batch);
+        assert_eq!(r.ineffective, 1);
+        let view = fresh.read().unwrap();
+        assert_eq!(view.name, "Circle");
+        assert_eq!(view.purpose, "Support");
+        assert_eq!(view.agreements.len(), 1);
+    }
+
+    #[test]
+    fn a_signed_fork_is_detected_and_stops_the_authors_log() {
+        let (mut d, _) = setup(1);
+        let (a, rest) = d.split_at_mut(1);
+        let b = &rest[0];
+        let prev = b
+            .group
+            .head(&b.keys.member_id())
+            .map_or(ZERO_HASH, |h| h.hash);
+        let x = craft(
+            &b.group,
+            &b.keys,
+            1,
+            prev,
+            ZERO_HASH,
+            &Body::Add {
+                member: b.keys.public(),
+                role: Role::Member,
+            },
+        );
+        let y = craft(
+            &b.group,
+            &b.keys,
+            1,
+            prev,
+            ZERO_HASH,
+            &Body::Add {
+                member: DeviceKeys::generate(&mut OsRng).public(),
+                role: Role::Member,
+            },
+        );
+        assert_eq!(a[0].group.ingest(vec![x]).accepted.len(), 1);
+        let r = a[0].group.ingest(vec![y]);
+        assert_eq!(r.forks, 1);
+        assert_eq!(a[0].group.forked_authors().count(), 1);
+    }
+
+    #[test]
+    fn a_forged_envelope_cannot_evict_a_buffered_genuine_one() {
+        let (mut d, _) = setup(1);
+        let (a, rest) = d.split_at_mut(1);
+        let b = &mut rest[0];
+        let (_, e1) = b
+            .group
+            .add_agreement(&b.keys, "first", 0, &mut OsRng)
+            .unwrap();
+        let (_, e2) = b
+            .group
+            .add_agreement(&b.keys, "second", 0, &mut OsRng)
+            .unwrap();
+        // The genuine seq 2 waits for seq 1; a forgery for seq 2 then arrives.
+        a[0].group.ingest(vec![e2.clone()]);
+        let forger = DeviceKeys::generate(&mut OsRng);
+        let mut forged = craft(
+            &b.group,
+            &forger,
+            2,
+            e1.hash(),
+            ZERO_HASH,
+            &Body::Changes { changes: vec![] },
+        );
+        forged = Envelope::decode({
+            let mut bytes = forged.into_bytes();
+            bytes[21..37].copy_from_slice(b.keys.member_id().as_bytes());
+            bytes
+        })
+        .unwrap();
+        a[0].group.ingest(vec![forged]);
+        let r = a[0].group.ingest(vec![e1]);
+        assert_eq!(r.accepted.len(), 2);
+        let texts: Vec<String> = a[0]
+            .group
+            .read()
+            .unwrap()
+            .agreements
+            .values()
+            .map(|x| x.text.clone())
+            .collect();
+        assert_eq!(texts.len(), 2);
     }
 
     proptest! {

@@ -39,7 +39,10 @@ pub enum SyncMessage {
     Hello { version: u8, nonce: [u8; 32] },
     /// Second: one tag per group the sender is in, each recognisable only by a holder of
     /// that group's epoch key (see `session`).
-    Proofs { tags: Vec<[u8; 32]> },
+    Proofs {
+        #[serde(deserialize_with = "bounded::vec::<_, _, MAX_GROUP_PROOFS>")]
+        tags: Vec<[u8; 32]>,
+    },
     /// Third, only if some group matched: the sender's member identity, signed over the
     /// transcript and the matched groups.
     Auth {
@@ -55,8 +58,53 @@ pub enum SyncMessage {
     /// Envelopes the receiver lacks (each author's in sequence order).
     Envelopes {
         group_id: GroupId,
+        #[serde(deserialize_with = "bounded::vec::<_, _, MAX_BATCH_ENVELOPES>")]
         envelopes: Vec<Vec<u8>>,
     },
+}
+
+/// Largest frame of the session handshake (hello, proofs, auth) and of a join request.
+pub const MAX_HANDSHAKE_FRAME_LEN: usize = 16 << 10;
+
+/// Lists decoded with a hard cap, enforced while decoding: a hostile peer cannot make us
+/// build a list longer than the cap, whatever length it announces.
+mod bounded {
+    use std::marker::PhantomData;
+
+    use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
+
+    pub fn vec<'de, D, T, const MAX: usize>(d: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        struct Bounded<T, const MAX: usize>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>, const MAX: usize> Visitor<'de> for Bounded<T, MAX> {
+            type Value = Vec<T>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "a list of at most {MAX} elements")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+                let announced = seq.size_hint().unwrap_or(0);
+                if announced > MAX {
+                    return Err(A::Error::custom(format!("more than {MAX} elements")));
+                }
+                let mut out = Vec::with_capacity(announced);
+                while let Some(item) = seq.next_element()? {
+                    if out.len() == MAX {
+                        return Err(A::Error::custom(format!("more than {MAX} elements")));
+                    }
+                    out.push(item);
+                }
+                Ok(out)
+            }
+        }
+
+        d.deserialize_seq(Bounded::<T, MAX>(PhantomData))
+    }
 }
 
 /// Messages of the join protocol.
@@ -136,7 +184,8 @@ impl Bounded for JoinMessage {
     }
 }
 
-/// Decodes one frame's body (without its length prefix) and checks its caps.
+/// Decodes one frame's body (without its length prefix) and checks its caps. Lists are
+/// capped while decoding; `check_bounds` re-checks what decoding cannot (the version).
 pub fn decode<T: DeserializeOwned + Bounded>(body: &[u8]) -> Result<T, WireError> {
     if body.len() > MAX_FRAME_LEN {
         return Err(WireError::FrameTooLarge(body.len()));
@@ -170,10 +219,21 @@ mod tests {
             group_id: GroupId([0; 16]),
             envelopes: vec![vec![]; MAX_BATCH_ENVELOPES + 1],
         };
-        assert!(matches!(
+        assert_eq!(
             decode::<SyncMessage>(&encode_frame(&msg)[4..]),
-            Err(WireError::TooMany { .. })
-        ));
+            Err(WireError::Malformed)
+        );
+    }
+
+    #[test]
+    fn an_announced_list_longer_than_its_cap_is_refused_before_it_is_built() {
+        // Envelopes variant (4), group id, a length of 4 million, and as many empty
+        // entries as the frame allows: refused while decoding, not after building them.
+        let mut body = vec![4u8];
+        body.extend_from_slice(&[0; 16]);
+        body.extend_from_slice(&[0x80, 0x92, 0xf4, 0x01]); // varint 4_000_000
+        body.extend(std::iter::repeat_n(0u8, MAX_FRAME_LEN - 32));
+        assert_eq!(decode::<SyncMessage>(&body), Err(WireError::Malformed));
     }
 
     #[test]
