@@ -14,7 +14,7 @@ use crate::http::{self, AppState};
 use crate::net::{self, JOIN_PROTOCOL, NetConfig, NetEvent, NetHandle, SYNC_PROTOCOL};
 use crate::node::Node;
 use crate::store::Store;
-use crate::{join, peers, sync};
+use crate::{join, peering, sync};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // The store's lock comes first: a second daemon on the same data dir stops here.
@@ -33,12 +33,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .context("starting networking")?;
 
-    for addr in peers::remembered(node.store())? {
-        if let Err(e) = net.dial(addr).await {
-            tracing::warn!("could not dial a remembered peer");
-            tracing::debug!("dial failed: {e:#}");
-        }
-    }
+    peering::redial_remembered(node.clone(), net.clone());
     let router_task = tokio::spawn(route_events(node.clone(), net.clone(), events));
 
     let addrs: Vec<String> = net
@@ -146,8 +141,8 @@ async fn route_events(
     while let Some(event) = events.recv().await {
         match event {
             NetEvent::Connected { peer } => {
-                if local.to_bytes() < peer.to_bytes() && node.group_count() > 0 {
-                    join::start_sync(node.clone(), net.clone(), peer);
+                if local.to_bytes() < peer.to_bytes() {
+                    peering::supervise(node.clone(), net.clone(), peer);
                 }
             }
             NetEvent::InboundStream {

@@ -7,13 +7,12 @@ use anyhow::{Context, anyhow};
 use hearth_protocol::api::{self, InviteCreated};
 use hearth_protocol::ids::GroupId;
 use hearth_protocol::invite::{InviteToken, JoinAccept, JoinRequest};
-use hearth_protocol::session::Side;
 use hearth_protocol::wire::{JoinMessage, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN};
 use libp2p::{Multiaddr, PeerId};
 use rand_core::{OsRng, RngCore};
 
 use crate::frame::{read_msg, write_msg};
-use crate::net::{JOIN_PROTOCOL, NetHandle, SYNC_PROTOCOL};
+use crate::net::{JOIN_PROTOCOL, NetHandle};
 use crate::node::{Node, NodeError, now_unix};
 use crate::records::{self, InviteRecord};
 use crate::store::{Table, WriteOp};
@@ -121,7 +120,7 @@ pub async fn join(node: Arc<Node>, net: NetHandle, token_text: &str) -> Result<G
         })??;
     let group = node.install_joined(welcome)?;
     let mut changed = node.subscribe();
-    start_sync(node.clone(), net, peer);
+    crate::peering::supervise(node.clone(), net, peer);
     // Answer once the facilitator's add has arrived, so the group is writable right away.
     let synced = tokio::time::timeout(ADMISSION_SYNC_TIMEOUT, async {
         while !node.sees_self_in(&group) {
@@ -170,20 +169,6 @@ async fn request_join(
             "the facilitator's daemon closed the connection without answering".into(),
         )),
     }
-}
-
-/// Opens a sync session to `peer` in the background.
-pub fn start_sync(node: Arc<Node>, net: NetHandle, peer: PeerId) {
-    tokio::spawn(async move {
-        let result = async {
-            let stream = net.open_stream(peer, SYNC_PROTOCOL).await?;
-            crate::sync::run(node, net.local_peer_id(), peer, stream, Side::Dialer).await
-        }
-        .await;
-        if let Err(e) = result {
-            tracing::debug!(%peer, "sync session failed: {e:#}");
-        }
-    });
 }
 
 /// The facilitator's side of one join stream.

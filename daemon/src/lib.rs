@@ -8,6 +8,7 @@ pub mod http;
 pub mod join;
 pub mod net;
 pub mod node;
+mod peering;
 mod peers;
 mod records;
 pub mod store;

@@ -62,6 +62,9 @@ pub struct Node {
     groups: Mutex<BTreeMap<GroupId, Slot>>,
     /// Bumped whenever any group accepts new envelopes; sessions wake on it to push.
     changed: watch::Sender<u64>,
+    /// Bumped whenever this device joins or creates a group: sessions then restart so
+    /// their handshake covers it.
+    groups_changed: watch::Sender<u64>,
 }
 
 pub fn now_unix() -> u64 {
@@ -93,6 +96,7 @@ impl Node {
             store,
             groups: Mutex::new(BTreeMap::new()),
             changed: watch::channel(0).0,
+            groups_changed: watch::channel(0).0,
         };
         for (key, _) in node.store.scan(Table::Groups, &[])? {
             let id = GroupId(
@@ -176,6 +180,14 @@ impl Node {
         self.changed.subscribe()
     }
 
+    pub fn subscribe_groups(&self) -> watch::Receiver<u64> {
+        self.groups_changed.subscribe()
+    }
+
+    fn bump_groups(&self) {
+        self.groups_changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     fn bump(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -252,6 +264,7 @@ impl Node {
         ])?;
         self.lock().insert(id, Slot { group });
         self.bump();
+        self.bump_groups();
         Ok(id)
     }
 
@@ -385,6 +398,7 @@ impl Node {
         ])?;
         self.lock().insert(id, Slot { group });
         self.bump();
+        self.bump_groups();
         Ok(id)
     }
 

@@ -34,13 +34,16 @@ const PROOF_PADDING: usize = 8;
 
 type Known = Arc<Mutex<HashMap<GroupId, VersionVector>>>;
 
+/// Runs one session to its end. Returns whether the peer shared any group with us. The
+/// session ends when the stream closes or when this device's set of groups changes (so a
+/// new session's handshake can cover the new group).
 pub async fn run(
     node: Arc<Node>,
     local: PeerId,
     peer: PeerId,
     stream: libp2p::Stream,
     side: Side,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let (mut reader, mut writer) = stream.split();
     let groups = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
@@ -50,7 +53,7 @@ pub async fn run(
     .context("handshake timed out")??;
     if groups.is_empty() {
         tracing::debug!(%peer, "no shared group; closing session");
-        return Ok(());
+        return Ok(false);
     }
     tracing::info!(%peer, groups = groups.len(), "sync session established");
 
@@ -70,7 +73,7 @@ pub async fn run(
     };
     push.abort();
     tracing::info!(%peer, "sync session ended");
-    result
+    result.map(|()| true)
 }
 
 async fn handshake<R, W>(
@@ -203,6 +206,7 @@ where
     W: futures::AsyncWrite + Unpin,
 {
     let mut changed = node.subscribe();
+    let mut groups_changed = node.subscribe_groups();
     for group_id in &groups {
         let heads = node
             .version_vector(group_id)
@@ -249,6 +253,7 @@ where
         tokio::select! {
             r = changed.changed() => if r.is_err() { return Ok(()) },
             () = wake.notified() => {}
+            _ = groups_changed.changed() => return Ok(()),
         }
     }
 }

@@ -83,3 +83,43 @@ fn three_members_sync_forward_and_survive_restarts() {
         assert_eq!(g["members"].as_array().unwrap().len(), 3, "{}", d.name);
     }
 }
+
+/// Two members already connected through one group pick up a second group they both
+/// join later, without reconnecting: their session restarts to cover it.
+#[test]
+fn a_group_joined_later_syncs_over_an_existing_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Daemon::start("A", &tmp.path().join("a"));
+    let b = Daemon::start("B", &tmp.path().join("b"));
+    let c = Daemon::start("C", &tmp.path().join("c"));
+
+    let invite_both = |group: &str| {
+        for d in [&b, &c] {
+            let token = a.json(&["invite", group])["token"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            d.json(&["join", &token]);
+        }
+    };
+    let first = a.json(&["group", "create", "First"])["group_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    invite_both(&first);
+    // B and C connect to each other directly, sharing only the first group.
+    c.json(&["peer", "add", &b.addr()]);
+    c.json(&["agreement", "add", &first, "C in the first group"]);
+    b.wait_for_agreements(&first, &["C in the first group"]);
+
+    // Both join a second group; then its facilitator leaves, so the only route from C to B
+    // for the second group is their existing connection.
+    let second = a.json(&["group", "create", "Second"])["group_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    invite_both(&second);
+    a.stop();
+    c.json(&["agreement", "add", &second, "C in the second group"]);
+    b.wait_for_agreements(&second, &["C in the second group"]);
+}

@@ -1,0 +1,88 @@
+//! Keeping in touch with peers: one supervised sync session per peer this daemon is
+//! responsible for, and redialling the addresses the member added.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hearth_protocol::session::Side;
+use libp2p::PeerId;
+
+use crate::net::{NetHandle, SYNC_PROTOCOL};
+use crate::node::Node;
+use crate::{peers, sync};
+
+/// Wait before reopening a session that ended while sharing groups (the peer's set of
+/// groups may have changed).
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+/// Wait before trying again with a peer that shares no group with us (it may later).
+const IDLE_RETRY: Duration = Duration::from_secs(30);
+/// How often remembered addresses that are not connected are dialled again.
+const REDIAL_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Keeps a sync session open with `peer` for as long as it stays connected: reopens it when
+/// it ends, when this device's groups change, or now and then if no group was shared.
+pub fn supervise(node: Arc<Node>, net: NetHandle, peer: PeerId) {
+    tokio::spawn(async move {
+        let mut groups_changed = node.subscribe_groups();
+        loop {
+            groups_changed.borrow_and_update();
+            let shared = if node.group_count() > 0 {
+                match open(&node, &net, peer).await {
+                    Ok(shared) => shared,
+                    Err(e) => {
+                        tracing::debug!(%peer, "sync session failed: {e:#}");
+                        false
+                    }
+                }
+            } else {
+                false
+            };
+            let wait = if shared { RESTART_DELAY } else { IDLE_RETRY };
+            tokio::select! {
+                _ = groups_changed.changed() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+            if !net.peers().await.iter().any(|(p, _)| *p == peer) {
+                break;
+            }
+        }
+    });
+}
+
+async fn open(node: &Arc<Node>, net: &NetHandle, peer: PeerId) -> anyhow::Result<bool> {
+    let stream = net.open_stream(peer, SYNC_PROTOCOL).await?;
+    sync::run(
+        node.clone(),
+        net.local_peer_id(),
+        peer,
+        stream,
+        Side::Dialer,
+    )
+    .await
+}
+
+/// Dials remembered addresses now and again, so a member added by address comes back
+/// after a network outage without a restart.
+pub fn redial_remembered(node: Arc<Node>, net: NetHandle) {
+    tokio::spawn(async move {
+        loop {
+            let connected: Vec<_> = net
+                .peers()
+                .await
+                .into_iter()
+                .flat_map(|(_, addrs)| addrs)
+                .collect();
+            match peers::remembered(node.store()) {
+                Ok(addrs) => {
+                    for addr in addrs.into_iter().filter(|a| !connected.contains(a)) {
+                        if let Err(e) = net.dial(addr).await {
+                            tracing::debug!("redialling a remembered peer failed: {e:#}");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("cannot read remembered peers: {e}"),
+            }
+            tokio::time::sleep(REDIAL_INTERVAL).await;
+        }
+    });
+}
