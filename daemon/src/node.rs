@@ -98,41 +98,35 @@ impl Node {
             changed: watch::channel(0).0,
             groups_changed: watch::channel(0).0,
         };
-        for (key, _) in node.store.scan(Table::Groups, &[])? {
-            let id = GroupId(
-                key.as_slice()
-                    .try_into()
-                    .map_err(|_| NodeError::Internal("a stored group key is malformed".into()))?,
-            );
-            let slot = node.load_slot(&id)?;
+        for (_, raw) in node.store.scan(Table::Groups, &[])? {
+            let record: GroupRecord = postcard::from_bytes(&raw)
+                .map_err(|_| NodeError::Internal("a stored group record is malformed".into()))?;
+            let id = record.info.group_id;
+            let slot = node.load_slot(record)?;
             node.lock().insert(id, slot);
         }
         Ok(node)
     }
 
-    fn load_slot(&self, id: &GroupId) -> Result<Slot, NodeError> {
+    /// Reads a group's record from the store again (after a failed write).
+    fn reload_slot(&self, id: &GroupId) -> Result<Slot, NodeError> {
         let raw = self
             .store
-            .get(Table::Groups, id.as_bytes())?
-            .ok_or_else(|| NodeError::Internal(format!("group {id} vanished from the store")))?;
-        let record: GroupRecord = postcard::from_bytes(&raw).map_err(|_| {
-            NodeError::Internal(format!("stored record of group {id} is malformed"))
-        })?;
+            .get(Table::Groups, &records::group_key(&self.store, id))?
+            .ok_or_else(|| NodeError::Internal("a group vanished from the store".into()))?;
+        let record: GroupRecord = postcard::from_bytes(&raw)
+            .map_err(|_| NodeError::Internal("a stored group record is malformed".into()))?;
+        self.load_slot(record)
+    }
+
+    /// Rebuilds a group from its record, its epoch keys and its stored envelopes.
+    fn load_slot(&self, record: GroupRecord) -> Result<Slot, NodeError> {
+        let prefix = records::group_key(&self.store, &record.info.group_id);
         let mut keys = Vec::new();
-        for (k, v) in self.store.scan(Table::EpochKeys, id.as_bytes())? {
-            let epoch = k
-                .get(16..20)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_be_bytes);
-            let bytes: Option<[u8; 32]> = v.as_slice().try_into().ok();
-            match (epoch, bytes) {
-                (Some(e), Some(b)) => keys.push((e, SecretKey::from_bytes(b))),
-                _ => {
-                    return Err(NodeError::Internal(format!(
-                        "stored key of group {id} is malformed"
-                    )));
-                }
-            }
+        for (_, v) in self.store.scan(Table::EpochKeys, &prefix)? {
+            let (epoch, bytes): (u32, [u8; 32]) = postcard::from_bytes(&v)
+                .map_err(|_| NodeError::Internal("a stored epoch key is malformed".into()))?;
+            keys.push((epoch, SecretKey::from_bytes(bytes)));
         }
         let mut group = Group::restore(
             record.info,
@@ -141,7 +135,7 @@ impl Node {
             self.keys.member_id(),
         )?;
         let mut envelopes = Vec::new();
-        for (_, bytes) in self.store.scan(Table::Envelopes, id.as_bytes())? {
+        for (_, bytes) in self.store.scan(Table::Envelopes, &prefix)? {
             match Envelope::decode(bytes.to_vec()) {
                 Ok(env) => envelopes.push(env),
                 Err(e) => tracing::warn!("skipping a malformed stored envelope: {e}"),
@@ -238,10 +232,10 @@ impl Node {
         env: Envelope,
         extra: Vec<WriteOp>,
     ) -> Result<(), NodeError> {
-        let mut ops = vec![records::put_envelope(&env)];
+        let mut ops = vec![records::put_envelope(&self.store, &env)];
         ops.extend(extra);
         if let Err(e) = self.store.write(ops) {
-            if let Ok(slot) = self.load_slot(id) {
+            if let Ok(slot) = self.reload_slot(id) {
                 groups.insert(*id, slot);
             }
             return Err(e.into());
@@ -258,9 +252,9 @@ impl Node {
             snapshot: None,
         };
         self.store.write(vec![
-            records::put_group(&record),
-            records::put_epoch_key(&id, 0, &epoch_key),
-            records::put_envelope(&first),
+            records::put_group(&self.store, &record),
+            records::put_epoch_key(&self.store, &id, 0, &epoch_key),
+            records::put_envelope(&self.store, &first),
         ])?;
         self.lock().insert(id, Slot { group });
         self.bump();
@@ -393,8 +387,8 @@ impl Node {
             snapshot: Some(welcome.snapshot.to_vec()),
         };
         self.store.write(vec![
-            records::put_group(&record),
-            records::put_epoch_key(&id, welcome.epoch, &welcome.epoch_key),
+            records::put_group(&self.store, &record),
+            records::put_epoch_key(&self.store, &id, welcome.epoch, &welcome.epoch_key),
         ])?;
         self.lock().insert(id, Slot { group });
         self.bump();
@@ -429,10 +423,14 @@ impl Node {
         if result.accepted.is_empty() {
             return Ok(0);
         }
-        let ops = result.accepted.iter().map(records::put_envelope).collect();
+        let ops = result
+            .accepted
+            .iter()
+            .map(|e| records::put_envelope(&self.store, e))
+            .collect();
         if let Err(e) = self.store.write(ops) {
             // Memory ran ahead of disk: rebuild from disk; the peer will resend.
-            if let Ok(slot) = self.load_slot(id) {
+            if let Ok(slot) = self.reload_slot(id) {
                 groups.insert(*id, slot);
             }
             return Err(e.into());

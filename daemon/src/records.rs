@@ -1,7 +1,8 @@
 //! How hearthd's state maps onto the encrypted store: table keys and record encodings.
 //!
-//! Keys are random ids and counters only (never names or text); every value is sealed by
-//! the store. Records are postcard-encoded.
+//! Keys are store aliases of group and member ids (never the ids themselves, so a disk
+//! does not show who is in which group), counters and fixed labels; every value is sealed
+//! by the store. Records are postcard-encoded.
 
 use hearth_protocol::crypto::SecretKey;
 use hearth_protocol::envelope::Envelope;
@@ -9,7 +10,7 @@ use hearth_protocol::ids::{GroupId, MemberId};
 use hearth_protocol::membership::GroupInfo;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Table, WriteOp};
+use crate::store::{Store, Table, WriteOp};
 
 /// Meta key of this device's secret keys.
 pub const IDENTITY_KEY: &[u8] = b"identity";
@@ -36,41 +37,43 @@ impl Drop for InviteRecord {
     }
 }
 
-pub fn envelope_key(group: &GroupId, author: &MemberId, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(40);
-    k.extend_from_slice(group.as_bytes());
-    k.extend_from_slice(author.as_bytes());
+/// The key prefix under which everything of one group is kept.
+pub fn group_key(store: &Store, group: &GroupId) -> Vec<u8> {
+    store.alias(&[b"group", group.as_bytes()]).to_vec()
+}
+
+/// `alias(group) || alias(group, author) || seq`: scannable by group, then by author.
+fn envelope_key(store: &Store, group: &GroupId, author: &MemberId, seq: u64) -> Vec<u8> {
+    let mut k = group_key(store, group);
+    k.extend_from_slice(&store.alias(&[b"author", group.as_bytes(), author.as_bytes()]));
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 
-pub fn epoch_key_key(group: &GroupId, epoch: u32) -> Vec<u8> {
-    let mut k = group.as_bytes().to_vec();
-    k.extend_from_slice(&epoch.to_be_bytes());
-    k
-}
-
-pub fn put_envelope(env: &Envelope) -> WriteOp {
+pub fn put_envelope(store: &Store, env: &Envelope) -> WriteOp {
     let h = env.header();
     WriteOp::Put {
         table: Table::Envelopes,
-        key: envelope_key(&h.group_id, &h.author, h.seq),
+        key: envelope_key(store, &h.group_id, &h.author, h.seq),
         value: env.as_bytes().to_vec(),
     }
 }
 
-pub fn put_epoch_key(group: &GroupId, epoch: u32, key: &SecretKey) -> WriteOp {
+/// Epoch keys are kept as `(epoch, key)` records under `alias(group) || epoch`.
+pub fn put_epoch_key(store: &Store, group: &GroupId, epoch: u32, key: &SecretKey) -> WriteOp {
+    let mut k = group_key(store, group);
+    k.extend_from_slice(&epoch.to_be_bytes());
     WriteOp::Put {
         table: Table::EpochKeys,
-        key: epoch_key_key(group, epoch),
-        value: key.expose().to_vec(),
+        key: k,
+        value: encode(&(epoch, *key.expose())),
     }
 }
 
-pub fn put_group(record: &GroupRecord) -> WriteOp {
+pub fn put_group(store: &Store, record: &GroupRecord) -> WriteOp {
     WriteOp::Put {
         table: Table::Groups,
-        key: record.info.group_id.as_bytes().to_vec(),
+        key: group_key(store, &record.info.group_id),
         value: encode(record),
     }
 }

@@ -12,9 +12,9 @@
 //!   `"hearth v1 store" || table name || 0x00 || key`, so a value moved to another key or
 //!   table no longer opens.
 //!
-//! **Keys are stored in the clear.** Callers may only use random ids, counters and fixed
-//! labels as keys, never names, text or anything a person typed. Anything sensitive goes in
-//! the value.
+//! **Keys are stored in the clear.** Callers may only use aliases ([`Store::alias`]),
+//! random ids, counters and fixed labels as keys, never names, text or anything a person
+//! typed. Anything sensitive goes in the value.
 //!
 //! What the sealing does and does not buy: it keeps plaintext out of `hearth.redb`, including
 //! its freed pages, so a copy of the database alone (a backup, a synced folder, a forensic
@@ -192,6 +192,8 @@ pub struct Store {
     db: Database,
     /// Holds the value-sealing key; the cipher zeroizes it on drop.
     cipher: XChaCha20Poly1305,
+    /// Keys [`Store::alias`]; wiped on drop.
+    alias_key: Zeroizing<[u8; 32]>,
     dir: PathBuf,
     _lock: File,
 }
@@ -210,14 +212,15 @@ impl Store {
         prepare_dir(data_dir)?;
         let lock = take_lock(data_dir)?;
         let db_path = data_dir.join(DB_FILE);
-        let cipher = {
+        let (cipher, alias_key) = {
             let file_key = load_or_create_key(&data_dir.join(KEY_FILE), &db_path)?;
-            value_cipher(&file_key)
+            (value_cipher(&file_key), alias_key(&file_key))
         };
         let db = open_db(data_dir, &db_path)?;
         Ok(Store {
             db,
             cipher,
+            alias_key,
             dir: data_dir.to_owned(),
             _lock: lock,
         })
@@ -225,6 +228,21 @@ impl Store {
 
     pub fn data_dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// A stable, opaque 16-byte stand-in for an identifier, for use in table keys: keyed
+    /// BLAKE3 under a key derived from the storage key, over the length-prefixed `parts`.
+    /// Group and member ids never appear on disk in the clear; without the key file the
+    /// aliases cannot be linked to the ids, or across two devices' stores.
+    pub fn alias(&self, parts: &[&[u8]]) -> [u8; 16] {
+        let mut h = blake3::Hasher::new_keyed(&self.alias_key);
+        for part in parts {
+            h.update(&(part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        out
     }
 
     pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
@@ -348,6 +366,15 @@ fn value_cipher(file_key: &[u8]) -> XChaCha20Poly1305 {
     hk.expand(VALUE_KEY_INFO, &mut value_key[..])
         .expect("32 bytes is a valid HKDF-SHA256 output length");
     XChaCha20Poly1305::new((&*value_key).into())
+}
+
+/// HKDF-SHA256(ikm = file key, salt = empty, info = "hearth v1 storage key alias").
+fn alias_key(file_key: &[u8]) -> Zeroizing<[u8; 32]> {
+    let hk = hkdf::Hkdf::<sha2::Sha256>::new(None, file_key);
+    let mut key = Zeroizing::new([0u8; 32]);
+    hk.expand(b"hearth v1 storage key alias", &mut key[..])
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    key
 }
 
 fn mode_of(meta: &std::fs::Metadata) -> u32 {

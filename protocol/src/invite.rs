@@ -273,6 +273,9 @@ impl JoinAccept {
         if self.info.group_id != token.group_id || !self.info.is_authentic() {
             return Err(InviteError::WrongGroup);
         }
+        if self.lockbox.group_id != self.info.group_id || self.lockbox.epoch != self.epoch {
+            return Err(InviteError::WrongGroup);
+        }
         if self.sealed_snapshot.len() > MAX_SNAPSHOT_LEN {
             return Err(InviteError::Snapshot);
         }

@@ -22,12 +22,32 @@ fn no_plaintext_on_disk_or_in_logs() {
     a.json(&["agreement", "add", &group, agreement]);
     b.wait_for_agreements(&group, &[agreement]);
     assert_eq!(b.json(&["group", "show", &group])["name"], name);
+    let a_status = a.json(&["status"]);
+    let b_status = b.json(&["status"]);
     a.stop();
     b.stop();
 
     for marker in [name, purpose, agreement] {
         let hits = files_containing(tmp.path(), marker.as_bytes());
         assert!(hits.is_empty(), "{marker} found in plaintext in {hits:?}");
+    }
+    // Who belongs to which group is itself a secret: neither the group id nor any member
+    // id appears on disk, as raw bytes or as text.
+    let member_ids = [
+        a_status["member_id"].as_str().unwrap().to_owned(),
+        b_status["member_id"].as_str().unwrap().to_owned(),
+    ];
+    for id in member_ids.iter().chain([&group]) {
+        let raw: Vec<u8> = (0..id.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&id[i..i + 2], 16).unwrap())
+            .collect();
+        let hits = files_containing(&tmp.path().join("a"), &raw);
+        assert!(hits.is_empty(), "id {id} found raw in {hits:?}");
+        let hits = files_containing(&tmp.path().join("b"), &raw);
+        assert!(hits.is_empty(), "id {id} found raw in {hits:?}");
+        let hits = files_containing(&tmp.path().join("a"), id.as_bytes());
+        assert!(hits.is_empty(), "id {id} found as text in {hits:?}");
     }
     // The invite secret must not be on disk in the clear either: the token's text is not.
     let hits = files_containing(tmp.path(), token.as_bytes());
