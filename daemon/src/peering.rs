@@ -9,11 +9,14 @@ use libp2p::PeerId;
 
 use crate::net::{NetHandle, SYNC_PROTOCOL};
 use crate::node::Node;
+use crate::sync::Outcome;
 use crate::{peers, sync};
 
 /// Wait before reopening a session that ended while sharing groups (the peer's set of
 /// groups may have changed).
 const RESTART_DELAY: Duration = Duration::from_secs(1);
+/// Wait before trying again when a shared group's membership had not yet reached one side.
+const AWAITING_RETRY: Duration = Duration::from_secs(3);
 /// Wait before trying again with a peer that shares no group with us (it may later).
 const IDLE_RETRY: Duration = Duration::from_secs(30);
 /// How often remembered addresses that are not connected are dialled again.
@@ -26,18 +29,22 @@ pub fn supervise(node: Arc<Node>, net: NetHandle, peer: PeerId) {
         let mut groups_changed = node.subscribe_groups();
         loop {
             groups_changed.borrow_and_update();
-            let shared = if node.group_count() > 0 {
+            let outcome = if node.group_count() > 0 {
                 match open(&node, &net, peer).await {
-                    Ok(shared) => shared,
+                    Ok(outcome) => outcome,
                     Err(e) => {
                         tracing::debug!(%peer, "sync session failed: {e:#}");
-                        false
+                        Outcome::Nothing
                     }
                 }
             } else {
-                false
+                Outcome::Nothing
             };
-            let wait = if shared { RESTART_DELAY } else { IDLE_RETRY };
+            let wait = match outcome {
+                Outcome::Synced => RESTART_DELAY,
+                Outcome::Awaiting => AWAITING_RETRY,
+                Outcome::Nothing => IDLE_RETRY,
+            };
             tokio::select! {
                 _ = groups_changed.changed() => {}
                 () = tokio::time::sleep(wait) => {}
@@ -49,7 +56,7 @@ pub fn supervise(node: Arc<Node>, net: NetHandle, peer: PeerId) {
     });
 }
 
-async fn open(node: &Arc<Node>, net: &NetHandle, peer: PeerId) -> anyhow::Result<bool> {
+async fn open(node: &Arc<Node>, net: &NetHandle, peer: PeerId) -> anyhow::Result<Outcome> {
     let stream = net.open_stream(peer, SYNC_PROTOCOL).await?;
     sync::run(
         node.clone(),

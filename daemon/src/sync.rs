@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use futures::AsyncReadExt;
 use hearth_protocol::envelope::Envelope;
 use hearth_protocol::group::VersionVector;
+use hearth_protocol::identity::PublicIdentity;
 use hearth_protocol::ids::GroupId;
 use hearth_protocol::session::{self, Side};
 use hearth_protocol::wire::{
@@ -34,26 +35,43 @@ const PROOF_PADDING: usize = 8;
 
 type Known = Arc<Mutex<HashMap<GroupId, VersionVector>>>;
 
-/// Runs one session to its end. Returns whether the peer shared any group with us. The
-/// session ends when the stream closes or when this device's set of groups changes (so a
-/// new session's handshake can cover the new group).
+/// How a session went, so its supervisor knows when to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It synced at least one group, until the stream closed or it was renewed.
+    Synced,
+    /// Both hold a group's key but one side does not yet see the other as a member (the
+    /// add is still on its way): worth retrying soon.
+    Awaiting,
+    /// Nothing in common.
+    Nothing,
+}
+
+/// Runs one session to its end. The session ends when the stream closes, when this
+/// device's set of groups changes, or when a group held back at the handshake (the peer
+/// was not yet known as a member) can now be included, so a new handshake covers it.
 pub async fn run(
     node: Arc<Node>,
     local: PeerId,
     peer: PeerId,
     stream: libp2p::Stream,
     side: Side,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Outcome> {
     let (mut reader, mut writer) = stream.split();
-    let groups = tokio::time::timeout(
+    let shared = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         handshake(&node, local, peer, side, &mut reader, &mut writer),
     )
     .await
     .context("handshake timed out")??;
+    let groups = shared.groups;
     if groups.is_empty() {
         tracing::debug!(%peer, "no shared group; closing session");
-        return Ok(false);
+        return Ok(if shared.awaiting.is_empty() {
+            Outcome::Nothing
+        } else {
+            Outcome::Awaiting
+        });
     }
     tracing::info!(%peer, groups = groups.len(), "sync session established");
 
@@ -62,6 +80,8 @@ pub async fn run(
     let mut push = tokio::spawn(push_loop(
         node.clone(),
         groups.clone(),
+        shared.awaiting,
+        shared.identity,
         known.clone(),
         wake.clone(),
         writer,
@@ -73,7 +93,17 @@ pub async fn run(
     };
     push.abort();
     tracing::info!(%peer, "sync session ended");
-    result.map(|()| true)
+    result.map(|()| Outcome::Synced)
+}
+
+/// What a handshake established.
+struct Shared {
+    /// Groups both sides hold the key of and see the other as a member of.
+    groups: BTreeSet<GroupId>,
+    /// Groups both hold the key of where we do not (yet) see the peer as a member.
+    awaiting: Vec<GroupId>,
+    /// The peer's proven member identity.
+    identity: Option<PublicIdentity>,
 }
 
 async fn handshake<R, W>(
@@ -83,7 +113,7 @@ async fn handshake<R, W>(
     side: Side,
     reader: &mut R,
     writer: &mut W,
-) -> anyhow::Result<BTreeSet<GroupId>>
+) -> anyhow::Result<Shared>
 where
     R: futures::AsyncRead + Unpin,
     W: futures::AsyncWrite + Unpin,
@@ -121,7 +151,11 @@ where
     };
     let matched = node.matched_groups(&transcript, side.other(), &their_tags);
     if matched.is_empty() {
-        return Ok(BTreeSet::new());
+        return Ok(Shared {
+            groups: BTreeSet::new(),
+            awaiting: Vec::new(),
+            identity: None,
+        });
     }
 
     let signature = session::sign_auth(node.keys(), &transcript, side, &matched);
@@ -143,10 +177,14 @@ where
     if !session::verify_auth(&identity, &their_sig, &transcript, side.other(), &matched) {
         bail!("peer's member signature does not verify");
     }
-    Ok(matched
+    let (groups, awaiting): (Vec<GroupId>, Vec<GroupId>) = matched
         .into_iter()
-        .filter(|g| node.has_member(g, &identity))
-        .collect())
+        .partition(|g| node.has_member(g, &identity));
+    Ok(Shared {
+        groups: groups.into_iter().collect(),
+        awaiting,
+        identity: Some(identity),
+    })
 }
 
 async fn receive_loop<R>(
@@ -198,6 +236,8 @@ where
 async fn push_loop<W>(
     node: Arc<Node>,
     groups: BTreeSet<GroupId>,
+    awaiting: Vec<GroupId>,
+    identity: Option<PublicIdentity>,
     known: Known,
     wake: Arc<Notify>,
     mut writer: W,
@@ -224,6 +264,11 @@ where
     }
     loop {
         changed.borrow_and_update();
+        if let Some(identity) = &identity
+            && awaiting.iter().any(|g| node.has_member(g, identity))
+        {
+            return Ok(()); // renew the session so its handshake covers that group
+        }
         let mut sent_any = false;
         for group_id in &groups {
             let Some(vv) = lock(&known).get(group_id).cloned() else {

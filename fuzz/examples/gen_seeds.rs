@@ -45,7 +45,9 @@ fn main() {
     .unwrap();
     // The creator adds the stranger, who then writes.
     let s = stranger();
-    let add_s = group.add_member(&creator(), s.public(), Role::Member, &mut rng).unwrap();
+    let add_s = group
+        .add_member(creator(), s.public(), Role::Member, &mut rng)
+        .unwrap();
     let add_body = body_bytes(&add_s, &key);
     let mut gs = Group::restore(info, [(0, key.clone())], Some(&snap), s.member_id()).unwrap();
     gs.ingest(vec![log[0].clone(), log[1].clone(), add_s.clone()]);
@@ -58,7 +60,12 @@ fn main() {
     write(
         "group_ingest",
         "add-then-write",
-        &[record(1 | 0x80, &add_body), record(3, &s_body), record(2, &m_body)].concat(),
+        &[
+            record(1 | 0x80, &add_body),
+            record(3, &s_body),
+            record(2, &m_body),
+        ]
+        .concat(),
     );
     write(
         "group_ingest",
@@ -79,7 +86,7 @@ fn main() {
         change_head: ZERO_HASH,
     };
     let body = postcard::from_bytes::<Body>(&m_body).unwrap();
-    let openable = Envelope::seal(&creator(), header, &body, &fixed_epoch_key(), &mut rng);
+    let openable = Envelope::seal(creator(), header, &body, &fixed_epoch_key(), &mut rng);
     write("envelope", "openable", openable.as_bytes());
 
     // envelope_open: body plaintexts.
@@ -97,15 +104,36 @@ fn main() {
     };
     let req = JoinRequest::new(&s, &token, b"peer-s", b"peer-c");
     let accept = JoinAccept::new(
-        &creator(), &req, &token.secret, info, 0, &key, &snap, b"peer-s", b"peer-c", &mut rng,
+        creator(),
+        &req,
+        &token.secret,
+        info,
+        0,
+        &key,
+        &snap,
+        b"peer-s",
+        b"peer-c",
+        &mut rng,
     );
     let sync = [
-        SyncMessage::Hello { version: WIRE_VERSION, nonce: [1; 32] },
-        SyncMessage::Proofs { tags: vec![[2; 32]; 3] },
-        SyncMessage::Auth { identity: s.public(), signature: [3; 64] },
+        SyncMessage::Hello {
+            version: WIRE_VERSION,
+            nonce: [1; 32],
+        },
+        SyncMessage::Proofs {
+            tags: vec![[2; 32]; 3],
+        },
+        SyncMessage::Auth {
+            identity: s.public(),
+            signature: [3; 64],
+        },
         SyncMessage::Have {
             group_id: info.group_id,
-            heads: vec![VvEntry { author: m.member_id(), seq: 1, hash: [4; 32] }],
+            heads: vec![VvEntry {
+                author: m.member_id(),
+                seq: 1,
+                hash: [4; 32],
+            }],
         },
         SyncMessage::Envelopes {
             group_id: info.group_id,
@@ -116,9 +144,13 @@ fn main() {
         write("wire", &format!("sync-{i}"), &encode_frame(msg)[4..]);
     }
     use hearth_protocol::wire::JoinMessage;
-    for (i, msg) in [JoinMessage::Request(req), JoinMessage::Accept(Box::new(accept)), JoinMessage::Reject]
-        .iter()
-        .enumerate()
+    for (i, msg) in [
+        JoinMessage::Request(req),
+        JoinMessage::Accept(Box::new(accept)),
+        JoinMessage::Reject,
+    ]
+    .iter()
+    .enumerate()
     {
         write("wire", &format!("join-{i}"), &encode_frame(msg)[4..]);
     }
@@ -134,7 +166,11 @@ fn main() {
     d.edit(|doc| {
         doc.agreements.insert(
             "a1".into(),
-            AgreementRecord { text: "t".into(), author: "x".into(), created_at: 3 },
+            AgreementRecord {
+                text: "t".into(),
+                author: "x".into(),
+                created_at: 3,
+            },
         );
     })
     .unwrap();

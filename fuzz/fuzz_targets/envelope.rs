@@ -3,7 +3,7 @@
 //! back from the store; after it, a receiver hashes, verifies and opens the envelope.
 //! None of these may panic on any bytes, whatever the key or identity used.
 
-use hearth_fuzz::{creator, fixed_epoch_key};
+use hearth_fuzz::{fixed_epoch_key, fixture};
 use hearth_protocol::envelope::Envelope;
 use hearth_protocol::identity::PublicIdentity;
 use libfuzzer_sys::fuzz_target;
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     // Decode keeps the exact bytes: they are what was signed and what is hashed.
     assert_eq!(env.as_bytes(), data);
     let _ = env.hash();
-    let _ = env.verify(&creator().public());
+    let _ = env.verify(&fixture().publics[0]);
     // An identity from attacker bytes (often not a valid Ed25519 point).
     let mut signing = [0u8; 32];
     signing.copy_from_slice(&data[..32]);

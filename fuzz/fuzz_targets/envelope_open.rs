@@ -4,25 +4,32 @@
 //! past AEAD and the signature) and checks that `open` — the postcard `Body` decoder and
 //! its caps — and the per-change automerge parsing `Group::ingest` does never panic.
 
-use hearth_fuzz::{FixedRng, creator, fixed_epoch_key, seal_raw};
+use hearth_fuzz::{FixedRng, fixed_epoch_key, fixture, seal_raw};
 use hearth_protocol::envelope::{Body, Envelope, Header, ZERO_HASH};
 use hearth_protocol::ids::GroupId;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let keys = creator();
+    let f = fixture();
     let header = Header {
         version: 0,
         group_id: GroupId([3; 16]),
         epoch: 0,
-        author: keys.member_id(),
+        author: f.ids[0],
         seq: 1,
         prev: ZERO_HASH,
         change_head: ZERO_HASH,
     };
-    let sealed = seal_raw(&keys, header, data, &fixed_epoch_key(), &mut FixedRng::new(1));
+    let sealed = seal_raw(
+        &f.keys[0],
+        header,
+        data,
+        &fixed_epoch_key(),
+        &mut FixedRng::new(1),
+    );
     let env = Envelope::decode(sealed.into_bytes()).expect("harness envelope decodes");
-    env.verify(&keys.public()).expect("harness signature verifies");
+    env.verify(&f.publics[0])
+        .expect("harness signature verifies");
     match env.open(&fixed_epoch_key()) {
         Ok(Body::Changes { changes }) => {
             for c in changes {

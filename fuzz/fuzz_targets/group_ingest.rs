@@ -13,9 +13,7 @@
 //!
 //! Invariants: no panic, and the group stays readable and its snapshot loadable.
 
-use hearth_fuzz::{
-    FixedRng, creator, fixture_group, honest_change_head, member, records, seal_raw, stranger,
-};
+use hearth_fuzz::{FixedRng, fixture, fixture_group, honest_change_head, records, seal_raw};
 use hearth_protocol::doc::GroupDocument;
 use hearth_protocol::envelope::{Envelope, Hash, Header, ZERO_HASH};
 use hearth_protocol::group::Group;
@@ -30,14 +28,15 @@ fn check(group: &Group) {
 fuzz_target!(|data: &[u8]| {
     let (mut group, key, _) = fixture_group();
     let mut rng = FixedRng::new(2);
-    let authors = [creator(), member(), stranger()];
+    let f = fixture();
     // (seq, hash, change_head) each author's next sealed envelope continues from.
-    let mut chain: Vec<(u64, Hash, Hash)> = authors
+    let mut chain: Vec<(u64, Hash, Hash)> = f
+        .ids
         .iter()
-        .map(|a| {
-            group
-                .head(&a.member_id())
-                .map_or((0, ZERO_HASH, ZERO_HASH), |h| (h.seq, h.hash, h.change_head))
+        .map(|id| {
+            group.head(id).map_or((0, ZERO_HASH, ZERO_HASH), |h| {
+                (h.seq, h.hash, h.change_head)
+            })
         })
         .collect();
     let mut batch: Vec<Envelope> = Vec::new();
@@ -55,12 +54,12 @@ fuzz_target!(|data: &[u8]| {
                     version: 0,
                     group_id: group.id(),
                     epoch: u32::from(flags & 0x10 != 0),
-                    author: authors[i].member_id(),
+                    author: f.ids[i],
                     seq: seq + 1 + u64::from(flags & 0x08 != 0),
                     prev: if flags & 0x04 != 0 { [0xaa; 32] } else { prev },
                     change_head,
                 };
-                let env = seal_raw(&authors[i], header, payload, &key, &mut rng);
+                let env = seal_raw(&f.keys[i], header, payload, &key, &mut rng);
                 chain[i] = (header.seq, env.hash(), change_head);
                 batch.push(env);
             }
@@ -72,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
     }
     group.ingest(batch);
     check(&group);
-    let actor = member().member_id().actor_id();
+    let actor = f.ids[1].actor_id();
     if let Err(e) = GroupDocument::load(&group.snapshot(), actor) {
         panic!("snapshot of the group does not load: {e}");
     }

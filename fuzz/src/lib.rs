@@ -5,7 +5,10 @@ use hearth_protocol::api::Role;
 use hearth_protocol::crypto::{self, SecretKey, labels};
 use hearth_protocol::envelope::{self, Body, Envelope, FORMAT_VERSION, Hash, Header, ZERO_HASH};
 use hearth_protocol::group::Group;
-use hearth_protocol::identity::DeviceKeys;
+use hearth_protocol::identity::{DeviceKeys, PublicIdentity};
+use hearth_protocol::ids::MemberId;
+use hearth_protocol::membership::GroupInfo;
+use std::sync::OnceLock;
 
 /// Deterministic splitmix64 stream. NOT a CRNG: it is marked `CryptoRng` only so the
 /// protocol's APIs accept it; fixed randomness makes every fuzz input reproducible.
@@ -38,34 +41,64 @@ impl rand_core::RngCore for FixedRng {
 }
 impl rand_core::CryptoRng for FixedRng {}
 
-/// The group's creator (and only facilitator).
-pub fn creator() -> DeviceKeys {
-    DeviceKeys::from_secret_bytes(&[7u8; 64]).expect("64 bytes")
+/// Everything fixed, computed once per process (key derivation and group creation cost
+/// far more than most inputs, and would otherwise dominate every execution).
+pub struct Fixture {
+    /// creator (the only facilitator), a plain member it added (the "hostile member" of
+    /// the threat model), and a stranger never added.
+    pub keys: [DeviceKeys; 3],
+    pub ids: [MemberId; 3],
+    pub publics: [PublicIdentity; 3],
+    pub info: GroupInfo,
+    pub epoch_key: SecretKey,
+    /// The group's log: the creator's first envelope, then its add of `member`.
+    pub log: Vec<Envelope>,
 }
-/// A plain member, added by the creator: the "hostile member" of the threat model.
-pub fn member() -> DeviceKeys {
-    DeviceKeys::from_secret_bytes(&[8u8; 64]).expect("64 bytes")
+
+pub fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let keys = [7u8, 8, 9].map(|b| DeviceKeys::from_secret_bytes(&[b; 64]).expect("64 bytes"));
+        let mut rng = FixedRng::new(1);
+        let (mut group, epoch_key, first) =
+            Group::create(&keys[0], "Circle", "Support", &mut rng).expect("fixture group");
+        let add = group
+            .add_member(&keys[0], keys[1].public(), Role::Member, &mut rng)
+            .expect("fixture add");
+        Fixture {
+            ids: keys.each_ref().map(|k| k.member_id()),
+            publics: keys.each_ref().map(|k| k.public()),
+            info: *group.info(),
+            epoch_key,
+            log: vec![first, add],
+            keys,
+        }
+    })
 }
-/// Someone who was never added.
-pub fn stranger() -> DeviceKeys {
-    DeviceKeys::from_secret_bytes(&[9u8; 64]).expect("64 bytes")
+
+pub fn creator() -> &'static DeviceKeys {
+    &fixture().keys[0]
+}
+pub fn member() -> &'static DeviceKeys {
+    &fixture().keys[1]
+}
+pub fn stranger() -> &'static DeviceKeys {
+    &fixture().keys[2]
 }
 /// Epoch key for targets that have no group.
 pub fn fixed_epoch_key() -> SecretKey {
     SecretKey::from_bytes([1u8; 32])
 }
 
-/// The same group on every call: created by [`creator`], with [`member`] added.
-/// Returns the group, its epoch-0 key and the two envelopes of its log.
+/// A fresh copy of the fixed group, as the creator's device holds it: rebuilt from its
+/// root and log (4x cheaper than creating it). Returns the group, its epoch-0 key and log.
 pub fn fixture_group() -> (Group, SecretKey, Vec<Envelope>) {
-    let mut rng = FixedRng::new(1);
-    let c = creator();
-    let (mut group, key, first) =
-        Group::create(&c, "Circle", "Support", &mut rng).expect("fixture group");
-    let add = group
-        .add_member(&c, member().public(), Role::Member, &mut rng)
-        .expect("fixture add");
-    (group, key, vec![first, add])
+    let f = fixture();
+    let mut group = Group::restore(f.info, [(0, f.epoch_key.clone())], None, f.ids[0])
+        .expect("fixture restores");
+    let r = group.ingest(f.log.clone());
+    assert_eq!(r.accepted.len(), f.log.len(), "fixture log ingests");
+    (group, f.epoch_key.clone(), f.log.clone())
 }
 
 /// Seals and signs an arbitrary plaintext as an envelope body, exactly as

@@ -68,13 +68,20 @@ fn build_binaries() -> Result<PathBuf, String> {
 }
 
 /// Polls `f` until it returns `Some`, or panics after [`PATIENCE`] naming `what`.
-pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    poll(f).unwrap_or_else(|| panic!("timed out waiting for {what}"))
+}
+
+/// Polls `f` until it returns `Some`, for at most [`PATIENCE`].
+fn poll<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        if start.elapsed() >= PATIENCE {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -206,7 +213,7 @@ impl Daemon {
 
     /// Waits until this daemon shows every text in `expected` among `group`'s agreements.
     pub fn wait_for_agreements(&self, group: &str, expected: &[&str]) {
-        wait_for(&format!("{} to show {expected:?}", self.name), || {
+        let shown = poll(|| {
             let have = self.try_json(&["agreement", "list", group]).ok()?;
             let texts: Vec<&str> = have
                 .as_array()?
@@ -215,6 +222,13 @@ impl Daemon {
                 .collect();
             expected.iter().all(|e| texts.contains(e)).then_some(())
         });
+        if shown.is_none() {
+            panic!(
+                "timed out waiting for {} to show {expected:?}; its log:\n{}",
+                self.name,
+                self.log()
+            );
+        }
     }
 
     /// SIGTERM, then waits for a clean exit.
