@@ -7,7 +7,7 @@
 //!   value-sealing key is HKDF-SHA256(ikm = those bytes, salt = empty,
 //!   info = `hearth v1 storage value key`). It may be a symlink, e.g. to removable media.
 //! - `hearth.redb` (0600): the redb database, one table per [`Table`] (`meta`, `groups`,
-//!   `envelopes`, `heads`, `epoch_keys`, `invites`, `peers`), keys and values `&[u8]`. Each
+//!   `envelopes`, `epoch_keys`, `invites`, `peers`), keys and values `&[u8]`. Each
 //!   value is `nonce[24] || XChaCha20-Poly1305(value)` with associated data
 //!   `"hearth v1 store" || table name || 0x00 || key`, so a value moved to another key or
 //!   table no longer opens.
@@ -48,18 +48,16 @@ pub enum Table {
     Meta,
     Groups,
     Envelopes,
-    Heads,
     EpochKeys,
     Invites,
     Peers,
 }
 
 impl Table {
-    const ALL: [Table; 7] = [
+    const ALL: [Table; 6] = [
         Table::Meta,
         Table::Groups,
         Table::Envelopes,
-        Table::Heads,
         Table::EpochKeys,
         Table::Invites,
         Table::Peers,
@@ -71,7 +69,6 @@ impl Table {
             Table::Meta => "meta",
             Table::Groups => "groups",
             Table::Envelopes => "envelopes",
-            Table::Heads => "heads",
             Table::EpochKeys => "epoch_keys",
             Table::Invites => "invites",
             Table::Peers => "peers",
@@ -704,7 +701,7 @@ mod tests {
                 del(Table::Envelopes, b"a1"),
                 put(Table::Envelopes, b"b1", b"first"),
                 put(Table::Envelopes, b"b1", b"second"),
-                del(Table::Heads, b"never written"),
+                del(Table::Peers, b"never written"),
             ])
             .unwrap();
             assert!(s.get(Table::Envelopes, b"a1").unwrap().is_none());
@@ -885,7 +882,7 @@ mod tests {
             ])
             .unwrap();
             scan_dir();
-            assert_eq!(&s.get(Table::Heads, b"k").unwrap().unwrap()[..], marker);
+            assert_eq!(&s.get(Table::Peers, b"k").unwrap().unwrap()[..], marker);
         }
         scan_dir();
     }
@@ -1054,7 +1051,7 @@ mod tests {
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
         let s = Store::open(tmp.path()).unwrap();
-        assert_eq!(&s.get(Table::Heads, b"h").unwrap().unwrap()[..], b"durable");
+        assert_eq!(&s.get(Table::Peers, b"h").unwrap().unwrap()[..], b"durable");
     }
 
     #[test]
@@ -1064,7 +1061,7 @@ mod tests {
             return;
         };
         let s = Store::open(Path::new(&dir)).unwrap();
-        s.write(vec![put(Table::Heads, b"h", b"durable")]).unwrap();
+        s.write(vec![put(Table::Peers, b"h", b"durable")]).unwrap();
         // SAFETY: kill(2) on our own pid; nothing after it runs.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
         unreachable!();

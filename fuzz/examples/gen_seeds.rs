@@ -34,7 +34,7 @@ fn main() {
     let m = member();
     let mut gm = Group::restore(info, [(0, key.clone())], Some(&snap), m.member_id()).unwrap();
     gm.ingest(log.clone());
-    let (_, m_env) = gm.add_agreement(&m, "Phones away", 1, &mut rng).unwrap();
+    let (_, m_env) = gm.add_agreement(m, "Phones away", 1, &mut rng).unwrap();
     let m_body = body_bytes(&m_env, &key);
     // The member renames the group, at the document level.
     let mut dm = GroupDocument::load(&snap, m.member_id().actor_id()).unwrap();
@@ -51,7 +51,7 @@ fn main() {
     let add_body = body_bytes(&add_s, &key);
     let mut gs = Group::restore(info, [(0, key.clone())], Some(&snap), s.member_id()).unwrap();
     gs.ingest(vec![log[0].clone(), log[1].clone(), add_s.clone()]);
-    let (_, s_env) = gs.add_agreement(&s, "Listen first", 2, &mut rng).unwrap();
+    let (_, s_env) = gs.add_agreement(s, "Listen first", 2, &mut rng).unwrap();
     let s_body = body_bytes(&s_env, &key);
 
     // group_ingest: records (see fuzz_targets/group_ingest.rs for the flags).
@@ -102,7 +102,7 @@ fn main() {
         expires_at: 1_900_000_000,
         addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
     };
-    let req = JoinRequest::new(&s, &token, b"peer-s", b"peer-c");
+    let req = JoinRequest::new(s, &token, b"peer-s", b"peer-c");
     let accept = JoinAccept::new(
         creator(),
         &req,
@@ -161,7 +161,7 @@ fn main() {
     // snapshot: saved documents, a lone change chunk, and a sealed snapshot.
     write("snapshot", "fixture", &snap);
     write("snapshot", "member-doc", &dm.save());
-    write("snapshot", "change-chunk", &rename[0].raw_bytes());
+    write("snapshot", "change-chunk", rename[0].raw_bytes());
     let mut d = GroupDocument::new(m.member_id().actor_id());
     d.edit(|doc| {
         doc.agreements.insert(
