@@ -45,6 +45,30 @@ pub enum DocError {
     Write(Box<autosurgeon::ReconcileError>),
     #[error("automerge rejected the data: {0}")]
     Automerge(Box<automerge::AutomergeError>),
+    /// automerge panicked on the data. The document it was working on may be
+    /// inconsistent and must be rebuilt.
+    #[error("automerge could not process the data (it is malformed)")]
+    Panicked,
+}
+
+/// Runs automerge on data from others. automerge can panic on crafted input (found by
+/// fuzzing), and a panic must not take the daemon down: it becomes an error.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, DocError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| DocError::Panicked)
+}
+
+/// Parses one change from others and checks it is in automerge's canonical encoding: a
+/// change that does not re-encode to itself (a stale checksum, an odd column) could be
+/// applied but would make every later snapshot fail to load.
+pub fn parse_canonical_change(bytes: Vec<u8>) -> Option<Change> {
+    guarded(|| {
+        let change = Change::from_bytes(bytes).ok()?;
+        let reencoded = Change::from(change.decode());
+        (reencoded.hash() == change.hash() && reencoded.raw_bytes() == change.raw_bytes())
+            .then_some(change)
+    })
+    .ok()
+    .flatten()
 }
 
 impl From<autosurgeon::HydrateError> for DocError {
@@ -76,7 +100,7 @@ impl GroupDocument {
 
     /// Loads a saved document (a snapshot) and writes as `actor` from now on.
     pub fn load(saved: &[u8], actor: ActorId) -> Result<GroupDocument, DocError> {
-        let doc = AutoCommit::load(saved)?.with_actor(actor);
+        let doc = guarded(|| AutoCommit::load(saved))??.with_actor(actor);
         Ok(GroupDocument { doc })
     }
 
@@ -148,11 +172,12 @@ impl GroupDocument {
     }
 
     /// Applies changes received from others, all at once (automerge is far faster in batch).
+    /// After [`DocError::Panicked`] the document must be rebuilt.
     pub fn apply(&mut self, changes: Vec<Change>) -> Result<(), DocError> {
         if changes.is_empty() {
             return Ok(());
         }
-        self.doc.apply_changes_batch(changes)?;
+        guarded(|| self.doc.apply_changes_batch(changes))??;
         Ok(())
     }
 
@@ -269,6 +294,25 @@ mod tests {
         a.doc.put(automerge::ROOT, "agreements", "oops").unwrap();
         a.doc.commit();
         assert!(a.read().unwrap().agreements.is_empty());
+    }
+
+    /// A crafted document (found by fuzzing) on which automerge's own loader panics: it must
+    /// come back as an error, not take the daemon down.
+    #[test]
+    fn a_snapshot_that_panics_automerge_is_an_error() {
+        let crafted = hex::decode(
+            "856f4a830aa9c1b300bb010110635269eb067eec4f3cdb64120aa9a3b101105c6071e7c30236706d\
+             b9380403d864626939e27a75e1d21e780f808af13bd6060102030213022302400256020a01040206\
+             15332102230234014208560957038001027f007f017f077f007f007f070003040000037f01030479\
+             0a61677265656d656e7473046e616d65077075727041736502613106617574686f720a6372656174\
+             65645f6174047465787407000701077f0002017f0003017f3902067c00161416780374070000",
+        )
+        .unwrap();
+        assert!(std::panic::catch_unwind(|| AutoCommit::load(&crafted)).is_err());
+        assert!(matches!(
+            GroupDocument::load(&crafted, actor(1)),
+            Err(DocError::Panicked)
+        ));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use rand_core::CryptoRngCore;
 
 use crate::api::Role;
 use crate::crypto::{SecretKey, XNONCE_LEN};
-use crate::doc::{self, AgreementRecord, GroupDoc, GroupDocument};
+use crate::doc::{self, AgreementRecord, DocError, GroupDoc, GroupDocument};
 use crate::envelope::{Body, Envelope, Hash, Header, ZERO_HASH};
 use crate::identity::{DeviceKeys, PublicIdentity};
 use crate::ids::{GroupId, MemberId};
@@ -92,9 +92,15 @@ pub struct Group {
     logs: BTreeMap<MemberId, Vec<Envelope>>,
     pending: BTreeMap<(MemberId, u64), Envelope>,
     pending_bytes: usize,
-    /// Authors caught signing two different envelopes for one place in their log. Their
-    /// logs stop at the fork on this device.
-    forked: std::collections::BTreeSet<MemberId>,
+    /// Authors whose logs are frozen on this device, with the first seq whose content is
+    /// excluded: caught signing two different envelopes for one place in their log (a
+    /// fork), or sending changes that crash automerge.
+    frozen: BTreeMap<MemberId, u64>,
+    /// Accepted envelopes whose content had no effect (skipped when rebuilding).
+    ineffective: std::collections::BTreeSet<Hash>,
+    /// The snapshot this device joined with, if any: the base to rebuild the document on.
+    base: Option<zeroize::Zeroizing<Vec<u8>>>,
+    me: MemberId,
 }
 
 fn check_text(
@@ -167,7 +173,10 @@ impl Group {
             logs: BTreeMap::new(),
             pending: BTreeMap::new(),
             pending_bytes: 0,
-            forked: Default::default(),
+            frozen: BTreeMap::new(),
+            ineffective: Default::default(),
+            base: snapshot.map(|b| zeroize::Zeroizing::new(b.to_vec())),
+            me,
         })
     }
 
@@ -270,7 +279,7 @@ impl Group {
 
     /// Authors this device has caught forking their log.
     pub fn forked_authors(&self) -> impl Iterator<Item = &MemberId> {
-        self.forked.iter()
+        self.frozen.keys()
     }
 
     /// Adds an agreement written by this device. Returns its id and the envelope to store.
@@ -401,7 +410,7 @@ impl Group {
             self.buffer(env, &mut out);
         }
 
-        let mut changes: Vec<Vec<automerge::Change>> = Vec::new();
+        let mut changes: Vec<EnvelopeChanges> = Vec::new();
         loop {
             let mut progress = false;
             let authors: Vec<MemberId> = {
@@ -410,7 +419,7 @@ impl Group {
                 a
             };
             for author in authors {
-                if self.forked.contains(&author) {
+                if self.frozen.contains_key(&author) {
                     continue;
                 }
                 let Some(identity) = self.membership.get(&author).map(|m| m.identity) else {
@@ -486,7 +495,9 @@ impl Group {
             .membership
             .get(&h.author)
             .is_some_and(|m| env.verify(&m.identity).is_ok());
-        if signed && self.forked.insert(h.author) {
+        if signed && !self.frozen.contains_key(&h.author) {
+            let next = self.heads.get(&h.author).map_or(1, |x| x.seq + 1);
+            self.frozen.insert(h.author, next);
             out.forks += 1;
         } else if !signed {
             out.rejected += 1;
@@ -554,7 +565,7 @@ impl Group {
     fn apply_accepted(
         &mut self,
         env: &Envelope,
-        changes: &mut Vec<Vec<automerge::Change>>,
+        changes: &mut Vec<EnvelopeChanges>,
         out: &mut Ingested,
     ) {
         let h = *env.header();
@@ -579,7 +590,12 @@ impl Group {
                     Some(cs) => {
                         head.change_head = h.change_head;
                         head.change_seq = prior_change_seq + cs.len() as u64;
-                        changes.push(cs);
+                        changes.push(EnvelopeChanges {
+                            author: h.author,
+                            seq: h.seq,
+                            hash: head.hash,
+                            changes: cs,
+                        });
                         true
                     }
                     None => false,
@@ -588,6 +604,7 @@ impl Group {
             _ => false,
         };
         if !effective {
+            self.ineffective.insert(head.hash);
             out.ineffective += 1;
         }
         self.heads.insert(h.author, head);
@@ -595,20 +612,91 @@ impl Group {
 
     /// Applies the accepted envelopes' changes in one automerge call; if automerge refuses
     /// the batch, applies envelope by envelope so one bad envelope cannot sink the rest.
-    fn apply_changes(&mut self, changes: Vec<Vec<automerge::Change>>, out: &mut Ingested) {
+    /// If automerge panics, the document is rebuilt without the envelope that made it.
+    fn apply_changes(&mut self, changes: Vec<EnvelopeChanges>, out: &mut Ingested) {
         if changes.is_empty() {
             return;
         }
-        let all: Vec<automerge::Change> = changes.iter().flatten().cloned().collect();
-        if self.doc.apply(all).is_ok() {
-            return;
+        let all: Vec<automerge::Change> = changes
+            .iter()
+            .flat_map(|e| e.changes.iter().cloned())
+            .collect();
+        match self.doc.apply(all) {
+            Ok(()) => return,
+            Err(DocError::Panicked) => return self.rebuild(out),
+            Err(_) => {}
         }
-        for cs in changes {
-            if self.doc.apply(cs).is_err() {
-                out.ineffective += 1;
+        for e in changes {
+            match self.doc.apply(e.changes) {
+                Ok(()) => {}
+                Err(DocError::Panicked) => {
+                    self.freeze(e.author, e.seq, e.hash, out);
+                    return self.rebuild(out);
+                }
+                Err(_) => {
+                    self.ineffective.insert(e.hash);
+                    out.ineffective += 1;
+                }
             }
         }
     }
+
+    /// Excludes an author's content from `seq` on: it sent something that crashed automerge.
+    fn freeze(&mut self, author: MemberId, seq: u64, hash: Hash, out: &mut Ingested) {
+        let at = self.frozen.entry(author).or_insert(seq);
+        *at = (*at).min(seq);
+        self.ineffective.insert(hash);
+        out.ineffective += 1;
+    }
+
+    /// Rebuilds the document from its base and every effective envelope, one envelope at a
+    /// time, freezing the author of any envelope that makes automerge panic and starting
+    /// again without it. Slow, but only a hostile member's input brings it about, and each
+    /// pass freezes one more author, so it ends.
+    fn rebuild(&mut self, out: &mut Ingested) {
+        'again: loop {
+            let fresh = self
+                .base
+                .as_ref()
+                .and_then(|b| GroupDocument::load(b, self.me.actor_id()).ok());
+            let mut doc = fresh.unwrap_or_else(|| GroupDocument::new(self.me.actor_id()));
+            let mut work = Vec::new();
+            for (author, log) in &self.logs {
+                let stop = self.frozen.get(author).copied().unwrap_or(u64::MAX);
+                for env in log.iter().take_while(|e| e.header().seq < stop) {
+                    if !self.ineffective.contains(&env.hash()) {
+                        work.push(env.clone());
+                    }
+                }
+            }
+            for env in work {
+                let h = *env.header();
+                let Some(Ok(Body::Changes { changes })) =
+                    self.epoch_keys.get(&h.epoch).map(|k| env.open(k))
+                else {
+                    continue;
+                };
+                let parsed: Vec<automerge::Change> = changes
+                    .into_iter()
+                    .filter_map(|b| automerge::Change::from_bytes(b).ok())
+                    .collect();
+                if let Err(DocError::Panicked) = doc.apply(parsed) {
+                    self.freeze(h.author, h.seq, env.hash(), out);
+                    continue 'again;
+                }
+            }
+            self.doc = doc;
+            return;
+        }
+    }
+}
+
+/// The automerge changes of one accepted envelope.
+struct EnvelopeChanges {
+    author: MemberId,
+    seq: u64,
+    hash: Hash,
+    changes: Vec<automerge::Change>,
 }
 
 /// Parses an envelope's automerge changes and checks they are the author's own next ones:
@@ -621,7 +709,7 @@ fn checked_changes(
     let actor = header.author.actor_id();
     let changes: Vec<automerge::Change> = raw
         .into_iter()
-        .map(|bytes| automerge::Change::from_bytes(bytes).ok())
+        .map(crate::doc::parse_canonical_change)
         .collect::<Option<_>>()?;
     let contiguous = changes
         .iter()
