@@ -184,6 +184,29 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).map_err(|e| format!("stdout is not JSON: {e}"))
     }
 
+    /// Creates a group and returns its id.
+    pub fn create_group(&self, name: &str) -> String {
+        self.json(&["group", "create", name])["group_id"]
+            .as_str()
+            .expect("group_id in the answer")
+            .to_owned()
+    }
+
+    /// Invites `joiner` to `group` by token and has it join; returns the (used) token.
+    pub fn invite(&self, joiner: &Daemon, group: &str) -> String {
+        let token = self.json(&["invite", group])["token"]
+            .as_str()
+            .expect("token in the answer")
+            .to_owned();
+        let joined = joiner.json(&["join", &token]);
+        assert_eq!(
+            joined["group_id"], group,
+            "{} joined another group",
+            joiner.name
+        );
+        token
+    }
+
     /// A loopback TCP multiaddr this daemon listens on.
     pub fn addr(&self) -> String {
         let status = self.json(&["status"]);

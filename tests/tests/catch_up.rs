@@ -7,15 +7,8 @@ fn offline_member_catches_up_across_many_batches() {
     let tmp = tempfile::tempdir().unwrap();
     let a = Daemon::start("A", &tmp.path().join("a"));
     let mut b = Daemon::start("B", &tmp.path().join("b"));
-    let group = a.json(&["group", "create", "Circle"])["group_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let token = a.json(&["invite", &group])["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    b.json(&["join", &token]);
+    let group = a.create_group("Circle");
+    a.invite(&b, &group);
     b.stop();
 
     // More envelopes than one batch carries (512), so the session must send several.

@@ -6,10 +6,7 @@ use hearth_tests::{Daemon, bin};
 fn acknowledged_writes_survive_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
     let mut a = Daemon::start("A", &tmp.path().join("a"));
-    let group = a.json(&["group", "create", "Circle"])["group_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let group = a.create_group("Circle");
     let texts: Vec<String> = (0..20).map(|i| format!("agreement {i:02}")).collect();
     for t in &texts {
         a.json(&["agreement", "add", &group, t]);
@@ -19,20 +16,25 @@ fn acknowledged_writes_survive_kill_9() {
     assert_eq!(a.agreement_texts(&group), texts);
 }
 
+/// Starts hearthd on `data_dir` and `socket`, expects it to refuse, and returns its stderr.
+fn second_daemon_refusal(data_dir: &std::path::Path, socket: &std::path::Path) -> String {
+    let out = std::process::Command::new(bin("hearthd"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--socket")
+        .arg(socket)
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a second hearthd started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_second_daemon_on_the_same_data_dir_refuses_to_start() {
     let tmp = tempfile::tempdir().unwrap();
     let a = Daemon::start("A", &tmp.path().join("a"));
-    let out = std::process::Command::new(bin("hearthd"))
-        .arg("--data-dir")
-        .arg(&a.data_dir)
-        .arg("--socket")
-        .arg(tmp.path().join("other.sock"))
-        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = second_daemon_refusal(&a.data_dir, &tmp.path().join("other.sock"));
     assert!(err.contains("already"), "unhelpful refusal: {err}");
     // The first daemon is unaffected.
     a.json(&["status"]);
@@ -42,16 +44,7 @@ fn a_second_daemon_on_the_same_data_dir_refuses_to_start() {
 fn a_second_daemon_on_a_live_socket_refuses_to_start() {
     let tmp = tempfile::tempdir().unwrap();
     let a = Daemon::start("A", &tmp.path().join("a"));
-    let out = std::process::Command::new(bin("hearthd"))
-        .arg("--data-dir")
-        .arg(tmp.path().join("b"))
-        .arg("--socket")
-        .arg(&a.socket)
-        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = second_daemon_refusal(&tmp.path().join("b"), &a.socket);
     assert!(err.contains("already serving"), "unhelpful refusal: {err}");
     a.json(&["status"]);
 }

@@ -14,11 +14,7 @@ fn no_plaintext_on_disk_or_in_logs() {
         .as_str()
         .unwrap()
         .to_owned();
-    let token = a.json(&["invite", &group])["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    b.json(&["join", &token]);
+    let token = a.invite(&b, &group);
     a.json(&["agreement", "add", &group, agreement]);
     b.wait_for_agreements(&group, &[agreement]);
     assert_eq!(b.json(&["group", "show", &group])["name"], name);
@@ -60,15 +56,8 @@ fn a_non_member_gets_nothing_of_the_group() {
     let a = Daemon::start("A", &tmp.path().join("a"));
     let b = Daemon::start("B", &tmp.path().join("b"));
     let outsider = Daemon::start("outsider", &tmp.path().join("x"));
-    let group = a.json(&["group", "create", "Circle"])["group_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let token = a.json(&["invite", &group])["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    b.json(&["join", &token]);
+    let group = a.create_group("Circle");
+    let token = a.invite(&b, &group);
     // The outsider has a group of its own, so it takes part in the session handshake.
     outsider.json(&["group", "create", "Other"]);
 

@@ -95,17 +95,10 @@ fn a_group_joined_later_syncs_over_an_existing_connection() {
 
     let invite_both = |group: &str| {
         for d in [&b, &c] {
-            let token = a.json(&["invite", group])["token"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            d.json(&["join", &token]);
+            a.invite(d, group);
         }
     };
-    let first = a.json(&["group", "create", "First"])["group_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let first = a.create_group("First");
     invite_both(&first);
     // B and C connect to each other directly, sharing only the first group.
     c.json(&["peer", "add", &b.addr()]);
@@ -114,10 +107,7 @@ fn a_group_joined_later_syncs_over_an_existing_connection() {
 
     // Both join a second group; then its facilitator leaves, so the only route from C to B
     // for the second group is their existing connection.
-    let second = a.json(&["group", "create", "Second"])["group_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let second = a.create_group("Second");
     invite_both(&second);
     a.stop();
     c.json(&["agreement", "add", &second, "C in the second group"]);
