@@ -92,6 +92,8 @@ pub struct Group {
     logs: BTreeMap<MemberId, Vec<Envelope>>,
     pending: BTreeMap<(MemberId, u64), Envelope>,
     pending_bytes: usize,
+    /// How many envelopes of each author wait in `pending`.
+    pending_per_author: BTreeMap<MemberId, usize>,
     /// Authors whose logs are frozen on this device, with the first seq whose content is
     /// excluded: caught signing two different envelopes for one place in their log (a
     /// fork), or sending changes that crash automerge.
@@ -173,6 +175,7 @@ impl Group {
             logs: BTreeMap::new(),
             pending: BTreeMap::new(),
             pending_bytes: 0,
+            pending_per_author: BTreeMap::new(),
             frozen: BTreeMap::new(),
             ineffective: Default::default(),
             base: snapshot.map(|b| zeroize::Zeroizing::new(b.to_vec())),
@@ -461,10 +464,7 @@ impl Group {
             return;
         }
         let is_member = self.membership.is_member(&h.author);
-        let author_count = self
-            .pending
-            .range((h.author, 0)..=(h.author, u64::MAX))
-            .count();
+        let author_count = self.pending_per_author.get(&h.author).copied().unwrap_or(0);
         let over = self.pending_bytes + env.as_bytes().len() > MAX_PENDING_BYTES
             || self.pending.len() >= MAX_PENDING
             || author_count >= MAX_PENDING_PER_AUTHOR
@@ -474,6 +474,7 @@ impl Group {
             return;
         }
         self.pending_bytes += env.as_bytes().len();
+        *self.pending_per_author.entry(h.author).or_default() += 1;
         self.pending.insert(key, env);
     }
 
@@ -507,6 +508,13 @@ impl Group {
     fn take_pending(&mut self, key: &(MemberId, u64)) -> Option<Envelope> {
         let env = self.pending.remove(key)?;
         self.pending_bytes -= env.as_bytes().len();
+        let author = env.header().author;
+        if let Some(n) = self.pending_per_author.get_mut(&author) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending_per_author.remove(&author);
+            }
+        }
         Some(env)
     }
 
