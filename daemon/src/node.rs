@@ -561,3 +561,111 @@ fn agreements_of(doc: &hearth_protocol::doc::GroupDoc) -> Vec<api::Agreement> {
     list.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
     list
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_protocol::invite::Welcome;
+
+    fn node(dir: &std::path::Path) -> Node {
+        Node::open(Store::open(dir).unwrap()).unwrap()
+    }
+
+    /// Stores an invite as `join::create_invite` would, without the network.
+    fn invite(a: &Node, group: &GroupId, id: [u8; 16], expires_at: u64) {
+        let record = records::InviteRecord {
+            group_id: *group,
+            secret: [5; 32],
+            expires_at,
+        };
+        a.store()
+            .write(vec![WriteOp::Put {
+                table: Table::Invites,
+                key: id.to_vec(),
+                value: records::encode(&record),
+            }])
+            .unwrap();
+    }
+
+    /// A facilitator node with a group, and a member node that joined it and synced.
+    fn pair(tmp: &std::path::Path) -> (Node, Node, GroupId) {
+        let a = node(&tmp.join("a"));
+        let b = node(&tmp.join("b"));
+        let group = a.create_group("Circle", "").unwrap();
+        invite(&a, &group, [1; 16], now_unix() + 60);
+        let (admission, _) = a.admit(&[1; 16], |_| true, b.keys().public()).unwrap();
+        b.install_joined(Welcome {
+            info: admission.info,
+            epoch: admission.epoch,
+            epoch_key: admission.epoch_key,
+            snapshot: zeroize::Zeroizing::new(admission.snapshot),
+        })
+        .unwrap();
+        let all = a.missing(&group, &VersionVector::new(), usize::MAX, usize::MAX);
+        assert_eq!(b.ingest(&group, all).unwrap(), 2);
+        (a, b, group)
+    }
+
+    fn stored_envelopes(n: &Node) -> usize {
+        n.store().scan(Table::Envelopes, &[]).unwrap().len()
+    }
+
+    #[test]
+    fn a_tampered_envelope_from_a_peer_is_neither_applied_nor_stored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b, group) = pair(tmp.path());
+        a.add_agreement(&group, "what is said here stays here")
+            .unwrap();
+        let vv = b.version_vector(&group);
+        let genuine = a.missing(&group, &vv, usize::MAX, usize::MAX);
+        assert_eq!(genuine.len(), 1);
+        let mut bytes = genuine[0].as_bytes().to_vec();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 1;
+        let tampered = Envelope::decode(bytes).unwrap();
+
+        let before = stored_envelopes(&b);
+        assert_eq!(b.ingest(&group, vec![tampered]).unwrap(), 0);
+        assert!(b.agreements(&group).unwrap().is_empty());
+        assert_eq!(stored_envelopes(&b), before);
+
+        assert_eq!(b.ingest(&group, genuine).unwrap(), 1);
+        assert_eq!(b.agreements(&group).unwrap().len(), 1);
+        assert_eq!(stored_envelopes(&b), before + 1);
+    }
+
+    #[test]
+    fn an_invite_admits_one_member_and_a_failed_proof_burns_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, _b, group) = pair(tmp.path());
+        let c = DeviceKeys::generate(&mut OsRng).public();
+        // The invite that admitted b is gone.
+        assert!(matches!(
+            a.admit(&[1; 16], |_| true, c),
+            Err(NodeError::Forbidden(_))
+        ));
+        // A wrong proof burns a live invite: the right one afterwards fails too.
+        invite(&a, &group, [2; 16], now_unix() + 60);
+        assert!(a.admit(&[2; 16], |_| false, c).is_err());
+        assert!(a.admit(&[2; 16], |_| true, c).is_err());
+        // An expired invite admits nobody.
+        invite(&a, &group, [3; 16], now_unix() - 1);
+        assert!(a.admit(&[3; 16], |_| true, c).is_err());
+        assert_eq!(a.group_detail(&group).unwrap().members.len(), 2);
+    }
+
+    #[test]
+    fn state_is_rebuilt_from_the_store_on_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b, group) = pair(tmp.path());
+        a.add_agreement(&group, "kept").unwrap();
+        let vv = b.version_vector(&group);
+        b.ingest(&group, a.missing(&group, &vv, usize::MAX, usize::MAX))
+            .unwrap();
+        let before = b.group_detail(&group).unwrap();
+        drop(b);
+        let b = node(&tmp.path().join("b"));
+        assert_eq!(b.group_detail(&group).unwrap(), before);
+        assert_eq!(b.version_vector(&group), a.version_vector(&group));
+    }
+}
