@@ -1116,6 +1116,10 @@ mod tests {
             prop_assert_eq!(fresh.read().unwrap(), reference.read().unwrap());
             prop_assert_eq!(fresh.version_vector(), reference.version_vector());
             prop_assert_eq!(fresh.read().unwrap().agreements.len(), 6);
+            // Everything delivered was taken out of the buffer, and its accounting agrees.
+            prop_assert!(fresh.pending.is_empty());
+            prop_assert_eq!(fresh.pending_bytes, 0);
+            prop_assert!(fresh.pending_per_author.is_empty());
         }
     }
 }
