@@ -101,10 +101,10 @@ impl Gate {
     fn enter(&self, peer: PeerId, per_peer: usize, total: usize) -> Option<Pass> {
         let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let (per, all) = &mut *state;
-        let count = per.entry(peer).or_default();
-        if *count >= per_peer || *all >= total {
+        if *all >= total || per.get(&peer).is_some_and(|c| *c >= per_peer) {
             return None;
         }
+        let count = per.entry(peer).or_default();
         *count += 1;
         *all += 1;
         Some(Pass {
@@ -138,11 +138,16 @@ async fn route_events(
     let local = net.local_peer_id();
     let sessions = Gate::default();
     let joins = Gate::default();
+    let mut supervisors: HashMap<PeerId, tokio::task::JoinHandle<()>> = HashMap::new();
     while let Some(event) = events.recv().await {
         match event {
             NetEvent::Connected { peer } => {
-                if local.to_bytes() < peer.to_bytes() {
-                    peering::supervise(node.clone(), net.clone(), peer);
+                // One supervisor per peer: a peer that reconnects quickly must not pile
+                // them up.
+                let alive = supervisors.get(&peer).is_some_and(|h| !h.is_finished());
+                if local.to_bytes() < peer.to_bytes() && !alive {
+                    let handle = peering::supervise(node.clone(), net.clone(), peer);
+                    supervisors.insert(peer, handle);
                 }
             }
             NetEvent::InboundStream {
@@ -177,7 +182,11 @@ async fn route_events(
                     });
                 }
             }
-            NetEvent::Disconnected { .. } => {}
+            NetEvent::Disconnected { peer } => {
+                if let Some(handle) = supervisors.remove(&peer) {
+                    handle.abort();
+                }
+            }
         }
     }
 }

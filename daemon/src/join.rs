@@ -120,7 +120,8 @@ pub async fn join(node: Arc<Node>, net: NetHandle, token_text: &str) -> Result<G
         })??;
     let group = node.install_joined(welcome)?;
     let mut changed = node.subscribe();
-    crate::peering::supervise(node.clone(), net, peer);
+    // This supervisor lives as long as the connection (it ends itself on disconnect).
+    drop(crate::peering::supervise(node.clone(), net, peer));
     // Answer once the facilitator's add has arrived, so the group is writable right away.
     let synced = tokio::time::timeout(ADMISSION_SYNC_TIMEOUT, async {
         while !node.sees_self_in(&group) {

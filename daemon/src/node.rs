@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hearth_protocol::api::{self, Role};
 use hearth_protocol::crypto::SecretKey;
 use hearth_protocol::envelope::Envelope;
-use hearth_protocol::group::{Group, GroupError, VersionVector};
+use hearth_protocol::group::{Group, GroupError, VersionVector, Written};
 use hearth_protocol::identity::{DeviceKeys, PublicIdentity};
 use hearth_protocol::ids::{GroupId, MemberId};
 use hearth_protocol::session::{self, Side};
@@ -142,7 +142,7 @@ impl Node {
             }
         }
         let stored = envelopes.len();
-        let result = group.ingest(envelopes);
+        let result = group.ingest_stored(envelopes);
         if result.accepted.len() != stored {
             tracing::warn!(
                 stored,
@@ -229,19 +229,37 @@ impl Node {
         &self,
         groups: &mut BTreeMap<GroupId, Slot>,
         id: &GroupId,
-        env: Envelope,
+        written: Written,
         extra: Vec<WriteOp>,
     ) -> Result<(), NodeError> {
-        let mut ops = vec![records::put_envelope(&self.store, &env)];
+        // Everything the write let in was accepted into memory: store all of it.
+        let mut ops: Vec<WriteOp> = written
+            .accepted
+            .iter()
+            .map(|e| records::put_envelope(&self.store, e))
+            .collect();
         ops.extend(extra);
         if let Err(e) = self.store.write(ops) {
-            if let Ok(slot) = self.reload_slot(id) {
-                groups.insert(*id, slot);
-            }
+            self.recover(groups, id);
             return Err(e.into());
         }
         self.bump();
         Ok(())
+    }
+
+    /// After a failed store write, memory has run ahead of disk. Rebuilds the group from
+    /// disk; if even that fails, drops it from memory rather than serve (and sign after)
+    /// envelopes that are not stored.
+    fn recover(&self, groups: &mut BTreeMap<GroupId, Slot>, id: &GroupId) {
+        match self.reload_slot(id) {
+            Ok(slot) => {
+                groups.insert(*id, slot);
+            }
+            Err(e) => {
+                tracing::error!("a group could not be reloaded after a failed write: {e}");
+                groups.remove(id);
+            }
+        }
     }
 
     pub fn create_group(&self, name: &str, purpose: &str) -> Result<GroupId, NodeError> {
@@ -400,11 +418,16 @@ impl Node {
         self.lock().contains_key(id)
     }
 
-    /// Checks, persists and records envelopes a peer sent. Returns how many were new.
-    pub fn ingest(&self, id: &GroupId, envelopes: Vec<Envelope>) -> Result<usize, NodeError> {
+    /// Checks, persists and records envelopes a peer sent. Returns how many were new, and
+    /// how many were refused for now (the buffer for out-of-order envelopes was full).
+    pub fn ingest(
+        &self,
+        id: &GroupId,
+        envelopes: Vec<Envelope>,
+    ) -> Result<(usize, usize), NodeError> {
         let mut groups = self.lock();
         let Some(slot) = groups.get_mut(id) else {
-            return Ok(0);
+            return Ok((0, 0));
         };
         let result = slot.group.ingest(envelopes);
         if result.rejected > 0 || result.ineffective > 0 {
@@ -421,7 +444,7 @@ impl Node {
             );
         }
         if result.accepted.is_empty() {
-            return Ok(0);
+            return Ok((0, result.refused));
         }
         let ops = result
             .accepted
@@ -429,15 +452,13 @@ impl Node {
             .map(|e| records::put_envelope(&self.store, e))
             .collect();
         if let Err(e) = self.store.write(ops) {
-            // Memory ran ahead of disk: rebuild from disk; the peer will resend.
-            if let Ok(slot) = self.reload_slot(id) {
-                groups.insert(*id, slot);
-            }
+            // The peer will resend what the rebuilt group lacks.
+            self.recover(&mut groups, id);
             return Err(e.into());
         }
         drop(groups);
         self.bump();
-        Ok(result.accepted.len())
+        Ok((result.accepted.len(), result.refused))
     }
 
     pub fn version_vector(&self, id: &GroupId) -> VersionVector {
@@ -602,7 +623,7 @@ mod tests {
         })
         .unwrap();
         let all = a.missing(&group, &VersionVector::new(), usize::MAX, usize::MAX);
-        assert_eq!(b.ingest(&group, all).unwrap(), 2);
+        assert_eq!(b.ingest(&group, all).unwrap(), (2, 0));
         (a, b, group)
     }
 
@@ -625,11 +646,11 @@ mod tests {
         let tampered = Envelope::decode(bytes).unwrap();
 
         let before = stored_envelopes(&b);
-        assert_eq!(b.ingest(&group, vec![tampered]).unwrap(), 0);
+        assert_eq!(b.ingest(&group, vec![tampered]).unwrap(), (0, 0));
         assert!(b.agreements(&group).unwrap().is_empty());
         assert_eq!(stored_envelopes(&b), before);
 
-        assert_eq!(b.ingest(&group, genuine).unwrap(), 1);
+        assert_eq!(b.ingest(&group, genuine).unwrap(), (1, 0));
         assert_eq!(b.agreements(&group).unwrap().len(), 1);
         assert_eq!(stored_envelopes(&b), before + 1);
     }

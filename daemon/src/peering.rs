@@ -24,7 +24,7 @@ const REDIAL_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Keeps a sync session open with `peer` for as long as it stays connected: reopens it when
 /// it ends, when this device's groups change, or now and then if no group was shared.
-pub fn supervise(node: Arc<Node>, net: NetHandle, peer: PeerId) {
+pub fn supervise(node: Arc<Node>, net: NetHandle, peer: PeerId) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut groups_changed = node.subscribe_groups();
         loop {
@@ -53,7 +53,7 @@ pub fn supervise(node: Arc<Node>, net: NetHandle, peer: PeerId) {
                 break;
             }
         }
-    });
+    })
 }
 
 async fn open(node: &Arc<Node>, net: &NetHandle, peer: PeerId) -> anyhow::Result<Outcome> {

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::AsyncReadExt;
@@ -34,6 +34,20 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 const PROOF_PADDING: usize = 8;
 
 type Known = Arc<Mutex<HashMap<GroupId, VersionVector>>>;
+/// Groups whose version vector should be sent to the peer again.
+type Resend = Arc<Mutex<BTreeSet<GroupId>>>;
+
+/// What a session's receive and push halves share.
+#[derive(Clone, Default)]
+struct Link {
+    /// The peer's version vector per group, as last told plus what crossed since.
+    known: Known,
+    resend: Resend,
+    /// Wakes the push half when the receive half learned something.
+    wake: Arc<Notify>,
+}
+/// Least time between two repeated version vectors for one group.
+const RESEND_HAVE_EVERY: Duration = Duration::from_secs(5);
 
 /// How a session went, so its supervisor knows when to try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,18 +89,16 @@ pub async fn run(
     }
     tracing::info!(%peer, groups = groups.len(), "sync session established");
 
-    let known: Known = Arc::default();
-    let wake = Arc::new(Notify::new());
+    let link = Link::default();
     let mut push = tokio::spawn(push_loop(
         node.clone(),
         groups.clone(),
         shared.awaiting,
         shared.identity,
-        known.clone(),
-        wake.clone(),
+        link.clone(),
         writer,
     ));
-    let receive = receive_loop(&node, &groups, &known, &wake, &mut reader);
+    let receive = receive_loop(&node, &groups, &link, &mut reader);
     let result = tokio::select! {
         r = receive => r,
         r = &mut push => r.context("push task failed")?,
@@ -190,13 +202,13 @@ where
 async fn receive_loop<R>(
     node: &Arc<Node>,
     groups: &BTreeSet<GroupId>,
-    known: &Known,
-    wake: &Notify,
+    link: &Link,
     reader: &mut R,
 ) -> anyhow::Result<()>
 where
     R: futures::AsyncRead + Unpin,
 {
+    let mut last_resend: HashMap<GroupId, Instant> = HashMap::new();
     while let Some(msg) = read_msg::<_, SyncMessage>(reader, MAX_FRAME_LEN).await? {
         match msg {
             SyncMessage::Have { group_id, heads } if groups.contains(&group_id) => {
@@ -204,8 +216,10 @@ where
                     .into_iter()
                     .map(|e| (e.author, (e.seq, e.hash)))
                     .collect();
-                lock(known).insert(group_id, vv);
-                wake.notify_one();
+                // Where the peer's log differs from ours, send ours so it sees the fork.
+                let vv = node.reconcile_heads(&group_id, vv);
+                lock(&link.known).insert(group_id, vv);
+                link.wake.notify_one();
             }
             SyncMessage::Envelopes {
                 group_id,
@@ -216,14 +230,26 @@ where
                     .filter_map(|b| Envelope::decode(b).ok())
                     .collect();
                 // The peer has these: never echo them back.
-                if let Some(vv) = lock(known).get_mut(&group_id) {
+                if let Some(vv) = lock(&link.known).get_mut(&group_id) {
                     note_sent(vv, &decoded);
                 }
                 // Verification, decryption and the fsync run off the async workers.
                 let worker = node.clone();
-                tokio::task::spawn_blocking(move || worker.ingest(&group_id, decoded))
-                    .await
-                    .context("ingest worker failed")??;
+                let (_, refused) =
+                    tokio::task::spawn_blocking(move || worker.ingest(&group_id, decoded))
+                        .await
+                        .context("ingest worker failed")??;
+                // Out-of-order envelopes were refused for now: once in a while, send our
+                // version vector again so the peer resends what we still lack.
+                if refused > 0
+                    && last_resend
+                        .get(&group_id)
+                        .is_none_or(|t| t.elapsed() >= RESEND_HAVE_EVERY)
+                {
+                    last_resend.insert(group_id, Instant::now());
+                    lock_set(&link.resend).insert(group_id);
+                    link.wake.notify_one();
+                }
             }
             // Anything else (a group not shared in this session, a late handshake message)
             // is ignored rather than trusted.
@@ -238,8 +264,7 @@ async fn push_loop<W>(
     groups: BTreeSet<GroupId>,
     awaiting: Vec<GroupId>,
     identity: Option<PublicIdentity>,
-    known: Known,
-    wake: Arc<Notify>,
+    link: Link,
     mut writer: W,
 ) -> anyhow::Result<()>
 where
@@ -248,22 +273,16 @@ where
     let mut changed = node.subscribe();
     let mut groups_changed = node.subscribe_groups();
     for group_id in &groups {
-        let heads = node
-            .version_vector(group_id)
-            .into_iter()
-            .map(|(author, (seq, hash))| VvEntry { author, seq, hash })
-            .collect();
-        write_msg(
-            &mut writer,
-            &SyncMessage::Have {
-                group_id: *group_id,
-                heads,
-            },
-        )
-        .await?;
+        send_have(&node, *group_id, &mut writer).await?;
     }
     loop {
         changed.borrow_and_update();
+        let again: Vec<GroupId> = std::mem::take(&mut *lock_set(&link.resend))
+            .into_iter()
+            .collect();
+        for group_id in again {
+            send_have(&node, group_id, &mut writer).await?;
+        }
         if let Some(identity) = &identity
             && awaiting.iter().any(|g| node.has_member(g, identity))
         {
@@ -271,14 +290,14 @@ where
         }
         let mut sent_any = false;
         for group_id in &groups {
-            let Some(vv) = lock(&known).get(group_id).cloned() else {
+            let Some(vv) = lock(&link.known).get(group_id).cloned() else {
                 continue; // their version vector has not arrived yet
             };
             let batch = node.missing(group_id, &vv, MAX_BATCH_ENVELOPES, BATCH_BYTE_BUDGET);
             if batch.is_empty() {
                 continue;
             }
-            if let Some(vv) = lock(&known).get_mut(group_id) {
+            if let Some(vv) = lock(&link.known).get_mut(group_id) {
                 note_sent(vv, &batch);
             }
             let envelopes = batch.into_iter().map(Envelope::into_bytes).collect();
@@ -297,10 +316,27 @@ where
         }
         tokio::select! {
             r = changed.changed() => if r.is_err() { return Ok(()) },
-            () = wake.notified() => {}
+            () = link.wake.notified() => {}
             _ = groups_changed.changed() => return Ok(()),
         }
     }
+}
+
+/// Sends our version vector for one group.
+async fn send_have<W>(node: &Node, group_id: GroupId, writer: &mut W) -> anyhow::Result<()>
+where
+    W: futures::AsyncWrite + Unpin,
+{
+    let heads = node
+        .version_vector(&group_id)
+        .into_iter()
+        .map(|(author, (seq, hash))| VvEntry { author, seq, hash })
+        .collect();
+    write_msg(writer, &SyncMessage::Have { group_id, heads }).await
+}
+
+fn lock_set(resend: &Resend) -> std::sync::MutexGuard<'_, BTreeSet<GroupId>> {
+    resend.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Records that the peer now has `envelopes`.

@@ -68,6 +68,14 @@ pub enum GroupError {
     OwnEnvelope(String),
 }
 
+/// An envelope this device wrote, with every envelope its writing let in (its own, and
+/// any that were waiting for it): the caller stores all of `accepted`.
+#[derive(Debug)]
+pub struct Written {
+    pub own: Envelope,
+    pub accepted: Vec<Envelope>,
+}
+
 /// What [`Group::ingest`] did with a batch.
 #[derive(Debug, Default)]
 pub struct Ingested {
@@ -80,6 +88,9 @@ pub struct Ingested {
     pub ineffective: usize,
     /// Authors newly caught forking their log.
     pub forks: usize,
+    /// Out-of-order envelopes not buffered because the buffer was full: the sender should
+    /// be asked again later.
+    pub refused: usize,
 }
 
 pub struct Group {
@@ -141,13 +152,13 @@ impl Group {
         };
         let epoch_key = SecretKey::random(rng);
         let mut group = Group::restore(info, [(0, epoch_key.clone())], None, me.member_id())?;
-        let env = group
+        let written = group
             .edit(me, rng, |d| {
                 d.name = name.to_owned();
                 d.purpose = purpose.to_owned();
             })?
             .ok_or_else(|| GroupError::OwnEnvelope("initial state made no change".into()))?;
-        Ok((group, epoch_key, env))
+        Ok((group, epoch_key, written.own))
     }
 
     /// Rebuilds a group from what the store holds: its root, its epoch keys and, for a
@@ -292,7 +303,7 @@ impl Group {
         text: &str,
         now_unix: i64,
         rng: &mut impl CryptoRngCore,
-    ) -> Result<(String, Envelope), GroupError> {
+    ) -> Result<(String, Written), GroupError> {
         check_text("the agreement", text, doc::MAX_AGREEMENT_LEN, false)?;
         let mut raw = [0u8; 8];
         rng.fill_bytes(&mut raw);
@@ -319,7 +330,7 @@ impl Group {
         member: PublicIdentity,
         role: Role,
         rng: &mut impl CryptoRngCore,
-    ) -> Result<Envelope, GroupError> {
+    ) -> Result<Written, GroupError> {
         match self.membership.get(&me.member_id()) {
             Some(m) if m.role == Role::Facilitator => {}
             Some(_) => return Err(GroupError::NotFacilitator),
@@ -333,7 +344,7 @@ impl Group {
         me: &DeviceKeys,
         rng: &mut impl CryptoRngCore,
         edit: impl FnOnce(&mut GroupDoc),
-    ) -> Result<Option<Envelope>, GroupError> {
+    ) -> Result<Option<Written>, GroupError> {
         if !self.membership.is_member(&me.member_id()) {
             return Err(GroupError::NotMember);
         }
@@ -347,7 +358,7 @@ impl Group {
         me: &DeviceKeys,
         changes: Vec<automerge::Change>,
         rng: &mut impl CryptoRngCore,
-    ) -> Result<Option<Envelope>, GroupError> {
+    ) -> Result<Option<Written>, GroupError> {
         if changes.is_empty() {
             return Ok(None);
         }
@@ -366,7 +377,7 @@ impl Group {
         me: &DeviceKeys,
         body: Body,
         rng: &mut impl CryptoRngCore,
-    ) -> Result<Envelope, GroupError> {
+    ) -> Result<Written, GroupError> {
         let author = me.member_id();
         let epoch = self.current_epoch();
         let key = self
@@ -394,10 +405,15 @@ impl Group {
         };
         let env = Envelope::seal(me, header, &body, &key, rng);
         let result = self.ingest(vec![env.clone()]);
-        if result.accepted.len() != 1 || result.ineffective != 0 {
+        // The own envelope may release others waiting for it (say, a new member's): all of
+        // them were accepted into memory and must all be stored.
+        if !result.accepted.contains(&env) {
             return Err(GroupError::OwnEnvelope(format!("{result:?}")));
         }
-        Ok(env)
+        Ok(Written {
+            own: env,
+            accepted: result.accepted,
+        })
     }
 
     /// Checks and applies envelopes from anywhere (a peer, or this device's store).
@@ -408,9 +424,19 @@ impl Group {
     /// in the log, or an author not yet known to be a member) wait in a bounded buffer.
     /// Automerge changes from the whole batch are applied in one call.
     pub fn ingest(&mut self, envelopes: Vec<Envelope>) -> Ingested {
+        self.ingest_with(envelopes, true)
+    }
+
+    /// [`Group::ingest`] for this device's own store: trusted to be bounded already, so
+    /// the pending buffer's caps do not apply (a restart must never drop stored envelopes).
+    pub fn ingest_stored(&mut self, envelopes: Vec<Envelope>) -> Ingested {
+        self.ingest_with(envelopes, false)
+    }
+
+    fn ingest_with(&mut self, envelopes: Vec<Envelope>, capped: bool) -> Ingested {
         let mut out = Ingested::default();
         for env in envelopes {
-            self.buffer(env, &mut out);
+            self.buffer(env, capped, &mut out);
         }
 
         let mut changes: Vec<EnvelopeChanges> = Vec::new();
@@ -445,8 +471,10 @@ impl Group {
     }
 
     /// Puts one envelope in the pending buffer, unless it is foreign, already held, proof
-    /// of a fork, or over the buffer's bounds.
-    fn buffer(&mut self, env: Envelope, out: &mut Ingested) {
+    /// of a fork, from a frozen author, or over the buffer's bounds. The bounds never apply
+    /// to an envelope that continues a member's log (it leaves the buffer at once), so a
+    /// buffer filled by a hostile member delays only out-of-order envelopes.
+    fn buffer(&mut self, env: Envelope, capped: bool, out: &mut Ingested) {
         let h = *env.header();
         if h.group_id != self.info.group_id || h.seq == 0 || h.seq > MAX_SEQ {
             out.rejected += 1;
@@ -457,6 +485,9 @@ impl Group {
             self.check_for_fork(&env, out);
             return;
         }
+        if self.frozen.contains_key(&h.author) {
+            return;
+        }
         let key = (h.author, h.seq);
         if self.pending.contains_key(&key) {
             // Never let a later arrival displace a buffered envelope: a forger could
@@ -465,12 +496,13 @@ impl Group {
         }
         let is_member = self.membership.is_member(&h.author);
         let author_count = self.pending_per_author.get(&h.author).copied().unwrap_or(0);
+        let in_order = is_member && h.seq == known + 1;
         let over = self.pending_bytes + env.as_bytes().len() > MAX_PENDING_BYTES
             || self.pending.len() >= MAX_PENDING
             || author_count >= MAX_PENDING_PER_AUTHOR
             || (!is_member && author_count >= MAX_PENDING_PER_UNKNOWN_AUTHOR);
-        if over {
-            out.rejected += 1;
+        if capped && over && !in_order {
+            out.refused += 1;
             return;
         }
         self.pending_bytes += env.as_bytes().len();
@@ -499,9 +531,21 @@ impl Group {
         if signed && !self.frozen.contains_key(&h.author) {
             let next = self.heads.get(&h.author).map_or(1, |x| x.seq + 1);
             self.frozen.insert(h.author, next);
+            self.drop_pending_of(h.author);
             out.forks += 1;
         } else if !signed {
             out.rejected += 1;
+        }
+    }
+
+    fn drop_pending_of(&mut self, author: MemberId) {
+        let keys: Vec<(MemberId, u64)> = self
+            .pending
+            .range((author, 0)..=(author, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            self.take_pending(&key);
         }
     }
 
@@ -653,6 +697,7 @@ impl Group {
     fn freeze(&mut self, author: MemberId, seq: u64, hash: Hash, out: &mut Ingested) {
         let at = self.frozen.entry(author).or_insert(seq);
         *at = (*at).min(seq);
+        self.drop_pending_of(author);
         self.ineffective.insert(hash);
         out.ineffective += 1;
     }
@@ -795,7 +840,8 @@ mod tests {
             let k = DeviceKeys::generate(&mut OsRng);
             log.push(
                 ga.add_member(&a, k.public(), Role::Member, &mut OsRng)
-                    .unwrap(),
+                    .unwrap()
+                    .own,
             );
             others.push(k);
         }
@@ -820,10 +866,12 @@ mod tests {
     fn members_write_and_converge() {
         let (mut d, mut log) = setup(2);
         for (i, dev) in d.iter_mut().enumerate() {
-            let (_, env) = dev
+            let env = dev
                 .group
                 .add_agreement(&dev.keys, &format!("agreement {i}"), 0, &mut OsRng)
-                .unwrap();
+                .unwrap()
+                .1
+                .own;
             log.push(env);
         }
         for dev in &mut d {
@@ -869,10 +917,12 @@ mod tests {
     fn tampered_envelope_is_rejected_and_not_applied() {
         let (mut d, _) = setup(1);
         let (a, rest) = d.split_at_mut(1);
-        let (_, env) = a[0]
+        let env = a[0]
             .group
             .add_agreement(&a[0].keys, "no phones", 0, &mut OsRng)
-            .unwrap();
+            .unwrap()
+            .1
+            .own;
         let mut bytes = env.as_bytes().to_vec();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x40;
@@ -972,10 +1022,12 @@ mod tests {
         );
         // An honest agreement from a, delivered in the same batch.
         let mut a = d.into_iter().next().unwrap();
-        let (_, honest) = a
+        let honest = a
             .group
             .add_agreement(&a.keys, "honest", 0, &mut OsRng)
-            .unwrap();
+            .unwrap()
+            .1
+            .own;
         let mut fresh = Group::restore(
             *a.group.info(),
             [(0, a.group.epoch_key(0).unwrap().clone())],
@@ -1036,14 +1088,18 @@ mod tests {
         let (mut d, _) = setup(1);
         let (a, rest) = d.split_at_mut(1);
         let b = &mut rest[0];
-        let (_, e1) = b
+        let e1 = b
             .group
             .add_agreement(&b.keys, "first", 0, &mut OsRng)
-            .unwrap();
-        let (_, e2) = b
+            .unwrap()
+            .1
+            .own;
+        let e2 = b
             .group
             .add_agreement(&b.keys, "second", 0, &mut OsRng)
-            .unwrap();
+            .unwrap()
+            .1
+            .own;
         // The genuine seq 2 waits for seq 1; a forgery for seq 2 then arrives.
         a[0].group.ingest(vec![e2.clone()]);
         let forger = DeviceKeys::generate(&mut OsRng);
@@ -1083,9 +1139,9 @@ mod tests {
             let (mut d, mut log) = setup(2);
             for round in 0..2 {
                 for (i, dev) in d.iter_mut().enumerate() {
-                    let (_, env) = dev.group
+                    let env = dev.group
                         .add_agreement(&dev.keys, &format!("r{round} by {i}"), 0, &mut OsRng)
-                        .unwrap();
+                        .unwrap().1.own;
                     log.push(env);
                 }
             }
