@@ -1047,6 +1047,31 @@ mod tests {
     }
 
     #[test]
+    fn a_write_returns_every_envelope_it_let_in() {
+        let (mut d, _) = setup(0);
+        let a = &mut d[0];
+        let j = DeviceKeys::generate(&mut OsRng);
+        // J's first envelope arrives before J's add: it waits.
+        let early = craft(
+            &a.group,
+            &j,
+            1,
+            ZERO_HASH,
+            ZERO_HASH,
+            &Body::Changes { changes: vec![] },
+        );
+        assert!(a.group.ingest(vec![early.clone()]).accepted.is_empty());
+        // The add lets it in: both must be reported, or the daemon would store only one.
+        let written = a
+            .group
+            .add_member(&a.keys, j.public(), Role::Member, &mut OsRng)
+            .unwrap();
+        assert_eq!(written.accepted.len(), 2);
+        assert!(written.accepted.contains(&written.own));
+        assert!(written.accepted.contains(&early));
+    }
+
+    #[test]
     fn a_signed_fork_is_detected_and_stops_the_authors_log() {
         let (mut d, _) = setup(1);
         let (a, rest) = d.split_at_mut(1);
