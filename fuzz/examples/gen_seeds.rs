@@ -34,7 +34,11 @@ fn main() {
     let m = member();
     let mut gm = Group::restore(info, [(0, key.clone())], Some(&snap), m.member_id()).unwrap();
     gm.ingest(log.clone());
-    let (_, m_env) = gm.add_agreement(m, "Phones away", 1, &mut rng).unwrap();
+    let m_env = gm
+        .add_agreement(m, "Phones away", 1, &mut rng)
+        .unwrap()
+        .1
+        .own;
     let m_body = body_bytes(&m_env, &key);
     // The member renames the group, at the document level.
     let mut dm = GroupDocument::load(&snap, m.member_id().actor_id()).unwrap();
@@ -47,11 +51,16 @@ fn main() {
     let s = stranger();
     let add_s = group
         .add_member(creator(), s.public(), Role::Member, &mut rng)
-        .unwrap();
+        .unwrap()
+        .own;
     let add_body = body_bytes(&add_s, &key);
     let mut gs = Group::restore(info, [(0, key.clone())], Some(&snap), s.member_id()).unwrap();
     gs.ingest(vec![log[0].clone(), log[1].clone(), add_s.clone()]);
-    let (_, s_env) = gs.add_agreement(s, "Listen first", 2, &mut rng).unwrap();
+    let s_env = gs
+        .add_agreement(s, "Listen first", 2, &mut rng)
+        .unwrap()
+        .1
+        .own;
     let s_body = body_bytes(&s_env, &key);
 
     // group_ingest: records (see fuzz_targets/group_ingest.rs for the flags).

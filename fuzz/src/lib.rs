@@ -64,7 +64,8 @@ pub fn fixture() -> &'static Fixture {
             Group::create(&keys[0], "Circle", "Support", &mut rng).expect("fixture group");
         let add = group
             .add_member(&keys[0], keys[1].public(), Role::Member, &mut rng)
-            .expect("fixture add");
+            .expect("fixture add")
+            .own;
         Fixture {
             ids: keys.each_ref().map(|k| k.member_id()),
             publics: keys.each_ref().map(|k| k.public()),
