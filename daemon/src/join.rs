@@ -87,7 +87,7 @@ pub async fn join(node: Arc<Node>, net: NetHandle, token_text: &str) -> Result<G
             "the invite has expired; ask the facilitator for a new one".into(),
         ));
     }
-    if node.is_member(&token.group_id) {
+    if node.has_group(&token.group_id) {
         return Err(NodeError::Conflict(
             "this device is already a member of that group".into(),
         ));

@@ -369,7 +369,7 @@ impl Node {
             .epoch_key(epoch)
             .cloned()
             .ok_or_else(|| NodeError::Internal("no key for the current epoch".into()))?;
-        let snapshot = slot.group.snapshot();
+        let snapshot = zeroize::Zeroizing::new(slot.group.snapshot());
         let info = *slot.group.info();
         self.commit_own(&mut groups, &id, env, vec![burn])?;
         Ok((
@@ -414,7 +414,8 @@ impl Node {
         Ok(id)
     }
 
-    pub fn is_member(&self, id: &GroupId) -> bool {
+    /// Whether this device holds group `id` at all.
+    pub fn has_group(&self, id: &GroupId) -> bool {
         self.lock().contains_key(id)
     }
 
@@ -564,7 +565,8 @@ pub struct Admission {
     pub info: hearth_protocol::membership::GroupInfo,
     pub epoch: u32,
     pub epoch_key: SecretKey,
-    pub snapshot: Vec<u8>,
+    /// The document in plaintext: wiped on drop.
+    pub snapshot: zeroize::Zeroizing<Vec<u8>>,
 }
 
 fn agreements_of(doc: &hearth_protocol::doc::GroupDoc) -> Vec<api::Agreement> {
@@ -619,7 +621,7 @@ mod tests {
             info: admission.info,
             epoch: admission.epoch,
             epoch_key: admission.epoch_key,
-            snapshot: zeroize::Zeroizing::new(admission.snapshot),
+            snapshot: admission.snapshot,
         })
         .unwrap();
         let all = a.missing(&group, &VersionVector::new(), usize::MAX, usize::MAX);

@@ -189,16 +189,6 @@ impl GroupDocument {
     pub(crate) fn clone_saved(&self) -> Vec<u8> {
         self.doc.clone().save()
     }
-
-    /// Heads of the document, to compare two replicas.
-    pub fn heads(&mut self) -> Vec<automerge::ChangeHash> {
-        self.doc.get_heads()
-    }
-
-    /// Whether `hash` is a change this document already holds.
-    pub fn has_change(&mut self, hash: &automerge::ChangeHash) -> bool {
-        self.doc.get_change_by_hash(hash).is_some()
-    }
 }
 
 #[cfg(test)]
