@@ -10,8 +10,9 @@ use hearth_protocol::api::Role;
 use hearth_protocol::doc::{AgreementRecord, GroupDocument};
 use hearth_protocol::envelope::{Body, Envelope, Header, ZERO_HASH};
 use hearth_protocol::group::{Group, seal_snapshot};
+use hearth_protocol::identity::DeviceKeys;
 use hearth_protocol::ids::GroupId;
-use hearth_protocol::invite::{InviteToken, JoinAccept, JoinRequest};
+use hearth_protocol::invite::{Admission, InviteToken, JoinAccept, JoinRequest};
 use hearth_protocol::wire::{SyncMessage, VvEntry, WIRE_VERSION, encode_frame};
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
@@ -24,6 +25,31 @@ fn body_bytes(env: &Envelope, key: &hearth_protocol::crypto::SecretKey) -> Vec<u
     postcard::to_stdvec(&env.open(key).unwrap()).unwrap()
 }
 
+/// What `group`'s facilitator hands a member it admitted with `add` (the current epoch).
+fn admission(group: &mut Group, add: &Envelope) -> Admission {
+    let (epoch, key) = group.current_epoch();
+    Admission {
+        info: *group.info(),
+        epoch,
+        rotation: add.hash(),
+        epoch_key: key.unwrap().clone(),
+        roster_history: group
+            .roster_history()
+            .into_iter()
+            .filter(|(e, _, _)| *e != epoch)
+            .collect(),
+        snapshot: group.snapshot().into(),
+    }
+}
+
+/// The replica of a member admitted as `admission` says.
+fn replica(keys: &DeviceKeys, admission: &Admission, log: &[Envelope]) -> Group {
+    let welcome = admission.welcome();
+    let mut g = Group::restore(welcome.info, keys, welcome.grants, Some(&welcome.snapshot)).unwrap();
+    g.ingest(log.to_vec());
+    g
+}
+
 fn main() {
     let mut rng = FixedRng::new(99);
     let (mut group, key, log) = fixture_group();
@@ -32,10 +58,10 @@ fn main() {
 
     // The member's own replica, and an agreement it writes (hostile-member seed body).
     let m = member();
-    let mut gm = Group::restore(info, [(0, key.clone())], Some(&snap), m.member_id()).unwrap();
-    gm.ingest(log.clone());
+    let m_admission = admission(&mut group, &log[1]);
+    let mut gm = replica(m, &m_admission, &log);
     let m_env = gm
-        .add_agreement(m, "Phones away", 1, &mut rng)
+        .add_agreement("Phones away", 1, &mut rng)
         .unwrap()
         .1
         .own;
@@ -50,14 +76,14 @@ fn main() {
     // The creator adds the stranger, who then writes.
     let s = stranger();
     let add_s = group
-        .add_member(creator(), s.public(), Role::Member, &mut rng)
+        .add_member(s.public(), Role::Member, "stranger", 0, &mut rng)
         .unwrap()
         .own;
     let add_body = body_bytes(&add_s, &key);
-    let mut gs = Group::restore(info, [(0, key.clone())], Some(&snap), s.member_id()).unwrap();
-    gs.ingest(vec![log[0].clone(), log[1].clone(), add_s.clone()]);
+    let s_admission = admission(&mut group, &add_s);
+    let mut gs = replica(s, &s_admission, &[log[0].clone(), log[1].clone(), add_s.clone()]);
     let s_env = gs
-        .add_agreement(s, "Listen first", 2, &mut rng)
+        .add_agreement("Listen first", 2, &mut rng)
         .unwrap()
         .1
         .own;
@@ -111,15 +137,12 @@ fn main() {
         expires_at: 1_900_000_000,
         addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
     };
-    let req = JoinRequest::new(s, &token, b"peer-s", b"peer-c");
+    let req = JoinRequest::new(s, &token, "stranger", b"peer-s", b"peer-c");
     let accept = JoinAccept::new(
         creator(),
         &req,
         &token.secret,
-        info,
-        0,
-        &key,
-        &snap,
+        &s_admission,
         b"peer-s",
         b"peer-c",
         &mut rng,

@@ -38,8 +38,8 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-        Ok(Body::Add { member, .. }) => {
-            let _ = member.member_id();
+        Ok(Body::Roster(op)) => {
+            let _ = (op.deps.len(), op.action.lockboxes().len());
         }
         Err(_) => {}
     }

@@ -8,7 +8,8 @@
 //!   a plain member / a non-member, continuing that author's hash chain (a member holds
 //!   its keys, so this is the hostile-member case and reaches membership and automerge);
 //!   0x04 breaks the chain, 0x08 skips a seq, 0x10 uses an epoch with no key, 0x20 sets a
-//!   wrong change_head;
+//!   wrong change_head; sealed under the current epoch's key (the roster key if the
+//!   payload decodes as a membership operation);
 //! - 0x80 ends the batch (ingest now).
 //!
 //! Invariants: no panic, and the group stays readable and its snapshot loadable.
@@ -56,7 +57,7 @@ fuzz_target!(init: std::panic::set_hook(Box::new(|_| {})), |data: &[u8]| {
                 let header = Header {
                     version: 0,
                     group_id: group.id(),
-                    epoch: u32::from(flags & 0x10 != 0),
+                    epoch: if flags & 0x10 != 0 { f.epoch + 7 } else { f.epoch },
                     author: f.ids[i],
                     seq: seq + 1 + u64::from(flags & 0x08 != 0),
                     prev: if flags & 0x04 != 0 { [0xaa; 32] } else { prev },

@@ -3,8 +3,10 @@
 
 use hearth_protocol::api::Role;
 use hearth_protocol::crypto::{self, SecretKey, labels};
-use hearth_protocol::envelope::{self, Body, Envelope, FORMAT_VERSION, Hash, Header, ZERO_HASH};
-use hearth_protocol::group::Group;
+use hearth_protocol::envelope::{
+    self, Body, Envelope, FORMAT_VERSION, Hash, Header, Sealing, ZERO_HASH,
+};
+use hearth_protocol::group::{Access, Group, KeyGrant};
 use hearth_protocol::identity::{DeviceKeys, PublicIdentity};
 use hearth_protocol::ids::MemberId;
 use hearth_protocol::membership::GroupInfo;
@@ -50,6 +52,10 @@ pub struct Fixture {
     pub ids: [MemberId; 3],
     pub publics: [PublicIdentity; 3],
     pub info: GroupInfo,
+    /// The group's first epoch key (the creator's, from before the add).
+    pub first_key: SecretKey,
+    /// The current epoch (started by the add) and its key.
+    pub epoch: u32,
     pub epoch_key: SecretKey,
     /// The group's log: the creator's first envelope, then its add of `member`.
     pub log: Vec<Envelope>,
@@ -60,16 +66,20 @@ pub fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let keys = [7u8, 8, 9].map(|b| DeviceKeys::from_secret_bytes(&[b; 64]).expect("64 bytes"));
         let mut rng = FixedRng::new(1);
-        let (mut group, epoch_key, first) =
+        let (mut group, first_key, first) =
             Group::create(&keys[0], "Circle", "Support", &mut rng).expect("fixture group");
         let add = group
-            .add_member(&keys[0], keys[1].public(), Role::Member, &mut rng)
+            .add_member(keys[1].public(), Role::Member, "member", 0, &mut rng)
             .expect("fixture add")
             .own;
+        let (epoch, key) = group.current_epoch();
+        let epoch_key = key.expect("the creator holds the epoch it started").clone();
         Fixture {
             ids: keys.each_ref().map(|k| k.member_id()),
             publics: keys.each_ref().map(|k| k.public()),
             info: *group.info(),
+            first_key,
+            epoch,
             epoch_key,
             log: vec![first, add],
             keys,
@@ -92,19 +102,25 @@ pub fn fixed_epoch_key() -> SecretKey {
 }
 
 /// A fresh copy of the fixed group, as the creator's device holds it: rebuilt from its
-/// root and log (4x cheaper than creating it). Returns the group, its epoch-0 key and log.
+/// root and log (4x cheaper than creating it). Returns the group, its current epoch key and
+/// log.
 pub fn fixture_group() -> (Group, SecretKey, Vec<Envelope>) {
     let f = fixture();
-    let mut group = Group::restore(f.info, [(0, f.epoch_key.clone())], None, f.ids[0])
-        .expect("fixture restores");
+    let first = KeyGrant {
+        epoch: 0,
+        rotation: None,
+        access: Access::Full(f.first_key.clone()),
+    };
+    let mut group = Group::restore(f.info, &f.keys[0], [first], None).expect("fixture restores");
     let r = group.ingest(f.log.clone());
     assert_eq!(r.accepted.len(), f.log.len(), "fixture log ingests");
     (group, f.epoch_key.clone(), f.log.clone())
 }
 
 /// Seals and signs an arbitrary plaintext as an envelope body, exactly as
-/// `Envelope::seal` does for a `Body`. A member holds these keys, so any plaintext is
-/// reachable by an insider; this lets fuzzers get past AEAD and the signature.
+/// `Envelope::seal` does for a `Body` (under the roster key if the plaintext decodes as a
+/// membership operation, else the content key). A member holds these keys, so any
+/// plaintext is reachable by an insider; this lets fuzzers get past AEAD and the signature.
 pub fn seal_raw(
     keys: &DeviceKeys,
     mut header: Header,
@@ -114,7 +130,8 @@ pub fn seal_raw(
 ) -> Envelope {
     header.version = FORMAT_VERSION;
     let header_bytes = header.to_bytes();
-    let key = envelope::envelope_key(epoch_key, &header.group_id, header.epoch);
+    let sealing = postcard::from_bytes::<Body>(plaintext).map_or(Sealing::Content, |b| b.sealing());
+    let key = envelope::body_key(epoch_key, &header.group_id, header.epoch, sealing);
     let (nonce, ct) = crypto::seal(&key, &header_bytes, plaintext, rng);
     let mut bytes = header_bytes.to_vec();
     bytes.extend_from_slice(&nonce);
@@ -134,7 +151,7 @@ pub fn honest_change_head(plaintext: &[u8], prior: Hash) -> Hash {
             .last()
             .and_then(|c| automerge::Change::from_bytes(c.clone()).ok())
             .map_or(ZERO_HASH, |c| c.hash().0),
-        Ok(Body::Add { .. }) => prior,
+        Ok(Body::Roster(_)) => prior,
         Err(_) => ZERO_HASH,
     }
 }

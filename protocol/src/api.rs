@@ -14,6 +14,14 @@
 //! | POST   | /v1/groups/{group}/agreements     | [`AddAgreement`]     | [`AgreementAdded`]     |
 //! | GET    | /v1/groups/{group}/agreements     |                      | `Vec<`[`Agreement`]`>` |
 //! | POST   | /v1/groups/{group}/invites        | [`CreateInvite`]     | [`InviteCreated`]      |
+//! | GET    | /v1/groups/{group}/members        |                      | `Vec<`[`MemberInfo`]`>` |
+//! | GET    | /v1/groups/{group}/members/{member}/safety-number | | [`SafetyNumber`]   |
+//! | POST   | /v1/groups/{group}/members/{member}/verify |             | [`SafetyNumber`]       |
+//! | PUT    | /v1/groups/{group}/members/{member}/role | [`SetRole`]  | [`MemberInfo`]         |
+//! | DELETE | /v1/groups/{group}/members/{member} |                    | [`MemberRemoved`]      |
+//! | POST   | /v1/groups/{group}/leave          | [`Leave`]            | [`Left`]               |
+//! | POST   | /v1/groups/{group}/codes          | [`CreateCode`]       | [`CodeCreated`]        |
+//! | GET    | /v1/groups/{group}/codes/{channel}?wait=SECS |           | [`CodeStatus`]         |
 //! | POST   | /v1/join                          | [`Join`]             | [`Joined`]             |
 //! | POST   | /v1/peers                         | [`AddPeer`]          | [`PeerAdded`]          |
 //! | GET    | /v1/peers                         |                      | `Vec<`[`Peer`]`>`      |
@@ -25,6 +33,13 @@ pub const API_PREFIX: &str = "/v1";
 
 /// Default lifetime of an invite token, in seconds (15 minutes).
 pub const DEFAULT_INVITE_TTL_SECS: u64 = 15 * 60;
+/// Default lifetime of a spoken invite code, in seconds (10 minutes).
+pub const DEFAULT_CODE_TTL_SECS: u64 = 10 * 60;
+/// Longest lifetime a spoken invite code may be given, in seconds (1 hour): it is meant
+/// for the room the facilitator and the new member are in.
+pub const MAX_CODE_TTL_SECS: u64 = 60 * 60;
+/// Longest a client may ask `GET .../codes/{channel}` to wait, in seconds.
+pub const MAX_CODE_WAIT_SECS: u64 = 60 * 60;
 /// Longest lifetime an invite token may be given, in seconds (7 days).
 pub const MAX_INVITE_TTL_SECS: u64 = 7 * 24 * 60 * 60;
 
@@ -47,6 +62,9 @@ pub struct CreateGroup {
     pub name: String,
     #[serde(default)]
     pub purpose: Option<String>,
+    /// The name the creator is shown by to the members.
+    #[serde(default)]
+    pub my_name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,7 +100,58 @@ impl std::fmt::Display for Role {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberInfo {
     pub member_id: String,
+    /// The name the member asked to be shown by (may be empty).
+    pub name: String,
     pub role: Role,
+    /// Whether this device's user compared safety numbers with them face to face.
+    pub verified: bool,
+    /// When they were admitted, seconds since the Unix epoch by the admitting
+    /// facilitator's clock (display only); 0 for the group's creator.
+    pub joined_at: i64,
+    /// Whether this is this device.
+    pub you: bool,
+    /// A verified member who went by the same name has left or been removed, and this one
+    /// has a different key: compare safety numbers again before trusting it.
+    pub key_changed: bool,
+}
+
+/// `GET /v1/groups/{group}/members/{member}/safety-number` and `.../verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SafetyNumber {
+    /// Sixty digits in twelve groups of five; the same on both members' screens.
+    pub safety_number: String,
+    pub verified: bool,
+}
+
+/// `PUT /v1/groups/{group}/members/{member}/role`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetRole {
+    pub role: Role,
+}
+
+/// `DELETE /v1/groups/{group}/members/{member}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRemoved {
+    pub member_id: String,
+    /// The epoch started without them.
+    pub epoch: u32,
+}
+
+/// `POST /v1/groups/{group}/leave`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Leave {
+    /// Keep this device's copy of the group (read-only) instead of destroying it.
+    #[serde(default)]
+    pub keep_copy: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Left {
+    /// Whether another member's daemon confirmed it received the departure before this
+    /// device stopped taking part (if not, a facilitator should remove this device).
+    pub delivered: bool,
+    /// Whether this device kept its copy of the group.
+    pub kept_copy: bool,
 }
 
 /// `GET /v1/groups/{group}`.
@@ -133,10 +202,57 @@ pub struct InviteCreated {
     pub expires_at: u64,
 }
 
+/// `POST /v1/groups/{group}/codes`: a spoken invite code for someone in the same room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CreateCode {
+    /// Lifetime in seconds; [`DEFAULT_CODE_TTL_SECS`] when absent.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeCreated {
+    /// The code to say aloud, e.g. `4-lantern-orchard-meadow`. It is a secret.
+    pub code: String,
+    /// Its number, which names it in `GET .../codes/{channel}`.
+    pub channel: u16,
+    /// Expiry, seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+/// What became of a spoken code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodeState {
+    /// Nobody has used it yet.
+    Open,
+    /// Someone joined with it.
+    Joined,
+    /// Someone tried it with the wrong words: it is burnt.
+    WrongCode,
+    /// It expired unused.
+    Expired,
+}
+
+/// `GET /v1/groups/{group}/codes/{channel}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeStatus {
+    pub state: CodeState,
+    /// Who joined, when `state` is `joined`.
+    #[serde(default)]
+    pub member_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
 /// `POST /v1/join`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Join {
+    /// An invite token (`hearth1-...`) or a spoken code (`4-lantern-orchard-meadow`).
     pub token: String,
+    /// The name to be shown by to the group.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,10 +327,18 @@ mod tests {
     fn role_serialises_as_snake_case_word() {
         let m = MemberInfo {
             member_id: "ab".into(),
+            name: "Sam".into(),
             role: Role::Facilitator,
+            verified: false,
+            joined_at: 5,
+            you: true,
+            key_changed: false,
         };
         let json = serde_json::to_string(&m).unwrap();
-        assert_eq!(json, r#"{"member_id":"ab","role":"facilitator"}"#);
+        assert_eq!(
+            json,
+            r#"{"member_id":"ab","name":"Sam","role":"facilitator","verified":false,"joined_at":5,"you":true,"key_changed":false}"#
+        );
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub mod labels {
 
     /// HKDF info: the key that seals envelope bodies of one group epoch.
     pub const ENVELOPE_KEY: &[u8] = b"hearth v1 envelope key";
+    /// HKDF info: the key that seals membership operations of one group epoch.
+    pub const ROSTER_KEY: &[u8] = b"hearth v1 roster key";
+    /// HKDF info: the key that seals a joiner's roster keys of earlier epochs.
+    pub const ROSTER_HISTORY_KEY: &[u8] = b"hearth v1 roster history key";
     /// HKDF info: the key that seals a snapshot of one group epoch.
     pub const SNAPSHOT_KEY: &[u8] = b"hearth v1 snapshot key";
     /// HKDF info: the key that proves knowledge of an epoch key to a peer.
@@ -41,6 +45,12 @@ pub mod labels {
     pub const INVITE_ID: &[u8] = b"hearth v1 invite id";
     /// HKDF info: the key that proves knowledge of an invite secret.
     pub const INVITE_MAC_KEY: &[u8] = b"hearth v1 invite mac key";
+    /// HKDF info: the key of the facilitator's confirmation in a spoken-code exchange.
+    pub const CODE_FACILITATOR_CONFIRM_KEY: &[u8] = b"hearth v1 code facilitator confirm key";
+    /// HKDF info: the key of the joiner's confirmation in a spoken-code exchange.
+    pub const CODE_JOINER_CONFIRM_KEY: &[u8] = b"hearth v1 code joiner confirm key";
+    /// HKDF info: the invite secret a spoken-code exchange ends in.
+    pub const CODE_SECRET: &[u8] = b"hearth v1 code secret";
 
     /// Signature context: an envelope.
     pub const SIG_ENVELOPE: &[u8] = b"hearth v1 sig envelope";
@@ -52,6 +62,11 @@ pub mod labels {
     pub const SIG_JOIN_REQUEST: &[u8] = b"hearth v1 sig join request";
     /// Signature context: a join acceptance.
     pub const SIG_JOIN_ACCEPT: &[u8] = b"hearth v1 sig join accept";
+
+    /// SPAKE2 identity A (the joiner) of a spoken code, followed by its channel (u16).
+    pub const CODE_ID_JOINER: &[u8] = b"hearth v1 code id joiner";
+    /// SPAKE2 identity B (the facilitator) of a spoken code, followed by its channel (u16).
+    pub const CODE_ID_FACILITATOR: &[u8] = b"hearth v1 code id facilitator";
 }
 
 /// A 32-byte secret (epoch key, derived key). Wiped on drop; never printed.

@@ -181,6 +181,12 @@ impl GroupDocument {
         Ok(())
     }
 
+    /// Hashes of changes that received changes depend on but the document lacks (those
+    /// changes wait inside automerge until their dependencies arrive).
+    pub fn missing_deps(&mut self) -> Vec<automerge::ChangeHash> {
+        guarded(|| self.doc.get_missing_deps(&[])).unwrap_or_default()
+    }
+
     pub fn save(&mut self) -> Vec<u8> {
         self.doc.save()
     }

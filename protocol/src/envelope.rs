@@ -17,10 +17,10 @@ use rand_core::CryptoRngCore;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::api::Role;
 use crate::crypto::{self, SecretKey, TAG_LEN, XNONCE_LEN, labels};
 use crate::identity::{DeviceKeys, PublicIdentity};
 use crate::ids::{GroupId, MemberId};
+use crate::membership::RosterOp;
 
 pub const FORMAT_VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 1 + 16 + 4 + 16 + 8 + 32 + 32;
@@ -107,10 +107,29 @@ impl Reader<'_> {
 /// What is inside an envelope's ciphertext.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Body {
-    /// A facilitator adds a member.
-    Add { member: PublicIdentity, role: Role },
-    /// Automerge changes made by the author, in causal order (one user action).
+    /// A membership operation: sealed under the epoch's roster key.
+    Roster(RosterOp),
+    /// Automerge changes made by the author, in causal order (one user action): sealed
+    /// under the epoch's content key.
     Changes { changes: Vec<Vec<u8>> },
+}
+
+/// Which of an epoch's two body keys seals a body. A member admitted later is given the
+/// roster keys of earlier epochs (so it can follow who belongs) but not their content keys
+/// (so it cannot read what was written before it joined).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sealing {
+    Content,
+    Roster,
+}
+
+impl Body {
+    pub fn sealing(&self) -> Sealing {
+        match self {
+            Body::Roster(_) => Sealing::Roster,
+            Body::Changes { .. } => Sealing::Content,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -148,16 +167,21 @@ impl std::fmt::Debug for Envelope {
     }
 }
 
-/// The key that seals envelope bodies of `group` at `epoch`.
-pub fn envelope_key(epoch_key: &SecretKey, group: &GroupId, epoch: u32) -> SecretKey {
+/// The key that seals envelope bodies of kind `sealing` of `group` at `epoch`.
+pub fn body_key(epoch_key: &SecretKey, group: &GroupId, epoch: u32, sealing: Sealing) -> SecretKey {
+    let label = match sealing {
+        Sealing::Content => labels::ENVELOPE_KEY,
+        Sealing::Roster => labels::ROSTER_KEY,
+    };
     crypto::derive_key(
         epoch_key.expose(),
-        &[labels::ENVELOPE_KEY, group.as_bytes(), &epoch.to_be_bytes()],
+        &[label, group.as_bytes(), &epoch.to_be_bytes()],
     )
 }
 
 impl Envelope {
-    /// Seals and signs `body` under `header` (whose version is set here).
+    /// Seals and signs `body` under `header` (whose version is set here), with the epoch
+    /// key's body key for the body's kind.
     pub fn seal(
         keys: &DeviceKeys,
         mut header: Header,
@@ -170,7 +194,7 @@ impl Envelope {
         let plaintext = Zeroizing::new(
             postcard::to_stdvec(body).expect("serialising an in-memory body cannot fail"),
         );
-        let key = envelope_key(epoch_key, &header.group_id, header.epoch);
+        let key = body_key(epoch_key, &header.group_id, header.epoch, body.sealing());
         let (nonce, ct) = crypto::seal(&key, &header_bytes, &plaintext, rng);
         let mut bytes = Vec::with_capacity(HEADER_LEN + XNONCE_LEN + 4 + ct.len() + SIG_LEN);
         bytes.extend_from_slice(&header_bytes);
@@ -240,20 +264,42 @@ impl Envelope {
             .map_err(|_| EnvelopeError::BadSignature)
     }
 
-    /// Decrypts and decodes the body. Call only after the signature (or the hash chain up to a
-    /// verified signature) has been checked.
+    /// Decrypts and decodes the body with the epoch key (trying its content and roster
+    /// body keys). Call only after the signature (or the hash chain up to a verified
+    /// signature) has been checked.
     pub fn open(&self, epoch_key: &SecretKey) -> Result<Body, EnvelopeError> {
+        let group = &self.header.group_id;
+        let epoch = self.header.epoch;
+        match self.open_with(
+            &body_key(epoch_key, group, epoch, Sealing::Content),
+            Sealing::Content,
+        ) {
+            Err(EnvelopeError::Decrypt) => self.open_with(
+                &body_key(epoch_key, group, epoch, Sealing::Roster),
+                Sealing::Roster,
+            ),
+            other => other,
+        }
+    }
+
+    /// Decrypts and decodes the body with one body key, which must seal a body of kind
+    /// `sealing` (a body of the other kind under it is malformed).
+    pub fn open_with(&self, body_key: &SecretKey, sealing: Sealing) -> Result<Body, EnvelopeError> {
         let nonce: [u8; XNONCE_LEN] = self.bytes[HEADER_LEN..HEADER_LEN + XNONCE_LEN]
             .try_into()
             .expect("decode checked the length");
         let ct = &self.bytes[HEADER_LEN + XNONCE_LEN + 4..self.bytes.len() - SIG_LEN];
-        let key = envelope_key(epoch_key, &self.header.group_id, self.header.epoch);
-        let plaintext = crypto::open(&key, &self.bytes[..HEADER_LEN], &nonce, ct)
+        let plaintext = crypto::open(body_key, &self.bytes[..HEADER_LEN], &nonce, ct)
             .map_err(|_| EnvelopeError::Decrypt)?;
         let body: Body = postcard::from_bytes(&plaintext).map_err(|_| EnvelopeError::BadBody)?;
-        if let Body::Changes { changes } = &body
-            && changes.len() > MAX_CHANGES_PER_ENVELOPE
-        {
+        let too_big = match &body {
+            Body::Changes { changes } => changes.len() > MAX_CHANGES_PER_ENVELOPE,
+            Body::Roster(op) => {
+                op.deps.len() > crate::membership::MAX_DEPS
+                    || op.action.lockboxes().len() > crate::membership::MAX_MEMBERS
+            }
+        };
+        if too_big || body.sealing() != sealing {
             return Err(EnvelopeError::BadBody);
         }
         Ok(body)

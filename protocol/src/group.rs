@@ -1,21 +1,33 @@
 //! One group's replicated state, and the rules for accepting envelopes into it.
 //!
 //! A [`Group`] holds the root of trust ([`GroupInfo`]), the epoch keys this device has,
-//! the head of every member's log (the version vector), the membership derived from the
-//! logs and the automerge document. [`Group::ingest`] is the only way anything from a
-//! peer, or from this device's own store, changes that state.
+//! every member's log and its head (the version vector), the membership resolved from the
+//! logs' membership operations and the automerge document built from the content that
+//! counts. [`Group::ingest`] is the only way anything from a peer, or from this device's
+//! own store, changes that state; this device's own acts go through it too.
+//!
+//! Accepting an envelope into a log and giving it effect are separate steps. Acceptance
+//! needs only the author's identity (known once anyone has added them) and the hash chain,
+//! so every device accepts the same logs whatever it can read. Effect needs the epoch's
+//! key, and for content, that the author counts at that point of its log
+//! ([`Roster::counts`]): a member removed or gone has its acts after the cut withheld,
+//! unless content a member counts built on them (automerge needs a change's dependencies
+//! to apply it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand_core::CryptoRngCore;
 
 use crate::api::Role;
 use crate::crypto::{SecretKey, XNONCE_LEN};
 use crate::doc::{self, AgreementRecord, DocError, GroupDoc, GroupDocument};
-use crate::envelope::{Body, Envelope, Hash, Header, ZERO_HASH};
+use crate::envelope::{Body, Envelope, EnvelopeError, Hash, Header, Sealing, ZERO_HASH, body_key};
 use crate::identity::{DeviceKeys, PublicIdentity};
 use crate::ids::{GroupId, MemberId};
-use crate::membership::{GroupInfo, Membership};
+use crate::lockbox::Lockbox;
+use crate::membership::{
+    Action, GroupInfo, MAX_MEMBERS, MAX_NAME_LEN, Membership, OpRecord, Roster, RosterOp, Rotation,
+};
 
 /// Most envelopes held back (waiting for an earlier envelope or for their author's add).
 pub const MAX_PENDING: usize = 50_000;
@@ -33,13 +45,31 @@ pub const MAX_SEQ: u64 = 1 << 48;
 pub struct LogHead {
     pub seq: u64,
     pub hash: Hash,
+    /// The author's newest automerge change as its signed header states it.
     pub change_head: Hash,
-    /// Sequence number of the author's newest automerge change (0 if none).
-    pub change_seq: u64,
 }
 
 /// author -> (highest sequence number, hash of that envelope).
 pub type VersionVector = BTreeMap<MemberId, (u64, Hash)>;
+
+/// How this device can read one epoch's envelopes.
+#[derive(Clone)]
+pub enum Access {
+    /// The epoch key itself: content and membership operations.
+    Full(SecretKey),
+    /// Only the epoch's roster body key: membership operations, as a member admitted
+    /// after the epoch is given.
+    Roster(SecretKey),
+}
+
+/// An epoch key (or roster key) this device holds.
+#[derive(Clone)]
+pub struct KeyGrant {
+    pub epoch: u32,
+    /// Envelope hash of the rotation that started the epoch (none for the first epoch).
+    pub rotation: Option<Hash>,
+    pub access: Access,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
@@ -58,7 +88,24 @@ pub enum GroupError {
          wait until it has synced with the facilitator's daemon"
     )]
     NotMember,
-    #[error("no key for epoch {0}")]
+    #[error("{0} is not a member of this group")]
+    NoSuchMember(MemberId),
+    #[error("{0} is already a member of this group")]
+    AlreadyMember(MemberId),
+    #[error(
+        "{0} was a member of this group and left or was removed; hearth cannot admit them again"
+    )]
+    Departed(MemberId),
+    #[error("to leave the group yourself, use leave rather than remove")]
+    RemoveSelf,
+    #[error("the group would have no facilitator left; make another member a facilitator first")]
+    LastFacilitator,
+    #[error("the group already has {MAX_MEMBERS} members, the most hearth supports")]
+    Full,
+    #[error(
+        "this device does not hold the key of the group's current epoch yet (it changed \
+         while this device was away); wait until it has synced with another member"
+    )]
     NoEpochKey(u32),
     #[error("the group's root of trust does not check out (group id does not match its creator)")]
     NotAuthentic,
@@ -68,12 +115,22 @@ pub enum GroupError {
     OwnEnvelope(String),
 }
 
-/// An envelope this device wrote, with every envelope its writing let in (its own, and
-/// any that were waiting for it): the caller stores all of `accepted`.
+/// Envelopes this device wrote (the last is the act asked for; a rotation may come first),
+/// with every envelope their writing let in: the caller stores all of `accepted`.
 #[derive(Debug)]
 pub struct Written {
     pub own: Envelope,
     pub accepted: Vec<Envelope>,
+}
+
+impl Written {
+    fn after(mut self, earlier: Option<Written>) -> Written {
+        if let Some(mut e) = earlier {
+            e.accepted.append(&mut self.accepted);
+            self.accepted = e.accepted;
+        }
+        self
+    }
 }
 
 /// What [`Group::ingest`] did with a batch.
@@ -83,20 +140,32 @@ pub struct Ingested {
     pub accepted: Vec<Envelope>,
     /// Envelopes dropped: wrong group, bad signature, broken hash chain, or over the cap.
     pub rejected: usize,
-    /// Accepted envelopes whose content had no effect (undecryptable body, changes that
-    /// are not the author's own next ones, a body that contradicts its signed header).
+    /// Accepted envelopes whose content can have no effect (a malformed body, changes
+    /// that are not the author's own, a body that contradicts its signed header).
     pub ineffective: usize,
     /// Authors newly caught forking their log.
     pub forks: usize,
     /// Out-of-order envelopes not buffered because the buffer was full: the sender should
     /// be asked again later.
     pub refused: usize,
+    /// Whether the membership changed.
+    pub roster_changed: bool,
+}
+
+/// What opening an accepted envelope gave.
+enum Opened {
+    Body(Body),
+    /// Authenticated under a key we hold, but not a body we can use.
+    Malformed,
+    /// No key we hold opens it (yet).
+    NoKey,
 }
 
 pub struct Group {
     info: GroupInfo,
+    device: DeviceKeys,
     membership: Membership,
-    epoch_keys: BTreeMap<u32, SecretKey>,
+    keys: BTreeMap<u32, Vec<KeyGrant>>,
     heads: BTreeMap<MemberId, LogHead>,
     doc: GroupDocument,
     /// Every accepted envelope, per author in sequence order (what peers may lack).
@@ -109,11 +178,19 @@ pub struct Group {
     /// excluded: caught signing two different envelopes for one place in their log (a
     /// fork), or sending changes that crash automerge.
     frozen: BTreeMap<MemberId, u64>,
-    /// Accepted envelopes whose content had no effect (skipped when rebuilding).
-    ineffective: std::collections::BTreeSet<Hash>,
+    /// Accepted envelopes whose content has no effect (skipped when rebuilding).
+    ineffective: BTreeSet<Hash>,
+    /// Accepted envelopes no key held here opens yet.
+    sealed: BTreeSet<(MemberId, u64)>,
+    /// Automerge sequence numbers (first, last) of each opened, well-formed content
+    /// envelope: what counts when the document is rebuilt.
+    content: BTreeMap<(MemberId, u64), (u64, u64)>,
+    /// Opened content not applied: its author does not count at that point (yet).
+    withheld: BTreeMap<(MemberId, u64), Vec<automerge::Change>>,
+    /// Per author, the newest log position whose content was applied because it counts.
+    applied_upto: BTreeMap<MemberId, u64>,
     /// The snapshot this device joined with, if any: the base to rebuild the document on.
     base: Option<zeroize::Zeroizing<Vec<u8>>>,
-    me: MemberId,
 }
 
 fn check_text(
@@ -133,8 +210,9 @@ fn check_text(
 }
 
 impl Group {
-    /// Creates a new group with this device as creator and facilitator. Returns the group
-    /// and its first envelope (the document's initial state), which the caller must store.
+    /// Creates a new group with this device as creator and facilitator. Returns the group,
+    /// its first epoch key (which the caller must store) and its first envelope (the
+    /// document's initial state), which the caller must store.
     pub fn create(
         me: &DeviceKeys,
         name: &str,
@@ -151,9 +229,14 @@ impl Group {
             nonce,
         };
         let epoch_key = SecretKey::random(rng);
-        let mut group = Group::restore(info, [(0, epoch_key.clone())], None, me.member_id())?;
+        let grant = KeyGrant {
+            epoch: 0,
+            rotation: None,
+            access: Access::Full(epoch_key.clone()),
+        };
+        let mut group = Group::restore(info, me, [grant], None)?;
         let written = group
-            .edit(me, rng, |d| {
+            .edit(rng, |d| {
                 d.name = name.to_owned();
                 d.purpose = purpose.to_owned();
             })?
@@ -161,26 +244,28 @@ impl Group {
         Ok((group, epoch_key, written.own))
     }
 
-    /// Rebuilds a group from what the store holds: its root, its epoch keys and, for a
-    /// member who joined, the snapshot it joined with. Feed the stored envelopes to
-    /// [`Group::ingest`] afterwards.
+    /// Rebuilds a group from what the store holds: its root, the keys this device was
+    /// handed outside the logs and, for a member who joined, the snapshot it joined with.
+    /// Feed the stored envelopes to [`Group::ingest_stored`] afterwards.
     pub fn restore(
         info: GroupInfo,
-        epoch_keys: impl IntoIterator<Item = (u32, SecretKey)>,
+        me: &DeviceKeys,
+        grants: impl IntoIterator<Item = KeyGrant>,
         snapshot: Option<&[u8]>,
-        me: MemberId,
     ) -> Result<Group, GroupError> {
         if !info.is_authentic() {
             return Err(GroupError::NotAuthentic);
         }
+        let actor = me.member_id().actor_id();
         let doc = match snapshot {
-            Some(bytes) => GroupDocument::load(bytes, me.actor_id())?,
-            None => GroupDocument::new(me.actor_id()),
+            Some(bytes) => GroupDocument::load(bytes, actor)?,
+            None => GroupDocument::new(actor),
         };
-        Ok(Group {
+        let mut group = Group {
             membership: Membership::new(&info),
             info,
-            epoch_keys: epoch_keys.into_iter().collect(),
+            device: me.clone(),
+            keys: BTreeMap::new(),
             heads: BTreeMap::new(),
             doc,
             logs: BTreeMap::new(),
@@ -188,10 +273,17 @@ impl Group {
             pending_bytes: 0,
             pending_per_author: BTreeMap::new(),
             frozen: BTreeMap::new(),
-            ineffective: Default::default(),
+            ineffective: BTreeSet::new(),
+            sealed: BTreeSet::new(),
+            content: BTreeMap::new(),
+            withheld: BTreeMap::new(),
+            applied_upto: BTreeMap::new(),
             base: snapshot.map(|b| zeroize::Zeroizing::new(b.to_vec())),
-            me,
-        })
+        };
+        for grant in grants {
+            group.grant(grant);
+        }
+        Ok(group)
     }
 
     pub fn id(&self) -> GroupId {
@@ -202,17 +294,78 @@ impl Group {
         &self.info
     }
 
+    pub fn roster(&self) -> &Roster {
+        self.membership.roster()
+    }
+
     pub fn membership(&self) -> &Membership {
         &self.membership
     }
 
-    /// The newest epoch this device holds a key for.
-    pub fn current_epoch(&self) -> u32 {
-        self.epoch_keys.keys().next_back().copied().unwrap_or(0)
+    fn me(&self) -> MemberId {
+        self.device.member_id()
     }
 
-    pub fn epoch_key(&self, epoch: u32) -> Option<&SecretKey> {
-        self.epoch_keys.get(&epoch)
+    /// Adds a key unless an equal one is held. Returns whether it was new.
+    fn grant(&mut self, grant: KeyGrant) -> bool {
+        let held = self.keys.entry(grant.epoch).or_default();
+        let same = |g: &KeyGrant| {
+            g.rotation == grant.rotation
+                && match (&g.access, &grant.access) {
+                    (Access::Full(a), Access::Full(b)) | (Access::Roster(a), Access::Roster(b)) => {
+                        a == b
+                    }
+                    _ => false,
+                }
+        };
+        if held.iter().any(same) {
+            return false;
+        }
+        held.push(grant);
+        true
+    }
+
+    /// The epochs this device can read content of.
+    pub fn readable_epochs(&self) -> Vec<u32> {
+        self.keys
+            .iter()
+            .filter(|(_, gs)| gs.iter().any(|g| matches!(g.access, Access::Full(_))))
+            .map(|(e, _)| *e)
+            .collect()
+    }
+
+    /// The epoch new envelopes are written under, and its key if this device holds it.
+    pub fn current_epoch(&self) -> (u32, Option<&SecretKey>) {
+        let current = self.roster().current_epoch();
+        (current.epoch, self.full_key(current.epoch, current.op))
+    }
+
+    /// Every full epoch key held, newest epoch first (for recognising peers in a session).
+    pub fn epoch_keys(&self) -> impl Iterator<Item = (u32, &SecretKey)> {
+        self.keys.iter().rev().flat_map(|(e, gs)| {
+            gs.iter().filter_map(move |g| match &g.access {
+                Access::Full(k) => Some((*e, k)),
+                Access::Roster(_) => None,
+            })
+        })
+    }
+
+    /// Roster keys of every epoch held, for a member being admitted now: it may follow who
+    /// belongs, from the group's start, but read no content written before it joined.
+    pub fn roster_history(&self) -> Vec<(u32, Option<Hash>, SecretKey)> {
+        let group = self.id();
+        self.keys
+            .iter()
+            .flat_map(|(e, gs)| {
+                gs.iter().map(move |g| {
+                    let key = match &g.access {
+                        Access::Full(k) => body_key(k, &group, *e, Sealing::Roster),
+                        Access::Roster(k) => k.clone(),
+                    };
+                    (*e, g.rotation, key)
+                })
+            })
+            .collect()
     }
 
     pub fn read(&self) -> Result<GroupDoc, GroupError> {
@@ -296,66 +449,300 @@ impl Group {
         self.frozen.keys()
     }
 
-    /// Adds an agreement written by this device. Returns its id and the envelope to store.
+    fn require_member(&self) -> Result<(), GroupError> {
+        if self.roster().is_member(&self.me()) {
+            Ok(())
+        } else {
+            Err(GroupError::NotMember)
+        }
+    }
+
+    fn require_facilitator(&self) -> Result<(), GroupError> {
+        self.require_member()?;
+        if self.roster().is_facilitator(&self.me()) {
+            Ok(())
+        } else {
+            Err(GroupError::NotFacilitator)
+        }
+    }
+
+    /// Adds an agreement written by this device. Returns its id and the envelopes to store.
     pub fn add_agreement(
         &mut self,
-        me: &DeviceKeys,
         text: &str,
         now_unix: i64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<(String, Written), GroupError> {
         check_text("the agreement", text, doc::MAX_AGREEMENT_LEN, false)?;
+        self.require_member()?;
+        let rotated = self.rotate_if_needed(rng)?;
         let mut raw = [0u8; 8];
         rng.fill_bytes(&mut raw);
         let id = hex::encode(raw);
         let record = AgreementRecord {
             text: text.to_owned(),
-            author: me.member_id().to_hex(),
+            author: self.me().to_hex(),
             created_at: now_unix,
         };
-        if !self.membership.is_member(&me.member_id()) {
-            return Err(GroupError::NotMember);
-        }
         let changes = self.doc.insert_agreement(&id, &record)?;
         let env = self
-            .seal_changes(me, changes, rng)?
+            .seal_changes(changes, rng)?
             .ok_or_else(|| GroupError::OwnEnvelope("agreement made no change".into()))?;
-        Ok((id, env))
+        Ok((id, env.after(rotated)))
     }
 
-    /// A facilitator on this device adds a member. Returns the envelope to store.
+    /// A facilitator on this device admits a member, starting an epoch that includes them
+    /// (so the newcomer can read nothing written before). Returns the envelope to store.
     pub fn add_member(
         &mut self,
-        me: &DeviceKeys,
         member: PublicIdentity,
+        role: Role,
+        name: &str,
+        now_unix: i64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Written, GroupError> {
+        self.require_facilitator()?;
+        check_text("the member's name", name, MAX_NAME_LEN, true)?;
+        let id = member.member_id();
+        if self.roster().is_member(&id) {
+            return Err(GroupError::AlreadyMember(id));
+        }
+        if self.roster().departed().contains_key(&id) {
+            return Err(GroupError::Departed(id));
+        }
+        if self.roster().len() >= MAX_MEMBERS {
+            return Err(GroupError::Full);
+        }
+        let mut recipients = self.member_identities();
+        recipients.push(member);
+        let rotation = self.new_rotation(&recipients, rng);
+        self.write_roster(
+            Action::Add {
+                member,
+                role,
+                name: name.to_owned(),
+                at: now_unix,
+                rotation,
+            },
+            rng,
+        )
+    }
+
+    /// A facilitator makes `member` a facilitator or a member.
+    pub fn set_role(
+        &mut self,
+        member: MemberId,
         role: Role,
         rng: &mut impl CryptoRngCore,
     ) -> Result<Written, GroupError> {
-        match self.membership.get(&me.member_id()) {
-            Some(m) if m.role == Role::Facilitator => {}
-            Some(_) => return Err(GroupError::NotFacilitator),
-            None => return Err(GroupError::NotMember),
+        self.require_facilitator()?;
+        let roster = self.roster();
+        let current = roster
+            .get(&member)
+            .ok_or(GroupError::NoSuchMember(member))?;
+        let facilitators = roster
+            .members()
+            .filter(|(_, m)| m.role == Role::Facilitator)
+            .count();
+        if current.role == Role::Facilitator && role == Role::Member && facilitators == 1 {
+            return Err(GroupError::LastFacilitator);
         }
-        self.append_own(me, Body::Add { member, role }, rng)
+        self.write_roster(Action::SetRole { member, role }, rng)
+    }
+
+    /// A facilitator removes `member`: their acts after what this device has seen of their
+    /// log are void, and a new epoch starts without them.
+    pub fn remove_member(
+        &mut self,
+        member: MemberId,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Written, GroupError> {
+        self.require_facilitator()?;
+        if member == self.me() {
+            return Err(GroupError::RemoveSelf);
+        }
+        if !self.roster().is_member(&member) {
+            return Err(GroupError::NoSuchMember(member));
+        }
+        let upto = self.heads.get(&member).map_or(0, |h| h.seq);
+        let recipients: Vec<PublicIdentity> = self
+            .member_identities()
+            .into_iter()
+            .filter(|p| p.member_id() != member)
+            .collect();
+        let rotation = self.new_rotation(&recipients, rng);
+        self.write_roster(
+            Action::Remove {
+                member,
+                upto,
+                rotation,
+            },
+            rng,
+        )
+    }
+
+    /// This device leaves the group. The remaining members start a new epoch.
+    pub fn leave(&mut self, rng: &mut impl CryptoRngCore) -> Result<Written, GroupError> {
+        self.require_member()?;
+        self.write_roster(Action::Leave, rng)
+    }
+
+    /// Starts a new epoch for the current members.
+    pub fn rotate(&mut self, rng: &mut impl CryptoRngCore) -> Result<Written, GroupError> {
+        self.require_member()?;
+        let recipients = self.member_identities();
+        let rotation = self.new_rotation(&recipients, rng);
+        self.write_roster(Action::Rotate { rotation }, rng)
+    }
+
+    /// Sets this device's display name in the group.
+    pub fn rename(
+        &mut self,
+        name: &str,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Written, GroupError> {
+        check_text("the name", name, MAX_NAME_LEN, false)?;
+        self.require_member()?;
+        self.write_roster(
+            Action::Rename {
+                name: name.to_owned(),
+            },
+            rng,
+        )
+    }
+
+    /// Starts a new epoch if someone no longer a member holds the current key (after a
+    /// member left, or concurrent changes), so nothing is written under it.
+    pub fn rotate_if_needed(
+        &mut self,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Option<Written>, GroupError> {
+        if self.roster().needs_rotation() && self.roster().is_member(&self.me()) {
+            return self.rotate(rng).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Hands epoch keys to members who should hold them but were never given them (admitted
+    /// concurrently with a rotation, or left out of one that did not take effect), where
+    /// this device is the one expected to ([`crate::membership::ForwardDue`]) and holds the
+    /// key. Each handover is sealed under an epoch its recipient already holds.
+    pub fn forward_keys(
+        &mut self,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Option<Written>, GroupError> {
+        let me = self.me();
+        // (rotation to hand over, epoch to seal under and its key's rotation) -> recipients
+        let mut plan: BTreeMap<(Hash, u32, Option<Hash>), Vec<MemberId>> = BTreeMap::new();
+        for due in self.roster().forwards_due().iter().filter(|d| d.by == me) {
+            if self.full_key(due.epoch, Some(due.rotation)).is_none() {
+                continue;
+            }
+            let Some((epoch, sealing)) = self.shared_epoch(&due.member) else {
+                continue;
+            };
+            plan.entry((due.rotation, epoch, sealing))
+                .or_default()
+                .push(due.member);
+        }
+        let mut written: Option<Written> = None;
+        for ((rotation, seal_epoch, seal_rotation), members) in plan {
+            let epoch = self.roster().rotations()[&rotation].epoch;
+            let (Some(key), Some(seal_key)) = (
+                self.full_key(epoch, Some(rotation)).cloned(),
+                self.full_key(seal_epoch, seal_rotation).cloned(),
+            ) else {
+                continue;
+            };
+            let lockboxes = members
+                .iter()
+                .filter_map(|m| self.roster().get(m).map(|x| x.identity))
+                .map(|to| Lockbox::seal(&self.device, &to, self.id(), epoch, &key, rng))
+                .collect();
+            let op = RosterOp {
+                deps: self.membership.heads(),
+                action: Action::Forward {
+                    rotation,
+                    lockboxes,
+                },
+            };
+            let w = self.append_sealed(Body::Roster(op), seal_epoch, seal_key, rng)?;
+            written = Some(w.after(written));
+        }
+        Ok(written)
+    }
+
+    /// The full key of the epoch started by `rotation` (none: the group's first epoch).
+    fn full_key(&self, epoch: u32, rotation: Option<Hash>) -> Option<&SecretKey> {
+        self.keys.get(&epoch)?.iter().find_map(|g| match &g.access {
+            Access::Full(k) if g.rotation == rotation => Some(k),
+            _ => None,
+        })
+    }
+
+    /// The newest epoch whose key both this device and `member` hold.
+    fn shared_epoch(&self, member: &MemberId) -> Option<(u32, Option<Hash>)> {
+        let roster = self.roster();
+        let creator = self.info.creator.member_id();
+        self.keys
+            .iter()
+            .rev()
+            .flat_map(|(e, gs)| gs.iter().map(move |g| (*e, g)))
+            .filter(|(_, g)| matches!(g.access, Access::Full(_)))
+            .find(|(_, g)| match g.rotation {
+                Some(op) => roster
+                    .rotations()
+                    .get(&op)
+                    .is_some_and(|k| k.holders.contains(member)),
+                None => *member == creator,
+            })
+            .map(|(e, g)| (e, g.rotation))
+    }
+
+    fn member_identities(&self) -> Vec<PublicIdentity> {
+        self.roster().members().map(|(_, m)| m.identity).collect()
+    }
+
+    fn new_rotation(
+        &self,
+        recipients: &[PublicIdentity],
+        rng: &mut impl CryptoRngCore,
+    ) -> Rotation {
+        let held = self.keys.keys().next_back().copied().unwrap_or(0);
+        let epoch = self.membership.highest_epoch().max(held).saturating_add(1);
+        let key = SecretKey::random(rng);
+        let lockboxes = recipients
+            .iter()
+            .map(|to| Lockbox::seal(&self.device, to, self.id(), epoch, &key, rng))
+            .collect();
+        Rotation { epoch, lockboxes }
+    }
+
+    fn write_roster(
+        &mut self,
+        action: Action,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Written, GroupError> {
+        let op = RosterOp {
+            deps: self.membership.heads(),
+            action,
+        };
+        self.append_own(Body::Roster(op), rng)
     }
 
     fn edit(
         &mut self,
-        me: &DeviceKeys,
         rng: &mut impl CryptoRngCore,
         edit: impl FnOnce(&mut GroupDoc),
     ) -> Result<Option<Written>, GroupError> {
-        if !self.membership.is_member(&me.member_id()) {
-            return Err(GroupError::NotMember);
-        }
+        self.require_member()?;
         let changes = self.doc.edit(edit)?;
-        self.seal_changes(me, changes, rng)
+        self.seal_changes(changes, rng)
     }
 
     /// Seals this device's new automerge changes as its next envelope (none if empty).
     fn seal_changes(
         &mut self,
-        me: &DeviceKeys,
         changes: Vec<automerge::Change>,
         rng: &mut impl CryptoRngCore,
     ) -> Result<Option<Written>, GroupError> {
@@ -366,25 +753,32 @@ impl Group {
             .into_iter()
             .map(|c| c.raw_bytes().to_vec())
             .collect();
-        self.append_own(me, Body::Changes { changes }, rng)
-            .map(Some)
+        self.append_own(Body::Changes { changes }, rng).map(Some)
     }
 
-    /// Seals `body` as this device's next envelope and runs it through [`Group::ingest`],
-    /// the same path every peer's envelope takes.
+    /// Seals `body` as this device's next envelope under the current epoch.
     fn append_own(
         &mut self,
-        me: &DeviceKeys,
         body: Body,
         rng: &mut impl CryptoRngCore,
     ) -> Result<Written, GroupError> {
-        let author = me.member_id();
-        let epoch = self.current_epoch();
-        let key = self
-            .epoch_keys
-            .get(&epoch)
-            .ok_or(GroupError::NoEpochKey(epoch))?
-            .clone();
+        let (epoch, key) = match self.current_epoch() {
+            (epoch, Some(key)) => (epoch, key.clone()),
+            (epoch, None) => return Err(GroupError::NoEpochKey(epoch)),
+        };
+        self.append_sealed(body, epoch, key, rng)
+    }
+
+    /// Seals `body` as this device's next envelope under `epoch` and runs it through
+    /// [`Group::ingest`], the same path every peer's envelope takes.
+    fn append_sealed(
+        &mut self,
+        body: Body,
+        epoch: u32,
+        key: SecretKey,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Written, GroupError> {
+        let author = self.me();
         let prior = self.heads.get(&author).copied();
         let change_head = match &body {
             Body::Changes { changes } => changes
@@ -392,7 +786,7 @@ impl Group {
                 .and_then(|c| automerge::Change::from_bytes(c.clone()).ok())
                 .map(|c| c.hash().0)
                 .unwrap_or(ZERO_HASH),
-            Body::Add { .. } => prior.map_or(ZERO_HASH, |h| h.change_head),
+            Body::Roster(_) => prior.map_or(ZERO_HASH, |h| h.change_head),
         };
         let header = Header {
             version: 0,
@@ -403,7 +797,7 @@ impl Group {
             prev: prior.map_or(ZERO_HASH, |h| h.hash),
             change_head,
         };
-        let env = Envelope::seal(me, header, &body, &key, rng);
+        let env = Envelope::seal(&self.device, header, &body, &key, rng);
         let result = self.ingest(vec![env.clone()]);
         // The own envelope may release others waiting for it (say, a new member's): all of
         // them were accepted into memory and must all be stored.
@@ -421,8 +815,8 @@ impl Group {
     /// An author's envelopes are accepted as a contiguous run continuing its log: each
     /// names the previous one's hash, and one verified signature on the newest envelope of
     /// the run authenticates the whole run. Envelopes that cannot be checked yet (a gap
-    /// in the log, or an author not yet known to be a member) wait in a bounded buffer.
-    /// Automerge changes from the whole batch are applied in one call.
+    /// in the log, or an author not yet known) wait in a bounded buffer. Automerge changes
+    /// from the whole batch are applied in one call.
     pub fn ingest(&mut self, envelopes: Vec<Envelope>) -> Ingested {
         self.ingest_with(envelopes, true)
     }
@@ -438,10 +832,9 @@ impl Group {
         for env in envelopes {
             self.buffer(env, capped, &mut out);
         }
-
-        let mut changes: Vec<EnvelopeChanges> = Vec::new();
+        let roster_before = self.roster().clone();
         loop {
-            let mut progress = false;
+            let mut fresh: Vec<(MemberId, u64)> = Vec::new();
             let authors: Vec<MemberId> = {
                 let mut a: Vec<MemberId> = self.pending.keys().map(|(a, _)| *a).collect();
                 a.dedup();
@@ -451,29 +844,43 @@ impl Group {
                 if self.frozen.contains_key(&author) {
                     continue;
                 }
-                let Some(identity) = self.membership.get(&author).map(|m| m.identity) else {
+                let Some(identity) = self.membership.known(&author).copied() else {
                     continue;
                 };
-                let run = self.take_verified_run(author, &identity, &mut out);
-                for env in run {
-                    self.apply_accepted(&env, &mut changes, &mut out);
+                for env in self.take_verified_run(author, &identity, &mut out) {
+                    let h = *env.header();
+                    self.heads.insert(
+                        author,
+                        LogHead {
+                            seq: h.seq,
+                            hash: env.hash(),
+                            change_head: h.change_head,
+                        },
+                    );
                     self.logs.entry(author).or_default().push(env.clone());
                     out.accepted.push(env);
-                    progress = true;
+                    fresh.push((author, h.seq));
                 }
+            }
+            let progress = !fresh.is_empty();
+            let mut new_keys = self.open_positions(fresh, &mut out);
+            while new_keys {
+                let sealed: Vec<(MemberId, u64)> = self.sealed.iter().copied().collect();
+                new_keys = self.open_positions(sealed, &mut out);
             }
             if !progress {
                 break;
             }
         }
-        self.apply_changes(changes, &mut out);
+        out.roster_changed = *self.roster() != roster_before;
+        self.settle_content(&mut out);
         out
     }
 
     /// Puts one envelope in the pending buffer, unless it is foreign, already held, proof
     /// of a fork, from a frozen author, or over the buffer's bounds. The bounds never apply
-    /// to an envelope that continues a member's log (it leaves the buffer at once), so a
-    /// buffer filled by a hostile member delays only out-of-order envelopes.
+    /// to an envelope that continues a known author's log (it leaves the buffer at once),
+    /// so a buffer filled by a hostile member delays only out-of-order envelopes.
     fn buffer(&mut self, env: Envelope, capped: bool, out: &mut Ingested) {
         let h = *env.header();
         if h.group_id != self.info.group_id || h.seq == 0 || h.seq > MAX_SEQ {
@@ -494,13 +901,13 @@ impl Group {
             // otherwise evict the genuine one.
             return;
         }
-        let is_member = self.membership.is_member(&h.author);
+        let is_known = self.membership.known(&h.author).is_some();
         let author_count = self.pending_per_author.get(&h.author).copied().unwrap_or(0);
-        let in_order = is_member && h.seq == known + 1;
+        let in_order = is_known && h.seq == known + 1;
         let over = self.pending_bytes + env.as_bytes().len() > MAX_PENDING_BYTES
             || self.pending.len() >= MAX_PENDING
             || author_count >= MAX_PENDING_PER_AUTHOR
-            || (!is_member && author_count >= MAX_PENDING_PER_UNKNOWN_AUTHOR);
+            || (!is_known && author_count >= MAX_PENDING_PER_UNKNOWN_AUTHOR);
         if capped && over && !in_order {
             out.refused += 1;
             return;
@@ -526,8 +933,8 @@ impl Group {
         }
         let signed = self
             .membership
-            .get(&h.author)
-            .is_some_and(|m| env.verify(&m.identity).is_ok());
+            .known(&h.author)
+            .is_some_and(|id| env.verify(id).is_ok());
         if signed && !self.frozen.contains_key(&h.author) {
             let next = self.heads.get(&h.author).map_or(1, |x| x.seq + 1);
             self.frozen.insert(h.author, next);
@@ -613,69 +1020,222 @@ impl Group {
         envs
     }
 
-    /// Advances the author's head and applies the envelope's body if it is well formed.
-    fn apply_accepted(
-        &mut self,
-        env: &Envelope,
-        changes: &mut Vec<EnvelopeChanges>,
-        out: &mut Ingested,
-    ) {
-        let h = *env.header();
-        let prior = self.heads.get(&h.author).copied();
-        let prior_change_head = prior.map_or(ZERO_HASH, |x| x.change_head);
-        let prior_change_seq = prior.map_or(0, |x| x.change_seq);
-        // Whatever the body holds, the log moves on: every device agrees on the log.
-        // A body with no effect leaves the author's automerge position where it was.
-        let mut head = LogHead {
-            seq: h.seq,
-            hash: env.hash(),
-            change_head: prior_change_head,
-            change_seq: prior_change_seq,
-        };
-        let effective = match self.epoch_keys.get(&h.epoch).map(|k| env.open(k)) {
-            Some(Ok(Body::Add { member, role })) if h.change_head == prior_change_head => {
-                self.membership.record_add(h.author, member, role);
-                true
-            }
-            Some(Ok(Body::Changes { changes: raw })) => {
-                match checked_changes(raw, &h, prior_change_seq) {
-                    Some(cs) => {
-                        head.change_head = h.change_head;
-                        head.change_seq = prior_change_seq + cs.len() as u64;
-                        changes.push(EnvelopeChanges {
-                            author: h.author,
-                            seq: h.seq,
-                            hash: head.hash,
-                            changes: cs,
-                        });
-                        true
-                    }
-                    None => false,
-                }
-            }
-            _ => false,
-        };
-        if !effective {
-            self.ineffective.insert(head.hash);
-            out.ineffective += 1;
-        }
-        self.heads.insert(h.author, head);
+    fn envelope_at(&self, author: &MemberId, seq: u64) -> Option<&Envelope> {
+        self.logs
+            .get(author)?
+            .get(usize::try_from(seq.checked_sub(1)?).ok()?)
     }
 
-    /// Applies the accepted envelopes' changes in one automerge call; if automerge refuses
-    /// the batch, applies envelope by envelope so one bad envelope cannot sink the rest.
-    /// If automerge panics, the document is rebuilt without the envelope that made it.
-    fn apply_changes(&mut self, changes: Vec<EnvelopeChanges>, out: &mut Ingested) {
+    /// Opens an accepted envelope with whichever key held for its epoch authenticates it.
+    fn open_envelope(&self, env: &Envelope) -> Opened {
+        let Some(grants) = self.keys.get(&env.header().epoch) else {
+            return Opened::NoKey;
+        };
+        for grant in grants {
+            let opened = match &grant.access {
+                Access::Full(k) => env.open(k),
+                Access::Roster(k) => env.open_with(k, Sealing::Roster),
+            };
+            match opened {
+                Ok(body) => return Opened::Body(body),
+                Err(EnvelopeError::Decrypt) => continue,
+                Err(_) => return Opened::Malformed,
+            }
+        }
+        Opened::NoKey
+    }
+
+    /// Opens the envelopes at these log positions: records membership operations (and
+    /// takes the keys their lockboxes hand this device) and queues content. Positions no
+    /// key opens stay sealed. Returns whether a new key was taken.
+    fn open_positions(&mut self, positions: Vec<(MemberId, u64)>, out: &mut Ingested) -> bool {
+        let mut new_keys = false;
+        for (author, seq) in positions {
+            let Some(env) = self.envelope_at(&author, seq).cloned() else {
+                continue;
+            };
+            let h = *env.header();
+            match self.open_envelope(&env) {
+                Opened::NoKey => {
+                    self.sealed.insert((author, seq));
+                    continue;
+                }
+                Opened::Malformed => self.mark_ineffective(env.hash(), out),
+                Opened::Body(Body::Roster(op)) => {
+                    let prior_head = self
+                        .envelope_at(&author, seq - 1)
+                        .map_or(ZERO_HASH, |e| e.header().change_head);
+                    if h.change_head != prior_head {
+                        self.mark_ineffective(env.hash(), out);
+                    } else {
+                        new_keys |= self.take_keys(&author, env.hash(), &op.action);
+                        self.membership.record(OpRecord {
+                            hash: env.hash(),
+                            author,
+                            seq,
+                            op,
+                        });
+                    }
+                }
+                Opened::Body(Body::Changes { changes }) => {
+                    let prior = self
+                        .content
+                        .range((author, 0)..(author, seq))
+                        .next_back()
+                        .map(|(&(_, s), &(_, last))| (s, last));
+                    // With every envelope between known to be readable here, the changes
+                    // must continue the author's last ones exactly.
+                    let gapless = prior.map_or(seq, |(s, _)| seq - s) == 1
+                        || self
+                            .sealed
+                            .range((author, prior.map_or(1, |(s, _)| s + 1))..(author, seq))
+                            .next()
+                            .is_none();
+                    let after = prior.map_or(0, |(_, last)| last);
+                    match checked_changes(changes, &h, after, gapless) {
+                        Some(cs) => {
+                            let first = cs.first().map_or(0, |c| c.seq());
+                            let last = cs.last().map_or(0, |c| c.seq());
+                            self.content.insert((author, seq), (first, last));
+                            self.withheld.insert((author, seq), cs);
+                        }
+                        None => self.mark_ineffective(env.hash(), out),
+                    }
+                }
+            }
+            self.sealed.remove(&(author, seq));
+        }
+        new_keys
+    }
+
+    fn mark_ineffective(&mut self, hash: Hash, out: &mut Ingested) {
+        if self.ineffective.insert(hash) {
+            out.ineffective += 1;
+        }
+    }
+
+    /// Takes the epoch keys an operation's lockboxes hand this device.
+    fn take_keys(&mut self, author: &MemberId, op: Hash, action: &Action) -> bool {
+        let me = self.me();
+        let Some(sender) = self.membership.known(author).copied() else {
+            return false;
+        };
+        let rotation = match action {
+            Action::Forward { rotation, .. } => *rotation,
+            _ => op,
+        };
+        let mut new = false;
+        for b in action.lockboxes() {
+            if b.recipient != me || b.group_id != self.info.group_id {
+                continue;
+            }
+            if let Ok(key) = b.open(&self.device, &sender) {
+                new |= self.grant(KeyGrant {
+                    epoch: b.epoch,
+                    rotation: Some(rotation),
+                    access: Access::Full(key),
+                });
+            }
+        }
+        new
+    }
+
+    /// Gives effect to content according to the roster: applies withheld content whose
+    /// author now counts; rebuilds the document if applied content no longer counts.
+    fn settle_content(&mut self, out: &mut Ingested) {
+        let roster = self.membership.roster();
+        let stale = self
+            .applied_upto
+            .iter()
+            .any(|(author, &seq)| !roster.counts(author, seq));
+        if stale {
+            return self.rebuild(out);
+        }
+        let ready: Vec<(MemberId, u64)> = self
+            .withheld
+            .keys()
+            .filter(|(a, s)| roster.counts(a, *s) && self.frozen.get(a).is_none_or(|f| *s < *f))
+            .copied()
+            .collect();
+        let mut batch = Vec::with_capacity(ready.len());
+        for key in ready {
+            if let Some(changes) = self.withheld.remove(&key) {
+                let hash = self
+                    .envelope_at(&key.0, key.1)
+                    .map_or(ZERO_HASH, Envelope::hash);
+                let upto = self.applied_upto.entry(key.0).or_default();
+                *upto = (*upto).max(key.1);
+                batch.push(EnvelopeChanges {
+                    author: key.0,
+                    seq: key.1,
+                    hash,
+                    changes,
+                });
+            }
+        }
+        if self.apply_changes(batch, out) {
+            self.rescue(out);
+        }
+    }
+
+    /// Applies withheld content that applied content depends on: a member counted built
+    /// on it before learning its author was removed, and automerge cannot apply a change
+    /// without its dependencies. The same rule on every device gives the same document.
+    fn rescue(&mut self, out: &mut Ingested) {
+        loop {
+            let missing: BTreeSet<automerge::ChangeHash> =
+                self.doc.missing_deps().into_iter().collect();
+            if missing.is_empty() || self.withheld.is_empty() {
+                return;
+            }
+            let needed: Vec<(MemberId, u64)> = self
+                .withheld
+                .iter()
+                .filter(|(_, cs)| cs.iter().any(|c| missing.contains(&c.hash())))
+                .map(|(k, _)| *k)
+                .collect();
+            if needed.is_empty() {
+                return;
+            }
+            let batch: Vec<EnvelopeChanges> = needed
+                .into_iter()
+                .filter_map(|key| {
+                    let changes = self.withheld.remove(&key)?;
+                    let hash = self
+                        .envelope_at(&key.0, key.1)
+                        .map_or(ZERO_HASH, Envelope::hash);
+                    Some(EnvelopeChanges {
+                        author: key.0,
+                        seq: key.1,
+                        hash,
+                        changes,
+                    })
+                })
+                .collect();
+            if !self.apply_changes(batch, out) {
+                return;
+            }
+        }
+    }
+
+    /// Applies the envelopes' changes in one automerge call; if automerge refuses the
+    /// batch, applies envelope by envelope so one bad envelope cannot sink the rest. If
+    /// automerge panics, the document is rebuilt without the envelope that made it.
+    /// Returns false if it rebuilt (the rebuild settles everything itself).
+    fn apply_changes(&mut self, changes: Vec<EnvelopeChanges>, out: &mut Ingested) -> bool {
         if changes.is_empty() {
-            return;
+            return true;
         }
         let all: Vec<automerge::Change> = changes
             .iter()
             .flat_map(|e| e.changes.iter().cloned())
             .collect();
         match self.doc.apply(all) {
-            Ok(()) => return,
-            Err(DocError::Panicked) => return self.rebuild(out),
+            Ok(()) => return true,
+            Err(DocError::Panicked) => {
+                self.rebuild(out);
+                return false;
+            }
             Err(_) => {}
         }
         for e in changes {
@@ -683,14 +1243,19 @@ impl Group {
                 Ok(()) => {}
                 Err(DocError::Panicked) => {
                     self.freeze(e.author, e.seq, e.hash, out);
-                    return self.rebuild(out);
+                    self.rebuild(out);
+                    return false;
                 }
-                Err(_) => {
-                    self.ineffective.insert(e.hash);
-                    out.ineffective += 1;
-                }
+                Err(_) => self.drop_content(e.author, e.seq, e.hash, out),
             }
         }
+        true
+    }
+
+    /// Marks one envelope's content as having no effect, for good.
+    fn drop_content(&mut self, author: MemberId, seq: u64, hash: Hash, out: &mut Ingested) {
+        self.content.remove(&(author, seq));
+        self.mark_ineffective(hash, out);
     }
 
     /// Excludes an author's content from `seq` on: it sent something that crashed automerge.
@@ -698,47 +1263,57 @@ impl Group {
         let at = self.frozen.entry(author).or_insert(seq);
         *at = (*at).min(seq);
         self.drop_pending_of(author);
-        self.ineffective.insert(hash);
-        out.ineffective += 1;
+        self.drop_content(author, seq, hash, out);
     }
 
-    /// Rebuilds the document from its base and every effective envelope, one envelope at a
-    /// time, freezing the author of any envelope that makes automerge panic and starting
-    /// again without it. Slow, but only a hostile member's input brings it about, and each
-    /// pass freezes one more author, so it ends.
+    /// Rebuilds the document from its base and the content that counts (and what it
+    /// depends on), one envelope at a time, freezing the author of any envelope that makes
+    /// automerge panic and starting again without it. Slow, but only a membership change
+    /// that voids applied content, or a hostile member's input, brings it about.
     fn rebuild(&mut self, out: &mut Ingested) {
         'again: loop {
             let fresh = self
                 .base
                 .as_ref()
-                .and_then(|b| GroupDocument::load(b, self.me.actor_id()).ok());
-            let mut doc = fresh.unwrap_or_else(|| GroupDocument::new(self.me.actor_id()));
-            let mut work = Vec::new();
-            for (author, log) in &self.logs {
-                let stop = self.frozen.get(author).copied().unwrap_or(u64::MAX);
-                for env in log.iter().take_while(|e| e.header().seq < stop) {
-                    if !self.ineffective.contains(&env.hash()) {
-                        work.push(env.clone());
-                    }
+                .and_then(|b| GroupDocument::load(b, self.me().actor_id()).ok());
+            let mut doc = fresh.unwrap_or_else(|| GroupDocument::new(self.me().actor_id()));
+            let mut withheld = BTreeMap::new();
+            let mut applied_upto = BTreeMap::new();
+            let positions: Vec<(MemberId, u64)> = self.content.keys().copied().collect();
+            for (author, seq) in positions {
+                if self.frozen.get(&author).is_some_and(|f| seq >= *f) {
+                    continue;
                 }
-            }
-            for env in work {
-                let h = *env.header();
-                let Some(Ok(Body::Changes { changes })) =
-                    self.epoch_keys.get(&h.epoch).map(|k| env.open(k))
-                else {
+                let Some(env) = self.envelope_at(&author, seq).cloned() else {
+                    continue;
+                };
+                let Opened::Body(Body::Changes { changes }) = self.open_envelope(&env) else {
                     continue;
                 };
                 let parsed: Vec<automerge::Change> = changes
                     .into_iter()
                     .filter_map(|b| automerge::Change::from_bytes(b).ok())
                     .collect();
-                if let Err(DocError::Panicked) = doc.apply(parsed) {
-                    self.freeze(h.author, h.seq, env.hash(), out);
-                    continue 'again;
+                if !self.roster().counts(&author, seq) {
+                    withheld.insert((author, seq), parsed);
+                    continue;
+                }
+                match doc.apply(parsed) {
+                    Ok(()) => {
+                        let upto: &mut u64 = applied_upto.entry(author).or_default();
+                        *upto = (*upto).max(seq);
+                    }
+                    Err(DocError::Panicked) => {
+                        self.freeze(author, seq, env.hash(), out);
+                        continue 'again;
+                    }
+                    Err(_) => self.drop_content(author, seq, env.hash(), out),
                 }
             }
             self.doc = doc;
+            self.withheld = withheld;
+            self.applied_upto = applied_upto;
+            self.rescue(out);
             return;
         }
     }
@@ -753,23 +1328,32 @@ struct EnvelopeChanges {
 }
 
 /// Parses an envelope's automerge changes and checks they are the author's own next ones:
-/// its actor id, sequence numbers continuing the author's last, and the signed head last.
+/// its actor id, contiguous sequence numbers after the author's last readable ones
+/// (continuing them exactly when no envelope between is unreadable here), and the signed
+/// head last.
 fn checked_changes(
     raw: Vec<Vec<u8>>,
     header: &Header,
-    prior_change_seq: u64,
+    after: u64,
+    exactly: bool,
 ) -> Option<Vec<automerge::Change>> {
     let actor = header.author.actor_id();
     let changes: Vec<automerge::Change> = raw
         .into_iter()
         .map(crate::doc::parse_canonical_change)
         .collect::<Option<_>>()?;
+    let first = changes.first()?.seq();
+    let starts = if exactly {
+        first == after + 1
+    } else {
+        first > after
+    };
     let contiguous = changes
         .iter()
-        .zip(prior_change_seq + 1..)
+        .zip(first..)
         .all(|(c, seq)| c.actor_id() == &actor && c.seq() == seq);
     let signed_head = changes.last()?.hash().0 == header.change_head;
-    (contiguous && signed_head).then_some(changes)
+    (starts && contiguous && signed_head).then_some(changes)
 }
 
 /// Seals a snapshot for a joining member under the epoch's snapshot key.
@@ -830,69 +1414,137 @@ mod tests {
         group: Group,
     }
 
-    /// A creator plus `n` members who joined from a snapshot, each with all envelopes.
-    fn setup(n: usize) -> (Vec<Device>, Vec<Envelope>) {
-        let a = DeviceKeys::generate(&mut OsRng);
-        let (mut ga, key, first) = Group::create(&a, "Circle", "Support", &mut OsRng).unwrap();
-        let mut log = vec![first];
-        let mut others = Vec::new();
-        for _ in 0..n {
-            let k = DeviceKeys::generate(&mut OsRng);
-            log.push(
-                ga.add_member(&a, k.public(), Role::Member, &mut OsRng)
-                    .unwrap()
-                    .own,
-            );
-            others.push(k);
+    impl Device {
+        fn id(&self) -> MemberId {
+            self.keys.member_id()
         }
-        let snap = ga.snapshot();
-        let mut devices = vec![Device { keys: a, group: ga }];
-        for k in others {
-            let mut g = Group::restore(
-                *devices[0].group.info(),
-                [(0, key.clone())],
-                Some(&snap),
-                k.member_id(),
-            )
+    }
+
+    fn creator() -> Device {
+        let keys = DeviceKeys::generate(&mut OsRng);
+        let (group, _, _) = Group::create(&keys, "Circle", "Support", &mut OsRng).unwrap();
+        Device { keys, group }
+    }
+
+    /// Every envelope `d` holds.
+    fn everything(d: &Device) -> Vec<Envelope> {
+        d.group
+            .missing_for(&VersionVector::new(), usize::MAX, usize::MAX)
+    }
+
+    /// `by` admits a new device, which starts from what an admission hands it (the new
+    /// epoch's key, roster keys of earlier epochs, the snapshot) and then every envelope.
+    fn admit(by: &mut Device, role: Role) -> Device {
+        let keys = DeviceKeys::generate(&mut OsRng);
+        let written = by
+            .group
+            .add_member(keys.public(), role, "new", 0, &mut OsRng)
             .unwrap();
-            let r = g.ingest(log.clone());
-            assert_eq!(r.accepted.len(), log.len());
-            devices.push(Device { keys: k, group: g });
+        let (epoch, key) = by.group.current_epoch();
+        let mut grants = vec![KeyGrant {
+            epoch,
+            rotation: Some(written.own.hash()),
+            access: Access::Full(key.unwrap().clone()),
+        }];
+        grants.extend(
+            by.group
+                .roster_history()
+                .into_iter()
+                .filter(|(e, _, _)| *e != epoch)
+                .map(|(e, r, k)| KeyGrant {
+                    epoch: e,
+                    rotation: r,
+                    access: Access::Roster(k),
+                }),
+        );
+        let snapshot = by.group.snapshot();
+        let mut group = Group::restore(*by.group.info(), &keys, grants, Some(&snapshot)).unwrap();
+        group.ingest(everything(by));
+        assert!(group.roster().is_member(&keys.member_id()));
+        Device { keys, group }
+    }
+
+    /// A creator plus `n` members, all holding every envelope.
+    fn setup(n: usize) -> Vec<Device> {
+        let mut devices = vec![creator()];
+        for _ in 0..n {
+            let d = admit(&mut devices[0], Role::Member);
+            devices.push(d);
         }
-        (devices, log)
+        sync_all(&mut devices);
+        devices
+    }
+
+    /// Hands every device every envelope any device holds that it lacks.
+    fn sync_all(devices: &mut [Device]) {
+        for to in 0..devices.len() {
+            for from in 0..devices.len() {
+                if from != to {
+                    let theirs = devices[to].group.version_vector();
+                    let missing = devices[from]
+                        .group
+                        .missing_for(&theirs, usize::MAX, usize::MAX);
+                    devices[to].group.ingest(missing);
+                }
+            }
+        }
+    }
+
+    fn agree(d: &mut Device, text: &str) -> Written {
+        d.group.add_agreement(text, 0, &mut OsRng).unwrap().1
+    }
+
+    fn texts(d: &Device) -> BTreeSet<String> {
+        d.group
+            .read()
+            .unwrap()
+            .agreements
+            .values()
+            .map(|a| a.text.clone())
+            .collect()
     }
 
     #[test]
     fn members_write_and_converge() {
-        let (mut d, mut log) = setup(2);
+        let mut d = setup(2);
         for (i, dev) in d.iter_mut().enumerate() {
-            let env = dev
-                .group
-                .add_agreement(&dev.keys, &format!("agreement {i}"), 0, &mut OsRng)
-                .unwrap()
-                .1
-                .own;
-            log.push(env);
+            agree(dev, &format!("agreement {i}"));
         }
-        for dev in &mut d {
-            dev.group.ingest(log.clone());
-        }
+        sync_all(&mut d);
         let views: Vec<GroupDoc> = d.iter().map(|x| x.group.read().unwrap()).collect();
         assert_eq!(views[0].agreements.len(), 3);
         assert!(views.iter().all(|v| v == &views[0]));
         assert_eq!(d[1].group.version_vector(), d[2].group.version_vector());
+        assert_eq!(d[1].group.roster(), d[0].group.roster());
+    }
+
+    #[test]
+    fn a_joiner_reads_the_snapshot_but_no_envelope_from_before_its_admission() {
+        let mut a = creator();
+        agree(&mut a, "before");
+        let b = admit(&mut a, Role::Member);
+        // The content is there, from the snapshot, but the envelope that carried it is not
+        // readable to B: it was sealed under an epoch whose content key B never got.
+        assert!(texts(&b).contains("before"));
+        assert!(!b.group.readable_epochs().contains(&0));
+        assert!(!b.group.sealed.is_empty());
+        let mut a = a;
+        agree(&mut a, "after");
+        let mut b = b;
+        b.group.ingest(everything(&a));
+        assert!(texts(&b).contains("after"));
     }
 
     #[test]
     fn stranger_envelopes_are_not_applied() {
-        let (mut d, _) = setup(1);
-        // A stranger with the epoch key (say, a leaked key) but no membership.
+        let mut d = setup(1);
+        // A stranger holding the epoch key (say, a leaked key) but never admitted.
         let stranger = DeviceKeys::generate(&mut OsRng);
-        let key = d[0].group.epoch_key(0).unwrap().clone();
+        let (epoch, key) = d[0].group.current_epoch();
         let header = Header {
             version: 0,
             group_id: d[0].group.id(),
-            epoch: 0,
+            epoch,
             author: stranger.member_id(),
             seq: 1,
             prev: ZERO_HASH,
@@ -901,79 +1553,39 @@ mod tests {
         let env = Envelope::seal(
             &stranger,
             header,
-            &Body::Add {
-                member: stranger.public(),
-                role: Role::Facilitator,
-            },
-            &key,
+            &Body::Roster(RosterOp {
+                deps: vec![],
+                action: Action::SetRole {
+                    member: stranger.member_id(),
+                    role: Role::Facilitator,
+                },
+            }),
+            key.unwrap(),
             &mut OsRng,
         );
         let r = d[1].group.ingest(vec![env]);
         assert!(r.accepted.is_empty());
-        assert!(!d[1].group.membership().is_member(&stranger.member_id()));
+        assert!(!d[1].group.roster().is_member(&stranger.member_id()));
     }
 
     #[test]
     fn tampered_envelope_is_rejected_and_not_applied() {
-        let (mut d, _) = setup(1);
-        let (a, rest) = d.split_at_mut(1);
-        let env = a[0]
-            .group
-            .add_agreement(&a[0].keys, "no phones", 0, &mut OsRng)
-            .unwrap()
-            .1
-            .own;
+        let mut d = setup(1);
+        let env = agree(&mut d[0], "no phones").own;
         let mut bytes = env.as_bytes().to_vec();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x40;
         let forged = Envelope::decode(bytes).unwrap();
-        let r = rest[0].group.ingest(vec![forged]);
+        let r = d[1].group.ingest(vec![forged]);
         assert_eq!(r.rejected, 1);
         assert!(r.accepted.is_empty());
-        assert!(rest[0].group.read().unwrap().agreements.is_empty());
+        assert!(!texts(&d[1]).contains("no phones"));
         // The genuine envelope still goes through afterwards.
-        assert_eq!(rest[0].group.ingest(vec![env]).accepted.len(), 1);
+        assert_eq!(d[1].group.ingest(vec![env]).accepted.len(), 1);
+        assert!(texts(&d[1]).contains("no phones"));
     }
 
-    #[test]
-    fn member_cannot_pass_off_changes_as_anothers() {
-        let (mut d, _) = setup(1);
-        // b edits with a's actor id: the envelope verifies (b signed it) but its changes
-        // are attributed to a, so they must not apply.
-        let a_id = d[0].keys.member_id();
-        let mut forged_doc = GroupDocument::load(&d[1].group.snapshot(), a_id.actor_id()).unwrap();
-        let changes = forged_doc
-            .edit(|g| g.purpose = "hijacked".into())
-            .unwrap()
-            .into_iter()
-            .map(|c| c.raw_bytes().to_vec())
-            .collect();
-        let b = &d[1];
-        let env = {
-            let key = b.group.epoch_key(0).unwrap().clone();
-            let header = Header {
-                version: 0,
-                group_id: b.group.id(),
-                epoch: 0,
-                author: b.keys.member_id(),
-                seq: 1,
-                prev: ZERO_HASH,
-                change_head: ZERO_HASH,
-            };
-            Envelope::seal(
-                &b.keys,
-                header,
-                &Body::Changes { changes },
-                &key,
-                &mut OsRng,
-            )
-        };
-        let r = d[0].group.ingest(vec![env]);
-        assert_eq!(r.ineffective, 1);
-        assert_eq!(d[0].group.read().unwrap().purpose, "Support");
-    }
-
-    /// Seals `body` as `keys`' envelope at `seq` after `prev`, with `change_head`.
+    /// Seals `body` as `keys`' envelope at `seq` after `prev`, under `g`'s current epoch.
     fn craft(
         g: &Group,
         keys: &DeviceKeys,
@@ -982,28 +1594,66 @@ mod tests {
         change_head: Hash,
         body: &Body,
     ) -> Envelope {
+        let (epoch, key) = g.current_epoch();
         let header = Header {
             version: 0,
             group_id: g.id(),
-            epoch: 0,
+            epoch,
             author: keys.member_id(),
             seq,
             prev,
             change_head,
         };
-        Envelope::seal(keys, header, body, g.epoch_key(0).unwrap(), &mut OsRng)
+        Envelope::seal(keys, header, body, key.unwrap(), &mut OsRng)
+    }
+
+    fn next_of(d: &Device) -> (u64, Hash, Hash) {
+        d.group
+            .head(&d.id())
+            .map_or((1, ZERO_HASH, ZERO_HASH), |h| {
+                (h.seq + 1, h.hash, h.change_head)
+            })
+    }
+
+    #[test]
+    fn member_cannot_pass_off_changes_as_anothers() {
+        let d = setup(1);
+        // B edits with A's actor id: the envelope verifies (B signed it) but its changes
+        // are attributed to A, so they must not apply.
+        let mut forged_doc =
+            GroupDocument::load(&d[1].group.snapshot_clone(), d[0].id().actor_id()).unwrap();
+        let changes: Vec<Vec<u8>> = forged_doc
+            .edit(|g| g.purpose = "hijacked".into())
+            .unwrap()
+            .into_iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect();
+        let head = automerge::Change::from_bytes(changes[0].clone())
+            .unwrap()
+            .hash()
+            .0;
+        let (seq, prev, _) = next_of(&d[1]);
+        let env = craft(
+            &d[1].group,
+            &d[1].keys,
+            seq,
+            prev,
+            head,
+            &Body::Changes { changes },
+        );
+        let mut d = d;
+        let r = d[0].group.ingest(vec![env]);
+        assert_eq!(r.ineffective, 1);
+        assert_eq!(d[0].group.read().unwrap().purpose, "Support");
     }
 
     #[test]
     fn a_members_duplicate_changes_cannot_sink_others_in_the_same_batch() {
-        let (d, log) = setup(1);
-        let b = &d[1];
-        // Two different automerge changes with b's actor and the same seq.
-        let snap = GroupDocument::load(&d[0].group.snapshot_clone(), b.keys.member_id().actor_id());
-        let mut one = snap.unwrap();
-        let mut two =
-            GroupDocument::load(&d[0].group.snapshot_clone(), b.keys.member_id().actor_id())
-                .unwrap();
+        let mut d = setup(1);
+        let b_actor = d[1].id().actor_id();
+        // Two different automerge changes with B's actor and the same seq.
+        let mut one = GroupDocument::load(&d[0].group.snapshot_clone(), b_actor.clone()).unwrap();
+        let mut two = GroupDocument::load(&d[0].group.snapshot_clone(), b_actor).unwrap();
         let c1 = one.edit(|g| g.purpose = "one".into()).unwrap();
         let c2 = two.edit(|g| g.purpose = "two".into()).unwrap();
         let raw: Vec<Vec<u8>> = c1
@@ -1011,44 +1661,27 @@ mod tests {
             .chain(c2.iter())
             .map(|c| c.raw_bytes().to_vec())
             .collect();
-        let head = c2[0].hash().0;
+        let (seq, prev, _) = next_of(&d[1]);
         let hostile = craft(
-            &b.group,
-            &b.keys,
-            1,
-            ZERO_HASH,
-            head,
+            &d[1].group,
+            &d[1].keys,
+            seq,
+            prev,
+            c2[0].hash().0,
             &Body::Changes { changes: raw },
         );
-        // An honest agreement from a, delivered in the same batch.
-        let mut a = d.into_iter().next().unwrap();
-        let honest = a
-            .group
-            .add_agreement(&a.keys, "honest", 0, &mut OsRng)
-            .unwrap()
-            .1
-            .own;
-        let mut fresh = Group::restore(
-            *a.group.info(),
-            [(0, a.group.epoch_key(0).unwrap().clone())],
-            None,
-            DeviceKeys::generate(&mut OsRng).member_id(),
-        )
-        .unwrap();
-        let mut batch = log.clone();
-        batch.push(hostile);
-        batch.push(honest);
-        let r = fresh.ingest(batch);
+        let honest = agree(&mut d[0], "honest").own;
+        let r = d[0].group.ingest(vec![hostile]);
         assert_eq!(r.ineffective, 1);
-        let view = fresh.read().unwrap();
-        assert_eq!(view.name, "Circle");
+        let view = d[0].group.read().unwrap();
         assert_eq!(view.purpose, "Support");
-        assert_eq!(view.agreements.len(), 1);
+        assert!(texts(&d[0]).contains("honest"));
+        let _ = honest;
     }
 
     #[test]
     fn a_write_returns_every_envelope_it_let_in() {
-        let (mut d, _) = setup(0);
+        let mut d = setup(0);
         let a = &mut d[0];
         let j = DeviceKeys::generate(&mut OsRng);
         // J's first envelope arrives before J's add: it waits.
@@ -1058,13 +1691,16 @@ mod tests {
             1,
             ZERO_HASH,
             ZERO_HASH,
-            &Body::Changes { changes: vec![] },
+            &Body::Roster(RosterOp {
+                deps: vec![],
+                action: Action::Rename { name: "j".into() },
+            }),
         );
         assert!(a.group.ingest(vec![early.clone()]).accepted.is_empty());
         // The add lets it in: both must be reported, or the daemon would store only one.
         let written = a
             .group
-            .add_member(&a.keys, j.public(), Role::Member, &mut OsRng)
+            .add_member(j.public(), Role::Member, "", 0, &mut OsRng)
             .unwrap();
         assert_eq!(written.accepted.len(), 2);
         assert!(written.accepted.contains(&written.own));
@@ -1073,87 +1709,177 @@ mod tests {
 
     #[test]
     fn a_signed_fork_is_detected_and_stops_the_authors_log() {
-        let (mut d, _) = setup(1);
-        let (a, rest) = d.split_at_mut(1);
-        let b = &rest[0];
-        let prev = b
-            .group
-            .head(&b.keys.member_id())
-            .map_or(ZERO_HASH, |h| h.hash);
-        let x = craft(
-            &b.group,
-            &b.keys,
-            1,
-            prev,
-            ZERO_HASH,
-            &Body::Add {
-                member: b.keys.public(),
-                role: Role::Member,
-            },
-        );
-        let y = craft(
-            &b.group,
-            &b.keys,
-            1,
-            prev,
-            ZERO_HASH,
-            &Body::Add {
-                member: DeviceKeys::generate(&mut OsRng).public(),
-                role: Role::Member,
-            },
-        );
-        assert_eq!(a[0].group.ingest(vec![x]).accepted.len(), 1);
-        let r = a[0].group.ingest(vec![y]);
+        let mut d = setup(1);
+        let (seq, prev, head) = next_of(&d[1]);
+        let body = |name: &str| {
+            Body::Roster(RosterOp {
+                deps: vec![],
+                action: Action::Rename { name: name.into() },
+            })
+        };
+        let x = craft(&d[1].group, &d[1].keys, seq, prev, head, &body("x"));
+        let y = craft(&d[1].group, &d[1].keys, seq, prev, head, &body("y"));
+        assert_eq!(d[0].group.ingest(vec![x]).accepted.len(), 1);
+        let r = d[0].group.ingest(vec![y]);
         assert_eq!(r.forks, 1);
-        assert_eq!(a[0].group.forked_authors().count(), 1);
+        assert_eq!(d[0].group.forked_authors().count(), 1);
     }
 
     #[test]
     fn a_forged_envelope_cannot_evict_a_buffered_genuine_one() {
-        let (mut d, _) = setup(1);
-        let (a, rest) = d.split_at_mut(1);
-        let b = &mut rest[0];
-        let e1 = b
-            .group
-            .add_agreement(&b.keys, "first", 0, &mut OsRng)
-            .unwrap()
-            .1
-            .own;
-        let e2 = b
-            .group
-            .add_agreement(&b.keys, "second", 0, &mut OsRng)
-            .unwrap()
-            .1
-            .own;
-        // The genuine seq 2 waits for seq 1; a forgery for seq 2 then arrives.
-        a[0].group.ingest(vec![e2.clone()]);
+        let mut d = setup(1);
+        let e1 = agree(&mut d[1], "first").own;
+        let e2 = agree(&mut d[1], "second").own;
+        // The genuine seq n+1 waits for seq n; a forgery for seq n+1 then arrives.
+        d[0].group.ingest(vec![e2.clone()]);
         let forger = DeviceKeys::generate(&mut OsRng);
         let mut forged = craft(
-            &b.group,
+            &d[1].group,
             &forger,
-            2,
+            e2.header().seq,
             e1.hash(),
             ZERO_HASH,
             &Body::Changes { changes: vec![] },
         );
         forged = Envelope::decode({
             let mut bytes = forged.into_bytes();
-            bytes[21..37].copy_from_slice(b.keys.member_id().as_bytes());
+            bytes[21..37].copy_from_slice(d[1].id().as_bytes());
             bytes
         })
         .unwrap();
-        a[0].group.ingest(vec![forged]);
-        let r = a[0].group.ingest(vec![e1]);
+        d[0].group.ingest(vec![forged]);
+        let r = d[0].group.ingest(vec![e1]);
         assert_eq!(r.accepted.len(), 2);
-        let texts: Vec<String> = a[0]
+        assert!(texts(&d[0]).contains("first") && texts(&d[0]).contains("second"));
+    }
+
+    #[test]
+    fn a_removed_member_gets_no_new_key_and_its_later_acts_are_void() {
+        let mut d = setup(2);
+        let b_id = d[1].id();
+        let old_epoch = d[1].group.current_epoch().0;
+        let removal = d[0].group.remove_member(b_id, &mut OsRng).unwrap();
+        // B, not yet aware, adds an agreement; nobody builds on it.
+        let late = agree(&mut d[1], "written after removal");
+        let marker = agree(&mut d[0], "marker after removal");
+        let (new_epoch, _) = d[0].group.current_epoch();
+        assert!(new_epoch > old_epoch);
+        // B receives everything (say, through a careless relay): it still cannot open
+        // anything of the new epoch.
+        let all = everything(&d[0]);
+        d[1].group.ingest(all);
+        assert!(!texts(&d[1]).contains("marker after removal"));
+        assert!(!d[1].group.readable_epochs().contains(&new_epoch));
+        assert!(
+            d[1].group
+                .sealed
+                .contains(&(d[0].id(), marker.own.header().seq))
+        );
+        // A and C apply the removal; B's late write does not count for them.
+        d[2].group.ingest(removal.accepted.clone());
+        for dev in [0, 2] {
+            d[dev].group.ingest(late.accepted.clone());
+            d[dev].group.ingest(marker.accepted.clone());
+            assert!(!d[dev].group.roster().is_member(&b_id));
+            assert!(!texts(&d[dev]).contains("written after removal"));
+            assert!(texts(&d[dev]).contains("marker after removal"));
+        }
+        assert!(d[2].group.readable_epochs().contains(&new_epoch));
+    }
+
+    #[test]
+    fn content_a_member_built_on_survives_its_authors_removal() {
+        let mut d = setup(2);
+        let b_id = d[1].id();
+        let removal = d[0].group.remove_member(b_id, &mut OsRng).unwrap();
+        // B writes concurrently; C sees B's write before the removal and writes on top.
+        let late = agree(&mut d[1], "B's concurrent agreement");
+        d[2].group.ingest(late.accepted.clone());
+        let on_top = agree(&mut d[2], "C's agreement after seeing B's");
+        // Different delivery orders on A and on a fresh replica end in the same document.
+        d[0].group.ingest(late.accepted.clone());
+        d[0].group.ingest(on_top.accepted.clone());
+        d[2].group.ingest(removal.accepted.clone());
+        let a = texts(&d[0]);
+        assert!(a.contains("C's agreement after seeing B's"));
+        assert!(a.contains("B's concurrent agreement"));
+        assert_eq!(a, texts(&d[2]));
+    }
+
+    #[test]
+    fn two_facilitators_removing_each_other_resolve_the_same_everywhere() {
+        let mut d = setup(0);
+        let f = admit(&mut d[0], Role::Facilitator);
+        d.push(f);
+        let m = admit(&mut d[0], Role::Member);
+        d.push(m);
+        sync_all(&mut d);
+        let (a_id, f_id) = (d[0].id(), d[1].id());
+        let by_a = d[0].group.remove_member(f_id, &mut OsRng).unwrap();
+        let by_f = d[1].group.remove_member(a_id, &mut OsRng).unwrap();
+        // Deliver in opposite orders.
+        d[2].group.ingest(by_a.accepted.clone());
+        d[2].group.ingest(by_f.accepted.clone());
+        d[0].group.ingest(by_f.accepted.clone());
+        d[1].group.ingest(by_a.accepted.clone());
+        let rosters: Vec<&Roster> = d.iter().map(|x| x.group.roster()).collect();
+        assert_eq!(rosters[0], rosters[1]);
+        assert_eq!(rosters[0], rosters[2]);
+        // The senior facilitator (the creator) stays; the other is removed.
+        assert!(rosters[0].is_member(&a_id));
+        assert!(!rosters[0].is_member(&f_id));
+    }
+
+    #[test]
+    fn after_a_member_leaves_the_next_write_starts_a_new_epoch() {
+        let mut d = setup(2);
+        let c_id = d[2].id();
+        let gone = d[2].group.leave(&mut OsRng).unwrap();
+        d[0].group.ingest(gone.accepted.clone());
+        assert!(!d[0].group.roster().is_member(&c_id));
+        assert!(d[0].group.roster().needs_rotation());
+        let before = d[0].group.current_epoch().0;
+        let w = agree(&mut d[0], "after C left");
+        assert!(w.accepted.len() >= 2, "a rotation comes first");
+        let (after, _) = d[0].group.current_epoch();
+        assert!(after > before);
+        assert!(!d[0].group.roster().needs_rotation());
+        assert!(!d[0].group.roster().current_epoch().holders.contains(&c_id));
+        let all = everything(&d[0]);
+        d[1].group.ingest(all);
+        assert!(texts(&d[1]).contains("after C left"));
+        let all = everything(&d[0]);
+        d[2].group.ingest(all);
+        assert!(!texts(&d[2]).contains("after C left"));
+    }
+
+    #[test]
+    fn a_member_admitted_concurrently_with_a_rotation_is_forwarded_its_key() {
+        let mut d = setup(1);
+        // B rotates while A admits J: J's add did not see B's rotation.
+        let rotation = d[1].group.rotate(&mut OsRng).unwrap();
+        let mut j = admit(&mut d[0], Role::Member);
+        d.push(Device {
+            keys: j.keys.clone(),
+            group: std::mem::replace(
+                &mut j.group,
+                Group::restore(*d[0].group.info(), &j.keys, [], None).unwrap(),
+            ),
+        });
+        d[0].group.ingest(rotation.accepted.clone());
+        let due = d[0].group.roster().forwards_due().to_vec();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].member, d[2].id());
+        let forwarded = d[0]
             .group
-            .read()
+            .forward_keys(&mut OsRng)
             .unwrap()
-            .agreements
-            .values()
-            .map(|x| x.text.clone())
-            .collect();
-        assert_eq!(texts.len(), 2);
+            .expect("A forwards");
+        sync_all(&mut d);
+        assert!(d[0].group.roster().forwards_due().is_empty());
+        let r = d[2].group.roster().current_epoch().epoch;
+        assert!(d[2].group.readable_epochs().contains(&r));
+        let _ = forwarded;
     }
 
     proptest! {
@@ -1161,46 +1887,109 @@ mod tests {
         /// Any interleaving and duplication of the same envelopes gives the same state.
         #[test]
         fn any_delivery_order_converges(seed in any::<u64>(), dup in 0usize..3) {
-            let (mut d, mut log) = setup(2);
+            let mut d = setup(2);
             for round in 0..2 {
                 for (i, dev) in d.iter_mut().enumerate() {
-                    let env = dev.group
-                        .add_agreement(&dev.keys, &format!("r{round} by {i}"), 0, &mut OsRng)
-                        .unwrap().1.own;
-                    log.push(env);
+                    agree(dev, &format!("r{round} by {i}"));
                 }
             }
-            let a = &d[0];
-            let mut fresh = Group::restore(
-                *a.group.info(),
-                [(0, a.group.epoch_key(0).unwrap().clone())],
-                None,
-                DeviceKeys::generate(&mut OsRng).member_id(),
-            ).unwrap();
+            let log: Vec<Envelope> = everything(&d[0])
+                .into_iter()
+                .chain(d.iter().skip(1).flat_map(everything))
+                .collect();
+            let observer = DeviceKeys::generate(&mut OsRng);
+            let grants = || {
+                d[0].group.keys.values().flatten().cloned().collect::<Vec<_>>()
+            };
+            let mut fresh = Group::restore(*d[0].group.info(), &observer, grants(), None).unwrap();
             let mut shuffled: Vec<Envelope> = log.iter().cycle().take(log.len() * (dup + 1)).cloned().collect();
-            let mut s = seed;
-            for i in (1..shuffled.len()).rev() {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                shuffled.swap(i, (s >> 33) as usize % (i + 1));
-            }
-            // Deliver in a few uneven batches.
+            shuffle(&mut shuffled, seed);
             for chunk in shuffled.chunks(5) {
                 fresh.ingest(chunk.to_vec());
             }
-            let mut reference = Group::restore(
-                *a.group.info(),
-                [(0, a.group.epoch_key(0).unwrap().clone())],
-                None,
-                DeviceKeys::generate(&mut OsRng).member_id(),
-            ).unwrap();
+            let mut reference = Group::restore(*d[0].group.info(), &observer, grants(), None).unwrap();
             reference.ingest(log.clone());
             prop_assert_eq!(fresh.read().unwrap(), reference.read().unwrap());
             prop_assert_eq!(fresh.version_vector(), reference.version_vector());
             prop_assert_eq!(fresh.read().unwrap().agreements.len(), 6);
-            // Everything delivered was taken out of the buffer, and its accounting agrees.
             prop_assert!(fresh.pending.is_empty());
             prop_assert_eq!(fresh.pending_bytes, 0);
             prop_assert!(fresh.pending_per_author.is_empty());
+        }
+
+        /// Membership operations made concurrently on different replicas, then delivered
+        /// in any order with duplicates, resolve to the same roster and document on every
+        /// replica.
+        #[test]
+        fn concurrent_membership_ops_converge(
+            ops in proptest::collection::vec((0usize..4, 0usize..6, 0usize..4), 1..8),
+            seed in any::<u64>(),
+        ) {
+            // Two facilitators (A, F) and two members, then a burst of concurrent ops.
+            let mut d = setup(0);
+            let f = admit(&mut d[0], Role::Facilitator);
+            d.push(f);
+            for _ in 0..2 {
+                let m = admit(&mut d[0], Role::Member);
+                d.push(m);
+            }
+            sync_all(&mut d);
+            let ids: Vec<MemberId> = d.iter().map(Device::id).collect();
+            for (actor, kind, target) in ops {
+                let dev = &mut d[actor];
+                let target = ids[target];
+                // Errors (not a facilitator, not a member any more, ...) are fine: the op
+                // is simply not written on that replica.
+                let _ = match kind {
+                    0 => dev.group.remove_member(target, &mut OsRng).map(|_| ()),
+                    1 => dev.group.set_role(target, Role::Facilitator, &mut OsRng).map(|_| ()),
+                    2 => dev.group.set_role(target, Role::Member, &mut OsRng).map(|_| ()),
+                    3 => dev.group.rotate(&mut OsRng).map(|_| ()),
+                    4 => dev.group.leave(&mut OsRng).map(|_| ()),
+                    _ => dev.group.add_agreement("concurrent", 0, &mut OsRng).map(|_| ()),
+                };
+            }
+            let all: Vec<Envelope> = d.iter().flat_map(everything).collect();
+            for (i, dev) in d.iter_mut().enumerate() {
+                let mut mine: Vec<Envelope> = all.iter().chain(all.iter()).cloned().collect();
+                shuffle(&mut mine, seed.wrapping_add(i as u64));
+                for chunk in mine.chunks(3) {
+                    dev.group.ingest(chunk.to_vec());
+                }
+            }
+            // Keys owed to members admitted concurrently with a rotation are forwarded.
+            for _ in 0..3 {
+                for dev in d.iter_mut() {
+                    let _ = dev.group.forward_keys(&mut OsRng);
+                }
+                sync_all(&mut d);
+            }
+            // Every device still in the group (in its own view) sees the same roster; a
+            // removed device cannot read what followed its removal, so its view stops there.
+            let current: Vec<&Device> = d
+                .iter()
+                .filter(|x| x.group.roster().is_member(&x.id()))
+                .collect();
+            prop_assert!(!current.is_empty());
+            for dev in &current {
+                prop_assert_eq!(dev.group.roster(), current[0].group.roster());
+            }
+            // Devices that can read the same content show the same document.
+            for pair in current.windows(2) {
+                if pair[0].group.readable_epochs() == pair[1].group.readable_epochs() {
+                    prop_assert_eq!(pair[0].group.read().unwrap(), pair[1].group.read().unwrap());
+                }
+            }
+        }
+    }
+
+    fn shuffle<T>(items: &mut [T], seed: u64) {
+        let mut s = seed;
+        for i in (1..items.len()).rev() {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            items.swap(i, (s >> 33) as usize % (i + 1));
         }
     }
 }

@@ -70,6 +70,7 @@ fn signed_message(context: &[u8], message: &[u8]) -> Vec<u8> {
 }
 
 /// A device's secret keys. Both halves are wiped on drop by their crates.
+#[derive(Clone)]
 pub struct DeviceKeys {
     signing: SigningKey,
     agreement: StaticSecret,

@@ -11,6 +11,8 @@ use rand_core::CryptoRngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{self, SecretKey, labels};
+use crate::envelope::Hash;
+use crate::group::{Access, KeyGrant};
 use crate::identity::{DeviceKeys, PublicIdentity};
 use crate::ids::{GroupId, MemberId};
 use crate::lockbox::{Lockbox, serde_big_array};
@@ -57,6 +59,8 @@ pub enum InviteError {
     Lockbox(#[from] crate::lockbox::LockboxError),
     #[error("the snapshot in the answer does not open")]
     Snapshot,
+    #[error("the membership keys in the answer do not open")]
+    RosterKeys,
 }
 
 impl InviteToken {
@@ -111,10 +115,11 @@ fn join_transcript(
     joiner_peer: &[u8],
     facilitator_peer: &[u8],
     joiner: &PublicIdentity,
+    name: &str,
 ) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key(labels::JOIN_TRANSCRIPT);
     h.update(invite_id);
-    for part in [joiner_peer, facilitator_peer] {
+    for part in [joiner_peer, facilitator_peer, name.as_bytes()] {
         h.update(&(part.len() as u64).to_be_bytes());
         h.update(part);
     }
@@ -126,6 +131,8 @@ fn join_transcript(
 pub struct JoinRequest {
     pub invite_id: [u8; 16],
     pub identity: PublicIdentity,
+    /// The name the joiner asks to be shown by (may be empty).
+    pub name: String,
     /// HMAC under the invite's MAC key over the transcript.
     pub proof: [u8; 32],
     #[serde(with = "serde_big_array")]
@@ -136,16 +143,30 @@ impl JoinRequest {
     pub fn new(
         me: &DeviceKeys,
         token: &InviteToken,
+        name: &str,
         joiner_peer: &[u8],
         facilitator_peer: &[u8],
     ) -> JoinRequest {
-        let id = token.invite_id();
+        JoinRequest::with_secret(me, &token.secret, name, joiner_peer, facilitator_peer)
+    }
+
+    /// A request proving knowledge of an invite secret however it was agreed (a token,
+    /// or a spoken-code exchange).
+    pub fn with_secret(
+        me: &DeviceKeys,
+        secret: &[u8; 32],
+        name: &str,
+        joiner_peer: &[u8],
+        facilitator_peer: &[u8],
+    ) -> JoinRequest {
+        let id = invite_id(secret);
         let identity = me.public();
-        let t = join_transcript(&id, joiner_peer, facilitator_peer, &identity);
+        let t = join_transcript(&id, joiner_peer, facilitator_peer, &identity, name);
         JoinRequest {
             invite_id: id,
             identity,
-            proof: crypto::mac(&invite_mac_key(&token.secret), &[b"request", &t]),
+            name: name.to_owned(),
+            proof: crypto::mac(&invite_mac_key(secret), &[b"request", &t]),
             signature: me.sign(labels::SIG_JOIN_REQUEST, &t),
         }
     }
@@ -157,6 +178,7 @@ impl JoinRequest {
             joiner_peer,
             facilitator_peer,
             &self.identity,
+            &self.name,
         );
         let expected = crypto::mac(&invite_mac_key(secret), &[b"request", &t]);
         crypto::ct_eq(&expected, &self.proof)
@@ -171,8 +193,14 @@ impl JoinRequest {
 pub struct JoinAccept {
     pub info: GroupInfo,
     pub facilitator: PublicIdentity,
+    /// The epoch the joiner's admission started, and the envelope hash of that admission.
     pub epoch: u32,
+    pub rotation: Hash,
     pub lockbox: Lockbox,
+    /// The roster keys of every earlier epoch the facilitator holds, sealed under the
+    /// epoch's roster-history key: the joiner can follow the group's membership from its
+    /// start, but read none of its earlier content.
+    pub sealed_roster_keys: Vec<u8>,
     /// The document, sealed under the epoch's snapshot key.
     pub sealed_snapshot: Vec<u8>,
     pub proof: [u8; 32],
@@ -183,25 +211,85 @@ pub struct JoinAccept {
 /// What a joiner takes away from a verified answer.
 pub struct Welcome {
     pub info: GroupInfo,
-    pub epoch: u32,
-    pub epoch_key: SecretKey,
+    /// The new epoch's key first, then the roster keys of earlier epochs.
+    pub grants: Vec<KeyGrant>,
     pub snapshot: zeroize::Zeroizing<Vec<u8>>,
 }
 
+/// What the facilitator's daemon hands a joiner, taken from the group at admission.
+pub struct Admission {
+    pub info: GroupInfo,
+    pub epoch: u32,
+    /// Envelope hash of the add that started `epoch`.
+    pub rotation: Hash,
+    pub epoch_key: SecretKey,
+    pub roster_history: Vec<(u32, Option<Hash>, SecretKey)>,
+    pub snapshot: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl Admission {
+    /// What the joiner takes away from this admission: the same as a verified
+    /// [`JoinAccept`] gives it.
+    pub fn welcome(&self) -> Welcome {
+        let mut grants = vec![KeyGrant {
+            epoch: self.epoch,
+            rotation: Some(self.rotation),
+            access: Access::Full(self.epoch_key.clone()),
+        }];
+        grants.extend(self.roster_history.iter().map(|(e, r, k)| KeyGrant {
+            epoch: *e,
+            rotation: *r,
+            access: Access::Roster(k.clone()),
+        }));
+        Welcome {
+            info: self.info,
+            grants,
+            snapshot: self.snapshot.clone(),
+        }
+    }
+}
+
+/// One earlier epoch's roster key, as carried to a joiner.
+#[derive(Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+struct RosterKeyEntry {
+    epoch: u32,
+    rotation: Option<Hash>,
+    key: [u8; 32],
+}
+
+/// Most earlier epochs a join answer may carry roster keys of.
+pub const MAX_ROSTER_KEYS: usize = 4096;
+
+fn roster_history_key(epoch_key: &SecretKey, group_id: &GroupId, epoch: u32) -> SecretKey {
+    crypto::derive_key(
+        epoch_key.expose(),
+        &[
+            labels::ROSTER_HISTORY_KEY,
+            group_id.as_bytes(),
+            &epoch.to_be_bytes(),
+        ],
+    )
+}
+
 impl JoinAccept {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         facilitator: &DeviceKeys,
         request: &JoinRequest,
         secret: &[u8; 32],
-        info: GroupInfo,
-        epoch: u32,
-        epoch_key: &SecretKey,
-        snapshot: &[u8],
+        admission: &Admission,
         joiner_peer: &[u8],
         facilitator_peer: &[u8],
         rng: &mut impl CryptoRngCore,
     ) -> JoinAccept {
+        let Admission {
+            info,
+            epoch,
+            rotation,
+            epoch_key,
+            roster_history,
+            snapshot,
+        } = admission;
+        let (info, epoch) = (*info, *epoch);
         let lockbox = Lockbox::seal(
             facilitator,
             &request.identity,
@@ -210,13 +298,29 @@ impl JoinAccept {
             epoch_key,
             rng,
         );
+        let entries: Vec<RosterKeyEntry> = roster_history
+            .iter()
+            .map(|(e, r, k)| RosterKeyEntry {
+                epoch: *e,
+                rotation: *r,
+                key: *k.expose(),
+            })
+            .collect();
+        let plain = zeroize::Zeroizing::new(
+            postcard::to_stdvec(&entries).expect("serialising in memory cannot fail"),
+        );
+        let history_key = roster_history_key(epoch_key, &info.group_id, epoch);
+        let (nonce, ct) = crypto::seal(&history_key, info.group_id.as_bytes(), &plain, rng);
+        let sealed_roster_keys = [nonce.as_slice(), &ct].concat();
         let sealed_snapshot =
             crate::group::seal_snapshot(epoch_key, &info.group_id, epoch, snapshot, rng);
         let mut accept = JoinAccept {
             info,
             facilitator: facilitator.public(),
             epoch,
+            rotation: *rotation,
             lockbox,
+            sealed_roster_keys,
             sealed_snapshot,
             proof: [0; 32],
             signature: [0; 64],
@@ -226,6 +330,7 @@ impl JoinAccept {
             joiner_peer,
             facilitator_peer,
             &request.identity,
+            &request.name,
         );
         let c = accept.content_hash();
         accept.proof = crypto::mac(&invite_mac_key(secret), &[b"accept", &t, &c]);
@@ -238,11 +343,34 @@ impl JoinAccept {
             &self.info,
             &self.facilitator,
             self.epoch,
+            &self.rotation,
             &self.lockbox,
+            &self.sealed_roster_keys,
             &self.sealed_snapshot,
         );
         let bytes = postcard::to_stdvec(&content).expect("serialising in memory cannot fail");
         *blake3::hash(&bytes).as_bytes()
+    }
+
+    /// The joiner's check of an answer after a spoken-code exchange: the code names no
+    /// group or facilitator, so they are taken from the answer, whose proof under the
+    /// exchange's secret shows it came from the daemon that held the code.
+    pub fn verify_code(
+        &self,
+        me: &DeviceKeys,
+        secret: &[u8; 32],
+        name: &str,
+        joiner_peer: &[u8],
+        facilitator_peer: &[u8],
+    ) -> Result<Welcome, InviteError> {
+        let token = InviteToken {
+            group_id: self.info.group_id,
+            facilitator: self.facilitator.member_id(),
+            secret: *secret,
+            expires_at: 0,
+            addrs: Vec::new(),
+        };
+        self.verify(me, &token, name, joiner_peer, facilitator_peer)
     }
 
     /// The joiner's check of the answer against the token it used.
@@ -250,6 +378,7 @@ impl JoinAccept {
         &self,
         me: &DeviceKeys,
         token: &InviteToken,
+        name: &str,
         joiner_peer: &[u8],
         facilitator_peer: &[u8],
     ) -> Result<Welcome, InviteError> {
@@ -258,6 +387,7 @@ impl JoinAccept {
             joiner_peer,
             facilitator_peer,
             &me.public(),
+            name,
         );
         let c = self.content_hash();
         let expected = crypto::mac(&invite_mac_key(&token.secret), &[b"accept", &t, &c]);
@@ -287,10 +417,33 @@ impl JoinAccept {
             &self.sealed_snapshot,
         )
         .map_err(|_| InviteError::Snapshot)?;
+        let history_key = roster_history_key(&epoch_key, &self.info.group_id, self.epoch);
+        let (nonce, ct) = self
+            .sealed_roster_keys
+            .split_at_checked(crate::crypto::XNONCE_LEN)
+            .ok_or(InviteError::RosterKeys)?;
+        let nonce: [u8; crate::crypto::XNONCE_LEN] =
+            nonce.try_into().map_err(|_| InviteError::RosterKeys)?;
+        let plain = crypto::open(&history_key, self.info.group_id.as_bytes(), &nonce, ct)
+            .map_err(|_| InviteError::RosterKeys)?;
+        let entries: Vec<RosterKeyEntry> =
+            postcard::from_bytes(&plain).map_err(|_| InviteError::RosterKeys)?;
+        if entries.len() > MAX_ROSTER_KEYS {
+            return Err(InviteError::RosterKeys);
+        }
+        let mut grants = vec![KeyGrant {
+            epoch: self.epoch,
+            rotation: Some(self.rotation),
+            access: Access::Full(epoch_key),
+        }];
+        grants.extend(entries.iter().map(|e| KeyGrant {
+            epoch: e.epoch,
+            rotation: e.rotation,
+            access: Access::Roster(SecretKey::from_bytes(e.key)),
+        }));
         Ok(Welcome {
             info: self.info,
-            epoch: self.epoch,
-            epoch_key,
+            grants,
             snapshot,
         })
     }
@@ -335,36 +488,55 @@ mod tests {
     fn full_join_handshake() {
         let a = DeviceKeys::generate(&mut OsRng);
         let b = DeviceKeys::generate(&mut OsRng);
-        let (mut g, key, _) = Group::create(&a, "Circle", "Support", &mut OsRng).unwrap();
+        let (mut g, _, _) = Group::create(&a, "Circle", "Support", &mut OsRng).unwrap();
         let token = token_for(&g, &a);
-        let req = JoinRequest::new(&b, &token, b"peer-b", b"peer-a");
+        let req = JoinRequest::new(&b, &token, "Sam", b"peer-b", b"peer-a");
         assert!(req.verify(&token.secret, b"peer-b", b"peer-a"));
         // Relayed through another connection: the peer ids differ, so it fails.
         assert!(!req.verify(&token.secret, b"peer-x", b"peer-a"));
         assert!(!req.verify(&[0; 32], b"peer-b", b"peer-a"));
-        g.add_member(&a, req.identity, Role::Member, &mut OsRng)
+        // A name changed on the way breaks the proof too.
+        let mut renamed = req.clone();
+        renamed.name = "Someone else".into();
+        assert!(!renamed.verify(&token.secret, b"peer-b", b"peer-a"));
+        let written = g
+            .add_member(req.identity, Role::Member, &req.name, 0, &mut OsRng)
             .unwrap();
-        let snapshot = g.snapshot();
+        let (epoch, key) = g.current_epoch();
+        let key = key.unwrap().clone();
+        let admission = Admission {
+            info: *g.info(),
+            epoch,
+            rotation: written.own.hash(),
+            epoch_key: key.clone(),
+            roster_history: g.roster_history(),
+            snapshot: zeroize::Zeroizing::new(g.snapshot()),
+        };
         let accept = JoinAccept::new(
             &a,
             &req,
             &token.secret,
-            *g.info(),
-            0,
-            &key,
-            &snapshot,
+            &admission,
             b"peer-b",
             b"peer-a",
             &mut OsRng,
         );
-        let welcome = accept.verify(&b, &token, b"peer-b", b"peer-a").unwrap();
-        assert_eq!(welcome.epoch_key, key);
-        assert_eq!(&welcome.snapshot[..], &snapshot[..]);
+        let welcome = accept
+            .verify(&b, &token, "Sam", b"peer-b", b"peer-a")
+            .unwrap();
+        assert!(matches!(&welcome.grants[0].access, Access::Full(k) if *k == key));
+        assert_eq!(welcome.grants.len(), 1 + admission.roster_history.len());
+        assert!(
+            welcome.grants[1..]
+                .iter()
+                .all(|g| matches!(g.access, Access::Roster(_)))
+        );
+        assert_eq!(&welcome.snapshot[..], &admission.snapshot[..]);
         // An answer from someone who does not know the secret is refused.
         let mut other = token.clone();
         other.secret = [1; 32];
         assert!(matches!(
-            accept.verify(&b, &other, b"peer-b", b"peer-a"),
+            accept.verify(&b, &other, "Sam", b"peer-b", b"peer-a"),
             Err(InviteError::BadProof)
         ));
     }

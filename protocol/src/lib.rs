@@ -4,6 +4,7 @@
 //! the time in), no async runtime. The daemon drives this crate; clients use [`api`].
 
 pub mod api;
+pub mod code;
 pub mod crypto;
 pub mod doc;
 pub mod envelope;

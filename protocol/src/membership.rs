@@ -2,17 +2,39 @@
 //!
 //! The root of trust is [`GroupInfo`]: the group id is a hash of the creator's signing key
 //! and a nonce, so anyone holding the id can check who created the group. The creator is
-//! the first facilitator; a facilitator's `Add` admits a member. Roles only grow in this
-//! version, so applying the same set of operations in any causal order gives the same
-//! membership.
+//! the first facilitator. Every later change is a [`RosterOp`] in some member's log: it
+//! names the membership operations its author had seen (`deps`), so the operations form a
+//! causal graph, and [`Membership`] resolves that graph to one [`Roster`] the same way on
+//! every device, whatever order the operations arrived in. docs/protocol.md states the
+//! rules; in short:
+//!
+//! - operations are taken in a causal order, concurrent ones by seniority (the member
+//!   admitted earlier first), then by member id and sequence number;
+//! - adds, role changes and removals need a facilitator; leaving and rotating need a
+//!   member; each is judged in the state the order has reached;
+//! - a removal (or leaving) cuts the member's log at the point the remover had seen: the
+//!   member's later acts, including ones concurrent with the removal, are void. A cut
+//!   found late restarts the resolution with that cut known from the beginning, until no
+//!   new cut appears;
+//! - every add and removal carries a new epoch key (a rotation); a member who leaves is
+//!   followed by a rotation from any remaining member.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::api::Role;
+use crate::envelope::Hash;
 use crate::identity::PublicIdentity;
 use crate::ids::{GroupId, MemberId};
+use crate::lockbox::Lockbox;
+
+/// Most membership operations one operation may name as seen.
+pub const MAX_DEPS: usize = 64;
+/// Most members a group may have (and so lockboxes one rotation may carry).
+pub const MAX_MEMBERS: usize = 256;
+/// Longest display name, in characters.
+pub const MAX_NAME_LEN: usize = 64;
 
 /// The self-certifying root of a group: its id, creator and the nonce that binds them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,96 +51,168 @@ impl GroupInfo {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Member {
-    pub identity: PublicIdentity,
-    pub role: Role,
+/// A new epoch key, one lockbox per member who is to hold it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    pub epoch: u32,
+    pub lockboxes: Vec<Lockbox>,
 }
 
-/// One facilitator act, as recorded from an author's log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct AddOp {
-    author: MemberId,
-    member: [u8; 64],
-    role: Role,
+impl Rotation {
+    pub fn recipients(&self) -> BTreeSet<MemberId> {
+        self.lockboxes.iter().map(|b| b.recipient).collect()
+    }
+}
+
+/// One membership act, sealed in an envelope of its author's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RosterOp {
+    /// Envelope hashes of the membership operations that were the newest ones the author
+    /// had seen (the heads of the graph in its view).
+    pub deps: Vec<Hash>,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// A facilitator admits a member and starts an epoch that includes them.
+    Add {
+        member: PublicIdentity,
+        role: Role,
+        name: String,
+        /// Seconds since the Unix epoch on the facilitator's clock: display only.
+        at: i64,
+        rotation: Rotation,
+    },
+    /// A facilitator makes a member a facilitator, or a facilitator a member.
+    SetRole { member: MemberId, role: Role },
+    /// A facilitator removes a member, whose acts after its log's `upto` are void, and
+    /// starts an epoch without them.
+    Remove {
+        member: MemberId,
+        upto: u64,
+        rotation: Rotation,
+    },
+    /// The author leaves; any remaining member then rotates.
+    Leave,
+    /// A member starts a new epoch for the members it sees.
+    Rotate { rotation: Rotation },
+    /// A member hands keys of a rotation (named by its envelope hash) to members who were
+    /// admitted concurrently with it and so were not given them.
+    Forward {
+        rotation: Hash,
+        lockboxes: Vec<Lockbox>,
+    },
+    /// The author's own display name.
+    Rename { name: String },
+}
+
+impl Action {
+    pub fn rotation(&self) -> Option<&Rotation> {
+        match self {
+            Action::Add { rotation, .. }
+            | Action::Remove { rotation, .. }
+            | Action::Rotate { rotation } => Some(rotation),
+            _ => None,
+        }
+    }
+
+    /// Every lockbox the action carries.
+    pub fn lockboxes(&self) -> &[Lockbox] {
+        match self {
+            Action::Forward { lockboxes, .. } => lockboxes,
+            other => other.rotation().map_or(&[], |r| &r.lockboxes),
+        }
+    }
+}
+
+/// A membership operation as recorded from an accepted envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpRecord {
+    /// Hash of the envelope that carries it.
+    pub hash: Hash,
+    pub author: MemberId,
+    /// Sequence number of that envelope in the author's log.
+    pub seq: u64,
+    pub op: RosterOp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Membership {
-    creator: PublicIdentity,
-    /// Every add seen, effective or not yet: an add by someone who is not (yet) a
-    /// facilitator takes effect if and when its author becomes one.
-    ops: std::collections::BTreeSet<AddOp>,
-    members: BTreeMap<MemberId, Member>,
+pub struct Member {
+    pub identity: PublicIdentity,
+    pub role: Role,
+    pub name: String,
+    /// When the facilitator admitted them (display only; 0 for the creator).
+    pub joined_at: i64,
+    /// Seniority: 0 for the creator, then in order of admission.
+    pub rank: u32,
+    /// Envelope hash of the add that admitted them (none for the creator).
+    pub added_by_op: Option<Hash>,
+    pub added_by: Option<MemberId>,
 }
 
-impl Membership {
-    pub fn new(info: &GroupInfo) -> Membership {
-        let mut m = Membership {
-            creator: info.creator,
-            ops: Default::default(),
-            members: BTreeMap::new(),
-        };
-        m.recompute();
-        m
-    }
+/// Why someone is no longer a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    Removed { by: MemberId },
+    Left,
+}
 
-    /// Records an add found in `author`'s log. Returns whether the membership changed.
-    ///
-    /// The membership is the least fixpoint of all recorded adds: start from the creator
-    /// as facilitator and apply every add whose author is a facilitator until nothing
-    /// changes. Roles never shrink in this version, so the fixpoint is the same whatever
-    /// order the adds arrived in.
-    pub fn record_add(&mut self, author: MemberId, member: PublicIdentity, role: Role) -> bool {
-        let op = AddOp {
-            author,
-            member: member.to_bytes(),
-            role,
-        };
-        if !self.ops.insert(op) {
-            return false;
-        }
-        let before = self.members.clone();
-        self.recompute();
-        before != self.members
-    }
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Departed {
+    pub identity: PublicIdentity,
+    pub name: String,
+    pub how: Departure,
+    /// Their acts (membership and content) from their log's `cut + 1` on are void.
+    pub cut: u64,
+}
 
-    fn recompute(&mut self) {
-        let mut members = BTreeMap::new();
-        members.insert(
-            self.creator.member_id(),
-            Member {
-                identity: self.creator,
-                role: Role::Facilitator,
-            },
-        );
-        loop {
-            let mut changed = false;
-            for op in &self.ops {
-                let author_is_facilitator = members
-                    .get(&op.author)
-                    .is_some_and(|m: &Member| m.role == Role::Facilitator);
-                if !author_is_facilitator {
-                    continue;
-                }
-                let identity = identity_from_bytes(&op.member);
-                let entry = members.entry(identity.member_id()).or_insert_with(|| {
-                    changed = true;
-                    Member {
-                        identity,
-                        role: op.role,
-                    }
-                });
-                if op.role == Role::Facilitator && entry.role != Role::Facilitator {
-                    entry.role = Role::Facilitator;
-                    changed = true;
-                }
-            }
-            if !changed {
-                break;
-            }
-        }
-        self.members = members;
+/// An epoch started by an effective rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochRecord {
+    /// Hash of the envelope that carries the rotation (none for the group's first epoch).
+    pub op: Option<Hash>,
+    pub epoch: u32,
+    /// Who was given its key: the rotation's recipients and any forwarded to later.
+    pub holders: BTreeSet<MemberId>,
+}
+
+/// A rotation's epoch and who holds its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedRotation {
+    pub epoch: u32,
+    pub holders: BTreeSet<MemberId>,
+}
+
+/// A current member who should hold an epoch's key but was never given it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardDue {
+    pub rotation: Hash,
+    pub epoch: u32,
+    pub member: MemberId,
+    /// The member expected to hand the key on: the one who admitted `member` if it holds
+    /// the key and is still here, otherwise the most senior holder.
+    pub by: MemberId,
+}
+
+/// The resolved membership of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roster {
+    members: BTreeMap<MemberId, Member>,
+    departed: BTreeMap<MemberId, Departed>,
+    /// Effective epochs in resolution order, the group's first epoch first.
+    epochs: Vec<EpochRecord>,
+    /// Hashes of the operations that took effect.
+    effective: BTreeSet<Hash>,
+    forwards_due: Vec<ForwardDue>,
+    /// Every well-formed rotation recorded, effective or not.
+    keyed: BTreeMap<Hash, KeyedRotation>,
+}
+
+impl Roster {
+    /// Every well-formed rotation recorded, effective or not, by its envelope hash.
+    pub fn rotations(&self) -> &BTreeMap<Hash, KeyedRotation> {
+        &self.keyed
     }
 
     pub fn get(&self, id: &MemberId) -> Option<&Member> {
@@ -129,6 +223,12 @@ impl Membership {
         self.members.contains_key(id)
     }
 
+    pub fn is_facilitator(&self, id: &MemberId) -> bool {
+        self.members
+            .get(id)
+            .is_some_and(|m| m.role == Role::Facilitator)
+    }
+
     pub fn len(&self) -> usize {
         self.members.len()
     }
@@ -137,94 +237,535 @@ impl Membership {
         self.members.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&MemberId, &Member)> {
+    pub fn members(&self) -> impl Iterator<Item = (&MemberId, &Member)> {
         self.members.iter()
     }
+
+    pub fn departed(&self) -> &BTreeMap<MemberId, Departed> {
+        &self.departed
+    }
+
+    pub fn epochs(&self) -> &[EpochRecord] {
+        &self.epochs
+    }
+
+    /// The epoch new envelopes should be written under: the newest effective one.
+    pub fn current_epoch(&self) -> &EpochRecord {
+        self.epochs
+            .last()
+            .expect("a roster always has the group's first epoch")
+    }
+
+    /// Whether the current epoch's key is held by someone who is no longer a member, so
+    /// that a member must start a new epoch before writing.
+    pub fn needs_rotation(&self) -> bool {
+        self.current_epoch()
+            .holders
+            .iter()
+            .any(|h| !self.members.contains_key(h))
+    }
+
+    pub fn is_effective(&self, op: &Hash) -> bool {
+        self.effective.contains(op)
+    }
+
+    pub fn forwards_due(&self) -> &[ForwardDue] {
+        &self.forwards_due
+    }
+
+    /// Whether an act at `seq` of `author`'s log counts: the author was admitted and the
+    /// act is not after a cut (their removal or departure).
+    pub fn counts(&self, author: &MemberId, seq: u64) -> bool {
+        if self.members.contains_key(author) {
+            return true;
+        }
+        self.departed.get(author).is_some_and(|d| seq <= d.cut)
+    }
 }
 
-fn identity_from_bytes(bytes: &[u8; 64]) -> PublicIdentity {
-    let mut signing = [0u8; 32];
-    let mut agreement = [0u8; 32];
-    signing.copy_from_slice(&bytes[..32]);
-    agreement.copy_from_slice(&bytes[32..]);
-    PublicIdentity { signing, agreement }
+/// Every membership operation recorded for a group, and the roster they resolve to.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    info: GroupInfo,
+    ops: BTreeMap<Hash, OpRecord>,
+    /// Every identity ever named by an add (and the creator): what envelope signatures
+    /// are checked against. Only grows, so which envelopes are accepted never depends on
+    /// the order they arrived in.
+    known: BTreeMap<MemberId, PublicIdentity>,
+    roster: Roster,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::identity::DeviceKeys;
-    use proptest::prelude::*;
-    use rand_core::OsRng;
-
-    fn info(creator: &DeviceKeys) -> GroupInfo {
-        let nonce = [9; 16];
-        GroupInfo {
-            group_id: GroupId::derive(&creator.public().signing, &nonce),
-            creator: creator.public(),
-            nonce,
+impl Membership {
+    pub fn new(info: &GroupInfo) -> Membership {
+        let mut known = BTreeMap::new();
+        known.insert(info.creator.member_id(), info.creator);
+        let ops = BTreeMap::new();
+        let roster = resolve(info, &ops);
+        Membership {
+            info: *info,
+            ops,
+            known,
+            roster,
         }
     }
 
-    #[test]
-    fn group_info_is_self_certifying() {
-        let creator = DeviceKeys::generate(&mut OsRng);
-        let mut gi = info(&creator);
-        assert!(gi.is_authentic());
-        gi.creator = DeviceKeys::generate(&mut OsRng).public();
-        assert!(!gi.is_authentic());
+    /// Records an operation from an accepted envelope. Returns whether the roster changed.
+    pub fn record(&mut self, record: OpRecord) -> bool {
+        if self.ops.contains_key(&record.hash) {
+            return false;
+        }
+        if let Action::Add { member, .. } = &record.op.action {
+            self.known.insert(member.member_id(), *member);
+        }
+        self.ops.insert(record.hash, record);
+        let roster = resolve(&self.info, &self.ops);
+        let changed = roster != self.roster;
+        self.roster = roster;
+        changed
     }
 
-    #[test]
-    fn only_facilitators_add() {
-        let creator = DeviceKeys::generate(&mut OsRng);
-        let b = DeviceKeys::generate(&mut OsRng).public();
-        let c = DeviceKeys::generate(&mut OsRng).public();
-        let stranger = DeviceKeys::generate(&mut OsRng).member_id();
-        let mut m = Membership::new(&info(&creator));
-        assert!(!m.record_add(stranger, b, Role::Member));
-        assert!(m.record_add(creator.member_id(), b, Role::Member));
-        assert!(!m.record_add(b.member_id(), c, Role::Member));
-        assert_eq!(m.len(), 2);
-        // b's earlier add takes effect once b is made a facilitator.
-        assert!(m.record_add(creator.member_id(), b, Role::Facilitator));
-        assert!(m.is_member(&c.member_id()));
+    pub fn roster(&self) -> &Roster {
+        &self.roster
     }
 
-    proptest! {
-        /// Any order and duplication of a set of adds yields the same membership.
-        #[test]
-        fn adds_converge_in_any_order(
-            ops in proptest::collection::vec((0usize..6, 0usize..6, any::<bool>()), 1..20),
-            seed in any::<u64>(),
-        ) {
-            let keys: Vec<DeviceKeys> = (0..6).map(|_| DeviceKeys::generate(&mut OsRng)).collect();
-            let gi = info(&keys[0]);
-            // Author 0 is the creator; ops name (author, target, facilitator?).
-            let ops: Vec<(MemberId, PublicIdentity, Role)> = ops
-                .into_iter()
-                .map(|(a, t, f)| (
-                    keys[a].member_id(),
-                    keys[t].public(),
-                    if f { Role::Facilitator } else { Role::Member },
-                ))
-                .collect();
-            let run = |order: &[usize]| {
-                let mut m = Membership::new(&gi);
-                for &i in order {
-                    let (a, t, r) = ops[i];
-                    m.record_add(a, t, r);
+    /// The signing identity of anyone ever admitted, for checking their envelopes.
+    pub fn known(&self, id: &MemberId) -> Option<&PublicIdentity> {
+        self.known.get(id)
+    }
+
+    pub fn ops(&self) -> impl Iterator<Item = &OpRecord> {
+        self.ops.values()
+    }
+
+    pub fn op(&self, hash: &Hash) -> Option<&OpRecord> {
+        self.ops.get(hash)
+    }
+
+    /// The heads of the operation graph: the `deps` of the next operation written here.
+    pub fn heads(&self) -> Vec<Hash> {
+        let mut named: BTreeSet<&Hash> = BTreeSet::new();
+        for r in self.ops.values() {
+            named.extend(r.op.deps.iter());
+        }
+        let mut heads: Vec<Hash> = self
+            .ops
+            .keys()
+            .filter(|h| !named.contains(h))
+            .copied()
+            .collect();
+        heads.truncate(MAX_DEPS);
+        heads
+    }
+
+    /// The newest epoch number anyone has started, for naming the next one.
+    pub fn highest_epoch(&self) -> u32 {
+        self.ops
+            .values()
+            .filter_map(|r| r.op.action.rotation().map(|x| x.epoch))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// The causal graph of the operations: each operation's parents are the operations it
+/// names and its author's previous operation. Operations naming something not (yet)
+/// recorded wait, and so does everything after them.
+struct Graph<'a> {
+    ops: Vec<&'a OpRecord>,
+    parents: Vec<Vec<usize>>,
+    children: Vec<Vec<usize>>,
+    /// Whether every operation an operation names (transitively) is recorded.
+    complete: Vec<bool>,
+}
+
+impl<'a> Graph<'a> {
+    fn new(ops: &'a BTreeMap<Hash, OpRecord>) -> Graph<'a> {
+        let list: Vec<&OpRecord> = ops.values().collect();
+        let index: BTreeMap<Hash, usize> =
+            list.iter().enumerate().map(|(i, r)| (r.hash, i)).collect();
+        let mut previous_of_author: BTreeMap<(MemberId, u64), usize> = BTreeMap::new();
+        for (i, r) in list.iter().enumerate() {
+            previous_of_author.insert((r.author, r.seq), i);
+        }
+        let mut parents = vec![Vec::new(); list.len()];
+        let mut complete = vec![true; list.len()];
+        for (i, r) in list.iter().enumerate() {
+            for dep in r.op.deps.iter().take(MAX_DEPS) {
+                match index.get(dep) {
+                    Some(&j) if j != i => parents[i].push(j),
+                    Some(_) => complete[i] = false,
+                    None => complete[i] = false,
                 }
-                m.iter().map(|(id, mem)| (*id, mem.role)).collect::<Vec<_>>()
-            };
-            let forward: Vec<usize> = (0..ops.len()).collect();
-            let mut shuffled: Vec<usize> = forward.iter().chain(forward.iter()).copied().collect();
-            let mut s = seed;
-            for i in (1..shuffled.len()).rev() {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                shuffled.swap(i, (s >> 33) as usize % (i + 1));
             }
-            prop_assert_eq!(run(&forward), run(&shuffled));
+            if let Some((_, &j)) = previous_of_author
+                .range((r.author, 0)..(r.author, r.seq))
+                .next_back()
+            {
+                parents[i].push(j);
+            }
+            parents[i].sort_unstable();
+            parents[i].dedup();
+        }
+        let mut children = vec![Vec::new(); list.len()];
+        for (i, ps) in parents.iter().enumerate() {
+            for &p in ps {
+                children[p].push(i);
+            }
+        }
+        Graph {
+            ops: list,
+            parents,
+            children,
+            complete,
         }
     }
+
+    /// Indices of every ancestor of `i`.
+    fn ancestors(&self, i: usize) -> BTreeSet<usize> {
+        let mut seen = BTreeSet::new();
+        let mut stack = self.parents[i].clone();
+        while let Some(j) = stack.pop() {
+            if seen.insert(j) {
+                stack.extend(self.parents[j].iter().copied());
+            }
+        }
+        seen
+    }
+}
+
+/// Resolves the recorded operations into a roster. Deterministic in the set of operations.
+fn resolve(info: &GroupInfo, ops: &BTreeMap<Hash, OpRecord>) -> Roster {
+    let graph = Graph::new(ops);
+    let mut cuts: BTreeMap<MemberId, u64> = BTreeMap::new();
+    loop {
+        let pass = Pass::run(info, &graph, &cuts);
+        let mut merged = cuts.clone();
+        for (member, cut) in &pass.cuts {
+            let entry = merged.entry(*member).or_insert(*cut);
+            *entry = (*entry).min(*cut);
+        }
+        // Cuts only tighten, so this ends after at most one pass per removal.
+        if merged == cuts {
+            return pass.finish(&graph);
+        }
+        cuts = merged;
+    }
+}
+
+struct Pass {
+    group: GroupId,
+    members: BTreeMap<MemberId, Member>,
+    departed: BTreeMap<MemberId, Departed>,
+    epochs: Vec<EpochRecord>,
+    effective: BTreeSet<Hash>,
+    /// Cuts made by effective removals and departures in this pass.
+    cuts: BTreeMap<MemberId, u64>,
+    /// Every well-formed rotation recorded, effective or not, by its envelope hash: its
+    /// epoch and who holds its key. Keys of rotations that did not take effect were still
+    /// handed out, and content may have been written under them.
+    keyed: BTreeMap<Hash, KeyedRotation>,
+    /// Graph index of the add that admitted each member.
+    add_index: BTreeMap<MemberId, usize>,
+    next_rank: u32,
+}
+
+impl Pass {
+    fn run(info: &GroupInfo, graph: &Graph<'_>, known_cuts: &BTreeMap<MemberId, u64>) -> Pass {
+        let creator = info.creator.member_id();
+        let mut pass = Pass {
+            group: info.group_id,
+            members: BTreeMap::from([(
+                creator,
+                Member {
+                    identity: info.creator,
+                    role: Role::Facilitator,
+                    name: String::new(),
+                    joined_at: 0,
+                    rank: 0,
+                    added_by_op: None,
+                    added_by: None,
+                },
+            )]),
+            departed: BTreeMap::new(),
+            epochs: vec![EpochRecord {
+                op: None,
+                epoch: 0,
+                holders: BTreeSet::from([creator]),
+            }],
+            effective: BTreeSet::new(),
+            cuts: BTreeMap::new(),
+            keyed: graph
+                .ops
+                .iter()
+                .filter_map(|r| {
+                    let rotation = r.op.action.rotation()?;
+                    rotation_ok(info.group_id, r.author, rotation, None, None).then(|| {
+                        (
+                            r.hash,
+                            KeyedRotation {
+                                epoch: rotation.epoch,
+                                holders: rotation.recipients(),
+                            },
+                        )
+                    })
+                })
+                .collect(),
+            add_index: BTreeMap::new(),
+            next_rank: 1,
+        };
+        // Kahn's algorithm; among the operations ready at once, the most senior author's
+        // first. Seniority is read when an operation becomes ready, which is after its
+        // author's own admission for any operation that names what its author had seen.
+        let mut waiting: Vec<usize> = graph.parents.iter().map(Vec::len).collect();
+        let mut ready: BTreeSet<(u32, MemberId, u64, usize)> = BTreeSet::new();
+        let key = |pass: &Pass, i: usize| {
+            let r = graph.ops[i];
+            let rank = pass.members.get(&r.author).map_or(u32::MAX, |m| m.rank);
+            (rank, r.author, r.seq, i)
+        };
+        for (i, (&w, &complete)) in waiting.iter().zip(&graph.complete).enumerate() {
+            if w == 0 && complete {
+                ready.insert(key(&pass, i));
+            }
+        }
+        while let Some(next) = ready.pop_first() {
+            let i = next.3;
+            pass.apply(graph, i, known_cuts);
+            for &c in &graph.children[i] {
+                waiting[c] -= 1;
+                if waiting[c] == 0 && graph.complete[c] {
+                    ready.insert(key(&pass, c));
+                }
+            }
+        }
+        pass
+    }
+
+    fn apply(&mut self, graph: &Graph<'_>, i: usize, known_cuts: &BTreeMap<MemberId, u64>) {
+        let r = graph.ops[i];
+        let author = r.author;
+        let cut = known_cuts
+            .get(&author)
+            .copied()
+            .into_iter()
+            .chain(self.cuts.get(&author).copied())
+            .min();
+        if cut.is_some_and(|c| r.seq > c) {
+            return;
+        }
+        let Some(me) = self.members.get(&author) else {
+            return;
+        };
+        let facilitator = me.role == Role::Facilitator;
+        let applied = match &r.op.action {
+            Action::Add {
+                member,
+                role,
+                name,
+                at,
+                rotation,
+            } => {
+                let id = member.member_id();
+                let fresh = !self.members.contains_key(&id) && !self.departed.contains_key(&id);
+                if facilitator
+                    && fresh
+                    && valid_name(name)
+                    && rotation_ok(self.group, author, rotation, Some(id), None)
+                {
+                    self.members.insert(
+                        id,
+                        Member {
+                            identity: *member,
+                            role: *role,
+                            name: name.clone(),
+                            joined_at: *at,
+                            rank: self.next_rank,
+                            added_by_op: Some(r.hash),
+                            added_by: Some(author),
+                        },
+                    );
+                    self.next_rank += 1;
+                    self.add_index.insert(id, i);
+                    self.start_epoch(r.hash, rotation);
+                    true
+                } else {
+                    false
+                }
+            }
+            Action::SetRole { member, role } => match self.members.get_mut(member) {
+                Some(m) if facilitator => {
+                    m.role = *role;
+                    true
+                }
+                _ => false,
+            },
+            Action::Remove {
+                member,
+                upto,
+                rotation,
+            } => {
+                if facilitator
+                    && *member != author
+                    && self.members.contains_key(member)
+                    && rotation_ok(self.group, author, rotation, None, Some(*member))
+                {
+                    self.depart(*member, Departure::Removed { by: author }, *upto);
+                    self.start_epoch(r.hash, rotation);
+                    true
+                } else {
+                    false
+                }
+            }
+            Action::Leave => {
+                self.depart(author, Departure::Left, r.seq);
+                true
+            }
+            Action::Rotate { rotation } => {
+                if rotation_ok(self.group, author, rotation, None, None) {
+                    self.start_epoch(r.hash, rotation);
+                    true
+                } else {
+                    false
+                }
+            }
+            Action::Forward {
+                rotation,
+                lockboxes,
+            } => match self.keyed.get_mut(rotation) {
+                Some(keyed) if keyed.holders.contains(&author) => {
+                    let epoch = keyed.epoch;
+                    let group = self.group;
+                    let fine = lockboxes.len() <= MAX_MEMBERS
+                        && lockboxes
+                            .iter()
+                            .all(|b| b.group_id == group && b.sender == author && b.epoch == epoch);
+                    if fine {
+                        keyed.holders.extend(lockboxes.iter().map(|b| b.recipient));
+                    }
+                    fine
+                }
+                _ => false,
+            },
+            Action::Rename { name } => {
+                let ok = valid_name(name);
+                if ok && let Some(m) = self.members.get_mut(&author) {
+                    m.name = name.clone();
+                }
+                ok
+            }
+        };
+        if applied {
+            self.effective.insert(r.hash);
+        }
+    }
+
+    fn start_epoch(&mut self, op: Hash, rotation: &Rotation) {
+        self.epochs.push(EpochRecord {
+            op: Some(op),
+            epoch: rotation.epoch,
+            holders: rotation.recipients(),
+        });
+    }
+
+    fn depart(&mut self, member: MemberId, how: Departure, cut: u64) {
+        if let Some(m) = self.members.remove(&member) {
+            self.departed.insert(
+                member,
+                Departed {
+                    identity: m.identity,
+                    name: m.name,
+                    how,
+                    cut,
+                },
+            );
+            let entry = self.cuts.entry(member).or_insert(cut);
+            *entry = (*entry).min(cut);
+        }
+    }
+
+    fn finish(mut self, graph: &Graph<'_>) -> Roster {
+        // Forwards seen after an epoch started count for it too.
+        for record in &mut self.epochs {
+            if let Some(keyed) = record.op.and_then(|op| self.keyed.get(&op)) {
+                record.holders = keyed.holders.clone();
+            }
+        }
+        let index_of: BTreeMap<Hash, usize> = graph
+            .ops
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.hash, i))
+            .collect();
+        let mut forwards_due = Vec::new();
+        for (id, member) in &self.members {
+            // Epochs started before the member's admission stay closed to them; the
+            // creator was there from the start.
+            let before: BTreeSet<usize> = match self.add_index.get(id) {
+                Some(&add) => graph.ancestors(add),
+                None => BTreeSet::new(),
+            };
+            for (op, keyed) in &self.keyed {
+                if keyed.holders.contains(id) {
+                    continue;
+                }
+                if index_of.get(op).is_some_and(|at| before.contains(at)) {
+                    continue;
+                }
+                let adder = member
+                    .added_by
+                    .filter(|a| keyed.holders.contains(a) && self.members.contains_key(a));
+                let senior = keyed
+                    .holders
+                    .iter()
+                    .filter_map(|h| self.members.get(h).map(|m| (m.rank, *h)))
+                    .min()
+                    .map(|(_, h)| h);
+                if let Some(by) = adder.or(senior) {
+                    forwards_due.push(ForwardDue {
+                        rotation: *op,
+                        epoch: keyed.epoch,
+                        member: *id,
+                        by,
+                    });
+                }
+            }
+        }
+        Roster {
+            members: self.members,
+            departed: self.departed,
+            epochs: self.epochs,
+            effective: self.effective,
+            forwards_due,
+            keyed: self.keyed,
+        }
+    }
+}
+
+/// A rotation is well formed when its author sent every lockbox, all for the rotation's
+/// own epoch and to distinct recipients, the author among them, and it includes or leaves
+/// out whom the operation requires. Whether the recipients match the membership is not
+/// judged here: concurrent changes make honest views differ. A current member left out is
+/// sent the key later ([`ForwardDue`]); a key held by someone no longer a member makes the
+/// next writer start a new epoch ([`Roster::needs_rotation`]).
+fn rotation_ok(
+    group: GroupId,
+    author: MemberId,
+    rotation: &Rotation,
+    include: Option<MemberId>,
+    exclude: Option<MemberId>,
+) -> bool {
+    let recipients = rotation.recipients();
+    rotation.lockboxes.len() <= MAX_MEMBERS
+        && recipients.len() == rotation.lockboxes.len()
+        && rotation
+            .lockboxes
+            .iter()
+            .all(|b| b.group_id == group && b.sender == author && b.epoch == rotation.epoch)
+        && recipients.contains(&author)
+        && include.is_none_or(|m| recipients.contains(&m))
+        && exclude.is_none_or(|m| !recipients.contains(&m))
+}
+
+fn valid_name(name: &str) -> bool {
+    name.chars().count() <= MAX_NAME_LEN && !name.chars().any(char::is_control)
 }

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use crate::code::{CodeConfirm, CodeHello, CodeReply};
 use crate::envelope::Hash;
 use crate::identity::PublicIdentity;
 use crate::ids::{GroupId, MemberId};
@@ -114,6 +115,11 @@ pub enum JoinMessage {
     Accept(Box<JoinAccept>),
     /// Deliberately vague: a guesser learns nothing about which invites exist.
     Reject,
+    /// A spoken-code join starts with the PAKE (`code`), whose secret then serves as the
+    /// invite secret of an ordinary `Request`/`Accept` on the same stream.
+    CodeHello(CodeHello),
+    CodeReply(CodeReply),
+    CodeConfirm(CodeConfirm),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
