@@ -41,6 +41,7 @@ impl From<NodeError> for Failure {
         let (status, code) = match &e {
             NodeError::GroupNotFound(_) => (StatusCode::NOT_FOUND, "group_not_found"),
             NodeError::AmbiguousGroup(_) => (StatusCode::CONFLICT, "ambiguous_group"),
+            NodeError::MemberNotFound(_) => (StatusCode::NOT_FOUND, "member_not_found"),
             NodeError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             NodeError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             NodeError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
@@ -99,6 +100,26 @@ pub fn router(state: AppState) -> Router {
             "/v1/groups/{group}/invites",
             axum::routing::post(create_invite),
         )
+        .route("/v1/groups/{group}/codes", axum::routing::post(create_code))
+        .route("/v1/groups/{group}/codes/{channel}", get(code_status))
+        .route("/v1/groups/{group}/members", get(list_members))
+        .route(
+            "/v1/groups/{group}/members/{member}",
+            axum::routing::delete(remove_member),
+        )
+        .route(
+            "/v1/groups/{group}/members/{member}/safety-number",
+            get(safety_number),
+        )
+        .route(
+            "/v1/groups/{group}/members/{member}/verify",
+            axum::routing::post(verify_member),
+        )
+        .route(
+            "/v1/groups/{group}/members/{member}/role",
+            axum::routing::put(set_role),
+        )
+        .route("/v1/groups/{group}/leave", axum::routing::post(leave_group))
         .route("/v1/join", axum::routing::post(join_group))
         .route("/v1/peers", get(list_peers).post(add_peer))
         .fallback(|| async {
@@ -131,8 +152,14 @@ async fn create_group(
     Body(req): Body<api::CreateGroup>,
 ) -> Answer<api::GroupCreated> {
     let node = s.node.clone();
-    let id = blocking(move || node.create_group(&req.name, req.purpose.as_deref().unwrap_or("")))
-        .await?;
+    let id = blocking(move || {
+        node.create_group(
+            &req.name,
+            req.purpose.as_deref().unwrap_or(""),
+            req.my_name.as_deref(),
+        )
+    })
+    .await?;
     Ok(Json(api::GroupCreated {
         group_id: id.to_hex(),
     }))
@@ -179,8 +206,106 @@ async fn create_invite(
     Ok(Json(join::create_invite(&s.node, &s.net, &id, ttl).await?))
 }
 
+async fn create_code(
+    State(s): State<AppState>,
+    UrlPath(group): UrlPath<String>,
+    Body(req): Body<api::CreateCode>,
+) -> Answer<api::CodeCreated> {
+    let id = s.node.resolve_group(&group)?;
+    let ttl = req.ttl_secs.unwrap_or(api::DEFAULT_CODE_TTL_SECS);
+    let node = s.node.clone();
+    Ok(Json(blocking(move || node.open_code(&id, ttl)).await?))
+}
+
+#[derive(serde::Deserialize)]
+struct WaitQuery {
+    /// Seconds to wait for the code to be used or to expire.
+    #[serde(default)]
+    wait: Option<u64>,
+}
+
+async fn code_status(
+    State(s): State<AppState>,
+    UrlPath((group, channel)): UrlPath<(String, u16)>,
+    axum::extract::Query(q): axum::extract::Query<WaitQuery>,
+) -> Answer<api::CodeStatus> {
+    let id = s.node.resolve_group(&group)?;
+    let wait = std::time::Duration::from_secs(q.wait.unwrap_or(0).min(api::MAX_CODE_WAIT_SECS));
+    Ok(Json(
+        crate::code::wait_for(&s.node, &id, channel, wait).await?,
+    ))
+}
+
+async fn list_members(
+    State(s): State<AppState>,
+    UrlPath(group): UrlPath<String>,
+) -> Answer<Vec<api::MemberInfo>> {
+    let id = s.node.resolve_group(&group)?;
+    Ok(Json(s.node.members(&id)?))
+}
+
+async fn safety_number(
+    State(s): State<AppState>,
+    UrlPath((group, member)): UrlPath<(String, String)>,
+) -> Answer<api::SafetyNumber> {
+    let id = s.node.resolve_group(&group)?;
+    let member = s.node.resolve_member(&id, &member)?;
+    Ok(Json(s.node.safety_number(&id, &member, false)?))
+}
+
+async fn verify_member(
+    State(s): State<AppState>,
+    UrlPath((group, member)): UrlPath<(String, String)>,
+) -> Answer<api::SafetyNumber> {
+    let id = s.node.resolve_group(&group)?;
+    let member = s.node.resolve_member(&id, &member)?;
+    let node = s.node.clone();
+    Ok(Json(
+        blocking(move || node.safety_number(&id, &member, true)).await?,
+    ))
+}
+
+async fn set_role(
+    State(s): State<AppState>,
+    UrlPath((group, member)): UrlPath<(String, String)>,
+    Body(req): Body<api::SetRole>,
+) -> Answer<api::MemberInfo> {
+    let id = s.node.resolve_group(&group)?;
+    let member = s.node.resolve_member(&id, &member)?;
+    let node = s.node.clone();
+    Ok(Json(
+        blocking(move || node.set_role(&id, &member, req.role)).await?,
+    ))
+}
+
+async fn remove_member(
+    State(s): State<AppState>,
+    UrlPath((group, member)): UrlPath<(String, String)>,
+) -> Answer<api::MemberRemoved> {
+    let id = s.node.resolve_group(&group)?;
+    let member = s.node.resolve_member(&id, &member)?;
+    let node = s.node.clone();
+    let epoch = blocking(move || node.remove_member(&id, &member)).await?;
+    Ok(Json(api::MemberRemoved {
+        member_id: member.to_hex(),
+        epoch,
+    }))
+}
+
+async fn leave_group(
+    State(s): State<AppState>,
+    UrlPath(group): UrlPath<String>,
+    Body(req): Body<api::Leave>,
+) -> Answer<api::Left> {
+    let id = s.node.resolve_group(&group)?;
+    Ok(Json(
+        crate::leave::leave(s.node.clone(), id, req.keep_copy).await?,
+    ))
+}
+
 async fn join_group(State(s): State<AppState>, Body(req): Body<api::Join>) -> Answer<api::Joined> {
-    let id = join::join(s.node.clone(), s.net.clone(), &req.token).await?;
+    let name = req.name.as_deref().unwrap_or("");
+    let id = join::join(s.node.clone(), s.net.clone(), &req.token, name).await?;
     Ok(Json(api::Joined {
         group_id: id.to_hex(),
     }))

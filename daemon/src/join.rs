@@ -18,7 +18,7 @@ use crate::records::{self, InviteRecord};
 use crate::store::{Table, WriteOp};
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `join` waits for the first sync to bring this device's own admission.
 const ADMISSION_SYNC_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -80,7 +80,19 @@ pub async fn create_invite(
 
 /// The joiner's side: dials the facilitator named by the token, runs the handshake, stores
 /// the group and starts syncing with the facilitator.
-pub async fn join(node: Arc<Node>, net: NetHandle, token_text: &str) -> Result<GroupId, NodeError> {
+pub async fn join(
+    node: Arc<Node>,
+    net: NetHandle,
+    token_text: &str,
+    name: &str,
+) -> Result<GroupId, NodeError> {
+    check_name(name)?;
+    let text = token_text.trim();
+    if !text.starts_with(hearth_protocol::invite::TOKEN_PREFIX)
+        && let Ok(code) = hearth_protocol::code::SpokenCode::parse(text)
+    {
+        return crate::code::join(node, net, &code, name).await;
+    }
     let token = InviteToken::decode(token_text).map_err(|e| NodeError::Invalid(e.to_string()))?;
     if token.expires_at <= now_unix() {
         return Err(NodeError::Invalid(
@@ -113,11 +125,22 @@ pub async fn join(node: Arc<Node>, net: NetHandle, token_text: &str) -> Result<G
              facilitator's hearthd is running and reachable from here"
         )));
     };
-    let welcome = tokio::time::timeout(JOIN_TIMEOUT, request_join(&node, &net, peer, &token))
+    let welcome = tokio::time::timeout(JOIN_TIMEOUT, request_join(&node, &net, peer, &token, name))
         .await
         .map_err(|_| {
             NodeError::Unreachable("the facilitator's daemon did not answer in time".into())
         })??;
+    settle_in(node, net, peer, welcome).await
+}
+
+/// Stores a group just joined, starts syncing with the facilitator's daemon and waits until
+/// this device's own admission has arrived, so the group is writable when `join` answers.
+pub(crate) async fn settle_in(
+    node: Arc<Node>,
+    net: NetHandle,
+    peer: PeerId,
+    welcome: hearth_protocol::invite::Welcome,
+) -> Result<GroupId, NodeError> {
     let group = node.install_joined(welcome)?;
     let mut changed = node.subscribe();
     // This supervisor lives as long as the connection (it ends itself on disconnect).
@@ -137,11 +160,23 @@ pub async fn join(node: Arc<Node>, net: NetHandle, token_text: &str) -> Result<G
     Ok(group)
 }
 
+/// A display name must fit the membership record (checked before anything is sent).
+pub(crate) fn check_name(name: &str) -> Result<(), NodeError> {
+    let max = hearth_protocol::membership::MAX_NAME_LEN;
+    if name.chars().count() > max || name.chars().any(char::is_control) {
+        return Err(NodeError::Invalid(format!(
+            "a name must be at most {max} characters, with no control characters"
+        )));
+    }
+    Ok(())
+}
+
 async fn request_join(
     node: &Node,
     net: &NetHandle,
     peer: PeerId,
     token: &InviteToken,
+    name: &str,
 ) -> Result<hearth_protocol::invite::Welcome, NodeError> {
     let unreachable = |e: anyhow::Error| NodeError::Unreachable(format!("{e:#}"));
     let mut stream = net
@@ -150,7 +185,7 @@ async fn request_join(
         .map_err(unreachable)?;
     let local = net.local_peer_id().to_bytes();
     let remote = peer.to_bytes();
-    let request = JoinRequest::new(node.keys(), token, &local, &remote);
+    let request = JoinRequest::new(node.keys(), token, name, &local, &remote);
     write_msg(&mut stream, &JoinMessage::Request(request))
         .await
         .map_err(unreachable)?;
@@ -159,7 +194,7 @@ async fn request_join(
         .map_err(unreachable)?
     {
         Some(JoinMessage::Accept(accept)) => accept
-            .verify(node.keys(), token, &local, &remote)
+            .verify(node.keys(), token, name, &local, &remote)
             .map_err(|e| NodeError::Forbidden(format!("the join answer was refused: {e}"))),
         Some(JoinMessage::Reject) => Err(NodeError::Forbidden(
             "the facilitator's daemon refused the invite: it is used, expired or was \
@@ -187,8 +222,22 @@ pub async fn serve(
     .context("join request timed out")??
     {
         Some(JoinMessage::Request(r)) => r,
+        Some(JoinMessage::CodeHello(hello)) => {
+            return crate::code::serve(node, net, peer, stream, hello).await;
+        }
         _ => return Err(anyhow!("peer sent no join request")),
     };
+    answer_request(node, net, peer, stream, request).await
+}
+
+/// Answers a join request (after a token, or after a spoken-code exchange) and closes.
+pub(crate) async fn answer_request(
+    node: Arc<Node>,
+    net: NetHandle,
+    peer: PeerId,
+    mut stream: libp2p::Stream,
+    request: JoinRequest,
+) -> anyhow::Result<()> {
     // The admission writes (fsync) and saves the document: off the async workers.
     let worker = (node.clone(), net.clone());
     let admitted = tokio::task::spawn_blocking(move || admit(&worker.0, &worker.1, peer, &request))
@@ -214,19 +263,18 @@ fn admit(
 ) -> Result<JoinAccept, NodeError> {
     let joiner = peer.to_bytes();
     let local = net.local_peer_id().to_bytes();
+    check_name(&request.name)?;
     let (admission, record) = node.admit(
         &request.invite_id,
         |invite| request.verify(&invite.secret, &joiner, &local),
         request.identity,
+        &request.name,
     )?;
     Ok(JoinAccept::new(
         node.keys(),
         request,
         &record.secret,
-        admission.info,
-        admission.epoch,
-        &admission.epoch_key,
-        &admission.snapshot,
+        &admission,
         &joiner,
         &local,
         &mut OsRng,

@@ -1,11 +1,13 @@
 //! hearthd: the hearth daemon. Drives the sans-IO `hearth-protocol` core with tokio:
 //! encrypted storage, libp2p networking, the sync engine and the local API.
 
+pub mod code;
 pub mod config;
 pub mod daemon;
 mod frame;
 pub mod http;
 pub mod join;
+pub mod leave;
 pub mod net;
 pub mod node;
 mod peering;

@@ -7,11 +7,12 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hearth_protocol::api::{self, Role};
-use hearth_protocol::crypto::SecretKey;
+use hearth_protocol::code::SpokenCode;
 use hearth_protocol::envelope::Envelope;
-use hearth_protocol::group::{Group, GroupError, VersionVector, Written};
-use hearth_protocol::identity::{DeviceKeys, PublicIdentity};
+use hearth_protocol::group::{Access, Group, GroupError, KeyGrant, VersionVector, Written};
+use hearth_protocol::identity::{DeviceKeys, PublicIdentity, safety_number};
 use hearth_protocol::ids::{GroupId, MemberId};
+use hearth_protocol::invite::Admission;
 use hearth_protocol::session::{self, Side};
 use rand_core::OsRng;
 use tokio::sync::watch;
@@ -25,6 +26,8 @@ pub enum NodeError {
     GroupNotFound(String),
     #[error("{0:?} names more than one group; use the group id from `hearth group list`")]
     AmbiguousGroup(String),
+    #[error("{0}")]
+    MemberNotFound(String),
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -42,10 +45,18 @@ pub enum NodeError {
 impl From<GroupError> for NodeError {
     fn from(e: GroupError) -> Self {
         match e {
-            GroupError::TooLong { .. } | GroupError::Empty(_) => NodeError::Invalid(e.to_string()),
+            GroupError::TooLong { .. } | GroupError::Empty(_) | GroupError::RemoveSelf => {
+                NodeError::Invalid(e.to_string())
+            }
             GroupError::NotFacilitator | GroupError::NotMember => {
                 NodeError::Forbidden(e.to_string())
             }
+            GroupError::NoSuchMember(_) => NodeError::MemberNotFound(e.to_string()),
+            GroupError::AlreadyMember(_)
+            | GroupError::Departed(_)
+            | GroupError::LastFacilitator
+            | GroupError::Full
+            | GroupError::NoEpochKey(_) => NodeError::Conflict(e.to_string()),
             other => NodeError::Internal(other.to_string()),
         }
     }
@@ -65,6 +76,10 @@ pub struct Node {
     /// Bumped whenever this device joins or creates a group: sessions then restart so
     /// their handshake covers it.
     groups_changed: watch::Sender<u64>,
+    /// Per group, the furthest any peer has confirmed holding this device's own log.
+    acks: Mutex<BTreeMap<GroupId, u64>>,
+    /// What became of the spoken codes this daemon made since it started, by channel.
+    code_states: Mutex<BTreeMap<u16, CodeEntry>>,
 }
 
 pub fn now_unix() -> u64 {
@@ -97,6 +112,8 @@ impl Node {
             groups: Mutex::new(BTreeMap::new()),
             changed: watch::channel(0).0,
             groups_changed: watch::channel(0).0,
+            acks: Mutex::new(BTreeMap::new()),
+            code_states: Mutex::new(BTreeMap::new()),
         };
         for (_, raw) in node.store.scan(Table::Groups, &[])? {
             let record: GroupRecord = postcard::from_bytes(&raw)
@@ -122,18 +139,14 @@ impl Node {
     /// Rebuilds a group from its record, its epoch keys and its stored envelopes.
     fn load_slot(&self, record: GroupRecord) -> Result<Slot, NodeError> {
         let prefix = records::group_key(&self.store, &record.info.group_id);
-        let mut keys = Vec::new();
+        let mut grants = Vec::new();
         for (_, v) in self.store.scan(Table::EpochKeys, &prefix)? {
-            let (epoch, bytes): (u32, [u8; 32]) = postcard::from_bytes(&v)
+            let stored: records::KeyGrantRecord = postcard::from_bytes(&v)
                 .map_err(|_| NodeError::Internal("a stored epoch key is malformed".into()))?;
-            keys.push((epoch, SecretKey::from_bytes(bytes)));
+            grants.push(stored.grant());
         }
-        let mut group = Group::restore(
-            record.info,
-            keys,
-            record.snapshot.as_deref(),
-            self.keys.member_id(),
-        )?;
+        let mut group =
+            Group::restore(record.info, &self.keys, grants, record.snapshot.as_deref())?;
         let mut envelopes = Vec::new();
         for (_, bytes) in self.store.scan(Table::Envelopes, &prefix)? {
             match Envelope::decode(bytes.to_vec()) {
@@ -176,6 +189,12 @@ impl Node {
 
     pub fn subscribe_groups(&self) -> watch::Receiver<u64> {
         self.groups_changed.subscribe()
+    }
+
+    /// Ends every sync session so the next handshake reflects this device's groups and
+    /// their membership (a member who is gone stops receiving at once).
+    pub fn renew_sessions(&self) {
+        self.bump_groups();
     }
 
     fn bump_groups(&self) {
@@ -262,18 +281,39 @@ impl Node {
         }
     }
 
-    pub fn create_group(&self, name: &str, purpose: &str) -> Result<GroupId, NodeError> {
-        let (group, epoch_key, first) = Group::create(&self.keys, name, purpose, &mut OsRng)?;
+    pub fn create_group(
+        &self,
+        name: &str,
+        purpose: &str,
+        my_name: Option<&str>,
+    ) -> Result<GroupId, NodeError> {
+        let (mut group, epoch_key, first) = Group::create(&self.keys, name, purpose, &mut OsRng)?;
+        let renamed = match my_name {
+            Some(n) => Some(group.rename(n, &mut OsRng)?),
+            None => None,
+        };
         let id = group.id();
         let record = GroupRecord {
             info: *group.info(),
             snapshot: None,
         };
-        self.store.write(vec![
+        let grant = KeyGrant {
+            epoch: 0,
+            rotation: None,
+            access: Access::Full(epoch_key),
+        };
+        let mut ops = vec![
             records::put_group(&self.store, &record),
-            records::put_epoch_key(&self.store, &id, 0, &epoch_key),
             records::put_envelope(&self.store, &first),
-        ])?;
+        ];
+        ops.extend(records::put_key_grants(&self.store, &id, &[grant]));
+        ops.extend(
+            renamed
+                .iter()
+                .flat_map(|w| &w.accepted)
+                .map(|e| records::put_envelope(&self.store, e)),
+        );
+        self.store.write(ops)?;
         self.lock().insert(id, Slot { group });
         self.bump();
         self.bump_groups();
@@ -286,7 +326,7 @@ impl Node {
             .map(|(id, s)| api::GroupSummary {
                 group_id: id.to_hex(),
                 name: s.group.read().map(|d| d.name).unwrap_or_default(),
-                members: s.group.membership().len(),
+                members: s.group.roster().len(),
             })
             .collect()
     }
@@ -294,15 +334,7 @@ impl Node {
     pub fn group_detail(&self, id: &GroupId) -> Result<api::GroupDetail, NodeError> {
         self.with_slot(id, |s| {
             let doc = s.group.read()?;
-            let members = s
-                .group
-                .membership()
-                .iter()
-                .map(|(m, info)| api::MemberInfo {
-                    member_id: m.to_hex(),
-                    role: info.role,
-                })
-                .collect();
+            let members = self.member_infos(&s.group)?;
             Ok(api::GroupDetail {
                 group_id: id.to_hex(),
                 name: doc.name.clone(),
@@ -323,9 +355,7 @@ impl Node {
             .get_mut(id)
             .ok_or_else(|| NodeError::GroupNotFound(id.to_hex()))?;
         let now = i64::try_from(now_unix()).unwrap_or(i64::MAX);
-        let (agreement_id, env) = slot
-            .group
-            .add_agreement(&self.keys, text, now, &mut OsRng)?;
+        let (agreement_id, env) = slot.group.add_agreement(text, now, &mut OsRng)?;
         self.commit_own(&mut groups, id, env, Vec::new())?;
         Ok(agreement_id)
     }
@@ -339,6 +369,7 @@ impl Node {
         invite_id: &[u8; 16],
         proves: impl FnOnce(&records::InviteRecord) -> bool,
         member: PublicIdentity,
+        name: &str,
     ) -> Result<(Admission, records::InviteRecord), NodeError> {
         let mut groups = self.lock();
         let burn = WriteOp::Delete {
@@ -360,27 +391,32 @@ impl Node {
         let slot = groups
             .get_mut(&id)
             .ok_or_else(|| NodeError::GroupNotFound(id.to_hex()))?;
-        let env = slot
+        let now = i64::try_from(now_unix()).unwrap_or(i64::MAX);
+        let written = slot
             .group
-            .add_member(&self.keys, member, Role::Member, &mut OsRng)?;
-        let epoch = slot.group.current_epoch();
-        let epoch_key = slot
-            .group
-            .epoch_key(epoch)
+            .add_member(member, Role::Member, name, now, &mut OsRng)?;
+        let (epoch, key) = slot.group.current_epoch();
+        let epoch_key = key
             .cloned()
-            .ok_or_else(|| NodeError::Internal("no key for the current epoch".into()))?;
-        let snapshot = zeroize::Zeroizing::new(slot.group.snapshot());
-        let info = *slot.group.info();
-        self.commit_own(&mut groups, &id, env, vec![burn])?;
-        Ok((
-            Admission {
-                info,
-                epoch,
-                epoch_key,
-                snapshot,
-            },
-            record,
-        ))
+            .ok_or_else(|| NodeError::Internal("no key for the epoch just started".into()))?;
+        let roster_history = slot
+            .group
+            .roster_history()
+            .into_iter()
+            .filter(|(e, r, _)| !(*e == epoch && *r == Some(written.own.hash())))
+            .collect();
+        let admission = Admission {
+            info: *slot.group.info(),
+            epoch,
+            rotation: written.own.hash(),
+            epoch_key,
+            roster_history,
+            snapshot: zeroize::Zeroizing::new(slot.group.snapshot()),
+        };
+        self.commit_own(&mut groups, &id, written, vec![burn])?;
+        drop(groups);
+        self.bump_groups();
+        Ok((admission, record))
     }
 
     /// Stores a group this device has just joined.
@@ -396,22 +432,397 @@ impl Node {
         }
         let group = Group::restore(
             welcome.info,
-            [(welcome.epoch, welcome.epoch_key.clone())],
+            &self.keys,
+            welcome.grants.iter().cloned(),
             Some(&welcome.snapshot),
-            self.keys.member_id(),
         )?;
         let record = GroupRecord {
             info: welcome.info,
             snapshot: Some(welcome.snapshot.to_vec()),
         };
-        self.store.write(vec![
-            records::put_group(&self.store, &record),
-            records::put_epoch_key(&self.store, &id, welcome.epoch, &welcome.epoch_key),
-        ])?;
+        let mut ops = vec![records::put_group(&self.store, &record)];
+        ops.extend(records::put_key_grants(&self.store, &id, &welcome.grants));
+        self.store.write(ops)?;
         self.lock().insert(id, Slot { group });
         self.bump();
         self.bump_groups();
         Ok(id)
+    }
+
+    /// The members of a group as the API shows them, with this device's verification marks.
+    fn member_infos(&self, group: &Group) -> Result<Vec<api::MemberInfo>, NodeError> {
+        let id = group.id();
+        let roster = group.roster();
+        let me = self.member_id();
+        let verified = |m: &MemberId, identity: &PublicIdentity| -> Result<bool, NodeError> {
+            let mark = self
+                .store
+                .get(Table::Verified, &records::verified_key(&self.store, &id, m))?;
+            Ok(mark.is_some_and(|bytes| bytes[..] == identity.to_bytes()[..]))
+        };
+        // Names of departed members this device had verified: a current member going by
+        // the same name but unverified has a different key.
+        let mut verified_departed_names = std::collections::BTreeSet::new();
+        for (m, d) in roster.departed() {
+            if !d.name.is_empty() && verified(m, &d.identity)? {
+                verified_departed_names.insert(d.name.clone());
+            }
+        }
+        let mut out = Vec::new();
+        for (m, member) in roster.members() {
+            let is_verified = *m == me || verified(m, &member.identity)?;
+            out.push(api::MemberInfo {
+                member_id: m.to_hex(),
+                name: member.name.clone(),
+                role: member.role,
+                verified: is_verified,
+                joined_at: member.joined_at,
+                you: *m == me,
+                key_changed: !is_verified && verified_departed_names.contains(&member.name),
+            });
+        }
+        // Seniority order: the creator first, then in order of admission.
+        out.sort_by_key(|i| {
+            i.member_id
+                .parse::<MemberId>()
+                .ok()
+                .and_then(|m| roster.get(&m).map(|x| x.rank))
+        });
+        Ok(out)
+    }
+
+    pub fn members(&self, id: &GroupId) -> Result<Vec<api::MemberInfo>, NodeError> {
+        self.with_slot(id, |s| self.member_infos(&s.group))
+    }
+
+    /// Finds a current member of a group by member id, or by a name exactly one has.
+    pub fn resolve_member(&self, id: &GroupId, text: &str) -> Result<MemberId, NodeError> {
+        self.with_slot(id, |s| {
+            let roster = s.group.roster();
+            if let Ok(m) = text.parse::<MemberId>()
+                && roster.is_member(&m)
+            {
+                return Ok(m);
+            }
+            let named: Vec<MemberId> = roster
+                .members()
+                .filter(|(_, m)| !m.name.is_empty() && m.name == text)
+                .map(|(id, _)| *id)
+                .collect();
+            match named.as_slice() {
+                [one] => Ok(*one),
+                [] => Err(NodeError::MemberNotFound(format!(
+                    "no current member called {text:?} in this group; `hearth member list` \
+                     shows who is in it"
+                ))),
+                _ => Err(NodeError::MemberNotFound(format!(
+                    "{text:?} names more than one member; use the member id from \
+                     `hearth member list`"
+                ))),
+            }
+        })
+    }
+
+    /// The safety number of this device and `member`, and whether it was confirmed. With
+    /// `confirm`, marks the member verified first.
+    pub fn safety_number(
+        &self,
+        id: &GroupId,
+        member: &MemberId,
+        confirm: bool,
+    ) -> Result<api::SafetyNumber, NodeError> {
+        self.with_slot(id, |s| {
+            let identity = s
+                .group
+                .roster()
+                .get(member)
+                .map(|m| m.identity)
+                .ok_or_else(|| {
+                    NodeError::MemberNotFound(format!("{member} is not a member of this group"))
+                })?;
+            let key = records::verified_key(&self.store, id, member);
+            if confirm && *member != self.member_id() {
+                self.store.write(vec![WriteOp::Put {
+                    table: Table::Verified,
+                    key: key.clone(),
+                    value: identity.to_bytes().to_vec(),
+                }])?;
+            }
+            let verified = *member == self.member_id()
+                || self
+                    .store
+                    .get(Table::Verified, &key)?
+                    .is_some_and(|b| b[..] == identity.to_bytes()[..]);
+            Ok(api::SafetyNumber {
+                safety_number: safety_number(&self.keys.public(), &identity),
+                verified,
+            })
+        })
+    }
+
+    /// Runs one membership act of this device on a group and stores what it wrote.
+    fn membership_act(
+        &self,
+        id: &GroupId,
+        act: impl FnOnce(&mut Group) -> Result<Written, GroupError>,
+    ) -> Result<(), NodeError> {
+        let mut groups = self.lock();
+        let slot = groups
+            .get_mut(id)
+            .ok_or_else(|| NodeError::GroupNotFound(id.to_hex()))?;
+        let written = act(&mut slot.group)?;
+        self.commit_own(&mut groups, id, written, Vec::new())?;
+        drop(groups);
+        // Sessions renew, so their handshake reflects the new membership.
+        self.bump_groups();
+        Ok(())
+    }
+
+    pub fn set_role(
+        &self,
+        id: &GroupId,
+        member: &MemberId,
+        role: Role,
+    ) -> Result<api::MemberInfo, NodeError> {
+        self.membership_act(id, |g| g.set_role(*member, role, &mut OsRng))?;
+        self.members(id)?
+            .into_iter()
+            .find(|m| m.member_id == member.to_hex())
+            .ok_or_else(|| NodeError::Internal("the member vanished".into()))
+    }
+
+    /// Removes a member and starts a new epoch without them. Returns that epoch.
+    pub fn remove_member(&self, id: &GroupId, member: &MemberId) -> Result<u32, NodeError> {
+        self.membership_act(id, |g| g.remove_member(*member, &mut OsRng))?;
+        self.with_slot(id, |s| Ok(s.group.current_epoch().0))
+    }
+
+    /// Writes this device's departure from a group. Returns the departure's place in this
+    /// device's log, which a peer's acknowledgement must reach.
+    pub fn write_leave(&self, id: &GroupId) -> Result<u64, NodeError> {
+        let mut seq = 0;
+        self.membership_act(id, |g| {
+            let w = g.leave(&mut OsRng)?;
+            seq = w.own.header().seq;
+            Ok(w)
+        })?;
+        Ok(seq)
+    }
+
+    /// Records how far a peer has this device's log of a group (from its version vector).
+    pub fn note_peer_has(&self, id: &GroupId, vv: &VersionVector) {
+        if let Some((seq, _)) = vv.get(&self.member_id()) {
+            let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = acks.entry(*id).or_default();
+            *entry = (*entry).max(*seq);
+        }
+        self.bump();
+    }
+
+    /// The furthest any peer has confirmed holding this device's log of a group.
+    pub fn acknowledged(&self, id: &GroupId) -> u64 {
+        self.acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Destroys this device's copy of a group: every record of it, in one transaction.
+    /// (The freed pages keep their ciphertext until redb reuses them: see the threat model.)
+    pub fn forget_group(&self, id: &GroupId) -> Result<(), NodeError> {
+        let mut groups = self.lock();
+        let prefix = records::group_key(&self.store, id);
+        let mut ops = vec![WriteOp::Delete {
+            table: Table::Groups,
+            key: prefix.clone(),
+        }];
+        for table in [Table::Envelopes, Table::EpochKeys, Table::Verified] {
+            for (key, _) in self.store.scan(table, &prefix)? {
+                ops.push(WriteOp::Delete {
+                    table,
+                    key: key.to_vec(),
+                });
+            }
+        }
+        for (key, raw) in self.store.scan(Table::Invites, &[])? {
+            let invite: Option<records::InviteRecord> = postcard::from_bytes(&raw).ok();
+            if invite.is_some_and(|i| i.group_id == *id) {
+                ops.push(WriteOp::Delete {
+                    table: Table::Invites,
+                    key: key.to_vec(),
+                });
+            }
+        }
+        self.store.write(ops)?;
+        groups.remove(id);
+        drop(groups);
+        self.bump_groups();
+        Ok(())
+    }
+
+    /// What a device does on its own after a membership change it learned of: hands keys
+    /// to members who lack them where it is the one expected to, and, if someone who left
+    /// still holds the current key, starts a new epoch when it is the most senior member
+    /// (anyone else does before their next write).
+    fn maintain(&self, group: &mut Group) -> Vec<Envelope> {
+        let mut out = Vec::new();
+        match group.forward_keys(&mut OsRng) {
+            Ok(Some(w)) => out.extend(w.accepted),
+            Ok(None) => {}
+            Err(e) => tracing::debug!("could not forward keys yet: {e}"),
+        }
+        let me = self.member_id();
+        let senior = group
+            .roster()
+            .members()
+            .min_by_key(|(_, m)| m.rank)
+            .is_some_and(|(id, _)| *id == me);
+        if senior {
+            match group.rotate_if_needed(&mut OsRng) {
+                Ok(Some(w)) => out.extend(w.accepted),
+                Ok(None) => {}
+                Err(e) => tracing::debug!("could not start a new epoch yet: {e}"),
+            }
+        }
+        out
+    }
+
+    /// Makes a spoken invite code for `group` (facilitators only), on a channel no open
+    /// code of this daemon uses.
+    pub fn open_code(&self, group: &GroupId, ttl_secs: u64) -> Result<api::CodeCreated, NodeError> {
+        if ttl_secs == 0 || ttl_secs > api::MAX_CODE_TTL_SECS {
+            return Err(NodeError::Invalid(format!(
+                "a spoken code must last between 1 second and {} minutes",
+                api::MAX_CODE_TTL_SECS / 60
+            )));
+        }
+        if !self.is_facilitator(group) {
+            return Err(NodeError::Forbidden(
+                "only a facilitator of this group can invite; ask one of them".into(),
+            ));
+        }
+        let open: std::collections::BTreeSet<Vec<u8>> = self
+            .store
+            .scan(Table::Invites, b"code")?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let code = loop {
+            let code = SpokenCode::generate(&mut OsRng);
+            if !open.contains(&records::code_key(code.channel())) {
+                break code;
+            }
+        };
+        let expires_at = now_unix().saturating_add(ttl_secs);
+        let record = records::CodeRecord {
+            group_id: *group,
+            channel: code.channel(),
+            words: *code.words(),
+            expires_at,
+        };
+        self.store.write(vec![WriteOp::Put {
+            table: Table::Invites,
+            key: records::code_key(code.channel()),
+            value: records::encode(&record),
+        }])?;
+        self.code_states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                code.channel(),
+                CodeEntry {
+                    group: *group,
+                    expires_at,
+                    status: api::CodeStatus {
+                        state: api::CodeState::Open,
+                        member_id: None,
+                        name: None,
+                    },
+                },
+            );
+        Ok(api::CodeCreated {
+            code: code.to_string(),
+            channel: code.channel(),
+            expires_at,
+        })
+    }
+
+    /// Takes (and so burns) the open code on `channel`, if there is one and it has not
+    /// expired. Any attempt uses the code up, whatever its outcome.
+    pub fn take_code(&self, channel: u16) -> Result<Option<records::CodeRecord>, NodeError> {
+        let _groups = self.lock();
+        let key = records::code_key(channel);
+        let Some(raw) = self.store.get(Table::Invites, &key)? else {
+            return Ok(None);
+        };
+        self.store.write(vec![WriteOp::Delete {
+            table: Table::Invites,
+            key,
+        }])?;
+        let record: records::CodeRecord = postcard::from_bytes(&raw)
+            .map_err(|_| NodeError::Internal("a stored code is malformed".into()))?;
+        if record.expires_at <= now_unix() {
+            return Ok(None);
+        }
+        Ok(Some(record))
+    }
+
+    /// Records what became of the code on `channel` (for whoever waits on it).
+    pub fn set_code_state(
+        &self,
+        channel: u16,
+        state: api::CodeState,
+        joined: Option<(MemberId, String)>,
+    ) {
+        if let Some(entry) = self
+            .code_states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&channel)
+        {
+            entry.status = api::CodeStatus {
+                state,
+                member_id: joined.as_ref().map(|(m, _)| m.to_hex()),
+                name: joined.map(|(_, n)| n),
+            };
+        }
+        self.bump();
+    }
+
+    /// What became of a code this daemon made for `group`.
+    pub fn code_status(&self, group: &GroupId, channel: u16) -> Result<api::CodeStatus, NodeError> {
+        let states = self.code_states.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(entry) = states.get(&channel).filter(|e| e.group == *group) else {
+            return Err(NodeError::Invalid(format!(
+                "this daemon made no spoken code {channel} for that group since it started"
+            )));
+        };
+        if entry.status.state == api::CodeState::Open && entry.expires_at <= now_unix() {
+            return Ok(api::CodeStatus {
+                state: api::CodeState::Expired,
+                member_id: None,
+                name: None,
+            });
+        }
+        Ok(entry.status.clone())
+    }
+
+    /// After a spoken-code exchange agreed `secret`, files it as a one-time invite for the
+    /// join request that follows on the same stream.
+    pub fn stage_code_invite(&self, group: &GroupId, secret: &[u8; 32]) -> Result<(), NodeError> {
+        let record = records::InviteRecord {
+            group_id: *group,
+            secret: *secret,
+            expires_at: now_unix().saturating_add(crate::join::JOIN_TIMEOUT.as_secs()),
+        };
+        self.store.write(vec![WriteOp::Put {
+            table: Table::Invites,
+            key: hearth_protocol::invite::invite_id(secret).to_vec(),
+            value: records::encode(&record),
+        }])?;
+        Ok(())
     }
 
     /// Whether this device holds group `id` at all.
@@ -421,14 +832,12 @@ impl Node {
 
     /// Checks, persists and records envelopes a peer sent. Returns how many were new, and
     /// how many were refused for now (the buffer for out-of-order envelopes was full).
-    pub fn ingest(
-        &self,
-        id: &GroupId,
-        envelopes: Vec<Envelope>,
-    ) -> Result<(usize, usize), NodeError> {
+    /// When the membership changed, the caller renews sessions ([`Node::renew_sessions`])
+    /// once it has confirmed receipt to the sender.
+    pub fn ingest(&self, id: &GroupId, envelopes: Vec<Envelope>) -> Result<Ingest, NodeError> {
         let mut groups = self.lock();
         let Some(slot) = groups.get_mut(id) else {
-            return Ok((0, 0));
+            return Ok(Ingest::default());
         };
         let result = slot.group.ingest(envelopes);
         if result.rejected > 0 || result.ineffective > 0 {
@@ -444,11 +853,18 @@ impl Node {
                 "a member signed two different histories; that member's log is frozen here"
             );
         }
-        if result.accepted.is_empty() {
-            return Ok((0, result.refused));
+        let mut accepted = result.accepted;
+        if result.roster_changed {
+            accepted.extend(self.maintain(&mut slot.group));
         }
-        let ops = result
-            .accepted
+        if accepted.is_empty() {
+            return Ok(Ingest {
+                accepted: 0,
+                refused: result.refused,
+                roster_changed: result.roster_changed,
+            });
+        }
+        let ops = accepted
             .iter()
             .map(|e| records::put_envelope(&self.store, e))
             .collect();
@@ -459,7 +875,11 @@ impl Node {
         }
         drop(groups);
         self.bump();
-        Ok((result.accepted.len(), result.refused))
+        Ok(Ingest {
+            accepted: accepted.len(),
+            refused: result.refused,
+            roster_changed: result.roster_changed,
+        })
     }
 
     pub fn version_vector(&self, id: &GroupId) -> VersionVector {
@@ -491,25 +911,24 @@ impl Node {
         }
     }
 
-    /// The tags proving this device's groups to a peer in a session with `transcript`.
+    /// The tags proving this device's groups to a peer in a session with `transcript`: one
+    /// per epoch key held (the newest few), so a peer that has not caught up with the
+    /// latest epoch still recognises the group.
     pub fn group_proofs(&self, transcript: &[u8; 32], my_side: Side) -> Vec<[u8; 32]> {
         self.lock()
             .values()
-            .filter_map(|s| {
-                let epoch = s.group.current_epoch();
-                let key = s.group.epoch_key(epoch)?;
-                Some(session::group_tag(
-                    key,
-                    &s.group.id(),
-                    epoch,
-                    transcript,
-                    my_side,
-                ))
+            .flat_map(|s| {
+                let id = s.group.id();
+                s.group
+                    .epoch_keys()
+                    .take(PROVEN_EPOCHS)
+                    .map(|(epoch, key)| session::group_tag(key, &id, epoch, transcript, my_side))
+                    .collect::<Vec<_>>()
             })
             .collect()
     }
 
-    /// The groups whose tag the peer (on `their_side`) presented.
+    /// The groups whose tag the peer (on `their_side`) presented for any epoch we hold.
     pub fn matched_groups(
         &self,
         transcript: &[u8; 32],
@@ -519,12 +938,14 @@ impl Node {
         self.lock()
             .values()
             .filter(|s| {
-                let epoch = s.group.current_epoch();
-                s.group.epoch_key(epoch).is_some_and(|key| {
-                    let expected =
-                        session::group_tag(key, &s.group.id(), epoch, transcript, their_side);
-                    session::tag_matches(&expected, tags)
-                })
+                let id = s.group.id();
+                s.group
+                    .epoch_keys()
+                    .take(PROVEN_EPOCHS)
+                    .any(|(epoch, key)| {
+                        let expected = session::group_tag(key, &id, epoch, transcript, their_side);
+                        session::tag_matches(&expected, tags)
+                    })
             })
             .map(|s| s.group.id())
             .collect()
@@ -534,7 +955,7 @@ impl Node {
     pub fn has_member(&self, id: &GroupId, member: &PublicIdentity) -> bool {
         self.lock().get(id).is_some_and(|s| {
             s.group
-                .membership()
+                .roster()
                 .get(&member.member_id())
                 .is_some_and(|m| m.identity == *member)
         })
@@ -546,28 +967,35 @@ impl Node {
         let me = self.member_id();
         self.lock()
             .get(id)
-            .is_some_and(|s| s.group.membership().is_member(&me))
+            .is_some_and(|s| s.group.roster().is_member(&me))
     }
 
     /// Whether this device is a facilitator of group `id`.
     pub fn is_facilitator(&self, id: &GroupId) -> bool {
-        self.lock().get(id).is_some_and(|s| {
-            s.group
-                .membership()
-                .get(&self.member_id())
-                .is_some_and(|m| m.role == Role::Facilitator)
-        })
+        self.lock()
+            .get(id)
+            .is_some_and(|s| s.group.roster().is_facilitator(&self.member_id()))
     }
 }
 
-/// What a facilitator's daemon hands a member it has just added.
-pub struct Admission {
-    pub info: hearth_protocol::membership::GroupInfo,
-    pub epoch: u32,
-    pub epoch_key: SecretKey,
-    /// The document in plaintext: wiped on drop.
-    pub snapshot: zeroize::Zeroizing<Vec<u8>>,
+/// A spoken code this daemon made: its group, expiry and what became of it.
+struct CodeEntry {
+    group: GroupId,
+    expires_at: u64,
+    status: api::CodeStatus,
 }
+
+/// What [`Node::ingest`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ingest {
+    pub accepted: usize,
+    pub refused: usize,
+    pub roster_changed: bool,
+}
+
+/// How many of a group's newest epochs a session proves (a peer further behind than that
+/// is a long-absent member; it reconnects once someone forwards it newer keys).
+const PROVEN_EPOCHS: usize = 8;
 
 fn agreements_of(doc: &hearth_protocol::doc::GroupDoc) -> Vec<api::Agreement> {
     let mut list: Vec<api::Agreement> = doc
@@ -588,7 +1016,6 @@ fn agreements_of(doc: &hearth_protocol::doc::GroupDoc) -> Vec<api::Agreement> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hearth_protocol::invite::Welcome;
 
     fn node(dir: &std::path::Path) -> Node {
         Node::open(Store::open(dir).unwrap()).unwrap()
@@ -614,18 +1041,12 @@ mod tests {
     fn pair(tmp: &std::path::Path) -> (Node, Node, GroupId) {
         let a = node(&tmp.join("a"));
         let b = node(&tmp.join("b"));
-        let group = a.create_group("Circle", "").unwrap();
+        let group = a.create_group("Circle", "", None).unwrap();
         invite(&a, &group, [1; 16], now_unix() + 60);
-        let (admission, _) = a.admit(&[1; 16], |_| true, b.keys().public()).unwrap();
-        b.install_joined(Welcome {
-            info: admission.info,
-            epoch: admission.epoch,
-            epoch_key: admission.epoch_key,
-            snapshot: admission.snapshot,
-        })
-        .unwrap();
+        let (admission, _) = a.admit(&[1; 16], |_| true, b.keys().public(), "B").unwrap();
+        b.install_joined(admission.welcome()).unwrap();
         let all = a.missing(&group, &VersionVector::new(), usize::MAX, usize::MAX);
-        assert_eq!(b.ingest(&group, all).unwrap(), (2, 0));
+        assert_eq!(b.ingest(&group, all).unwrap().accepted, 2);
         (a, b, group)
     }
 
@@ -648,11 +1069,11 @@ mod tests {
         let tampered = Envelope::decode(bytes).unwrap();
 
         let before = stored_envelopes(&b);
-        assert_eq!(b.ingest(&group, vec![tampered]).unwrap(), (0, 0));
+        assert_eq!(b.ingest(&group, vec![tampered]).unwrap().accepted, 0);
         assert!(b.agreements(&group).unwrap().is_empty());
         assert_eq!(stored_envelopes(&b), before);
 
-        assert_eq!(b.ingest(&group, genuine).unwrap(), (1, 0));
+        assert_eq!(b.ingest(&group, genuine).unwrap().accepted, 1);
         assert_eq!(b.agreements(&group).unwrap().len(), 1);
         assert_eq!(stored_envelopes(&b), before + 1);
     }
@@ -664,16 +1085,16 @@ mod tests {
         let c = DeviceKeys::generate(&mut OsRng).public();
         // The invite that admitted b is gone.
         assert!(matches!(
-            a.admit(&[1; 16], |_| true, c),
+            a.admit(&[1; 16], |_| true, c, "C"),
             Err(NodeError::Forbidden(_))
         ));
         // A wrong proof burns a live invite: the right one afterwards fails too.
         invite(&a, &group, [2; 16], now_unix() + 60);
-        assert!(a.admit(&[2; 16], |_| false, c).is_err());
-        assert!(a.admit(&[2; 16], |_| true, c).is_err());
+        assert!(a.admit(&[2; 16], |_| false, c, "C").is_err());
+        assert!(a.admit(&[2; 16], |_| true, c, "C").is_err());
         // An expired invite admits nobody.
         invite(&a, &group, [3; 16], now_unix() - 1);
-        assert!(a.admit(&[3; 16], |_| true, c).is_err());
+        assert!(a.admit(&[3; 16], |_| true, c, "C").is_err());
         assert_eq!(a.group_detail(&group).unwrap().members.len(), 2);
     }
 

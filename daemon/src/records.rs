@@ -6,6 +6,7 @@
 
 use hearth_protocol::crypto::SecretKey;
 use hearth_protocol::envelope::Envelope;
+use hearth_protocol::group::{Access, KeyGrant};
 use hearth_protocol::ids::{GroupId, MemberId};
 use hearth_protocol::membership::GroupInfo;
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,29 @@ impl Drop for InviteRecord {
     }
 }
 
+/// An open spoken invite code, kept by the facilitator's daemon under [`code_key`] until
+/// someone tries it (any attempt burns it) or it expires.
+#[derive(Serialize, Deserialize)]
+pub struct CodeRecord {
+    pub group_id: GroupId,
+    pub channel: u16,
+    pub words: [u8; hearth_protocol::code::CODE_WORDS],
+    pub expires_at: u64,
+}
+
+impl Drop for CodeRecord {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.words);
+    }
+}
+
+/// Spoken codes live in the invites table under `"code" || channel`.
+pub fn code_key(channel: u16) -> Vec<u8> {
+    let mut k = b"code".to_vec();
+    k.extend_from_slice(&channel.to_be_bytes());
+    k
+}
+
 /// The key prefix under which everything of one group is kept.
 pub fn group_key(store: &Store, group: &GroupId) -> Vec<u8> {
     store.alias(&[b"group", group.as_bytes()]).to_vec()
@@ -59,15 +83,72 @@ pub fn put_envelope(store: &Store, env: &Envelope) -> WriteOp {
     }
 }
 
-/// Epoch keys are kept as `(epoch, key)` records under `alias(group) || epoch`.
-pub fn put_epoch_key(store: &Store, group: &GroupId, epoch: u32, key: &SecretKey) -> WriteOp {
-    let mut k = group_key(store, group);
-    k.extend_from_slice(&epoch.to_be_bytes());
-    WriteOp::Put {
-        table: Table::EpochKeys,
-        key: k,
-        value: encode(&(epoch, *key.expose())),
+/// A key handed to this device outside the logs (the group's first epoch key for its
+/// creator; the admission epoch key and earlier roster keys for a joiner). Keys that came
+/// in lockboxes inside the logs are taken again from the logs on every start.
+#[derive(Serialize, Deserialize)]
+pub struct KeyGrantRecord {
+    pub epoch: u32,
+    pub rotation: Option<[u8; 32]>,
+    /// The full epoch key, or only the epoch's roster key.
+    pub full: bool,
+    pub key: [u8; 32],
+}
+
+impl Drop for KeyGrantRecord {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
     }
+}
+
+impl KeyGrantRecord {
+    pub fn grant(&self) -> KeyGrant {
+        let key = SecretKey::from_bytes(self.key);
+        KeyGrant {
+            epoch: self.epoch,
+            rotation: self.rotation,
+            access: if self.full {
+                Access::Full(key)
+            } else {
+                Access::Roster(key)
+            },
+        }
+    }
+}
+
+/// Key grants are kept under `alias(group) || index`.
+pub fn put_key_grants(store: &Store, group: &GroupId, grants: &[KeyGrant]) -> Vec<WriteOp> {
+    grants
+        .iter()
+        .zip(0u32..)
+        .map(|(g, i)| {
+            let mut k = group_key(store, group);
+            k.extend_from_slice(&i.to_be_bytes());
+            let (full, key) = match &g.access {
+                Access::Full(k) => (true, k),
+                Access::Roster(k) => (false, k),
+            };
+            let record = KeyGrantRecord {
+                epoch: g.epoch,
+                rotation: g.rotation,
+                full,
+                key: *key.expose(),
+            };
+            WriteOp::Put {
+                table: Table::EpochKeys,
+                key: k,
+                value: encode(&record),
+            }
+        })
+        .collect()
+}
+
+/// A member this device's user verified face to face: `alias(group) || alias(group, member)`
+/// maps to the identity (64 bytes) that was verified.
+pub fn verified_key(store: &Store, group: &GroupId, member: &MemberId) -> Vec<u8> {
+    let mut k = group_key(store, group);
+    k.extend_from_slice(&store.alias(&[b"verified", group.as_bytes(), member.as_bytes()]));
+    k
 }
 
 pub fn put_group(store: &Store, record: &GroupRecord) -> WriteOp {

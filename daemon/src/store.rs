@@ -7,7 +7,7 @@
 //!   value-sealing key is HKDF-SHA256(ikm = those bytes, salt = empty,
 //!   info = `hearth v1 storage value key`). It may be a symlink, e.g. to removable media.
 //! - `hearth.redb` (0600): the redb database, one table per [`Table`] (`meta`, `groups`,
-//!   `envelopes`, `epoch_keys`, `invites`, `peers`), keys and values `&[u8]`. Each
+//!   `envelopes`, `epoch_keys`, `invites`, `peers`, `verified`), keys and values `&[u8]`. Each
 //!   value is `nonce[24] || XChaCha20-Poly1305(value)` with associated data
 //!   `"hearth v1 store" || table name || 0x00 || key`, so a value moved to another key or
 //!   table no longer opens.
@@ -51,16 +51,18 @@ pub enum Table {
     EpochKeys,
     Invites,
     Peers,
+    Verified,
 }
 
 impl Table {
-    const ALL: [Table; 6] = [
+    const ALL: [Table; 7] = [
         Table::Meta,
         Table::Groups,
         Table::Envelopes,
         Table::EpochKeys,
         Table::Invites,
         Table::Peers,
+        Table::Verified,
     ];
 
     /// The redb table name; also part of every value's associated data, so never rename one.
@@ -72,6 +74,7 @@ impl Table {
             Table::EpochKeys => "epoch_keys",
             Table::Invites => "invites",
             Table::Peers => "peers",
+            Table::Verified => "verified",
         }
     }
 

@@ -45,6 +45,8 @@ struct Link {
     resend: Resend,
     /// Wakes the push half when the receive half learned something.
     wake: Arc<Notify>,
+    /// Set when the membership changed: renew sessions after confirming receipt.
+    renew: Arc<std::sync::atomic::AtomicBool>,
 }
 /// Least time between two repeated version vectors for one group.
 const RESEND_HAVE_EVERY: Duration = Duration::from_secs(5);
@@ -216,6 +218,7 @@ where
                     .into_iter()
                     .map(|e| (e.author, (e.seq, e.hash)))
                     .collect();
+                node.note_peer_has(&group_id, &vv);
                 // Where the peer's log differs from ours, send ours so it sees the fork.
                 let vv = node.reconcile_heads(&group_id, vv);
                 lock(&link.known).insert(group_id, vv);
@@ -235,10 +238,20 @@ where
                 }
                 // Verification, decryption and the fsync run off the async workers.
                 let worker = node.clone();
-                let (_, refused) =
-                    tokio::task::spawn_blocking(move || worker.ingest(&group_id, decoded))
-                        .await
-                        .context("ingest worker failed")??;
+                let ingest = tokio::task::spawn_blocking(move || worker.ingest(&group_id, decoded))
+                    .await
+                    .context("ingest worker failed")??;
+                let refused = ingest.refused;
+                // Confirm what arrived with our version vector: the sender learns it was
+                // delivered (a member leaving waits for that). After a membership change
+                // the push half renews every session once that confirmation is out.
+                if ingest.accepted > 0 || ingest.roster_changed {
+                    lock_set(&link.resend).insert(group_id);
+                    if ingest.roster_changed {
+                        link.renew.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    link.wake.notify_one();
+                }
                 // Out-of-order envelopes were refused for now: once in a while, send our
                 // version vector again so the peer resends what we still lack.
                 if refused > 0
@@ -283,6 +296,11 @@ where
         for group_id in again {
             send_have(&node, group_id, &mut writer).await?;
         }
+        if link.renew.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            futures::AsyncWriteExt::flush(&mut writer).await?;
+            node.renew_sessions();
+            return Ok(());
+        }
         if let Some(identity) = &identity
             && awaiting.iter().any(|g| node.has_member(g, identity))
         {
@@ -290,6 +308,14 @@ where
         }
         let mut sent_any = false;
         for group_id in &groups {
+            // The membership may have changed since the handshake: never send a group's
+            // envelopes to someone who is no longer in it.
+            if identity
+                .as_ref()
+                .is_some_and(|i| !node.has_member(group_id, i))
+            {
+                continue;
+            }
             let Some(vv) = lock(&link.known).get(group_id).cloned() else {
                 continue; // their version vector has not arrived yet
             };
