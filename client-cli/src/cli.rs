@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use clap::builder::NonEmptyStringValueParser;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use hearth_protocol::api::Role;
 
 use crate::duration::parse_ttl;
 
@@ -53,6 +54,25 @@ pub enum Command {
         /// shell history)
         #[arg(value_parser = NonEmptyStringValueParser::new())]
         token: String,
+        /// The name the group's members will see you by, e.g. "Sam"
+        #[arg(long, value_name = "NAME", value_parser = NonEmptyStringValueParser::new())]
+        name: Option<String>,
+    },
+    /// List a group's members, compare safety numbers, change roles, remove members
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Leave a group: the other members are told, and your copy on this device is destroyed
+    Leave {
+        /// The group: its id or its (unique) name
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        group: String,
+        /// Keep a read-only copy of the group on this device instead of destroying it
+        #[arg(long)]
+        keep_copy: bool,
+        /// Do not ask for confirmation (required with --json, or when standard input is
+        /// not a terminal)
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Connect to peers and list connected ones
     #[command(subcommand)]
@@ -69,6 +89,9 @@ pub enum GroupCommand {
         /// What the group is for, in a sentence
         #[arg(long, value_name = "TEXT")]
         purpose: Option<String>,
+        /// The name the group's members will see you by, e.g. "Ana"
+        #[arg(long, value_name = "NAME", value_parser = NonEmptyStringValueParser::new())]
+        my_name: Option<String>,
     },
     /// List the groups you belong to
     List,
@@ -97,6 +120,69 @@ pub enum AgreementCommand {
         #[arg(value_parser = NonEmptyStringValueParser::new())]
         group: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// List a group's members: name, role, whether you verified them, when they joined
+    List {
+        /// The group: its id or its (unique) name
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        group: String,
+    },
+    /// Show the safety number you share with a member, to compare face to face; with
+    /// --confirm, mark them verified
+    Verify {
+        /// The group: its id or its (unique) name
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        group: String,
+        /// The member: their member id or their name, when exactly one member has it
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        member: String,
+        /// The digits matched on both screens: mark the member verified
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// Make a member a facilitator, or a plain member again (facilitators only)
+    Role {
+        /// The group: its id or its (unique) name
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        group: String,
+        /// The member: their member id or their name, when exactly one member has it
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        member: String,
+        /// The new role
+        #[arg(value_enum)]
+        role: RoleArg,
+    },
+    /// Remove a member from a group; a new key then protects what is written next
+    /// (facilitators only)
+    Remove {
+        /// The group: its id or its (unique) name
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        group: String,
+        /// The member: their member id or their name, when exactly one member has it
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        member: String,
+    },
+}
+
+/// A role as typed on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// Can invite, remove members and change roles
+    Facilitator,
+    /// Takes part; cannot invite or remove
+    Member,
+}
+
+impl From<RoleArg> for Role {
+    fn from(role: RoleArg) -> Role {
+        match role {
+            RoleArg::Facilitator => Role::Facilitator,
+            RoleArg::Member => Role::Member,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,12 +242,113 @@ mod tests {
     }
 
     #[test]
+    fn member_commands_parse() {
+        let cli = parse(&[
+            "member",
+            "role",
+            "Thursday circle",
+            "Sam Lee",
+            "facilitator",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Member(MemberCommand::Role {
+                group,
+                member,
+                role,
+            }) => {
+                assert_eq!(
+                    (group.as_str(), member.as_str()),
+                    ("Thursday circle", "Sam Lee")
+                );
+                assert_eq!(role, RoleArg::Facilitator);
+                assert_eq!(Role::from(role), Role::Facilitator);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = parse(&["member", "verify", "g", "Sam", "--confirm"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Member(MemberCommand::Verify { confirm: true, .. })
+        ));
+        let cli = parse(&["member", "verify", "g", "Sam"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Member(MemberCommand::Verify { confirm: false, .. })
+        ));
+        assert!(matches!(
+            parse(&["member", "remove", "g", "Sam"]).unwrap().command,
+            Command::Member(MemberCommand::Remove { .. })
+        ));
+        assert!(matches!(
+            parse(&["member", "list", "g"]).unwrap().command,
+            Command::Member(MemberCommand::List { .. })
+        ));
+    }
+
+    #[test]
+    fn a_role_other_than_facilitator_or_member_is_a_usage_error() {
+        for bad in ["admin", "Facilitator ", "", "owner"] {
+            let err = parse(&["member", "role", "g", "Sam", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), i32::from(EXIT_USAGE), "{bad:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("facilitator") && text.contains("member"),
+                "{text}"
+            );
+        }
+        let err = parse(&["member", "role", "g", "Sam"]).unwrap_err();
+        assert_eq!(err.exit_code(), i32::from(EXIT_USAGE));
+    }
+
+    #[test]
+    fn names_and_leave_flags_parse() {
+        match parse(&["group", "create", "Carers", "--my-name", "Ana"])
+            .unwrap()
+            .command
+        {
+            Command::Group(GroupCommand::Create { my_name, .. }) => {
+                assert_eq!(my_name.as_deref(), Some("Ana"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        match parse(&["join", "-", "--name", "Sam Lee"]).unwrap().command {
+            Command::Join { token, name } => {
+                assert_eq!(token, "-");
+                assert_eq!(name.as_deref(), Some("Sam Lee"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        match parse(&["leave", "g", "--keep-copy", "--yes"])
+            .unwrap()
+            .command
+        {
+            Command::Leave {
+                group,
+                keep_copy,
+                yes,
+            } => assert_eq!((group.as_str(), keep_copy, yes), ("g", true, true)),
+            other => panic!("parsed as {other:?}"),
+        }
+        match parse(&["--json", "leave", "g", "-y"]).unwrap().command {
+            Command::Leave { keep_copy, yes, .. } => assert_eq!((keep_copy, yes), (false, true)),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
     fn empty_arguments_are_usage_errors() {
         for args in [
             &["group", "show", ""][..],
             &["group", "create", ""],
             &["agreement", "add", "g", ""],
             &["join", ""],
+            &["join", "t", "--name", ""],
+            &["group", "create", "g", "--my-name", ""],
+            &["member", "list", ""],
+            &["member", "verify", "g", ""],
+            &["member", "remove", "", "Sam"],
+            &["leave", ""],
             &["--socket", "", "status"],
         ] {
             let err = parse(args).unwrap_err();

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 /// Any failure not listed below: an API error, a malformed answer, a timeout.
 pub const EXIT_FAILURE: u8 = 1;
-/// A usage error. clap reports its own with this code; listed here for the docs and tests.
+/// A usage error. clap reports its own with this code; hearth's own is [`NeedsYes`].
 pub const EXIT_USAGE: u8 = 2;
 /// hearthd could not be reached: nothing was sent to it.
 pub const EXIT_UNREACHABLE: u8 = 3;
@@ -53,10 +53,27 @@ pub struct ApiFailure {
     pub message: String,
 }
 
+/// `hearth leave` without `--yes` where it cannot ask for confirmation: a usage error.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "leaving a group cannot be undone, and {why}. Add --yes to leave without being asked. \
+     Nothing was sent to hearthd."
+)]
+pub struct NeedsYes {
+    pub why: &'static str,
+}
+
+/// The user did not answer yes to `hearth leave`'s question.
+#[derive(Debug, thiserror::Error)]
+#[error("not leaving: you did not answer y. Nothing was sent to hearthd.")]
+pub struct Declined;
+
 /// The process exit code for a failure.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     if err.chain().any(|cause| cause.is::<Unreachable>()) {
         EXIT_UNREACHABLE
+    } else if err.chain().any(|cause| cause.is::<NeedsYes>()) {
+        EXIT_USAGE
     } else {
         EXIT_FAILURE
     }

@@ -6,6 +6,7 @@
 mod cli;
 mod client;
 mod commands;
+mod confirm;
 mod duration;
 mod error;
 mod path;
@@ -21,6 +22,7 @@ use clap::Parser as _;
 
 use crate::cli::{Cli, Command};
 use crate::client::Client;
+use crate::confirm::Consent;
 
 /// An invite token is well under this; the cap only bounds what `join -` reads.
 const MAX_TOKEN_BYTES: u64 = 64 * 1024;
@@ -49,11 +51,28 @@ fn main() -> ExitCode {
 }
 
 fn run(mut cli: Cli) -> Result<()> {
-    if let Command::Join { token } = &mut cli.command
+    if let Command::Join { token, .. } = &mut cli.command
         && token == "-"
     {
         let prompt = io::stdin().is_terminal();
         *token = read_token(io::stdin().lock(), prompt)?;
+    }
+    if let Command::Leave {
+        group,
+        keep_copy,
+        yes,
+    } = &cli.command
+    {
+        match confirm::consent(*yes, cli.json, io::stdin().is_terminal()) {
+            Consent::Given => {}
+            // The question goes to stderr, like every prompt.
+            Consent::Ask => confirm::ask(
+                &confirm::leave_question(group, *keep_copy),
+                io::stdin().lock(),
+                io::stderr().lock(),
+            )?,
+            Consent::Refused(refusal) => return Err(refusal.into()),
+        }
     }
     let socket = socket::resolve_from_env(cli.socket.take())?;
     let call = commands::api_call(&cli.command)?;
@@ -68,6 +87,7 @@ fn run(mut cli: Cli) -> Result<()> {
     let answer =
         runtime.block_on(client.call(call.method.clone(), &call.path, call.body.as_ref()))?;
 
+    let warning = commands::warning(&cli.command, &answer);
     let output = if cli.json {
         let mut json = serde_json::to_string_pretty(&answer).context("encoding the answer")?;
         json.push('\n');
@@ -76,14 +96,20 @@ fn run(mut cli: Cli) -> Result<()> {
         commands::human(&cli.command, &call, answer, now_secs())?
     };
     let mut stdout = io::stdout().lock();
-    match stdout
+    let written = match stdout
         .write_all(output.as_bytes())
         .and_then(|()| stdout.flush())
     {
         // The reader went away (`hearth group list | head -1`): the work is done, say nothing.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         written => written.context("writing to stdout"),
+    };
+    // After the output, so it is the last thing on the screen; with `--json` too, as it
+    // goes to stderr. Nothing sensible to do if stderr is gone.
+    if let Some(warning) = warning {
+        let _ = io::stderr().lock().write_all(warning.as_bytes());
     }
+    written
 }
 
 /// Reads an invite token from `input`, for `hearth join -`: one line, surrounding

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use hearth_protocol::api::{
     Agreement, AgreementAdded, GroupCreated, GroupDetail, GroupSummary, InviteCreated, Joined,
-    Peer, PeerAdded, Status,
+    Left, MemberInfo, MemberRemoved, Peer, PeerAdded, Role, SafetyNumber, Status,
 };
 
 /// Space between table columns and between a label and its value.
@@ -61,12 +61,7 @@ pub fn group_detail(group: &GroupDetail) -> String {
     out += &fields(&[("id", vec![group.group_id.clone()]), ("purpose", purpose)]);
 
     out.push('\n');
-    let members: Vec<Vec<String>> = group
-        .members
-        .iter()
-        .map(|m| vec![m.member_id.clone(), m.role.to_string()])
-        .collect();
-    out += &table(&["MEMBER", "ROLE"], &members);
+    out += &member_table(&group.members);
 
     out.push('\n');
     out += "AGREEMENTS\n";
@@ -129,7 +124,182 @@ pub fn invite(group: &str, invite: &InviteCreated, now: u64) -> String {
 
 pub fn joined(joined: &Joined) -> String {
     let id = clean(&joined.group_id);
-    format!("Joined group {id}.\nSee its members and agreements with `hearth group show {id}`.\n")
+    format!(
+        "Joined group {id}.\nSee its members and agreements with `hearth group show {id}`, \
+         then compare safety numbers with each member, face to face: \
+         `hearth member verify {id} MEMBER`.\n"
+    )
+}
+
+/// `hearth member list`: the member table, or a line saying there is no one.
+pub fn member_list(members: &[MemberInfo]) -> String {
+    if members.is_empty() {
+        return "This group has no members.\n".to_owned();
+    }
+    member_table(members)
+}
+
+/// One row per member: name (yours marked), role, verified, when they joined, member id.
+fn member_table(members: &[MemberInfo]) -> String {
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            let mut name = if m.name.trim().is_empty() {
+                "(no name)".to_owned()
+            } else {
+                m.name.clone()
+            };
+            if m.you {
+                name += " (you)";
+            }
+            let verified = match (m.verified, m.key_changed) {
+                (true, _) => "yes",
+                (false, true) => "no: KEY CHANGED",
+                (false, false) => "no",
+            };
+            let joined = if m.joined_at == 0 {
+                "creator".to_owned()
+            } else {
+                utc(m.joined_at)
+            };
+            vec![
+                name,
+                m.role.to_string(),
+                verified.to_owned(),
+                joined,
+                m.member_id.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "ROLE", "VERIFIED", "JOINED (UTC)", "MEMBER ID"],
+        &rows,
+    )
+}
+
+/// The stderr warning about members whose key differs from a verified member who went by
+/// the same name, or `None` when there are none. `group` is as the user typed it.
+pub fn key_changed_warning(group: &str, members: &[MemberInfo]) -> Option<String> {
+    let mut out = String::new();
+    for m in members.iter().filter(|m| m.key_changed) {
+        let name = if m.name.is_empty() {
+            "(no name)".to_owned()
+        } else {
+            clean(&m.name)
+        };
+        let id = clean(&m.member_id);
+        let _ = writeln!(
+            out,
+            "hearth: warning: \"{name}\" (member {id}) has a different key from the verified \
+             member who went by that name. It may be someone else, or the same person on a new \
+             device. Do not trust it is them until you compare safety numbers again, face to \
+             face: hearth member verify {} {id}",
+            clean(&shell_word(group)),
+        );
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// `hearth member verify` without `--confirm`: the safety number, large, and what to do with
+/// it. `group` and `member` are as the user typed them.
+pub fn safety_number(group: &str, member: &str, number: &SafetyNumber) -> String {
+    let who = clean(member);
+    let mut out = format!(
+        "Safety number for you and {who} in group \"{}\":\n\n",
+        clean(group)
+    );
+    for line in safety_number_lines(&number.safety_number) {
+        let _ = writeln!(out, "    {line}\n");
+    }
+    if number.verified {
+        let _ = writeln!(
+            out,
+            "You have already marked {who} as verified. To check again, compare these digits \
+             with the ones on {who}'s screen, face to face."
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "Compare these digits with the ones on {who}'s screen, face to face. If every \
+             digit matches, run:\n\n    hearth member verify {} {} --confirm\n\n\
+             If any digit differs, do not confirm: the device you are comparing with may not \
+             be {who}'s.",
+            clean(&shell_word(group)),
+            clean(&shell_word(member)),
+        );
+    }
+    out
+}
+
+/// A safety number's digits in groups of five, four groups a line (three lines for the
+/// usual sixty digits), so two people can read them out without losing their place. Text
+/// that is not digits and spaces is shown as it is, cleaned, on one line.
+pub fn safety_number_lines(number: &str) -> Vec<String> {
+    let digits: String = number.split_whitespace().collect();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return vec![clean(number)];
+    }
+    let groups: Vec<&str> = digits
+        .as_bytes()
+        .chunks(5)
+        // Only ASCII digits, so every chunk is valid UTF-8.
+        .map(|chunk| std::str::from_utf8(chunk).unwrap_or_default())
+        .collect();
+    groups.chunks(4).map(|line| line.join("   ")).collect()
+}
+
+/// `hearth member verify --confirm`.
+pub fn verified(group: &str, member: &str, number: &SafetyNumber) -> String {
+    let who = clean(member);
+    if number.verified {
+        format!("Marked {who} as verified.\n")
+    } else {
+        format!(
+            "hearthd did not mark {who} as verified. Check with `hearth member list {}`.\n",
+            clean(&shell_word(group))
+        )
+    }
+}
+
+/// `hearth member role`: the member's new role, from hearthd's answer.
+pub fn role_set(group: &str, member: &str, info: &MemberInfo) -> String {
+    let who = if info.name.is_empty() {
+        clean(member)
+    } else {
+        clean(&info.name)
+    };
+    let role = match info.role {
+        Role::Facilitator => "a facilitator",
+        Role::Member => "a member, not a facilitator,",
+    };
+    format!("{who} is now {role} of group \"{}\".\n", clean(group))
+}
+
+/// `hearth member remove`. `member` is as the user typed it.
+pub fn member_removed(member: &str, removed: &MemberRemoved) -> String {
+    let who = clean(member);
+    format!(
+        "Removed {who}. A new key (epoch {}) now protects everything written from here on; \
+         {who} cannot read it.\n",
+        removed.epoch
+    )
+}
+
+/// `hearth leave`: whether the others were told, and what became of this device's copy.
+pub fn left(group: &str, left: &Left) -> String {
+    let mut out = format!("Left group \"{}\".\n", clean(group));
+    if left.delivered {
+        out += "The other members' devices have been told.\n";
+    } else {
+        out += "No member's device could be reached: the group will not know you left until \
+                a facilitator removes you. Tell one, with your member id from `hearth status`.\n";
+    }
+    if left.kept_copy {
+        out += "Your copy of the group stays on this device, read-only.\n";
+    } else {
+        out += "Your copy of the group on this device has been destroyed.\n";
+    }
+    out
 }
 
 pub fn peer_added(added: &PeerAdded) -> String {
@@ -254,6 +424,45 @@ pub fn clean(text: &str) -> String {
     out
 }
 
+/// `text` as one shell word, for commands hearth suggests: as it is when it is made of
+/// characters no shell treats specially, else in single quotes.
+pub fn shell_word(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.,:/@%+=".contains(&b));
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+/// Seconds since the Unix epoch as `YYYY-MM-DD HH:MM`, in UTC.
+pub fn utc(secs: i64) -> String {
+    let (days, secs_of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
+        secs_of_day / 3600,
+        secs_of_day / 60 % 60
+    )
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
@@ -305,6 +514,8 @@ mod tests {
 
     const A: &str = "0123456789abcdef0123456789abcdef";
     const B: &str = "fedcba9876543210fedcba9876543210";
+    const C: &str = "00000000000000000000000000000001";
+    const D: &str = "dddddddddddddddddddddddddddddddd";
 
     fn agreement(id: &str, text: &str, created_at: i64) -> Agreement {
         Agreement {
@@ -413,13 +624,10 @@ mod tests {
             name: "Thursday circle".into(),
             purpose: "Mutual support\nfor carers.".into(),
             members: vec![
+                member(A, "Ana", Role::Facilitator, 0),
                 MemberInfo {
-                    member_id: A.into(),
-                    role: Role::Facilitator,
-                },
-                MemberInfo {
-                    member_id: B.into(),
-                    role: Role::Member,
+                    you: true,
+                    ..member(B, "", Role::Member, 1_767_225_600)
                 },
             ],
             agreements: vec![
@@ -434,15 +642,237 @@ mod tests {
                  id       {A}\n\
                  purpose  Mutual support\n         for carers.\n\
                  \n\
-                 MEMBER                            ROLE\n\
-                 {A}  facilitator\n\
-                 {B}  member\n\
+                 NAME             ROLE         VERIFIED  JOINED (UTC)      MEMBER ID\n\
+                 Ana              facilitator  no        creator           {A}\n\
+                 (no name) (you)  member       no        2026-01-01 00:00  {B}\n\
                  \n\
                  AGREEMENTS\n\
                  1. What is said here stays here.\n\
                  2. We listen\n   without fixing.\n"
             )
         );
+    }
+
+    fn member(id: &str, name: &str, role: Role, joined_at: i64) -> MemberInfo {
+        MemberInfo {
+            member_id: id.into(),
+            name: name.into(),
+            role,
+            verified: false,
+            joined_at,
+            you: false,
+            key_changed: false,
+        }
+    }
+
+    #[test]
+    fn member_list_shows_names_roles_verification_and_join_times() {
+        let members = vec![
+            MemberInfo {
+                you: true,
+                verified: true,
+                ..member(A, "Ana", Role::Facilitator, 0)
+            },
+            MemberInfo {
+                verified: true,
+                ..member(B, "Sam Lee", Role::Member, 1_767_277_845)
+            },
+            member(C, "", Role::Member, 1_767_290_000),
+            MemberInfo {
+                key_changed: true,
+                ..member(D, "Kim", Role::Member, 1_767_300_000)
+            },
+        ];
+        assert_eq!(
+            member_list(&members),
+            format!(
+                "NAME       ROLE         VERIFIED         JOINED (UTC)      MEMBER ID\n\
+                 Ana (you)  facilitator  yes              creator           {A}\n\
+                 Sam Lee    member       yes              2026-01-01 14:30  {B}\n\
+                 (no name)  member       no               2026-01-01 17:53  {C}\n\
+                 Kim        member       no: KEY CHANGED  2026-01-01 20:40  {D}\n"
+            )
+        );
+        assert!(member_list(&[]).contains("no members"));
+    }
+
+    #[test]
+    fn changed_keys_get_a_warning_naming_the_member_and_the_command() {
+        let mut members = vec![
+            member(A, "Ana", Role::Facilitator, 0),
+            MemberInfo {
+                key_changed: true,
+                ..member(D, "Kim", Role::Member, 5)
+            },
+        ];
+        let warning = key_changed_warning("Thursday circle", &members).unwrap();
+        assert_eq!(
+            warning,
+            format!(
+                "hearth: warning: \"Kim\" (member {D}) has a different key from the verified \
+                 member who went by that name. It may be someone else, or the same person on a \
+                 new device. Do not trust it is them until you compare safety numbers again, \
+                 face to face: hearth member verify 'Thursday circle' {D}\n"
+            )
+        );
+        assert!(!warning.contains("Ana"));
+
+        members[0].key_changed = true;
+        members[0].name = "Ana\u{1b}[2J".into();
+        let warning = key_changed_warning(A, &members).unwrap();
+        assert_eq!(warning.lines().count(), 2, "{warning}");
+        assert!(!warning.contains('\u{1b}'), "{warning:?}");
+        assert!(
+            warning.contains(&format!("hearth member verify {A} {A}")),
+            "{warning}"
+        );
+
+        members.iter_mut().for_each(|m| m.key_changed = false);
+        assert_eq!(key_changed_warning("g", &members), None);
+    }
+
+    const NUMBER: &str = "01234 56789 11111 22222 33333 44444 55555 66666 77777 88888 99999 00000";
+
+    #[test]
+    fn safety_numbers_are_three_lines_of_four_groups() {
+        let expected = vec![
+            "01234   56789   11111   22222".to_owned(),
+            "33333   44444   55555   66666".to_owned(),
+            "77777   88888   99999   00000".to_owned(),
+        ];
+        assert_eq!(safety_number_lines(NUMBER), expected);
+        // The same digits without spaces, or spaced oddly, come out the same.
+        assert_eq!(safety_number_lines(&NUMBER.replace(' ', "")), expected);
+        assert_eq!(safety_number_lines(&NUMBER.replace(' ', "\n  ")), expected);
+        // Anything else is shown as it is, cleaned.
+        assert_eq!(safety_number_lines("ab\u{1b}cd"), vec!["ab\\u{1b}cd"]);
+        assert_eq!(safety_number_lines(""), vec![""]);
+    }
+
+    #[test]
+    fn safety_number_screen_says_how_to_compare_and_confirm() {
+        let number = SafetyNumber {
+            safety_number: NUMBER.into(),
+            verified: false,
+        };
+        assert_eq!(
+            safety_number("Thursday circle", "Sam", &number),
+            "Safety number for you and Sam in group \"Thursday circle\":\n\
+             \n\
+             \x20   01234   56789   11111   22222\n\
+             \n\
+             \x20   33333   44444   55555   66666\n\
+             \n\
+             \x20   77777   88888   99999   00000\n\
+             \n\
+             Compare these digits with the ones on Sam's screen, face to face. If every digit \
+             matches, run:\n\
+             \n\
+             \x20   hearth member verify 'Thursday circle' Sam --confirm\n\
+             \n\
+             If any digit differs, do not confirm: the device you are comparing with may not \
+             be Sam's.\n"
+        );
+        let quoted = safety_number("g", "Sam's phone", &number);
+        assert!(
+            quoted.contains("hearth member verify g 'Sam'\\''s phone' --confirm"),
+            "{quoted}"
+        );
+        let again = safety_number(
+            "g",
+            "Sam",
+            &SafetyNumber {
+                verified: true,
+                ..number
+            },
+        );
+        assert!(again.contains("already marked Sam as verified"), "{again}");
+        assert!(!again.contains("--confirm"), "{again}");
+    }
+
+    #[test]
+    fn verify_confirm_role_remove_and_leave_messages() {
+        let yes = SafetyNumber {
+            safety_number: NUMBER.into(),
+            verified: true,
+        };
+        assert_eq!(verified("g", "Sam", &yes), "Marked Sam as verified.\n");
+        let no = SafetyNumber {
+            verified: false,
+            ..yes
+        };
+        assert!(verified("g", "Sam", &no).contains("did not mark Sam"));
+
+        let info = member(B, "Sam Lee", Role::Facilitator, 5);
+        assert_eq!(
+            role_set("Carers", B, &info),
+            "Sam Lee is now a facilitator of group \"Carers\".\n"
+        );
+        let unnamed = member(B, "", Role::Member, 5);
+        assert_eq!(
+            role_set("Carers", "xyz", &unnamed),
+            "xyz is now a member, not a facilitator, of group \"Carers\".\n"
+        );
+
+        let removed = MemberRemoved {
+            member_id: B.into(),
+            epoch: 7,
+        };
+        assert_eq!(
+            member_removed("Sam", &removed),
+            "Removed Sam. A new key (epoch 7) now protects everything written from here on; \
+             Sam cannot read it.\n"
+        );
+
+        let told = left(
+            "Carers",
+            &Left {
+                delivered: true,
+                kept_copy: false,
+            },
+        );
+        assert_eq!(
+            told,
+            "Left group \"Carers\".\n\
+             The other members' devices have been told.\n\
+             Your copy of the group on this device has been destroyed.\n"
+        );
+        let alone = left(
+            "Carers",
+            &Left {
+                delivered: false,
+                kept_copy: true,
+            },
+        );
+        assert!(
+            alone.contains(
+                "No member's device could be reached: the group will not know you left until a \
+                 facilitator removes you."
+            ),
+            "{alone}"
+        );
+        assert!(alone.contains("stays on this device"), "{alone}");
+    }
+
+    #[test]
+    fn utc_times_are_calendar_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00");
+        assert_eq!(utc(1_767_225_599), "2025-12-31 23:59");
+        assert_eq!(utc(-1), "1969-12-31 23:59");
+        // Nonsense from a broken clock must not panic.
+        assert!(!utc(i64::MAX).is_empty());
+        assert!(!utc(i64::MIN).is_empty());
+    }
+
+    #[test]
+    fn shell_words_are_quoted_only_when_needed() {
+        assert_eq!(shell_word(A), A);
+        assert_eq!(shell_word("Sam"), "Sam");
+        assert_eq!(shell_word("Thursday circle"), "'Thursday circle'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word("$HOME"), "'$HOME'");
+        assert_eq!(shell_word(""), "''");
     }
 
     #[test]
