@@ -4,12 +4,15 @@
 //! The binaries are built (or found up to date) by the harness itself, with the same cargo,
 //! profile and target directory as the test executable.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+pub mod netns;
 
 /// How long a daemon may take to come up, or a change to reach another daemon, before a
 /// test gives up. Generous: CI machines are small and shared.
@@ -86,10 +89,34 @@ fn poll<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
+/// How [`Daemon`] runs hearthd: an optional wrapper command it is run through (e.g.
+/// `ip netns exec NS`, which must exec hearthd so the pid stays hearthd's), and the network
+/// flags.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// Program and arguments put before the hearthd path; empty to run hearthd directly.
+    pub wrapper: Vec<OsString>,
+    /// hearthd's network flags (`--listen`, `--no-mdns`).
+    pub net_args: Vec<String>,
+}
+
+impl Default for Launch {
+    /// hearthd directly, on 127.0.0.1 (random port) with mDNS off.
+    fn default() -> Self {
+        Launch {
+            wrapper: Vec::new(),
+            net_args: ["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]
+                .map(str::to_owned)
+                .to_vec(),
+        }
+    }
+}
+
 pub struct Daemon {
     pub name: String,
     pub data_dir: PathBuf,
     pub socket: PathBuf,
+    launch: Launch,
     child: Option<Child>,
 }
 
@@ -97,15 +124,27 @@ impl Daemon {
     /// Starts hearthd on 127.0.0.1 (random port, mDNS off) with `data_dir`, and waits until
     /// its API answers.
     pub fn start(name: &str, data_dir: &Path) -> Daemon {
+        Daemon::start_with(name, data_dir, Launch::default())
+    }
+
+    /// Starts hearthd as `launch` says with `data_dir`, and waits until its API answers.
+    /// [`Daemon::restart`] launches it the same way.
+    pub fn start_with(name: &str, data_dir: &Path, launch: Launch) -> Daemon {
         let socket = data_dir.with_extension("sock");
         let mut d = Daemon {
             name: name.to_owned(),
             data_dir: data_dir.to_owned(),
             socket,
+            launch,
             child: None,
         };
         d.restart();
         d
+    }
+
+    /// The pid of the running hearthd, if it is running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Starts the (stopped) daemon again on the same data dir.
@@ -113,12 +152,20 @@ impl Daemon {
         assert!(self.child.is_none(), "{} is already running", self.name);
         let log = std::fs::File::create(self.data_dir.with_extension("log"))
             .expect("create daemon log file");
-        let child = Command::new(bin("hearthd"))
+        let mut command = match self.launch.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin("hearthd"));
+                c
+            }
+            None => Command::new(bin("hearthd")),
+        };
+        let child = command
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--socket")
             .arg(&self.socket)
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+            .args(&self.launch.net_args)
             .env("HEARTH_LOG", "info,hearthd=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
