@@ -961,6 +961,18 @@ impl Node {
         })
     }
 
+    /// Whether `member` (with exactly this identity) was a member of group `id` and left or
+    /// was removed.
+    pub fn has_departed(&self, id: &GroupId, member: &PublicIdentity) -> bool {
+        self.lock().get(id).is_some_and(|s| {
+            s.group
+                .roster()
+                .departed()
+                .get(&member.member_id())
+                .is_some_and(|d| d.identity == *member)
+        })
+    }
+
     /// Whether this device already sees itself in group `id`'s membership (a joiner does
     /// once the facilitator's add has synced).
     pub fn sees_self_in(&self, id: &GroupId) -> bool {

@@ -81,7 +81,8 @@ pub async fn run(
     .await
     .context("handshake timed out")??;
     let groups = shared.groups;
-    if groups.is_empty() {
+    let receive_only = shared.receive_only;
+    if groups.is_empty() && receive_only.is_empty() {
         tracing::debug!(%peer, "no shared group; closing session");
         return Ok(if shared.awaiting.is_empty() {
             Outcome::Nothing
@@ -95,12 +96,14 @@ pub async fn run(
     let mut push = tokio::spawn(push_loop(
         node.clone(),
         groups.clone(),
+        receive_only.clone(),
         shared.awaiting,
         shared.identity,
         link.clone(),
         writer,
     ));
-    let receive = receive_loop(&node, &groups, &link, &mut reader);
+    let receivable: BTreeSet<GroupId> = groups.union(&receive_only).copied().collect();
+    let receive = receive_loop(&node, &receivable, &groups, &link, &mut reader);
     let result = tokio::select! {
         r = receive => r,
         r = &mut push => r.context("push task failed")?,
@@ -114,6 +117,10 @@ pub async fn run(
 struct Shared {
     /// Groups both sides hold the key of and see the other as a member of.
     groups: BTreeSet<GroupId>,
+    /// Groups whose key the peer holds but where it is no longer a member in our view: we
+    /// send it nothing, but take what it sends (checked like everything else), because
+    /// our view may be what is out of date (a removal that concurrent changes undo).
+    receive_only: BTreeSet<GroupId>,
     /// Groups both hold the key of where we do not (yet) see the peer as a member.
     awaiting: Vec<GroupId>,
     /// The peer's proven member identity.
@@ -167,6 +174,7 @@ where
     if matched.is_empty() {
         return Ok(Shared {
             groups: BTreeSet::new(),
+            receive_only: BTreeSet::new(),
             awaiting: Vec::new(),
             identity: None,
         });
@@ -191,11 +199,15 @@ where
     if !session::verify_auth(&identity, &their_sig, &transcript, side.other(), &matched) {
         bail!("peer's member signature does not verify");
     }
-    let (groups, awaiting): (Vec<GroupId>, Vec<GroupId>) = matched
+    let (groups, others): (Vec<GroupId>, Vec<GroupId>) = matched
         .into_iter()
         .partition(|g| node.has_member(g, &identity));
+    let (receive_only, awaiting): (Vec<GroupId>, Vec<GroupId>) = others
+        .into_iter()
+        .partition(|g| node.has_departed(g, &identity));
     Ok(Shared {
         groups: groups.into_iter().collect(),
+        receive_only: receive_only.into_iter().collect(),
         awaiting,
         identity: Some(identity),
     })
@@ -204,6 +216,7 @@ where
 async fn receive_loop<R>(
     node: &Arc<Node>,
     groups: &BTreeSet<GroupId>,
+    sending: &BTreeSet<GroupId>,
     link: &Link,
     reader: &mut R,
 ) -> anyhow::Result<()>
@@ -213,13 +226,27 @@ where
     let mut last_resend: HashMap<GroupId, Instant> = HashMap::new();
     while let Some(msg) = read_msg::<_, SyncMessage>(reader, MAX_FRAME_LEN).await? {
         match msg {
-            SyncMessage::Have { group_id, heads } if groups.contains(&group_id) => {
+            SyncMessage::Have { group_id, heads } if sending.contains(&group_id) => {
                 let vv = heads
                     .into_iter()
                     .map(|e| (e.author, (e.seq, e.hash)))
                     .collect();
                 node.note_peer_has(&group_id, &vv);
                 // Where the peer's log differs from ours, send ours so it sees the fork.
+                let vv = node.reconcile_heads(&group_id, vv);
+                lock(&link.known).insert(group_id, vv);
+                link.wake.notify_one();
+            }
+            SyncMessage::HaveOwn {
+                group_id,
+                seq,
+                hash,
+            } if sending.contains(&group_id) => {
+                // The peer wants our own log only: treat every other author as up to date.
+                let me = node.member_id();
+                let mut vv = node.version_vector(&group_id);
+                node.note_peer_has(&group_id, &VersionVector::from([(me, (seq, hash))]));
+                vv.insert(me, (seq, hash));
                 let vv = node.reconcile_heads(&group_id, vv);
                 lock(&link.known).insert(group_id, vv);
                 link.wake.notify_one();
@@ -255,6 +282,7 @@ where
                 // Out-of-order envelopes were refused for now: once in a while, send our
                 // version vector again so the peer resends what we still lack.
                 if refused > 0
+                    && sending.contains(&group_id)
                     && last_resend
                         .get(&group_id)
                         .is_none_or(|t| t.elapsed() >= RESEND_HAVE_EVERY)
@@ -275,6 +303,7 @@ where
 async fn push_loop<W>(
     node: Arc<Node>,
     groups: BTreeSet<GroupId>,
+    receive_only: BTreeSet<GroupId>,
     awaiting: Vec<GroupId>,
     identity: Option<PublicIdentity>,
     link: Link,
@@ -285,8 +314,17 @@ where
 {
     let mut changed = node.subscribe();
     let mut groups_changed = node.subscribe_groups();
-    for group_id in &groups {
-        send_have(&node, *group_id, &mut writer).await?;
+    let peer_id = identity.map(|i| i.member_id());
+    let have = |group_id: GroupId| {
+        let own = receive_only
+            .contains(&group_id)
+            .then_some(peer_id)
+            .flatten();
+        (group_id, own)
+    };
+    for group_id in groups.iter().chain(&receive_only) {
+        let (group_id, own) = have(*group_id);
+        send_have(&node, group_id, own, &mut writer).await?;
     }
     loop {
         changed.borrow_and_update();
@@ -294,7 +332,8 @@ where
             .into_iter()
             .collect();
         for group_id in again {
-            send_have(&node, group_id, &mut writer).await?;
+            let (group_id, own) = have(group_id);
+            send_have(&node, group_id, own, &mut writer).await?;
         }
         if link.renew.swap(false, std::sync::atomic::Ordering::SeqCst) {
             futures::AsyncWriteExt::flush(&mut writer).await?;
@@ -348,11 +387,33 @@ where
     }
 }
 
-/// Sends our version vector for one group.
-async fn send_have<W>(node: &Node, group_id: GroupId, writer: &mut W) -> anyhow::Result<()>
+/// Sends our version vector for one group; or, to a peer (`own`) that is no longer a
+/// member in our view, only our head of its own log.
+async fn send_have<W>(
+    node: &Node,
+    group_id: GroupId,
+    own: Option<hearth_protocol::ids::MemberId>,
+    writer: &mut W,
+) -> anyhow::Result<()>
 where
     W: futures::AsyncWrite + Unpin,
 {
+    if let Some(peer) = own {
+        let (seq, hash) = node
+            .version_vector(&group_id)
+            .get(&peer)
+            .copied()
+            .unwrap_or((0, [0; 32]));
+        return write_msg(
+            writer,
+            &SyncMessage::HaveOwn {
+                group_id,
+                seq,
+                hash,
+            },
+        )
+        .await;
+    }
     let heads = node
         .version_vector(&group_id)
         .into_iter()

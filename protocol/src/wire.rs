@@ -62,6 +62,15 @@ pub enum SyncMessage {
         #[serde(deserialize_with = "bounded::vec::<_, _, MAX_BATCH_ENVELOPES>")]
         envelopes: Vec<Vec<u8>>,
     },
+    /// To a peer that is no longer a member in the sender's view: "send me your own log
+    /// after this envelope, and nothing else". It tells the peer nothing of the group
+    /// beyond its own log, and lets the sender learn acts of the peer that may undo the
+    /// peer's removal (concurrent removals).
+    HaveOwn {
+        group_id: GroupId,
+        seq: u64,
+        hash: Hash,
+    },
 }
 
 /// Largest frame of the session handshake (hello, proofs, auth) and of a join request.
