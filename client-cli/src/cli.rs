@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 
 use clap::builder::NonEmptyStringValueParser;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use hearth_protocol::api::Role;
 
-use crate::duration::parse_ttl;
+use crate::duration::{check_code_ttl, parse_ttl};
 
 /// hearth: small, private peer-support groups, run from your own device.
 ///
@@ -28,6 +29,39 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Parses the command line, including the checks clap's declarations cannot express.
+    pub fn parse_checked<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Cli::try_parse_from(args)?.check()
+    }
+
+    /// The checks that depend on several arguments at once: `--ttl` with `--code` is held to
+    /// a spoken code's shorter limit. Failures are clap usage errors (exit 2).
+    fn check(self) -> Result<Cli, clap::Error> {
+        if let Command::Invite {
+            ttl: Some(ttl),
+            code: true,
+            ..
+        } = &self.command
+            && let Err(message) = check_code_ttl(*ttl)
+        {
+            let mut root = Cli::command();
+            // Gives the subcommand its full name (`hearth invite`) for the usage line.
+            root.build();
+            let error = match root.find_subcommand_mut("invite") {
+                Some(invite) => invite.error(ErrorKind::ValueValidation, message),
+                None => root.error(ErrorKind::ValueValidation, message),
+            };
+            return Err(error);
+        }
+        Ok(self)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show this device's member id, addresses, connected peers and groups
@@ -38,21 +72,34 @@ pub enum Command {
     /// Add and list a group's agreements
     #[command(subcommand)]
     Agreement(AgreementCommand),
-    /// Create a one-time invite token for someone to join a group
+    /// Create a one-time invite for someone to join a group: a token to hand over, or with
+    /// --code a short code to say aloud to someone in the same room
     Invite {
         /// The group: its id or its (unique) name
         #[arg(value_parser = NonEmptyStringValueParser::new())]
         group: String,
-        /// How long the token stays valid: `900` (seconds), `90s`, `15m`, `2h`, `1d`; at
-        /// most `7d` [default: 15m]
+        /// How long the invite stays valid: `900` (seconds), `90s`, `15m`, `2h`, `1d`. A token:
+        /// at most `7d` [default: 15m]. A code: at most `1h` [default: 10m]
         #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
         ttl: Option<u64>,
+        /// Make a spoken code instead of a token, for someone in the same room (on the same
+        /// local network): a few words to read aloud, that work once. hearth then waits
+        /// until they join
+        #[arg(long)]
+        code: bool,
+        /// With --code: print the code and return at once, without waiting for them to join
+        #[arg(long, requires = "code")]
+        no_wait: bool,
+        /// Do not show the token as a QR code (it is shown only on a terminal, never with
+        /// --json)
+        #[arg(long, conflicts_with = "code")]
+        no_qr: bool,
     },
-    /// Join a group with an invite token you were handed
+    /// Join a group with an invite token you were handed, or a code you were told
     Join {
-        /// The invite token, or `-` to read it from standard input (keeps it out of your
-        /// shell history)
-        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        /// The invite token (`hearth1-…`) or the spoken code (e.g. `4-lantern-orchard-meadow`),
+        /// or `-` to read it from standard input (keeps it out of your shell history)
+        #[arg(value_name = "TOKEN|CODE", value_parser = NonEmptyStringValueParser::new())]
         token: String,
         /// The name the group's members will see you by, e.g. "Sam"
         #[arg(long, value_name = "NAME", value_parser = NonEmptyStringValueParser::new())]
@@ -204,7 +251,7 @@ mod tests {
     use clap::CommandFactory;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("hearth").chain(args.iter().copied()))
+        Cli::parse_checked(std::iter::once("hearth").chain(args.iter().copied()))
     }
 
     #[test]
@@ -225,11 +272,75 @@ mod tests {
     fn ttl_is_parsed_into_seconds() {
         let cli = parse(&["invite", "Thursday circle", "--ttl", "2h"]).unwrap();
         match cli.command {
-            Command::Invite { group, ttl } => {
+            Command::Invite {
+                group,
+                ttl,
+                code,
+                no_wait,
+                no_qr,
+            } => {
                 assert_eq!(group, "Thursday circle");
                 assert_eq!(ttl, Some(7200));
+                assert_eq!((code, no_wait, no_qr), (false, false, false));
             }
             other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn invite_code_flags_parse() {
+        match parse(&["invite", "g", "--code", "--ttl", "30m", "--no-wait"])
+            .unwrap()
+            .command
+        {
+            Command::Invite {
+                ttl,
+                code,
+                no_wait,
+                no_qr,
+                ..
+            } => assert_eq!((ttl, code, no_wait, no_qr), (Some(1800), true, true, false)),
+            other => panic!("parsed as {other:?}"),
+        }
+        match parse(&["--json", "invite", "g", "--no-qr"])
+            .unwrap()
+            .command
+        {
+            Command::Invite { code, no_qr, .. } => assert_eq!((code, no_qr), (false, true)),
+            other => panic!("parsed as {other:?}"),
+        }
+        // An hour is the most a code may live; a token may live a week.
+        assert!(parse(&["invite", "g", "--code", "--ttl", "1h"]).is_ok());
+        assert!(parse(&["invite", "g", "--code", "--ttl", "3600"]).is_ok());
+        assert!(parse(&["invite", "g", "--ttl", "7d"]).is_ok());
+    }
+
+    #[test]
+    fn a_code_ttl_over_an_hour_is_a_usage_error() {
+        for ttl in ["2h", "61m", "3601", "7d"] {
+            let err = parse(&["invite", "g", "--code", "--ttl", ttl]).unwrap_err();
+            assert_eq!(err.exit_code(), i32::from(EXIT_USAGE), "{ttl}");
+            let text = err.to_string();
+            assert!(text.contains("at most 1h"), "{text}");
+            assert!(text.contains("leave out --code"), "{text}");
+            assert!(text.contains("hearth invite"), "usage line: {text}");
+        }
+        // Order does not matter.
+        let err = parse(&["invite", "--ttl", "2h", "g", "--code"]).unwrap_err();
+        assert_eq!(err.exit_code(), i32::from(EXIT_USAGE));
+        // Beyond a token's limit, the token's message still comes first.
+        let err = parse(&["invite", "g", "--code", "--ttl", "8d"]).unwrap_err();
+        assert!(err.to_string().contains("7d"), "{err}");
+    }
+
+    #[test]
+    fn no_wait_needs_code_and_no_qr_excludes_it() {
+        for args in [
+            &["invite", "g", "--no-wait"][..],
+            &["invite", "g", "--code", "--no-qr"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.exit_code(), i32::from(EXIT_USAGE), "{args:?}");
         }
     }
 

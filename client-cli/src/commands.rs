@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hearth_protocol::api::{
-    API_PREFIX, AddAgreement, AddPeer, Agreement, AgreementAdded, CreateGroup, CreateInvite,
-    GroupCreated, GroupDetail, GroupSummary, InviteCreated, Join, Joined, Leave, Left, MemberInfo,
-    MemberRemoved, Peer, PeerAdded, SafetyNumber, SetRole, Status,
+    API_PREFIX, AddAgreement, AddPeer, Agreement, AgreementAdded, CodeCreated, CreateCode,
+    CreateGroup, CreateInvite, GroupCreated, GroupDetail, GroupSummary, InviteCreated, Join,
+    Joined, Leave, Left, MemberInfo, MemberRemoved, Peer, PeerAdded, SafetyNumber, SetRole, Status,
 };
 use hyper::Method;
 use serde::Serialize;
@@ -20,7 +20,10 @@ use crate::render;
 /// How long to wait for most answers: they are local reads and writes.
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// Joining dials the facilitator over the network and waits for its welcome, so it gets
-/// longer than hearthd's own dialling needs, to see hearthd's error rather than ours.
+/// longer than hearthd's own steps need, to see hearthd's error rather than ours. With a
+/// spoken code, hearthd first searches the local network for up to 20 s and gives each
+/// daemon it finds up to 15 s to answer; then the join takes up to 30 s and the first sync
+/// up to 20 s. Token joins dial for up to 10 s per address instead of searching.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(180);
 /// Leaving waits up to 15 s for another member's device to confirm it has the departure,
 /// then destroys the copy. Giving up early would cut that short, so wait well past it.
@@ -66,9 +69,23 @@ pub fn api_call(command: &Command) -> Result<ApiCall> {
         Command::Agreement(AgreementCommand::List { group }) => {
             get(group_path(group, Some("agreements")))
         }
-        Command::Invite { group, ttl } => post(
+        Command::Invite {
+            group,
+            ttl,
+            code: false,
+            ..
+        } => post(
             group_path(group, Some("invites")),
             &CreateInvite { ttl_secs: *ttl },
+        )?,
+        Command::Invite {
+            group,
+            ttl,
+            code: true,
+            ..
+        } => post(
+            group_path(group, Some("codes")),
+            &CreateCode { ttl_secs: *ttl },
         )?,
         Command::Join { token, name } => post(
             path(&["join"]),
@@ -121,6 +138,58 @@ pub fn api_call(command: &Command) -> Result<ApiCall> {
     })
 }
 
+/// The request that asks about spoken code `channel` of `group`, waiting up to `wait`
+/// seconds for it to be used or to expire.
+pub fn code_status_call(group: &str, channel: u16, wait: u64) -> ApiCall {
+    get(format!(
+        "{}?wait={wait}",
+        group_path(group, Some(&format!("codes/{channel}")))
+    ))
+}
+
+/// The group whose spoken code hearth waits on after showing it: `invite --code` without
+/// `--no-wait`.
+pub fn waits_for_code(command: &Command) -> Option<&str> {
+    match command {
+        Command::Invite {
+            group,
+            code: true,
+            no_wait: false,
+            ..
+        } => Some(group),
+        _ => None,
+    }
+}
+
+/// Whether the answer to `command` shows an invite token as a QR code: only for a token
+/// (not a spoken code), without `--no-qr`, without `--json`, and only when stdout is a
+/// terminal (a QR code in a file or a pipe is just noise).
+pub fn shows_qr(command: &Command, json: bool, stdout_is_terminal: bool) -> bool {
+    matches!(
+        command,
+        Command::Invite {
+            code: false,
+            no_qr: false,
+            ..
+        }
+    ) && !json
+        && stdout_is_terminal
+}
+
+/// `answer` as `--json` prints it: one pretty-printed document, except for `invite --code`,
+/// whose output is JSON lines (the code now, what became of it later), one compact
+/// document a line.
+pub fn json(command: &Command, answer: &Value) -> Result<String> {
+    let mut json = if matches!(command, Command::Invite { code: true, .. }) {
+        serde_json::to_string(answer)
+    } else {
+        serde_json::to_string_pretty(answer)
+    }
+    .context("encoding the answer")?;
+    json.push('\n');
+    Ok(json)
+}
+
 /// How long `command` waits for hearthd's answer.
 pub fn timeout(command: &Command) -> Duration {
     match command {
@@ -131,8 +200,15 @@ pub fn timeout(command: &Command) -> Duration {
 }
 
 /// The text for people that shows `answer`, hearthd's answer to `call`. `now` is seconds
-/// since the Unix epoch.
-pub fn human(command: &Command, call: &ApiCall, answer: Value, now: u64) -> Result<String> {
+/// since the Unix epoch; `qr` says whether to draw an invite token as a QR code too (see
+/// [`shows_qr`]).
+pub fn human(
+    command: &Command,
+    call: &ApiCall,
+    answer: Value,
+    now: u64,
+    qr: bool,
+) -> Result<String> {
     let what = call.describe();
     Ok(match command {
         Command::Status => render::status(&decode::<Status>(answer, &what)?),
@@ -172,9 +248,15 @@ pub fn human(command: &Command, call: &ApiCall, answer: Value, now: u64) -> Resu
             &decode::<Vec<Agreement>>(answer, &what)?,
             i64::try_from(now).unwrap_or(i64::MAX),
         ),
-        Command::Invite { group, .. } => {
-            render::invite(group, &decode::<InviteCreated>(answer, &what)?, now)
-        }
+        Command::Invite {
+            group, code: false, ..
+        } => render::invite(group, &decode::<InviteCreated>(answer, &what)?, now, qr),
+        Command::Invite {
+            group,
+            code: true,
+            no_wait,
+            ..
+        } => render::code(group, &decode::<CodeCreated>(answer, &what)?, now, !no_wait),
         Command::Join { .. } => render::joined(&decode::<Joined>(answer, &what)?),
         Command::Peer(PeerCommand::Add { .. }) => {
             render::peer_added(&decode::<PeerAdded>(answer, &what)?)
@@ -339,6 +421,9 @@ mod tests {
                 Command::Invite {
                     group: g(),
                     ttl: Some(7200),
+                    code: false,
+                    no_wait: false,
+                    no_qr: false,
                 },
                 Method::POST,
                 "/v1/groups/Thursday%20circle%2F2/invites",
@@ -348,9 +433,24 @@ mod tests {
                 Command::Invite {
                     group: "abc".into(),
                     ttl: None,
+                    code: false,
+                    no_wait: false,
+                    no_qr: true,
                 },
                 Method::POST,
                 "/v1/groups/abc/invites",
+                Some(json!({"ttl_secs": null})),
+            ),
+            (
+                invite_code(&g(), Some(1800), false),
+                Method::POST,
+                "/v1/groups/Thursday%20circle%2F2/codes",
+                Some(json!({"ttl_secs": 1800})),
+            ),
+            (
+                invite_code("abc", None, true),
+                Method::POST,
+                "/v1/groups/abc/codes",
                 Some(json!({"ttl_secs": null})),
             ),
             (
@@ -537,7 +637,7 @@ mod tests {
             &verify,
             &call,
             json!({"safety_number": "12345 12345 12345 12345 12345 12345 12345 12345 12345 12345 12345 12345", "verified": true}),
-            0,
+            0, false,
         )
         .unwrap();
         assert_eq!(out, "Marked Sam as verified.\n");
@@ -552,6 +652,7 @@ mod tests {
             &call,
             json!({"member_id": "fedcba9876543210fedcba9876543210", "epoch": 4}),
             0,
+            false,
         )
         .unwrap();
         assert_eq!(
@@ -562,7 +663,7 @@ mod tests {
 
         let list = Command::Member(MemberCommand::List { group: "g".into() });
         let call = api_call(&list).unwrap();
-        let out = human(&list, &call, json!([member("", false)]), 0).unwrap();
+        let out = human(&list, &call, json!([member("", false)]), 0, false).unwrap();
         assert!(out.starts_with("NAME"), "{out}");
         assert!(out.contains("(no name)"), "{out}");
     }
@@ -571,27 +672,170 @@ mod tests {
     fn answers_of_the_wrong_shape_are_errors_with_context() {
         let command = Command::Status;
         let call = api_call(&command).unwrap();
-        let err = human(&command, &call, json!({"member_id": 7}), 0).unwrap_err();
+        let err = human(&command, &call, json!({"member_id": 7}), 0, false).unwrap_err();
         let message = format!("{err:#}");
         assert!(message.contains("GET /v1/status"), "{message}");
         assert!(message.contains("--json"), "{message}");
     }
 
+    fn invite_token(group: &str, no_qr: bool) -> Command {
+        Command::Invite {
+            group: group.into(),
+            ttl: None,
+            code: false,
+            no_wait: false,
+            no_qr,
+        }
+    }
+
+    fn invite_code(group: &str, ttl: Option<u64>, no_wait: bool) -> Command {
+        Command::Invite {
+            group: group.into(),
+            ttl,
+            code: true,
+            no_wait,
+            no_qr: false,
+        }
+    }
+
     #[test]
     fn answers_are_rendered_for_people() {
-        let command = Command::Invite {
-            group: "Carers".into(),
-            ttl: None,
-        };
+        let command = invite_token("Carers", false);
         let call = api_call(&command).unwrap();
         let out = human(
             &command,
             &call,
             json!({"token": "T", "expires_at": 1_000 + 900}),
             1_000,
+            false,
         )
         .unwrap();
         assert!(out.contains("\nT\n"), "{out}");
         assert!(out.contains("expires in 15 minutes"), "{out}");
+    }
+
+    #[test]
+    fn code_status_is_a_long_poll_on_the_channel() {
+        let call = code_status_call("Thursday circle/2", 4, 605);
+        assert_eq!(
+            (call.method, call.path.as_str(), call.body),
+            (
+                Method::GET,
+                "/v1/groups/Thursday%20circle%2F2/codes/4?wait=605",
+                None
+            )
+        );
+        assert_eq!(
+            code_status_call("abc", 65535, 0).path,
+            "/v1/groups/abc/codes/65535?wait=0"
+        );
+    }
+
+    #[test]
+    fn only_invite_code_without_no_wait_waits() {
+        assert_eq!(waits_for_code(&invite_code("g", None, false)), Some("g"));
+        assert_eq!(waits_for_code(&invite_code("g", None, true)), None);
+        assert_eq!(waits_for_code(&invite_token("g", false)), None);
+        assert_eq!(waits_for_code(&Command::Status), None);
+    }
+
+    #[test]
+    fn qr_codes_are_for_tokens_on_a_terminal_without_json_or_no_qr() {
+        let token = invite_token("g", false);
+        assert!(shows_qr(&token, false, true));
+        assert!(!shows_qr(&token, true, true), "--json");
+        assert!(!shows_qr(&token, false, false), "piped");
+        assert!(!shows_qr(&invite_token("g", true), false, true), "--no-qr");
+        assert!(
+            !shows_qr(&invite_code("g", None, false), false, true),
+            "--code"
+        );
+        assert!(!shows_qr(&Command::Status, false, true));
+    }
+
+    /// A token of the usual length.
+    fn token_answer() -> Value {
+        let token = format!("hearth1-{}", "abcdefghijklmnopqrstuvwxyz234567".repeat(10));
+        json!({"token": token, "expires_at": 1_900})
+    }
+
+    #[test]
+    fn the_qr_code_follows_the_token_only_when_asked_for() {
+        let command = invite_token("g", false);
+        let call = api_call(&command).unwrap();
+        let with = human(&command, &call, token_answer(), 1_000, true).unwrap();
+        let without = human(&command, &call, token_answer(), 1_000, false).unwrap();
+        let token = token_answer()["token"].as_str().unwrap().to_owned();
+        for out in [&with, &without] {
+            assert!(out.lines().any(|l| l == token), "{out}");
+        }
+        let qr = |out: &str| out.contains('\u{2580}') || out.contains('\u{1b}');
+        assert!(qr(&with), "{with}");
+        assert!(!qr(&without), "{without}");
+        // The token comes first, then the picture, then the expiry and the warning.
+        let token_at = with.find(&token).unwrap();
+        let picture_at = with.find('\u{1b}').unwrap();
+        let expiry_at = with.find("It expires in 15 minutes.").unwrap();
+        assert!(token_at < picture_at && picture_at < expiry_at, "{with}");
+        assert!(
+            with.trim_end()
+                .ends_with("Whoever holds it can join the group.")
+        );
+    }
+
+    #[test]
+    fn json_is_pretty_except_for_code_lines() {
+        let answer = json!({"code": "4-lantern-orchard-meadow", "channel": 4, "expires_at": 1_600});
+        let line = json(&invite_code("g", None, false), &answer).unwrap();
+        assert_eq!(
+            line,
+            "{\"channel\":4,\"code\":\"4-lantern-orchard-meadow\",\"expires_at\":1600}\n"
+        );
+        assert_eq!(line.lines().count(), 1);
+        let pretty = json(&invite_token("g", false), &token_answer()).unwrap();
+        assert!(pretty.lines().count() > 1, "{pretty}");
+        assert!(pretty.ends_with("}\n"));
+        // No QR code in JSON, whatever the flags.
+        assert!(!pretty.contains('\u{1b}') && !pretty.contains('\u{2580}'));
+    }
+
+    #[test]
+    fn the_code_screen_says_it_aloud_and_whether_hearth_waits() {
+        let answer = json!({"code": "4-lantern-orchard-meadow", "channel": 4, "expires_at": 1_600});
+        let waiting = invite_code("Thursday circle", None, false);
+        let call = api_call(&waiting).unwrap();
+        let out = human(&waiting, &call, answer.clone(), 1_000, true).unwrap();
+        assert_eq!(
+            out,
+            "Say this code to the person joining \"Thursday circle\" (it works once, for 10 \
+             minutes):\n\
+             \n\
+             \x20   4-lantern-orchard-meadow\n\
+             \n\
+             They run: hearth join 4-lantern-orchard-meadow\n\
+             Waiting for them to join... (Ctrl-C stops waiting; the code stays valid until it \
+             expires)\n"
+        );
+        let no_wait = invite_code("Thursday circle", None, true);
+        let out = human(&no_wait, &call, answer, 1_000, true).unwrap();
+        assert!(!out.contains("Waiting"), "{out}");
+        assert!(
+            out.ends_with(
+                "The code stays valid until it expires. To see whether they joined: hearth \
+                 member list 'Thursday circle'\n"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn joining_waits_long_enough_for_a_code_search() {
+        let join = Command::Join {
+            token: "4-lantern-orchard-meadow".into(),
+            name: None,
+        };
+        // Search 20 s, one daemon's answer 15 s, the join 30 s, the first sync 20 s: twice
+        // that, so hearthd's own error arrives first.
+        assert!(timeout(&join) >= Duration::from_secs(2 * (20 + 15 + 30 + 20)));
     }
 }

@@ -2,14 +2,17 @@
 //!
 //! This file is the edge: parse the command line, find the socket, make one call, print the
 //! answer (JSON or text for people) and turn failures into `hearth: …` and an exit code.
+//! `hearth invite --code` then goes on asking until the code is used (see `code`).
 
 mod cli;
 mod client;
+mod code;
 mod commands;
 mod confirm;
 mod duration;
 mod error;
 mod path;
+mod qr;
 mod render;
 mod socket;
 
@@ -18,17 +21,18 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use clap::Parser as _;
+use hearth_protocol::api::CodeCreated;
+use serde::Deserialize as _;
 
 use crate::cli::{Cli, Command};
 use crate::client::Client;
 use crate::confirm::Consent;
 
-/// An invite token is well under this; the cap only bounds what `join -` reads.
+/// An invite token (or code) is well under this; the cap only bounds what `join -` reads.
 const MAX_TOKEN_BYTES: u64 = 64 * 1024;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_checked(std::env::args_os()) {
         Ok(cli) => cli,
         // clap words its own usage errors (and --help/--version output).
         Err(e) => {
@@ -76,7 +80,7 @@ fn run(mut cli: Cli) -> Result<()> {
     }
     let socket = socket::resolve_from_env(cli.socket.take())?;
     let call = commands::api_call(&cli.command)?;
-    let client = Client::new(socket, commands::timeout(&cli.command));
+    let client = Client::new(socket.clone(), commands::timeout(&cli.command));
 
     // One request at a time: a current-thread runtime is all the transport needs.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -87,49 +91,112 @@ fn run(mut cli: Cli) -> Result<()> {
     let answer =
         runtime.block_on(client.call(call.method.clone(), &call.path, call.body.as_ref()))?;
 
+    // What `invite --code` waits on, read before the answer is consumed by the output.
+    let waits = match commands::waits_for_code(&cli.command) {
+        Some(group) => Some((
+            group,
+            CodeCreated::deserialize(&answer).with_context(|| {
+                format!(
+                    "hearthd's answer to {} does not have the shape this hearth expects",
+                    call.describe()
+                )
+            })?,
+        )),
+        None => None,
+    };
     let warning = commands::warning(&cli.command, &answer);
     let output = if cli.json {
-        let mut json = serde_json::to_string_pretty(&answer).context("encoding the answer")?;
-        json.push('\n');
-        json
+        commands::json(&cli.command, &answer)?
     } else {
-        commands::human(&cli.command, &call, answer, now_secs())?
+        let qr = commands::shows_qr(&cli.command, cli.json, io::stdout().is_terminal());
+        commands::human(&cli.command, &call, answer, now_secs(), qr)?
     };
-    let mut stdout = io::stdout().lock();
-    let written = match stdout
-        .write_all(output.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        // The reader went away (`hearth group list | head -1`): the work is done, say nothing.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        written => written.context("writing to stdout"),
-    };
+    let written = write_out(&mut io::stdout(), &output);
     // After the output, so it is the last thing on the screen; with `--json` too, as it
     // goes to stderr. Nothing sensible to do if stderr is gone.
     if let Some(warning) = warning {
         let _ = io::stderr().lock().write_all(warning.as_bytes());
     }
-    written
+    match (written?, waits) {
+        (Written::All, Some((group, created))) => wait_for_code(
+            &runtime,
+            &socket,
+            group,
+            &created,
+            cli.json,
+            &mut io::stdout(),
+            now_secs,
+        ),
+        // Nobody reads the output any more, so nobody is waiting to hear the outcome.
+        (Written::ReaderGone, _) | (_, None) => Ok(()),
+    }
 }
 
-/// Reads an invite token from `input`, for `hearth join -`: one line, surrounding
-/// whitespace ignored. Keeps the secret out of shell history and the process list.
+/// Whether the output reached its reader.
+enum Written {
+    All,
+    /// The reader went away (`hearth group list | head -1`).
+    ReaderGone,
+}
+
+/// Writes `output` to `out` (stdout) and flushes it.
+fn write_out(out: &mut impl Write, output: &str) -> Result<Written> {
+    match out.write_all(output.as_bytes()).and_then(|()| out.flush()) {
+        // The work is done: say nothing.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Written::ReaderGone),
+        written => written.map(|()| Written::All).context("writing to stdout"),
+    }
+}
+
+/// `hearth invite GROUP --code`, once the code is shown: waits until it is used or expires,
+/// then prints the outcome (with `--json`, hearthd's last answer as a second JSON line).
+/// Exits with 0 when someone joined, else with 1. `out` is stdout; `now` the clock.
+fn wait_for_code(
+    runtime: &tokio::runtime::Runtime,
+    socket: &std::path::Path,
+    group: &str,
+    created: &CodeCreated,
+    json: bool,
+    out: &mut impl Write,
+    now: impl FnMut() -> u64,
+) -> Result<()> {
+    let (answer, status) = code::wait_until_used(created, now, |wait| {
+        let call = commands::code_status_call(group, created.channel, wait);
+        let client = Client::new(socket.to_owned(), code::client_timeout(wait));
+        runtime.block_on(client.call(call.method, &call.path, None))
+    })?;
+    let outcome = code::outcome(group, &status);
+    if json {
+        let mut line = serde_json::to_string(&answer).context("encoding the answer")?;
+        line.push('\n');
+        write_out(out, &line)?;
+        // A code that was not used is still a failure: `hearth: …` on stderr, exit 1.
+        outcome.map(drop)
+    } else {
+        write_out(out, &outcome?)?;
+        Ok(())
+    }
+}
+
+/// Reads an invite token or spoken code from `input`, for `hearth join -`: one line,
+/// surrounding whitespace ignored. Keeps the secret out of shell history and the process
+/// list.
 fn read_token(input: impl BufRead, prompt: bool) -> Result<String> {
     if prompt {
         // The prompt goes to stderr so it never mixes with `--json` output.
         let _ = write!(
             io::stderr().lock(),
-            "Paste the invite token, then press Enter: "
+            "Paste the invite token or type the code, then press Enter: "
         );
     }
     let mut line = String::new();
     input
         .take(MAX_TOKEN_BYTES)
         .read_line(&mut line)
-        .context("reading the invite token from standard input")?;
+        .context("reading the invite token or code from standard input")?;
     let token = line.trim();
     if token.is_empty() {
-        bail!("no invite token on standard input");
+        bail!("no invite token or code on standard input");
     }
     Ok(token.to_owned())
 }
@@ -144,6 +211,153 @@ fn now_secs() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::Full;
+    use hyper::body::{Bytes, Incoming};
+    use hyper::service::service_fn;
+    use hyper::{Request, Response};
+    use hyper_util::rt::TokioIo;
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+    use std::path::Path;
+    use std::sync::{Arc, Mutex, mpsc};
+
+    /// Serves `answers` (each with status 200), one per request in order, on `socket`, from
+    /// a thread of its own; reports each request's method and path with query.
+    fn scripted(socket: &Path, answers: &[&'static str]) -> mpsc::Receiver<String> {
+        let listener = std::os::unix::net::UnixListener::bind(socket).expect("bind test socket");
+        listener.set_nonblocking(true).unwrap();
+        let answers = Arc::new(Mutex::new(answers.iter().copied().collect::<VecDeque<_>>()));
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::UnixListener::from_std(listener).unwrap();
+                while let Ok((stream, _)) = listener.accept().await {
+                    let (answers, tx) = (answers.clone(), tx.clone());
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let _ = tx.send(format!("{} {}", req.method(), req.uri()));
+                        let answer = answers.lock().unwrap().pop_front().unwrap_or("{}");
+                        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(answer)))) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+            });
+        });
+        rx
+    }
+
+    /// Runs the wait for code 4 of "Thursday circle", expiring at 1600, at a clock stopped
+    /// at 1000, against `answers`. Returns the result, stdout and the requests made.
+    fn wait(json: bool, answers: &[&'static str]) -> (Result<()>, String, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("hearthd.sock");
+        let seen = scripted(&socket, answers);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let created = CodeCreated {
+            code: "4-lantern-orchard-meadow".into(),
+            channel: 4,
+            expires_at: 1_600,
+        };
+        let mut out = Vec::new();
+        let result = wait_for_code(
+            &runtime,
+            &socket,
+            "Thursday circle",
+            &created,
+            json,
+            &mut out,
+            || 1_000,
+        );
+        (
+            result,
+            String::from_utf8(out).unwrap(),
+            seen.try_iter().collect(),
+        )
+    }
+
+    const JOINED: &str =
+        r#"{"state":"joined","member_id":"fedcba9876543210fedcba9876543210","name":"Sam"}"#;
+
+    #[test]
+    fn the_wait_long_polls_until_someone_joins() {
+        let (result, out, seen) = wait(false, &[r#"{"state":"open"}"#, JOINED]);
+        result.unwrap();
+        let path = "/v1/groups/Thursday%20circle/codes/4?wait=605";
+        assert_eq!(seen, vec![format!("GET {path}"), format!("GET {path}")]);
+        assert_eq!(
+            out,
+            "Sam joined \"Thursday circle\" (member fedcba9876543210fedcba9876543210). \
+             Compare safety numbers, face to face: hearth member verify 'Thursday circle' \
+             fedcba9876543210fedcba9876543210\n"
+        );
+    }
+
+    #[test]
+    fn an_unused_code_exits_1_with_the_reason_on_stderr() {
+        for (answer, reason) in [
+            (r#"{"state":"wrong_code"}"#, "wrong words"),
+            (r#"{"state":"expired"}"#, "expired unused"),
+        ] {
+            let (result, out, seen) = wait(false, &[answer]);
+            let err = result.unwrap_err();
+            assert_eq!(error::exit_code(&err), error::EXIT_FAILURE);
+            assert!(err.to_string().contains(reason), "{err}");
+            assert!(
+                err.to_string()
+                    .contains("hearth invite 'Thursday circle' --code")
+            );
+            assert_eq!(out, "", "the reason goes to stderr, as every error");
+            assert_eq!(seen.len(), 1);
+        }
+    }
+
+    #[test]
+    fn with_json_the_last_answer_is_the_second_line() {
+        let (result, out, _) = wait(true, &[JOINED]);
+        result.unwrap();
+        assert!(out.ends_with('\n') && out.lines().count() == 1, "{out}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+            serde_json::from_str::<serde_json::Value>(JOINED).unwrap()
+        );
+
+        let (result, out, _) = wait(true, &[r#"{"state":"expired","member_id":null}"#]);
+        assert_eq!(error::exit_code(&result.unwrap_err()), error::EXIT_FAILURE);
+        assert_eq!(out, "{\"member_id\":null,\"state\":\"expired\"}\n");
+    }
+
+    #[test]
+    fn a_lost_daemon_ends_the_wait_with_exit_3() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let created = CodeCreated {
+            code: "4-lantern-orchard-meadow".into(),
+            channel: 4,
+            expires_at: 1_600,
+        };
+        let err = wait_for_code(
+            &runtime,
+            &dir.path().join("gone.sock"),
+            "g",
+            &created,
+            false,
+            &mut Vec::new(),
+            || 1_000,
+        )
+        .unwrap_err();
+        assert_eq!(error::exit_code(&err), error::EXIT_UNREACHABLE);
+    }
 
     #[test]
     fn token_is_the_first_line_trimmed() {

@@ -7,9 +7,11 @@
 use std::fmt::Write as _;
 
 use hearth_protocol::api::{
-    Agreement, AgreementAdded, GroupCreated, GroupDetail, GroupSummary, InviteCreated, Joined,
-    Left, MemberInfo, MemberRemoved, Peer, PeerAdded, Role, SafetyNumber, Status,
+    Agreement, AgreementAdded, CodeCreated, GroupCreated, GroupDetail, GroupSummary, InviteCreated,
+    Joined, Left, MemberInfo, MemberRemoved, Peer, PeerAdded, Role, SafetyNumber, Status,
 };
+
+use crate::qr;
 
 /// Space between table columns and between a label and its value.
 const GAP: &str = "  ";
@@ -106,20 +108,70 @@ pub fn agreement_list(agreements: &[Agreement], now: i64) -> String {
     })
 }
 
-/// The token on a line of its own (easy to copy), when it expires, and how to hand it over.
-pub fn invite(group: &str, invite: &InviteCreated, now: u64) -> String {
+/// The token on a line of its own (easy to copy), with `qr` the same token as a QR code
+/// under it, when it expires, and how to hand it over.
+pub fn invite(group: &str, invite: &InviteCreated, now: u64, qr: bool) -> String {
     let expiry = if invite.expires_at > now {
         format!("It expires in {}.", in_words(invite.expires_at - now))
     } else {
         "It has already expired; check this device's clock, then create a new one.".to_owned()
     };
-    format!(
-        "Invite token for group \"{}\":\n\n{}\n\n{expiry}\n\
-         The token is a secret: hand it over in person (or read it out), and do not post it \
-         in a chat, an email or anywhere else. Whoever holds it can join the group.\n",
+    let mut out = format!(
+        "Invite token for group \"{}\":\n\n{}\n\n",
         clean(group),
         clean(&invite.token),
-    )
+    );
+    let mut hand_over = "hand it over in person (or read it out)";
+    if qr {
+        // The token as it is, not cleaned: what a scanner reads must be what `hearth join`
+        // takes. The picture is modules only, so nothing in the token reaches the terminal.
+        match qr::lines(&invite.token) {
+            Some(lines) => {
+                out += "The same token as a QR code:\n\n";
+                for line in lines {
+                    out += &line;
+                    out.push('\n');
+                }
+                out.push('\n');
+                hand_over = "hand it over in person (read it out, or let them scan the QR code)";
+            }
+            None => out += "(The token is too long to show as a QR code.)\n\n",
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{expiry}\nThe token is a secret: {hand_over}, and do not post it in a chat, an email \
+         or anywhere else. Whoever holds it can join the group."
+    );
+    out
+}
+
+/// `hearth invite GROUP --code`: the spoken code, large and alone, how long it works, what
+/// the person joining runs, and, when `waiting`, that hearth now waits for them.
+pub fn code(group: &str, created: &CodeCreated, now: u64, waiting: bool) -> String {
+    let code = clean(&created.code);
+    let life = if created.expires_at > now {
+        format!("it works once, for {}", in_words(created.expires_at - now))
+    } else {
+        "it has already expired: check this device's clock".to_owned()
+    };
+    let mut out = format!(
+        "Say this code to the person joining \"{}\" ({life}):\n\n    {code}\n\n\
+         They run: hearth join {code}\n",
+        clean(group),
+    );
+    if waiting {
+        out += "Waiting for them to join... (Ctrl-C stops waiting; the code stays valid until \
+                it expires)\n";
+    } else {
+        let _ = writeln!(
+            out,
+            "The code stays valid until it expires. To see whether they joined: hearth member \
+             list {}",
+            clean(&shell_word(group))
+        );
+    }
+    out
 }
 
 pub fn joined(joined: &Joined) -> String {
@@ -908,15 +960,41 @@ mod tests {
             token: "hearth-invite-abc123".into(),
             expires_at: 10_900,
         };
-        let out = invite("Thursday circle", &created, 10_000);
+        let out = invite("Thursday circle", &created, 10_000, false);
         assert!(out.lines().any(|l| l == "hearth-invite-abc123"), "{out}");
         assert!(out.contains("expires in 15 minutes"), "{out}");
         assert!(out.contains("secret"), "{out}");
         assert!(out.contains("in person"), "{out}");
         assert!(out.contains("do not post it"), "{out}");
 
-        let late = invite("g", &created, 20_000);
+        let late = invite("g", &created, 20_000, false);
         assert!(late.contains("already expired"), "{late}");
+
+        let scan = invite("g", &created, 10_000, true);
+        assert!(
+            scan.contains("The same token as a QR code:\n\n\u{1b}["),
+            "{scan}"
+        );
+        assert!(scan.contains("let them scan the QR code"), "{scan}");
+        let long = InviteCreated {
+            token: "x".repeat(4000),
+            expires_at: 10_900,
+        };
+        let out = invite("g", &long, 10_000, true);
+        assert!(out.contains("too long to show as a QR code"), "{out}");
+        assert!(!out.contains('\u{1b}'), "{out}");
+    }
+
+    #[test]
+    fn spoken_codes_from_the_daemon_are_cleaned() {
+        let created = CodeCreated {
+            code: "4-a\u{1b}[2J".into(),
+            channel: 4,
+            expires_at: 0,
+        };
+        let out = code("g", &created, 10, false);
+        assert!(!out.contains('\u{1b}'), "{out:?}");
+        assert!(out.contains("already expired"), "{out}");
     }
 
     #[test]

@@ -115,7 +115,18 @@ impl Node {
             acks: Mutex::new(BTreeMap::new()),
             code_states: Mutex::new(BTreeMap::new()),
         };
-        for (_, raw) in node.store.scan(Table::Groups, &[])? {
+        for key in node.store.scan_keys(Table::Groups, &[])? {
+            let alias: Option<[u8; 16]> = key.as_slice().try_into().ok();
+            if !alias.is_some_and(|a| node.store.has_group_key(&a)) {
+                // Its key file is gone, so nothing of it can be read.
+                tracing::warn!(
+                    "a group's storage key is missing from group-keys/; its records cannot                      be read and are skipped"
+                );
+                continue;
+            }
+            let Some(raw) = node.store.get(Table::Groups, &key)? else {
+                continue;
+            };
             let record: GroupRecord = postcard::from_bytes(&raw)
                 .map_err(|_| NodeError::Internal("a stored group record is malformed".into()))?;
             let id = record.info.group_id;
@@ -293,6 +304,8 @@ impl Node {
             None => None,
         };
         let id = group.id();
+        self.store
+            .create_group_key(&records::group_alias(&self.store, &id))?;
         let record = GroupRecord {
             info: *group.info(),
             snapshot: None,
@@ -436,6 +449,8 @@ impl Node {
             welcome.grants.iter().cloned(),
             Some(&welcome.snapshot),
         )?;
+        self.store
+            .create_group_key(&records::group_alias(&self.store, &id))?;
         let record = GroupRecord {
             info: welcome.info,
             snapshot: Some(welcome.snapshot.to_vec()),
@@ -629,8 +644,8 @@ impl Node {
             .unwrap_or(0)
     }
 
-    /// Destroys this device's copy of a group: every record of it, in one transaction.
-    /// (The freed pages keep their ciphertext until redb reuses them: see the threat model.)
+    /// Destroys this device's copy of a group: every record of it, in one transaction, then
+    /// the group's own storage key, so what redb's freed pages still hold opens with no key.
     pub fn forget_group(&self, id: &GroupId) -> Result<(), NodeError> {
         let mut groups = self.lock();
         let prefix = records::group_key(&self.store, id);
@@ -656,6 +671,8 @@ impl Node {
             }
         }
         self.store.write(ops)?;
+        self.store
+            .shred_group_key(&records::group_alias(&self.store, id))?;
         groups.remove(id);
         drop(groups);
         self.bump_groups();

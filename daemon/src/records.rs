@@ -61,9 +61,15 @@ pub fn code_key(channel: u16) -> Vec<u8> {
     k
 }
 
+/// The alias of a group: the key prefix under which everything of it is kept, and the
+/// name of its storage key.
+pub fn group_alias(store: &Store, group: &GroupId) -> [u8; 16] {
+    store.alias(&[b"group", group.as_bytes()])
+}
+
 /// The key prefix under which everything of one group is kept.
 pub fn group_key(store: &Store, group: &GroupId) -> Vec<u8> {
-    store.alias(&[b"group", group.as_bytes()]).to_vec()
+    group_alias(store, group).to_vec()
 }
 
 /// `alias(group) || alias(group, author) || seq`: scannable by group, then by author.

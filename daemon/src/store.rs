@@ -35,6 +35,9 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use zeroize::{Zeroize, Zeroizing};
 
 const KEY_FILE: &str = "storage.key";
+/// Directory of per-group key files, one per group, named by the group's alias in hex.
+const GROUP_KEYS_DIR: &str = "group-keys";
+const GROUP_VALUE_KEY_INFO: &[u8] = b"hearth v1 storage group value key";
 const DB_FILE: &str = "hearth.redb";
 const LOCK_FILE: &str = "hearthd.lock";
 const KEY_LEN: usize = 32;
@@ -76,6 +79,15 @@ impl Table {
             Table::Peers => "peers",
             Table::Verified => "verified",
         }
+    }
+
+    /// Tables whose keys start with a group's alias: their values are sealed under that
+    /// group's own key when one is registered ([`Store::create_group_key`]).
+    fn group_scoped(self) -> bool {
+        matches!(
+            self,
+            Table::Groups | Table::Envelopes | Table::EpochKeys | Table::Verified
+        )
     }
 
     fn definition(self) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
@@ -194,6 +206,8 @@ pub struct Store {
     cipher: XChaCha20Poly1305,
     /// Keys [`Store::alias`]; wiped on drop.
     alias_key: Zeroizing<[u8; 32]>,
+    /// Per-group value ciphers, by group alias (see [`Store::create_group_key`]).
+    group_ciphers: std::sync::RwLock<std::collections::HashMap<[u8; 16], XChaCha20Poly1305>>,
     dir: PathBuf,
     _lock: File,
 }
@@ -217,13 +231,90 @@ impl Store {
             (value_cipher(&file_key), alias_key(&file_key))
         };
         let db = open_db(data_dir, &db_path)?;
+        let group_ciphers =
+            std::sync::RwLock::new(load_group_keys(&data_dir.join(GROUP_KEYS_DIR))?);
         Ok(Store {
             db,
             cipher,
             alias_key,
+            group_ciphers,
             dir: data_dir.to_owned(),
             _lock: lock,
         })
+    }
+
+    /// Makes (if missing) the key file of the group with alias `alias`: from then on, values
+    /// of group-scoped tables whose key starts with `alias` are sealed under it, so that
+    /// [`Store::shred_group_key`] leaves nothing of the group that any key still opens.
+    pub fn create_group_key(&self, alias: &[u8; 16]) -> Result<(), StoreError> {
+        if self.has_group_key(alias) {
+            return Ok(());
+        }
+        let dir = self.dir.join(GROUP_KEYS_DIR);
+        prepare_dir(&dir)?;
+        let path = dir.join(hex_name(alias));
+        let _ = std::fs::remove_file(&path);
+        let key = create_key(&path)?;
+        self.ciphers_mut().insert(*alias, group_cipher(&key));
+        Ok(())
+    }
+
+    pub fn has_group_key(&self, alias: &[u8; 16]) -> bool {
+        self.group_ciphers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(alias)
+    }
+
+    /// Destroys a group's key: overwrites its file with zeros, syncs, and removes it. What
+    /// is left of the group's values (in pages redb has freed but not yet reused) can then
+    /// be opened by no key, the storage key included.
+    pub fn shred_group_key(&self, alias: &[u8; 16]) -> Result<(), StoreError> {
+        self.ciphers_mut().remove(alias);
+        let dir = self.dir.join(GROUP_KEYS_DIR);
+        let path = dir.join(hex_name(alias));
+        let ctx = || format!("destroying {}", path.display());
+        match OpenOptions::new().write(true).open(&path) {
+            Ok(mut file) => {
+                file.write_all(&[0u8; KEY_LEN])
+                    .and_then(|()| file.sync_all())
+                    .map_err(io(ctx()))?;
+                std::fs::remove_file(&path).map_err(io(ctx()))?;
+                fsync_dir(&dir)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::Io {
+                context: ctx(),
+                source: e,
+            }),
+        }
+    }
+
+    fn ciphers_mut(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, std::collections::HashMap<[u8; 16], XChaCha20Poly1305>>
+    {
+        self.group_ciphers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` with the cipher that seals values of `table` under `key`.
+    fn with_cipher<T>(
+        &self,
+        table: Table,
+        key: &[u8],
+        f: impl FnOnce(&XChaCha20Poly1305) -> T,
+    ) -> T {
+        if table.group_scoped()
+            && let Some(alias) = key.get(..16).and_then(|a| <[u8; 16]>::try_from(a).ok())
+        {
+            let ciphers = self.group_ciphers.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(cipher) = ciphers.get(&alias) {
+                return f(cipher);
+            }
+        }
+        f(&self.cipher)
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -252,6 +343,22 @@ impl Store {
             Some(v) => Ok(Some(self.open_value(table, key, v.value())?)),
             None => Ok(None),
         }
+    }
+
+    /// The keys (only) of all entries whose key starts with `prefix`, in key order.
+    pub fn scan_keys(&self, table: Table, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(table.definition()).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in t.range::<&[u8]>(prefix..).map_err(db_err)? {
+            let (k, _) = entry.map_err(db_err)?;
+            let k = k.value();
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push(k.to_vec());
+        }
+        Ok(out)
     }
 
     /// All entries whose key starts with `prefix`, in key order.
@@ -306,14 +413,15 @@ impl Store {
         let mut nonce = [0u8; NONCE_LEN];
         OsRng.fill_bytes(&mut nonce);
         let ct = self
-            .cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: value,
-                    aad: &aad(table, key),
-                },
-            )
+            .with_cipher(table, key, |cipher| {
+                cipher.encrypt(
+                    XNonce::from_slice(&nonce),
+                    Payload {
+                        msg: value,
+                        aad: &aad(table, key),
+                    },
+                )
+            })
             .expect("XChaCha20-Poly1305 cannot fail to seal an in-memory buffer");
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);
@@ -333,16 +441,17 @@ impl Store {
         let Some((nonce, ct)) = sealed.split_at_checked(NONCE_LEN) else {
             return Err(corrupt());
         };
-        self.cipher
-            .decrypt(
+        self.with_cipher(table, key, |cipher| {
+            cipher.decrypt(
                 XNonce::from_slice(nonce),
                 Payload {
                     msg: ct,
                     aad: &aad(table, key),
                 },
             )
-            .map(Zeroizing::new)
-            .map_err(|_| corrupt())
+        })
+        .map(Zeroizing::new)
+        .map_err(|_| corrupt())
     }
 }
 
@@ -366,6 +475,60 @@ fn value_cipher(file_key: &[u8]) -> XChaCha20Poly1305 {
     hk.expand(VALUE_KEY_INFO, &mut value_key[..])
         .expect("32 bytes is a valid HKDF-SHA256 output length");
     XChaCha20Poly1305::new((&*value_key).into())
+}
+
+/// HKDF-SHA256(ikm = group key file, salt = empty, info = "hearth v1 storage group value key").
+fn group_cipher(file_key: &[u8]) -> XChaCha20Poly1305 {
+    let hk = hkdf::Hkdf::<sha2::Sha256>::new(None, file_key);
+    let mut value_key = Zeroizing::new([0u8; 32]);
+    hk.expand(GROUP_VALUE_KEY_INFO, &mut value_key[..])
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    XChaCha20Poly1305::new((&*value_key).into())
+}
+
+fn hex_name(alias: &[u8; 16]) -> String {
+    alias.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Loads every group key file (named by a group alias in hex, 32 bytes, 0600).
+fn load_group_keys(
+    dir: &Path,
+) -> Result<std::collections::HashMap<[u8; 16], XChaCha20Poly1305>, StoreError> {
+    let mut out = std::collections::HashMap::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => {
+            return Err(StoreError::Io {
+                context: format!("reading {}", dir.display()),
+                source: e,
+            });
+        }
+    };
+    prepare_dir(dir)?;
+    for entry in entries {
+        let entry = entry.map_err(io(format!("reading {}", dir.display())))?;
+        let name = entry.file_name();
+        let Some(alias) = name
+            .to_str()
+            .filter(|n| n.len() == 32)
+            .and_then(|n| {
+                (0..16)
+                    .map(|i| u8::from_str_radix(&n[2 * i..2 * i + 2], 16).ok())
+                    .collect::<Option<Vec<u8>>>()
+            })
+            .and_then(|v| <[u8; 16]>::try_from(v).ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let file = File::open(&path).map_err(io(format!("opening {}", path.display())))?;
+        // A group key file is never empty once made: `read_key` refuses a bad one.
+        if let Some(key) = read_key(&path, file, &path)? {
+            out.insert(alias, group_cipher(&key));
+        }
+    }
+    Ok(out)
 }
 
 /// HKDF-SHA256(ikm = file key, salt = empty, info = "hearth v1 storage key alias").
@@ -639,6 +802,49 @@ mod tests {
             .insert(key, sealed)
             .unwrap();
         txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_shredded_group_key_leaves_nothing_any_key_opens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let alias = [7u8; 16];
+        let key = [&alias[..], b"env1"].concat();
+        let sealed = {
+            let s = Store::open(tmp.path()).unwrap();
+            s.create_group_key(&alias).unwrap();
+            s.write(vec![put(Table::Envelopes, &key, b"group secret")])
+                .unwrap();
+            assert_eq!(
+                &s.get(Table::Envelopes, &key).unwrap().unwrap()[..],
+                b"group secret"
+            );
+            raw_get(&s, Table::Envelopes, &key).unwrap()
+        };
+        // The key survives a restart...
+        let s = Store::open(tmp.path()).unwrap();
+        assert!(s.has_group_key(&alias));
+        assert_eq!(
+            &s.get(Table::Envelopes, &key).unwrap().unwrap()[..],
+            b"group secret"
+        );
+        // ...and once shredded, the same sealed bytes (as a freed page may still hold
+        // them) open under no key, though the storage key is still there.
+        s.shred_group_key(&alias).unwrap();
+        assert!(
+            !tmp.path()
+                .join(GROUP_KEYS_DIR)
+                .join(hex_name(&alias))
+                .exists()
+        );
+        raw_put(&s, Table::Envelopes, &key, &sealed);
+        assert!(matches!(
+            s.get(Table::Envelopes, &key),
+            Err(StoreError::Corrupt { .. })
+        ));
+        drop(s);
+        let s = Store::open(tmp.path()).unwrap();
+        assert!(!s.has_group_key(&alias));
+        assert!(s.get(Table::Envelopes, &key).is_err());
     }
 
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -191,6 +191,11 @@ fn leaving_destroys_the_local_copy_unless_asked_to_keep_it() {
     b.restart();
     assert!(b.json(&["group", "list"]).as_array().unwrap().is_empty());
     b.stop();
+    // The group's own storage key is destroyed, so nothing left in freed pages opens.
+    let keys = std::fs::read_dir(b.data_dir.join("group-keys"))
+        .unwrap()
+        .count();
+    assert_eq!(keys, 0, "a group key file outlived the group");
     let node = Node::open(Store::open(&b.data_dir).unwrap()).unwrap();
     assert_eq!(node.group_count(), 0);
     for table in [

@@ -1,0 +1,88 @@
+//! Joining by spoken code, between daemons in separate network namespaces on a private
+//! bridge: the joiner's daemon finds the facilitator's over mDNS, with no address given.
+//! A wrong code burns the invite (the right code fails afterwards), and an expired code
+//! fails.
+//!
+//! Needs root and iproute2; skips (with the reason printed) where the test network cannot
+//! be made.
+
+use hearth_tests::netns::TestNet;
+use hearth_tests::{Daemon, wait_for};
+use serde_json::Value;
+
+/// Makes a spoken code for `group` on `d` and returns it, without waiting for its use.
+fn code(d: &Daemon, group: &str, ttl: &str) -> Value {
+    d.json(&["invite", group, "--code", "--no-wait", "--ttl", ttl])
+}
+
+/// The same code with its last word replaced by another word of the list.
+fn with_wrong_last_word(code: &str) -> String {
+    let words = hearth_protocol::code::word_list();
+    let (head, last) = code.rsplit_once('-').unwrap();
+    let other = words.iter().find(|w| **w != last).unwrap();
+    format!("{head}-{other}")
+}
+
+fn peers(d: &Daemon) -> usize {
+    d.try_json(&["peer", "list"])
+        .ok()
+        .and_then(|v| v.as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+#[test]
+fn join_by_spoken_code_over_mdns_and_a_wrong_or_expired_code_fails() {
+    let Some(net) = TestNet::new(3).expect("making the test network") else {
+        eprintln!("SKIPPED spoken_code: the test network cannot be made here (see above)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let f = net.start_daemon(0, "F", &dir.path().join("f"));
+    let j = net.start_daemon(1, "J", &dir.path().join("j"));
+    let k = net.start_daemon(2, "K", &dir.path().join("k"));
+    let group = f.json(&["group", "create", "Circle", "--my-name", "Fran"])["group_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for("the daemons to meet over mDNS", || {
+        (peers(&f) >= 2 && peers(&j) >= 1 && peers(&k) >= 1).then_some(())
+    });
+
+    // The right code: J joins, with no address or token handed over.
+    let spoken = code(&f, &group, "10m");
+    let text = spoken["code"].as_str().unwrap();
+    let joined = j.json(&["join", text, "--name", "Jo"]);
+    assert_eq!(joined["group_id"], group.as_str());
+    let names: Vec<String> = j
+        .json(&["member", "list", &group])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["Fran", "Jo"]);
+    j.json(&["agreement", "add", &group, "joined by code"]);
+    f.wait_for_agreements(&group, &["joined by code"]);
+    // Single use: the same code again finds nothing.
+    assert!(k.try_json(&["join", text]).is_err());
+
+    // A wrong code burns the invite: the right one fails afterwards.
+    let spoken = code(&f, &group, "10m");
+    let text = spoken["code"].as_str().unwrap().to_owned();
+    let wrong = k.try_json(&["join", &with_wrong_last_word(&text)]);
+    let err = wrong.expect_err("a wrong code must not join");
+    assert!(err.contains("did not match"), "{err}");
+    assert!(k.try_json(&["join", &text]).is_err());
+    assert!(k.json(&["group", "list"]).as_array().unwrap().is_empty());
+
+    // An expired code fails.
+    let spoken = code(&f, &group, "1s");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        k.try_json(&["join", spoken["code"].as_str().unwrap()])
+            .is_err()
+    );
+    assert!(k.json(&["group", "list"]).as_array().unwrap().is_empty());
+    let names = f.json(&["member", "list", &group]);
+    assert_eq!(names.as_array().unwrap().len(), 2);
+}
