@@ -42,8 +42,14 @@ pub async fn serve(
         .await
         .context("code worker failed")??;
     let Some(record) = record else {
-        // No open code on that channel here: most likely another daemon's.
-        write_msg(&mut stream, &JoinMessage::Reject).await?;
+        // A code of ours that is used up: say so, so the joiner stops looking. Otherwise
+        // it is most likely another daemon's code.
+        let answer = if node.code_gone(channel) {
+            JoinMessage::CodeGone
+        } else {
+            JoinMessage::Reject
+        };
+        write_msg(&mut stream, &answer).await?;
         return Ok(());
     };
     let code = SpokenCode::from_parts(record.channel, record.words)
@@ -181,6 +187,13 @@ async fn attempt(
     .map_err(unreachable)?
     {
         Some(JoinMessage::CodeReply(r)) => r,
+        Some(JoinMessage::CodeGone) => {
+            return Err(NodeError::Forbidden(
+                "that code has already been used or has expired; ask the facilitator for a \
+                 new one"
+                    .into(),
+            ));
+        }
         _ => return Ok(Attempt::NotHere),
     };
     let (confirm, secret) = match joiner.finish(&reply) {

@@ -374,6 +374,8 @@ pub async fn start(config: NetConfig) -> anyhow::Result<(NetHandle, mpsc::Receiv
         connections: BTreeMap::new(),
         pending_connects: HashMap::new(),
         backlog: VecDeque::new(),
+        mdns_dials: HashMap::new(),
+        mdns_redials: Vec::new(),
     };
     driver.wait_for_listeners(waiting, any_wildcard).await?;
     debug!(peer = %local_peer_id, addrs = ?driver.swarm.listeners().collect::<Vec<_>>(), "network started");
@@ -400,7 +402,19 @@ struct Driver {
     pending_connects: HashMap<ConnectionId, oneshot::Sender<anyhow::Result<PeerId>>>,
     /// Events not yet handed to the event channel.
     backlog: VecDeque<NetEvent>,
+    /// Dials to peers found by mDNS, with the attempt number: a failed one is tried again.
+    mdns_dials: HashMap<ConnectionId, (PeerId, Vec<Multiaddr>, u32)>,
+    /// mDNS peers to dial again, and when.
+    mdns_redials: Vec<(tokio::time::Instant, PeerId, Vec<Multiaddr>, u32)>,
 }
+
+/// How often a failed dial to a peer found by mDNS is tried again: mDNS reports a peer
+/// only once per record lifetime (minutes), so one lost dial (say, both sides dialling at
+/// the same instant) would otherwise keep two daemons in the same room apart that long.
+const MDNS_DIAL_ATTEMPTS: u32 = 4;
+/// The wait before the n-th retry is n times this, plus up to this again at random (so
+/// two daemons that failed together do not retry together).
+const MDNS_REDIAL_STEP: Duration = Duration::from_millis(500);
 
 impl Driver {
     async fn wait_for_listeners(
@@ -478,6 +492,7 @@ impl Driver {
             warned_backlog = !poll_network;
             let deliver = events.is_some() && !self.backlog.is_empty();
             let mut receiver_gone = false;
+            let next_redial = self.mdns_redials.iter().map(|r| r.0).min();
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
@@ -506,6 +521,7 @@ impl Driver {
                     debug!(%peer, %protocol, "inbound stream");
                     self.push(NetEvent::InboundStream { peer, protocol, stream });
                 }
+                () = sleep_until_some(next_redial) => self.redial_mdns_due(),
             }
             if receiver_gone {
                 events = None;
@@ -578,7 +594,10 @@ impl Driver {
 
     fn dial(&mut self, addr: Multiaddr) -> anyhow::Result<ConnectionId> {
         check_dialable(&addr, Some(self.swarm.local_peer_id()))?;
-        let opts = DialOpts::from(addr.clone());
+        let opts = DialOpts::unknown_peer_id()
+            .address(addr.clone())
+            .allocate_new_port()
+            .build();
         let connection = opts.connection_id();
         debug!(%addr, %connection, "dialing");
         self.swarm
@@ -596,6 +615,7 @@ impl Driver {
                 num_established,
                 ..
             } => {
+                self.mdns_dials.remove(&connection_id);
                 let remote = without_p2p(endpoint.get_remote_address());
                 debug!(
                     peer = %peer_id,
@@ -646,6 +666,20 @@ impl Driver {
             } => {
                 let reason = describe_dial_error(&error);
                 debug!(peer = ?peer_id, connection = %connection_id, %reason, "outgoing connection failed");
+                if let Some((peer, addrs, attempt)) = self.mdns_dials.remove(&connection_id)
+                    && attempt < MDNS_DIAL_ATTEMPTS
+                {
+                    let jitter = Duration::from_millis(u64::from(
+                        rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 500,
+                    ));
+                    let wait = MDNS_REDIAL_STEP * attempt + jitter;
+                    self.mdns_redials.push((
+                        tokio::time::Instant::now() + wait,
+                        peer,
+                        addrs,
+                        attempt + 1,
+                    ));
+                }
                 if let Some(reply) = self.pending_connects.remove(&connection_id) {
                     let _ = reply.send(Err(anyhow!("connection failed: {reason}")));
                 }
@@ -724,18 +758,53 @@ impl Driver {
             }
         }
         for (peer, addrs) in by_peer {
-            if self.swarm.is_connected(&peer) {
-                continue;
+            debug!(%peer, ?addrs, "mDNS discovered peer");
+            self.dial_mdns_peer(peer, addrs, 1);
+        }
+    }
+
+    /// Dials a peer found by mDNS unless already connected or dialing. Dials from a fresh
+    /// port: two daemons that find each other at the same instant would otherwise make
+    /// one TCP connection from both listen ports, on which both think they dialed, and the
+    /// Noise handshake fails.
+    fn dial_mdns_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, attempt: u32) {
+        if self.swarm.is_connected(&peer) {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs.clone())
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .allocate_new_port()
+            .build();
+        let connection = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.mdns_dials.insert(connection, (peer, addrs, attempt));
             }
-            debug!(%peer, ?addrs, "mDNS discovered peer; dialing");
-            let opts = DialOpts::peer_id(peer)
-                .addresses(addrs)
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .build();
-            if let Err(e) = self.swarm.dial(opts) {
-                debug!(%peer, reason = %describe_dial_error(&e), "not dialing discovered peer");
+            Err(e) => {
+                debug!(%peer, reason = %describe_dial_error(&e), "not dialing discovered peer")
             }
         }
+    }
+
+    fn redial_mdns_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.mdns_redials)
+            .into_iter()
+            .partition(|r| r.0 <= now);
+        self.mdns_redials = later;
+        for (_, peer, addrs, attempt) in due {
+            debug!(%peer, attempt, "dialing a peer found by mDNS again");
+            self.dial_mdns_peer(peer, addrs, attempt);
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever if there is nothing to wait for.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

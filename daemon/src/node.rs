@@ -826,6 +826,16 @@ impl Node {
         Ok(entry.status.clone())
     }
 
+    /// Whether this daemon made a code on `channel` since it started that can no longer be
+    /// used (joined, burnt or expired).
+    pub fn code_gone(&self, channel: u16) -> bool {
+        self.code_states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&channel)
+            .is_some_and(|e| e.status.state != api::CodeState::Open || e.expires_at <= now_unix())
+    }
+
     /// After a spoken-code exchange agreed `secret`, files it as a one-time invite for the
     /// join request that follows on the same stream.
     pub fn stage_code_invite(&self, group: &GroupId, secret: &[u8; 32]) -> Result<(), NodeError> {

@@ -129,6 +129,9 @@ pub enum JoinMessage {
     CodeHello(CodeHello),
     CodeReply(CodeReply),
     CodeConfirm(CodeConfirm),
+    /// The daemon made a code on that channel, but it was used, burnt or has expired: the
+    /// joiner can stop looking and ask for a new one.
+    CodeGone,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

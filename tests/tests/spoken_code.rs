@@ -63,8 +63,14 @@ fn join_by_spoken_code_over_mdns_and_a_wrong_or_expired_code_fails() {
     assert_eq!(names, ["Fran", "Jo"]);
     j.json(&["agreement", "add", &group, "joined by code"]);
     f.wait_for_agreements(&group, &["joined by code"]);
-    // Single use: the same code again finds nothing.
-    assert!(k.try_json(&["join", text]).is_err());
+    // Single use: the same code again is refused, and says so.
+    let again = k
+        .try_json(&["join", text])
+        .expect_err("a used code must not join");
+    assert!(
+        again.contains("already been used or has expired"),
+        "{again}"
+    );
 
     // A wrong code burns the invite: the right one fails afterwards.
     let spoken = code(&f, &group, "10m");
@@ -72,7 +78,13 @@ fn join_by_spoken_code_over_mdns_and_a_wrong_or_expired_code_fails() {
     let wrong = k.try_json(&["join", &with_wrong_last_word(&text)]);
     let err = wrong.expect_err("a wrong code must not join");
     assert!(err.contains("did not match"), "{err}");
-    assert!(k.try_json(&["join", &text]).is_err());
+    let burnt = k
+        .try_json(&["join", &text])
+        .expect_err("a burnt code must not join");
+    assert!(
+        burnt.contains("already been used or has expired"),
+        "{burnt}"
+    );
     assert!(k.json(&["group", "list"]).as_array().unwrap().is_empty());
 
     // An expired code fails.
