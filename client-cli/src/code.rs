@@ -96,6 +96,13 @@ pub fn outcome(group: &str, status: &CodeStatus) -> Result<String> {
             CodeState::Expired,
             format!("The code expired unused. Make a new one: {again}"),
         ),
+        CodeState::Failed => (
+            CodeState::Failed,
+            format!(
+                "The code matched, but the other device did not finish joining, so the code \
+                 is used up. Make a new one: {again}"
+            ),
+        ),
         CodeState::Open => (
             CodeState::Open,
             format!(

@@ -98,23 +98,28 @@ pub async fn serve(
         read_msg::<_, JoinMessage>(&mut stream, MAX_HANDSHAKE_FRAME_LEN),
     )
     .await
-    .context("join request timed out")??
+    .ok()
+    .and_then(Result::ok)
+    .flatten()
     {
         Some(JoinMessage::Request(r)) => r,
         _ => {
-            node.set_code_state(channel, CodeState::WrongCode, None);
+            node.set_code_state(channel, CodeState::Failed, None);
             return Err(anyhow!("peer sent no join request after the code exchange"));
         }
     };
     let joined = (request.identity.member_id(), request.name.clone());
-    answer_request(node.clone(), net, peer, stream, request).await?;
+    if let Err(e) = answer_request(node.clone(), net, peer, stream, request).await {
+        node.set_code_state(channel, CodeState::Failed, None);
+        return Err(e);
+    }
     let admitted = node
         .with_slot(&group, |s| Ok(s.group.roster().is_member(&joined.0)))
         .unwrap_or(false);
     if admitted {
         node.set_code_state(channel, CodeState::Joined, Some(joined));
     } else {
-        node.set_code_state(channel, CodeState::WrongCode, None);
+        node.set_code_state(channel, CodeState::Failed, None);
     }
     Ok(())
 }

@@ -53,6 +53,7 @@ impl From<GroupError> for NodeError {
             }
             GroupError::NoSuchMember(_) => NodeError::MemberNotFound(e.to_string()),
             GroupError::AlreadyMember(_)
+            | GroupError::NeedsRotation
             | GroupError::Departed(_)
             | GroupError::LastFacilitator
             | GroupError::Full
@@ -367,6 +368,14 @@ impl Node {
         let slot = groups
             .get_mut(id)
             .ok_or_else(|| NodeError::GroupNotFound(id.to_hex()))?;
+        // Someone who left may still hold the current key: start a new epoch first, stored
+        // on its own so it is never lost if the write then fails.
+        if let Some(rotated) = slot.group.rotate_if_needed(&mut OsRng)? {
+            self.commit_own(&mut groups, id, rotated, Vec::new())?;
+        }
+        let slot = groups
+            .get_mut(id)
+            .ok_or_else(|| NodeError::GroupNotFound(id.to_hex()))?;
         let now = i64::try_from(now_unix()).unwrap_or(i64::MAX);
         let (agreement_id, env) = slot.group.add_agreement(text, now, &mut OsRng)?;
         self.commit_own(&mut groups, id, env, Vec::new())?;
@@ -408,10 +417,18 @@ impl Node {
         let written = slot
             .group
             .add_member(member, Role::Member, name, now, &mut OsRng)?;
-        let (epoch, key) = slot.group.current_epoch();
-        let epoch_key = key
-            .cloned()
-            .ok_or_else(|| NodeError::Internal("no key for the epoch just started".into()))?;
+        // The newcomer gets exactly the key its own admission started, and only if that
+        // admission took effect (never the key of an epoch from before it).
+        let add = written.own.hash();
+        let admitted = slot.group.roster().is_effective(&add);
+        let Some((epoch, epoch_key)) = slot.group.rotation_key(&add).filter(|_| admitted) else {
+            self.commit_own(&mut groups, &id, written, vec![burn])?;
+            return Err(NodeError::Conflict(
+                "the admission was written but has not taken effect (the membership is \
+                 changing concurrently); make a new invite once it has settled"
+                    .into(),
+            ));
+        };
         let roster_history = slot
             .group
             .roster_history()
@@ -662,8 +679,14 @@ impl Node {
             }
         }
         for (key, raw) in self.store.scan(Table::Invites, &[])? {
-            let invite: Option<records::InviteRecord> = postcard::from_bytes(&raw).ok();
-            if invite.is_some_and(|i| i.group_id == *id) {
+            // Open invites and spoken codes of the group go too.
+            let of_group = if key.starts_with(b"code") {
+                postcard::from_bytes::<records::CodeRecord>(&raw).is_ok_and(|c| c.group_id == *id)
+            } else {
+                postcard::from_bytes::<records::InviteRecord>(&raw)
+                    .is_ok_and(|i| i.group_id == *id)
+            };
+            if of_group {
                 ops.push(WriteOp::Delete {
                     table: Table::Invites,
                     key: key.to_vec(),
@@ -955,7 +978,8 @@ impl Node {
             .collect()
     }
 
-    /// The groups whose tag the peer (on `their_side`) presented for any epoch we hold.
+    /// The groups whose tag the peer (on `their_side`) presented for any epoch we hold (all
+    /// of them: a member back after many epochs proves only its newest few).
     pub fn matched_groups(
         &self,
         transcript: &[u8; 32],

@@ -103,7 +103,8 @@ pub async fn run(
         writer,
     ));
     let receivable: BTreeSet<GroupId> = groups.union(&receive_only).copied().collect();
-    let receive = receive_loop(&node, &receivable, &groups, &link, &mut reader);
+    let peer_member = shared.identity.map(|i| i.member_id());
+    let receive = receive_loop(&node, &receivable, &groups, peer_member, &link, &mut reader);
     let result = tokio::select! {
         r = receive => r,
         r = &mut push => r.context("push task failed")?,
@@ -217,6 +218,7 @@ async fn receive_loop<R>(
     node: &Arc<Node>,
     groups: &BTreeSet<GroupId>,
     sending: &BTreeSet<GroupId>,
+    peer_member: Option<hearth_protocol::ids::MemberId>,
     link: &Link,
     reader: &mut R,
 ) -> anyhow::Result<()>
@@ -255,9 +257,12 @@ where
                 group_id,
                 envelopes,
             } if groups.contains(&group_id) => {
+                // From a peer no longer a member in our view, only its own log is taken.
+                let own_only = !sending.contains(&group_id);
                 let decoded: Vec<Envelope> = envelopes
                     .into_iter()
                     .filter_map(|b| Envelope::decode(b).ok())
+                    .filter(|e| !own_only || Some(e.header().author) == peer_member)
                     .collect();
                 // The peer has these: never echo them back.
                 if let Some(vv) = lock(&link.known).get_mut(&group_id) {

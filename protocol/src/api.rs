@@ -232,6 +232,9 @@ pub enum CodeState {
     WrongCode,
     /// It expired unused.
     Expired,
+    /// The code matched, but the joiner's device did not finish joining (it went away or
+    /// timed out): it is used up.
+    Failed,
 }
 
 /// `GET /v1/groups/{group}/codes/{channel}`.

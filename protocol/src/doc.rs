@@ -187,6 +187,14 @@ impl GroupDocument {
         guarded(|| self.doc.get_missing_deps(&[])).unwrap_or_default()
     }
 
+    /// The sequence number of a change this document holds, by hash.
+    pub fn change_seq(&mut self, hash: &[u8; 32]) -> Option<u64> {
+        let hash = automerge::ChangeHash(*hash);
+        guarded(|| self.doc.get_change_by_hash(&hash).map(|c| c.seq()))
+            .ok()
+            .flatten()
+    }
+
     pub fn save(&mut self) -> Vec<u8> {
         self.doc.save()
     }

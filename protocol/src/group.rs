@@ -107,6 +107,8 @@ pub enum GroupError {
          while this device was away); wait until it has synced with another member"
     )]
     NoEpochKey(u32),
+    #[error("someone who has left still holds the group's current key; start a new epoch first")]
+    NeedsRotation,
     #[error("the group's root of trust does not check out (group id does not match its creator)")]
     NotAuthentic,
     #[error(transparent)]
@@ -182,9 +184,13 @@ pub struct Group {
     ineffective: BTreeSet<Hash>,
     /// Accepted envelopes no key held here opens yet.
     sealed: BTreeSet<(MemberId, u64)>,
+    /// Membership operations with lockboxes for this device whose keys are not taken yet.
+    lockbox_ops: BTreeSet<Hash>,
     /// Automerge sequence numbers (first, last) of each opened, well-formed content
     /// envelope: what counts when the document is rebuilt.
     content: BTreeMap<(MemberId, u64), (u64, u64)>,
+    /// Automerge sequence number of every change checked here, by hash.
+    change_seqs: BTreeMap<Hash, u64>,
     /// Opened content not applied: its author does not count at that point (yet).
     withheld: BTreeMap<(MemberId, u64), Vec<automerge::Change>>,
     /// Per author, the newest log position whose content was applied because it counts.
@@ -275,7 +281,9 @@ impl Group {
             frozen: BTreeMap::new(),
             ineffective: BTreeSet::new(),
             sealed: BTreeSet::new(),
+            lockbox_ops: BTreeSet::new(),
             content: BTreeMap::new(),
+            change_seqs: BTreeMap::new(),
             withheld: BTreeMap::new(),
             applied_upto: BTreeMap::new(),
             base: snapshot.map(|b| zeroize::Zeroizing::new(b.to_vec())),
@@ -475,7 +483,9 @@ impl Group {
     ) -> Result<(String, Written), GroupError> {
         check_text("the agreement", text, doc::MAX_AGREEMENT_LEN, false)?;
         self.require_member()?;
-        let rotated = self.rotate_if_needed(rng)?;
+        if self.roster().needs_rotation() {
+            return Err(GroupError::NeedsRotation);
+        }
         let mut raw = [0u8; 8];
         rng.fill_bytes(&mut raw);
         let id = hex::encode(raw);
@@ -488,7 +498,7 @@ impl Group {
         let env = self
             .seal_changes(changes, rng)?
             .ok_or_else(|| GroupError::OwnEnvelope("agreement made no change".into()))?;
-        Ok((id, env.after(rotated)))
+        Ok((id, env))
     }
 
     /// A facilitator on this device admits a member, starting an epoch that includes them
@@ -612,12 +622,14 @@ impl Group {
     }
 
     /// Starts a new epoch if someone no longer a member holds the current key (after a
-    /// member left, or concurrent changes), so nothing is written under it.
+    /// member left, or concurrent changes), so nothing is written under it, or if this
+    /// device was never given the current key (so it is not locked out of writing).
     pub fn rotate_if_needed(
         &mut self,
         rng: &mut impl CryptoRngCore,
     ) -> Result<Option<Written>, GroupError> {
-        if self.roster().needs_rotation() && self.roster().is_member(&self.me()) {
+        let stale = self.roster().needs_rotation() || self.current_epoch().1.is_none();
+        if stale && self.roster().is_member(&self.me()) {
             return self.rotate(rng).map(Some);
         }
         Ok(None)
@@ -666,8 +678,13 @@ impl Group {
                     lockboxes,
                 },
             };
-            let w = self.append_sealed(Body::Roster(op), seal_epoch, seal_key, rng)?;
-            written = Some(w.after(written));
+            // Keep what was written even if a later handover fails: it is in memory and
+            // must be stored.
+            match self.append_sealed(Body::Roster(op), seal_epoch, seal_key, rng) {
+                Ok(w) => written = Some(w.after(written)),
+                Err(e) if written.is_none() => return Err(e),
+                Err(_) => break,
+            }
         }
         Ok(written)
     }
@@ -677,6 +694,17 @@ impl Group {
         self.keys.get(&epoch)?.iter().find_map(|g| match &g.access {
             Access::Full(k) if g.rotation == rotation => Some(k),
             _ => None,
+        })
+    }
+
+    /// The epoch and key started by the rotation in the envelope `op`, if this device holds
+    /// them (an admission hands the newcomer exactly this key).
+    pub fn rotation_key(&self, op: &Hash) -> Option<(u32, SecretKey)> {
+        self.keys.iter().find_map(|(e, gs)| {
+            gs.iter().find_map(|g| match &g.access {
+                Access::Full(k) if g.rotation == Some(*op) => Some((*e, k.clone())),
+                _ => None,
+            })
         })
     }
 
@@ -727,7 +755,17 @@ impl Group {
             deps: self.membership.heads(),
             action,
         };
-        self.append_own(Body::Roster(op), rng)
+        if self.current_epoch().1.is_some() {
+            return self.append_own(Body::Roster(op), rng);
+        }
+        // Without the current key (it never reached this device), a membership act is
+        // sealed under the newest key held: every member holds it or its roster key.
+        let (epoch, key) = self
+            .epoch_keys()
+            .next()
+            .map(|(e, k)| (e, k.clone()))
+            .ok_or(GroupError::NoEpochKey(self.roster().current_epoch().epoch))?;
+        self.append_sealed(Body::Roster(op), epoch, key, rng)
     }
 
     fn edit(
@@ -863,10 +901,16 @@ impl Group {
                 }
             }
             let progress = !fresh.is_empty();
-            let mut new_keys = self.open_positions(fresh, &mut out);
-            while new_keys {
+            self.open_positions(fresh, &mut out);
+            // Resolve once for everything opened, take the keys that operations of authors
+            // who count hand this device, and open what those keys unseal; repeat.
+            loop {
+                self.membership.refresh();
+                if !self.take_due_keys() {
+                    break;
+                }
                 let sealed: Vec<(MemberId, u64)> = self.sealed.iter().copied().collect();
-                new_keys = self.open_positions(sealed, &mut out);
+                self.open_positions(sealed, &mut out);
             }
             if !progress {
                 break;
@@ -1045,11 +1089,10 @@ impl Group {
         Opened::NoKey
     }
 
-    /// Opens the envelopes at these log positions: records membership operations (and
-    /// takes the keys their lockboxes hand this device) and queues content. Positions no
-    /// key opens stay sealed. Returns whether a new key was taken.
-    fn open_positions(&mut self, positions: Vec<(MemberId, u64)>, out: &mut Ingested) -> bool {
-        let mut new_keys = false;
+    /// Opens the envelopes at these log positions: records membership operations (noting
+    /// those with lockboxes for this device) and queues content. Positions no key opens
+    /// stay sealed.
+    fn open_positions(&mut self, positions: Vec<(MemberId, u64)>, out: &mut Ingested) {
         for (author, seq) in positions {
             let Some(env) = self.envelope_at(&author, seq).cloned() else {
                 continue;
@@ -1068,7 +1111,10 @@ impl Group {
                     if h.change_head != prior_head {
                         self.mark_ineffective(env.hash(), out);
                     } else {
-                        new_keys |= self.take_keys(&author, env.hash(), &op.action);
+                        let me = self.me();
+                        if op.action.lockboxes().iter().any(|b| b.recipient == me) {
+                            self.lockbox_ops.insert(env.hash());
+                        }
                         self.membership.record(OpRecord {
                             hash: env.hash(),
                             author,
@@ -1078,24 +1124,24 @@ impl Group {
                     }
                 }
                 Opened::Body(Body::Changes { changes }) => {
-                    let prior = self
-                        .content
-                        .range((author, 0)..(author, seq))
-                        .next_back()
-                        .map(|(&(_, s), &(_, last))| (s, last));
-                    // With every envelope between known to be readable here, the changes
-                    // must continue the author's last ones exactly.
-                    let gapless = prior.map_or(seq, |(s, _)| seq - s) == 1
-                        || self
-                            .sealed
-                            .range((author, prior.map_or(1, |(s, _)| s + 1))..(author, seq))
-                            .next()
-                            .is_none();
-                    let after = prior.map_or(0, |(_, last)| last);
-                    match checked_changes(changes, &h, after, gapless) {
+                    // The author's change before these is the one the previous envelope's
+                    // signed header names; its sequence number must be known here (opened,
+                    // or in the snapshot this device joined with) to check that these
+                    // continue it exactly. If it is not known yet, wait like a sealed one.
+                    let prior_head = self
+                        .envelope_at(&author, seq - 1)
+                        .map_or(ZERO_HASH, |e| e.header().change_head);
+                    let Some(after) = self.change_seq(&prior_head) else {
+                        self.sealed.insert((author, seq));
+                        continue;
+                    };
+                    match checked_changes(changes, &h, after) {
                         Some(cs) => {
                             let first = cs.first().map_or(0, |c| c.seq());
                             let last = cs.last().map_or(0, |c| c.seq());
+                            for c in &cs {
+                                self.change_seqs.insert(c.hash().0, c.seq());
+                            }
                             self.content.insert((author, seq), (first, last));
                             self.withheld.insert((author, seq), cs);
                         }
@@ -1105,7 +1151,18 @@ impl Group {
             }
             self.sealed.remove(&(author, seq));
         }
-        new_keys
+    }
+
+    /// The automerge sequence number of a change this device has checked or holds in its
+    /// document (zero for no change).
+    fn change_seq(&mut self, hash: &Hash) -> Option<u64> {
+        if *hash == ZERO_HASH {
+            return Some(0);
+        }
+        if let Some(seq) = self.change_seqs.get(hash) {
+            return Some(*seq);
+        }
+        self.doc.change_seq(hash)
     }
 
     fn mark_ineffective(&mut self, hash: Hash, out: &mut Ingested) {
@@ -1114,27 +1171,39 @@ impl Group {
         }
     }
 
-    /// Takes the epoch keys an operation's lockboxes hand this device.
-    fn take_keys(&mut self, author: &MemberId, op: Hash, action: &Action) -> bool {
+    /// Takes the epoch keys that lockboxes for this device hand it, from operations whose
+    /// author counts at that point of its log (a removed member's later rotations hand out
+    /// nothing). Returns whether a new key was taken.
+    fn take_due_keys(&mut self) -> bool {
         let me = self.me();
-        let Some(sender) = self.membership.known(author).copied() else {
-            return false;
-        };
-        let rotation = match action {
-            Action::Forward { rotation, .. } => *rotation,
-            _ => op,
-        };
+        let due: Vec<OpRecord> = self
+            .lockbox_ops
+            .iter()
+            .filter_map(|h| self.membership.op(h))
+            .filter(|r| self.roster().counts(&r.author, r.seq))
+            .cloned()
+            .collect();
         let mut new = false;
-        for b in action.lockboxes() {
-            if b.recipient != me || b.group_id != self.info.group_id {
+        for record in due {
+            self.lockbox_ops.remove(&record.hash);
+            let Some(sender) = self.membership.known(&record.author).copied() else {
                 continue;
-            }
-            if let Ok(key) = b.open(&self.device, &sender) {
-                new |= self.grant(KeyGrant {
-                    epoch: b.epoch,
-                    rotation: Some(rotation),
-                    access: Access::Full(key),
-                });
+            };
+            let rotation = match &record.op.action {
+                Action::Forward { rotation, .. } => *rotation,
+                _ => record.hash,
+            };
+            for b in record.op.action.lockboxes() {
+                if b.recipient != me || b.group_id != self.info.group_id {
+                    continue;
+                }
+                if let Ok(key) = b.open(&self.device, &sender) {
+                    new |= self.grant(KeyGrant {
+                        epoch: b.epoch,
+                        rotation: Some(rotation),
+                        access: Access::Full(key),
+                    });
+                }
             }
         }
         new
@@ -1328,32 +1397,24 @@ struct EnvelopeChanges {
 }
 
 /// Parses an envelope's automerge changes and checks they are the author's own next ones:
-/// its actor id, contiguous sequence numbers after the author's last readable ones
-/// (continuing them exactly when no envelope between is unreadable here), and the signed
-/// head last.
+/// its actor id, sequence numbers continuing exactly from `after` (the author's change its
+/// previous envelope's header names), and the signed head last.
 fn checked_changes(
     raw: Vec<Vec<u8>>,
     header: &Header,
     after: u64,
-    exactly: bool,
 ) -> Option<Vec<automerge::Change>> {
     let actor = header.author.actor_id();
     let changes: Vec<automerge::Change> = raw
         .into_iter()
         .map(crate::doc::parse_canonical_change)
         .collect::<Option<_>>()?;
-    let first = changes.first()?.seq();
-    let starts = if exactly {
-        first == after + 1
-    } else {
-        first > after
-    };
     let contiguous = changes
         .iter()
-        .zip(first..)
+        .zip(after + 1..)
         .all(|(c, seq)| c.actor_id() == &actor && c.seq() == seq);
     let signed_head = changes.last()?.hash().0 == header.change_head;
-    (starts && contiguous && signed_head).then_some(changes)
+    (contiguous && signed_head).then_some(changes)
 }
 
 /// Seals a snapshot for a joining member under the epoch's snapshot key.
@@ -1839,8 +1900,12 @@ mod tests {
         assert!(!d[0].group.roster().is_member(&c_id));
         assert!(d[0].group.roster().needs_rotation());
         let before = d[0].group.current_epoch().0;
-        let w = agree(&mut d[0], "after C left");
-        assert!(w.accepted.len() >= 2, "a rotation comes first");
+        assert!(matches!(
+            d[0].group.add_agreement("too early", 0, &mut OsRng),
+            Err(GroupError::NeedsRotation)
+        ));
+        assert!(d[0].group.rotate_if_needed(&mut OsRng).unwrap().is_some());
+        agree(&mut d[0], "after C left");
         let (after, _) = d[0].group.current_epoch();
         assert!(after > before);
         assert!(!d[0].group.roster().needs_rotation());

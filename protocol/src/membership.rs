@@ -30,7 +30,10 @@ use crate::ids::{GroupId, MemberId};
 use crate::lockbox::Lockbox;
 
 /// Most membership operations one operation may name as seen.
-pub const MAX_DEPS: usize = 64;
+pub const MAX_DEPS: usize = 256;
+/// How far beyond the newest epoch so far a rotation may number its epoch (numbers stay
+/// far from overflow, so an epoch never has to share its number by saturation).
+pub const MAX_EPOCH_STEP: u32 = 1024;
 /// Most members a group may have (and so lockboxes one rotation may carry).
 pub const MAX_MEMBERS: usize = 256;
 /// Longest display name, in characters.
@@ -293,6 +296,8 @@ pub struct Membership {
     /// the order they arrived in.
     known: BTreeMap<MemberId, PublicIdentity>,
     roster: Roster,
+    /// Operations were recorded since the roster was last resolved.
+    dirty: bool,
 }
 
 impl Membership {
@@ -306,24 +311,37 @@ impl Membership {
             ops,
             known,
             roster,
+            dirty: false,
         }
     }
 
-    /// Records an operation from an accepted envelope. Returns whether the roster changed.
-    pub fn record(&mut self, record: OpRecord) -> bool {
+    /// Records an operation from an accepted envelope. The roster is resolved again at
+    /// the next [`Membership::refresh`] (once per batch, however many operations came).
+    pub fn record(&mut self, record: OpRecord) {
         if self.ops.contains_key(&record.hash) {
-            return false;
+            return;
         }
         if let Action::Add { member, .. } = &record.op.action {
             self.known.insert(member.member_id(), *member);
         }
         self.ops.insert(record.hash, record);
+        self.dirty = true;
+    }
+
+    /// Resolves the roster again if operations were recorded since. Returns whether the
+    /// roster changed.
+    pub fn refresh(&mut self) -> bool {
+        if !self.dirty {
+            return false;
+        }
+        self.dirty = false;
         let roster = resolve(&self.info, &self.ops);
         let changed = roster != self.roster;
         self.roster = roster;
         changed
     }
 
+    /// The roster as of the last [`Membership::refresh`].
     pub fn roster(&self) -> &Roster {
         &self.roster
     }
@@ -341,27 +359,43 @@ impl Membership {
         self.ops.get(hash)
     }
 
-    /// The heads of the operation graph: the `deps` of the next operation written here.
+    /// The heads of the graph of operations that took effect: each author's newest such
+    /// operation that no other one names. The `deps` of the next operation written here.
+    /// Only effective operations are named, so an operation that never resolves (one
+    /// naming something nobody has) cannot hold back what honest members do next.
     pub fn heads(&self) -> Vec<Hash> {
-        let mut named: BTreeSet<&Hash> = BTreeSet::new();
-        for r in self.ops.values() {
-            named.extend(r.op.deps.iter());
-        }
-        let mut heads: Vec<Hash> = self
+        let effective: Vec<&OpRecord> = self
             .ops
-            .keys()
+            .values()
+            .filter(|r| self.roster.is_effective(&r.hash))
+            .collect();
+        let mut named: BTreeSet<Hash> = BTreeSet::new();
+        let mut newest: BTreeMap<MemberId, (u64, Hash)> = BTreeMap::new();
+        for r in &effective {
+            named.extend(r.op.deps.iter().copied());
+            let entry = newest.entry(r.author).or_insert((r.seq, r.hash));
+            if r.seq > entry.0 {
+                named.insert(entry.1);
+                *entry = (r.seq, r.hash);
+            } else if r.seq < entry.0 {
+                named.insert(r.hash);
+            }
+        }
+        let mut heads: Vec<Hash> = newest
+            .values()
+            .map(|(_, h)| *h)
             .filter(|h| !named.contains(h))
-            .copied()
             .collect();
         heads.truncate(MAX_DEPS);
         heads
     }
 
-    /// The newest epoch number anyone has started, for naming the next one.
+    /// The newest epoch number of any rotation that took effect, for naming the next one.
     pub fn highest_epoch(&self) -> u32 {
-        self.ops
-            .values()
-            .filter_map(|r| r.op.action.rotation().map(|x| x.epoch))
+        self.roster
+            .epochs()
+            .iter()
+            .map(|e| e.epoch)
             .max()
             .unwrap_or(0)
     }
@@ -420,6 +454,29 @@ impl<'a> Graph<'a> {
         }
     }
 
+    /// Where a removal at `i` of `member` with `upto` cuts the member's log: `upto`, but
+    /// not past the member's first operation the removal did not see. `None` if `upto`
+    /// falls short of an operation of the member the removal did see (depends on).
+    fn seen_cut(&self, i: usize, member: &MemberId, upto: u64) -> Option<u64> {
+        let ancestors = self.ancestors(i);
+        let mut seen = 0;
+        let mut unseen = u64::MAX;
+        for (j, r) in self.ops.iter().enumerate() {
+            if r.author != *member {
+                continue;
+            }
+            if ancestors.contains(&j) {
+                seen = seen.max(r.seq);
+            } else {
+                unseen = unseen.min(r.seq);
+            }
+        }
+        if upto < seen {
+            return None;
+        }
+        Some(upto.min(unseen.saturating_sub(1)).max(seen))
+    }
+
     /// Indices of every ancestor of `i`.
     fn ancestors(&self, i: usize) -> BTreeSet<usize> {
         let mut seen = BTreeSet::new();
@@ -434,22 +491,76 @@ impl<'a> Graph<'a> {
 }
 
 /// Resolves the recorded operations into a roster. Deterministic in the set of operations.
+///
+/// Which removals and departures stand is settled first, by seniority: taken from the
+/// most senior author down, each cuts its target unless its own author was already cut
+/// before it. A pass over the graph then applies everything with those cuts known from the
+/// start. A removal that did not take effect in that pass (its author was no facilitator
+/// there, say) is dropped from the candidates and everything is settled again, so every cut
+/// in the result comes from a removal or departure that took effect. Each round drops at
+/// least one candidate, so this ends.
 fn resolve(info: &GroupInfo, ops: &BTreeMap<Hash, OpRecord>) -> Roster {
     let graph = Graph::new(ops);
-    let mut cuts: BTreeMap<MemberId, u64> = BTreeMap::new();
+    let mut candidates: BTreeSet<usize> = (0..graph.ops.len())
+        .filter(|&i| {
+            graph.complete[i]
+                && matches!(
+                    graph.ops[i].op.action,
+                    Action::Remove { .. } | Action::Leave
+                )
+        })
+        .collect();
+    let mut ranks = Pass::run(info, &graph, &BTreeMap::new()).ranks;
     loop {
+        let cuts = settle_cuts(&graph, &candidates, &ranks);
         let pass = Pass::run(info, &graph, &cuts);
-        let mut merged = cuts.clone();
-        for (member, cut) in &pass.cuts {
-            let entry = merged.entry(*member).or_insert(*cut);
-            *entry = (*entry).min(*cut);
-        }
-        // Cuts only tighten, so this ends after at most one pass per removal.
-        if merged == cuts {
+        let void: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|&i| !pass.effective.contains(&graph.ops[i].hash))
+            .collect();
+        if void.is_empty() {
             return pass.finish(&graph);
         }
-        cuts = merged;
+        for i in void {
+            candidates.remove(&i);
+        }
+        ranks = pass.ranks;
     }
+}
+
+/// The cuts the candidate removals and departures make, taken by seniority of their
+/// author (then member id, then sequence number). A removal's cut is its `upto`, but never
+/// past an operation of the target that the removal did not see (is not an ancestor of
+/// it); a removal claiming less than it saw of its target is void.
+fn settle_cuts(
+    graph: &Graph<'_>,
+    candidates: &BTreeSet<usize>,
+    ranks: &BTreeMap<MemberId, u32>,
+) -> BTreeMap<MemberId, u64> {
+    let mut order: Vec<usize> = candidates.iter().copied().collect();
+    order.sort_by_key(|&i| {
+        let r = graph.ops[i];
+        (ranks.get(&r.author).copied().unwrap_or(u32::MAX), r.author, r.seq, i)
+    });
+    let mut cuts: BTreeMap<MemberId, u64> = BTreeMap::new();
+    for i in order {
+        let r = graph.ops[i];
+        if cuts.get(&r.author).is_some_and(|c| r.seq > *c) {
+            continue;
+        }
+        let (member, cut) = match &r.op.action {
+            Action::Leave => (r.author, r.seq),
+            Action::Remove { member, upto, .. } => match graph.seen_cut(i, member, *upto) {
+                Some(cut) => (*member, cut),
+                None => continue,
+            },
+            _ => continue,
+        };
+        let entry = cuts.entry(member).or_insert(cut);
+        *entry = (*entry).min(cut);
+    }
+    cuts
 }
 
 struct Pass {
@@ -458,8 +569,10 @@ struct Pass {
     departed: BTreeMap<MemberId, Departed>,
     epochs: Vec<EpochRecord>,
     effective: BTreeSet<Hash>,
-    /// Cuts made by effective removals and departures in this pass.
+    /// The cuts settled before the pass (see [`settle_cuts`]).
     cuts: BTreeMap<MemberId, u64>,
+    /// Seniority of everyone admitted in this pass, departed or not.
+    ranks: BTreeMap<MemberId, u32>,
     /// Every well-formed rotation recorded, effective or not, by its envelope hash: its
     /// epoch and who holds its key. Keys of rotations that did not take effect were still
     /// handed out, and content may have been written under them.
@@ -470,7 +583,7 @@ struct Pass {
 }
 
 impl Pass {
-    fn run(info: &GroupInfo, graph: &Graph<'_>, known_cuts: &BTreeMap<MemberId, u64>) -> Pass {
+    fn run(info: &GroupInfo, graph: &Graph<'_>, cuts: &BTreeMap<MemberId, u64>) -> Pass {
         let creator = info.creator.member_id();
         let mut pass = Pass {
             group: info.group_id,
@@ -493,7 +606,8 @@ impl Pass {
                 holders: BTreeSet::from([creator]),
             }],
             effective: BTreeSet::new(),
-            cuts: BTreeMap::new(),
+            cuts: cuts.clone(),
+            ranks: BTreeMap::from([(creator, 0)]),
             keyed: graph
                 .ops
                 .iter()
@@ -530,7 +644,7 @@ impl Pass {
         }
         while let Some(next) = ready.pop_first() {
             let i = next.3;
-            pass.apply(graph, i, known_cuts);
+            pass.apply(graph, i);
             for &c in &graph.children[i] {
                 waiting[c] -= 1;
                 if waiting[c] == 0 && graph.complete[c] {
@@ -541,16 +655,10 @@ impl Pass {
         pass
     }
 
-    fn apply(&mut self, graph: &Graph<'_>, i: usize, known_cuts: &BTreeMap<MemberId, u64>) {
+    fn apply(&mut self, graph: &Graph<'_>, i: usize) {
         let r = graph.ops[i];
         let author = r.author;
-        let cut = known_cuts
-            .get(&author)
-            .copied()
-            .into_iter()
-            .chain(self.cuts.get(&author).copied())
-            .min();
-        if cut.is_some_and(|c| r.seq > c) {
+        if self.cuts.get(&author).is_some_and(|c| r.seq > *c) {
             return;
         }
         let Some(me) = self.members.get(&author) else {
@@ -570,7 +678,7 @@ impl Pass {
                 if facilitator
                     && fresh
                     && valid_name(name)
-                    && rotation_ok(self.group, author, rotation, Some(id), None)
+                    && self.rotation_fits(graph, i, author, rotation, Some(id), None)
                 {
                     self.members.insert(
                         id,
@@ -584,6 +692,7 @@ impl Pass {
                             added_by: Some(author),
                         },
                     );
+                    self.ranks.insert(id, self.next_rank);
                     self.next_rank += 1;
                     self.add_index.insert(id, i);
                     self.start_epoch(r.hash, rotation);
@@ -604,12 +713,18 @@ impl Pass {
                 upto,
                 rotation,
             } => {
+                // The cut was settled before the pass; a removal whose cut was not (its
+                // author was cut first, or it claims less than it saw) has no effect.
+                let settled = self.cuts.get(member).copied();
                 if facilitator
                     && *member != author
                     && self.members.contains_key(member)
-                    && rotation_ok(self.group, author, rotation, None, Some(*member))
+                    && graph.seen_cut(i, member, *upto).is_some()
+                    && settled.is_some()
+                    && self.rotation_fits(graph, i, author, rotation, None, Some(*member))
                 {
-                    self.depart(*member, Departure::Removed { by: author }, *upto);
+                    let cut = settled.unwrap_or(*upto);
+                    self.depart(*member, Departure::Removed { by: author }, cut);
                     self.start_epoch(r.hash, rotation);
                     true
                 } else {
@@ -617,11 +732,12 @@ impl Pass {
                 }
             }
             Action::Leave => {
-                self.depart(author, Departure::Left, r.seq);
+                let cut = self.cuts.get(&author).copied().unwrap_or(r.seq);
+                self.depart(author, Departure::Left, cut);
                 true
             }
             Action::Rotate { rotation } => {
-                if rotation_ok(self.group, author, rotation, None, None) {
+                if self.rotation_fits(graph, i, author, rotation, None, None) {
                     self.start_epoch(r.hash, rotation);
                     true
                 } else {
@@ -656,7 +772,50 @@ impl Pass {
         };
         if applied {
             self.effective.insert(r.hash);
+            self.keep_a_facilitator();
         }
+    }
+
+    /// A group left with members but no facilitator (the last ones stepped down or left
+    /// at once) would have nobody to invite or remove: its most senior member becomes one.
+    fn keep_a_facilitator(&mut self) {
+        if self.members.values().any(|m| m.role == Role::Facilitator) {
+            return;
+        }
+        if let Some(m) = self.members.values_mut().min_by_key(|m| m.rank) {
+            m.role = Role::Facilitator;
+        }
+    }
+
+    /// A rotation takes effect if it is well formed ([`rotation_ok`]), its epoch number is
+    /// not far beyond the epochs so far, and it gives the key to every member its author
+    /// must have known of: still present, and admitted by an operation the rotation depends
+    /// on (the creator always). A member admitted concurrently is sent the key later.
+    fn rotation_fits(
+        &self,
+        graph: &Graph<'_>,
+        i: usize,
+        author: MemberId,
+        rotation: &Rotation,
+        include: Option<MemberId>,
+        exclude: Option<MemberId>,
+    ) -> bool {
+        if !rotation_ok(self.group, author, rotation, include, exclude) {
+            return false;
+        }
+        let newest = self.epochs.iter().map(|e| e.epoch).max().unwrap_or(0);
+        if rotation.epoch > newest.saturating_add(MAX_EPOCH_STEP) {
+            return false;
+        }
+        let ancestors = graph.ancestors(i);
+        let recipients = rotation.recipients();
+        self.members.iter().all(|(id, m)| {
+            let known = match m.added_by_op {
+                None => true,
+                Some(_) => self.add_index.get(id).is_some_and(|a| ancestors.contains(a)),
+            };
+            !known || Some(*id) == exclude || recipients.contains(id)
+        })
     }
 
     fn start_epoch(&mut self, op: Hash, rotation: &Rotation) {
@@ -678,8 +837,6 @@ impl Pass {
                     cut,
                 },
             );
-            let entry = self.cuts.entry(member).or_insert(cut);
-            *entry = (*entry).min(cut);
         }
     }
 
