@@ -683,8 +683,7 @@ impl Node {
             let of_group = if key.starts_with(b"code") {
                 postcard::from_bytes::<records::CodeRecord>(&raw).is_ok_and(|c| c.group_id == *id)
             } else {
-                postcard::from_bytes::<records::InviteRecord>(&raw)
-                    .is_ok_and(|i| i.group_id == *id)
+                postcard::from_bytes::<records::InviteRecord>(&raw).is_ok_and(|i| i.group_id == *id)
             };
             if of_group {
                 ops.push(WriteOp::Delete {

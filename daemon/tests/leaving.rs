@@ -15,6 +15,10 @@ fn leaving_deletes_the_groups_open_codes_and_invites() {
     node.forget_group(&group).unwrap();
     assert!(!node.has_group(&group));
     let left = node.store().scan(Table::Invites, b"code").unwrap();
-    assert_eq!(left.len(), 1, "the other group's code stays, this one's goes");
+    assert_eq!(
+        left.len(),
+        1,
+        "the other group's code stays, this one's goes"
+    );
     assert!(!left[0].1.windows(16).any(|w| w == group.as_bytes()));
 }

@@ -541,7 +541,12 @@ fn settle_cuts(
     let mut order: Vec<usize> = candidates.iter().copied().collect();
     order.sort_by_key(|&i| {
         let r = graph.ops[i];
-        (ranks.get(&r.author).copied().unwrap_or(u32::MAX), r.author, r.seq, i)
+        (
+            ranks.get(&r.author).copied().unwrap_or(u32::MAX),
+            r.author,
+            r.seq,
+            i,
+        )
     });
     let mut cuts: BTreeMap<MemberId, u64> = BTreeMap::new();
     for i in order {
@@ -812,7 +817,10 @@ impl Pass {
         self.members.iter().all(|(id, m)| {
             let known = match m.added_by_op {
                 None => true,
-                Some(_) => self.add_index.get(id).is_some_and(|a| ancestors.contains(a)),
+                Some(_) => self
+                    .add_index
+                    .get(id)
+                    .is_some_and(|a| ancestors.contains(a)),
             };
             !known || Some(*id) == exclude || recipients.contains(id)
         })

@@ -389,7 +389,11 @@ fn a_removed_member_cannot_hand_out_keys() {
     assert!(!devices[0].group.roster().is_member(&r_id));
     // No key a removed member hands out after its removal is taken.
     for d in [&devices[0], &devices[2]] {
-        assert!(d.group.epoch_keys().all(|(_, k)| !bogus.contains(k.expose())));
+        assert!(
+            d.group
+                .epoch_keys()
+                .all(|(_, k)| !bogus.contains(k.expose()))
+        );
     }
     // Honest epochs keep their ordinary numbers.
     devices[0].group.rotate(&mut OsRng).unwrap();
