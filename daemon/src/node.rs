@@ -969,9 +969,10 @@ impl Node {
             .flat_map(|s| {
                 let id = s.group.id();
                 s.group
-                    .epoch_keys()
+                    .proof_keys()
+                    .into_iter()
                     .take(PROVEN_EPOCHS)
-                    .map(|(epoch, key)| session::group_tag(key, &id, epoch, transcript, my_side))
+                    .map(|(epoch, key)| session::group_tag(&key, &id, epoch, transcript, my_side))
                     .collect::<Vec<_>>()
             })
             .collect()

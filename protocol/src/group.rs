@@ -37,6 +37,8 @@ pub const MAX_PENDING_BYTES: usize = 64 << 20;
 pub const MAX_PENDING_PER_AUTHOR: usize = 10_000;
 /// Most envelopes held back for an author not (yet) known to be a member.
 pub const MAX_PENDING_PER_UNKNOWN_AUTHOR: usize = 1_000;
+/// Most operations of an author past its cut that this device takes keys from.
+pub const MAX_UNCOUNTED_GRANTS: usize = 8;
 /// Highest sequence number accepted (keeps index arithmetic far from overflow).
 pub const MAX_SEQ: u64 = 1 << 48;
 
@@ -186,6 +188,8 @@ pub struct Group {
     sealed: BTreeSet<(MemberId, u64)>,
     /// Membership operations with lockboxes for this device whose keys are not taken yet.
     lockbox_ops: BTreeSet<Hash>,
+    /// Per author past its cut, how many operations of it this device took keys from.
+    uncounted_grants: BTreeMap<MemberId, usize>,
     /// Automerge sequence numbers (first, last) of each opened, well-formed content
     /// envelope: what counts when the document is rebuilt.
     content: BTreeMap<(MemberId, u64), (u64, u64)>,
@@ -282,6 +286,7 @@ impl Group {
             ineffective: BTreeSet::new(),
             sealed: BTreeSet::new(),
             lockbox_ops: BTreeSet::new(),
+            uncounted_grants: BTreeMap::new(),
             content: BTreeMap::new(),
             change_seqs: BTreeMap::new(),
             withheld: BTreeMap::new(),
@@ -346,6 +351,16 @@ impl Group {
     pub fn current_epoch(&self) -> (u32, Option<&SecretKey>) {
         let current = self.roster().current_epoch();
         (current.epoch, self.full_key(current.epoch, current.op))
+    }
+
+    /// The keys of epochs that took effect, newest first: what a session proves.
+    pub fn proof_keys(&self) -> Vec<(u32, SecretKey)> {
+        self.roster()
+            .epochs()
+            .iter()
+            .rev()
+            .filter_map(|e| self.full_key(e.epoch, e.op).map(|k| (e.epoch, k.clone())))
+            .collect()
     }
 
     /// Every full epoch key held, newest epoch first (for recognising peers in a session).
@@ -736,14 +751,19 @@ impl Group {
         recipients: &[PublicIdentity],
         rng: &mut impl CryptoRngCore,
     ) -> Rotation {
-        let held = self.keys.keys().next_back().copied().unwrap_or(0);
-        let epoch = self.membership.highest_epoch().max(held).saturating_add(1);
+        // Numbered from epochs that took effect only: a key someone handed out in a
+        // rotation that did not count must not push the numbering anywhere.
+        let epoch = self.membership.highest_epoch().saturating_add(1);
         let key = SecretKey::random(rng);
         let lockboxes = recipients
             .iter()
             .map(|to| Lockbox::seal(&self.device, to, self.id(), epoch, &key, rng))
             .collect();
-        Rotation { epoch, lockboxes }
+        Rotation {
+            epoch,
+            lockboxes,
+            check: crate::membership::key_check(&key, &self.id(), epoch),
+        }
     }
 
     fn write_roster(
@@ -759,11 +779,13 @@ impl Group {
             return self.append_own(Body::Roster(op), rng);
         }
         // Without the current key (it never reached this device), a membership act is
-        // sealed under the newest key held: every member holds it or its roster key.
+        // sealed under the newest effective epoch whose key this device holds.
         let (epoch, key) = self
-            .epoch_keys()
-            .next()
-            .map(|(e, k)| (e, k.clone()))
+            .roster()
+            .epochs()
+            .iter()
+            .rev()
+            .find_map(|e| self.full_key(e.epoch, e.op).map(|k| (e.epoch, k.clone())))
             .ok_or(GroupError::NoEpochKey(self.roster().current_epoch().epoch))?;
         self.append_sealed(Body::Roster(op), epoch, key, rng)
     }
@@ -1171,39 +1193,72 @@ impl Group {
         }
     }
 
-    /// Takes the epoch keys that lockboxes for this device hand it, from operations whose
-    /// author counts at that point of its log (a removed member's later rotations hand out
-    /// nothing). Returns whether a new key was taken.
+    /// Takes the epoch keys that lockboxes for this device hand it, from any accepted
+    /// operation: which keys a device holds must not depend on the order things arrived in
+    /// (a member may have written under a rotation whose author was removed concurrently).
+    /// A key is taken only if it matches its rotation's check value. What a key is used for
+    /// is decided by the roster alone: numbering and writing follow epochs that took effect.
+    /// An author past its cut (removed) can hand this device at most a few keys. Returns
+    /// whether a new key was taken.
     fn take_due_keys(&mut self) -> bool {
         let me = self.me();
-        let due: Vec<OpRecord> = self
+        let pending: Vec<OpRecord> = self
             .lockbox_ops
             .iter()
             .filter_map(|h| self.membership.op(h))
-            .filter(|r| self.roster().counts(&r.author, r.seq))
             .cloned()
             .collect();
         let mut new = false;
-        for record in due {
+        for record in pending {
+            let (rotation, check) = match &record.op.action {
+                Action::Forward { rotation, .. } => {
+                    match self
+                        .membership
+                        .op(rotation)
+                        .and_then(|r| r.op.action.rotation())
+                    {
+                        Some(r) => (*rotation, r.check),
+                        // The rotation it forwards has not arrived yet: try again later.
+                        None => continue,
+                    }
+                }
+                action => match action.rotation() {
+                    Some(r) => (record.hash, r.check),
+                    None => {
+                        self.lockbox_ops.remove(&record.hash);
+                        continue;
+                    }
+                },
+            };
             self.lockbox_ops.remove(&record.hash);
+            if !self.roster().counts(&record.author, record.seq) {
+                let taken = self.uncounted_grants.entry(record.author).or_default();
+                if *taken >= MAX_UNCOUNTED_GRANTS {
+                    continue;
+                }
+                *taken += 1;
+            }
             let Some(sender) = self.membership.known(&record.author).copied() else {
                 continue;
-            };
-            let rotation = match &record.op.action {
-                Action::Forward { rotation, .. } => *rotation,
-                _ => record.hash,
             };
             for b in record.op.action.lockboxes() {
                 if b.recipient != me || b.group_id != self.info.group_id {
                     continue;
                 }
-                if let Ok(key) = b.open(&self.device, &sender) {
-                    new |= self.grant(KeyGrant {
-                        epoch: b.epoch,
-                        rotation: Some(rotation),
-                        access: Access::Full(key),
-                    });
+                let Ok(key) = b.open(&self.device, &sender) else {
+                    continue;
+                };
+                if !crate::crypto::ct_eq(
+                    &crate::membership::key_check(&key, &self.info.group_id, b.epoch),
+                    &check,
+                ) {
+                    continue;
                 }
+                new |= self.grant(KeyGrant {
+                    epoch: b.epoch,
+                    rotation: Some(rotation),
+                    access: Access::Full(key),
+                });
             }
         }
         new

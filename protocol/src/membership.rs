@@ -59,6 +59,23 @@ impl GroupInfo {
 pub struct Rotation {
     pub epoch: u32,
     pub lockboxes: Vec<Lockbox>,
+    /// [`key_check`] of the key: every recipient checks its lockbox opens to the same key,
+    /// so an author cannot hand different members different keys.
+    pub check: [u8; 32],
+}
+
+/// A commitment to an epoch key that reveals nothing of it:
+/// `HKDF(key, "hearth v1 epoch key check" || group_id || epoch)`.
+pub fn key_check(key: &crate::crypto::SecretKey, group: &GroupId, epoch: u32) -> [u8; 32] {
+    *crate::crypto::derive_key(
+        key.expose(),
+        &[
+            crate::crypto::labels::EPOCH_KEY_CHECK,
+            group.as_bytes(),
+            &epoch.to_be_bytes(),
+        ],
+    )
+    .expose()
 }
 
 impl Rotation {
@@ -492,80 +509,74 @@ impl<'a> Graph<'a> {
 
 /// Resolves the recorded operations into a roster. Deterministic in the set of operations.
 ///
-/// Which removals and departures stand is settled first, by seniority: taken from the
-/// most senior author down, each cuts its target unless its own author was already cut
-/// before it. A pass over the graph then applies everything with those cuts known from the
-/// start. A removal that did not take effect in that pass (its author was no facilitator
-/// there, say) is dropped from the candidates and everything is settled again, so every cut
-/// in the result comes from a removal or departure that took effect. Each round drops at
-/// least one candidate, so this ends.
+/// Which removals and departures stand is settled first, greedily by seniority: a probe
+/// pass (no one departs) finds the plausible ones and everyone's rank; then, from the most
+/// senior author down, each is tried on top of those already accepted and kept only if, in
+/// a full pass with all the cuts known from the start, it and every one kept before it take
+/// effect. So a cut is only ever made by a removal or departure that takes effect, and a
+/// later candidate can never undo an earlier, more senior one. One pass per candidate.
 fn resolve(info: &GroupInfo, ops: &BTreeMap<Hash, OpRecord>) -> Roster {
     let graph = Graph::new(ops);
-    let mut candidates: BTreeSet<usize> = (0..graph.ops.len())
+    let probe = Pass::run(info, &graph, Removals::Probe);
+    let mut candidates: Vec<usize> = (0..graph.ops.len())
         .filter(|&i| {
-            graph.complete[i]
-                && matches!(
-                    graph.ops[i].op.action,
-                    Action::Remove { .. } | Action::Leave
-                )
+            matches!(
+                graph.ops[i].op.action,
+                Action::Remove { .. } | Action::Leave
+            ) && probe.effective.contains(&graph.ops[i].hash)
         })
         .collect();
-    let mut ranks = Pass::run(info, &graph, &BTreeMap::new()).ranks;
-    loop {
-        let cuts = settle_cuts(&graph, &candidates, &ranks);
-        let pass = Pass::run(info, &graph, &cuts);
-        let void: Vec<usize> = candidates
-            .iter()
-            .copied()
-            .filter(|&i| !pass.effective.contains(&graph.ops[i].hash))
-            .collect();
-        if void.is_empty() {
-            return pass.finish(&graph);
-        }
-        for i in void {
-            candidates.remove(&i);
-        }
-        ranks = pass.ranks;
-    }
-}
-
-/// The cuts the candidate removals and departures make, taken by seniority of their
-/// author (then member id, then sequence number). A removal's cut is its `upto`, but never
-/// past an operation of the target that the removal did not see (is not an ancestor of
-/// it); a removal claiming less than it saw of its target is void.
-fn settle_cuts(
-    graph: &Graph<'_>,
-    candidates: &BTreeSet<usize>,
-    ranks: &BTreeMap<MemberId, u32>,
-) -> BTreeMap<MemberId, u64> {
-    let mut order: Vec<usize> = candidates.iter().copied().collect();
-    order.sort_by_key(|&i| {
+    candidates.sort_by_key(|&i| {
         let r = graph.ops[i];
         (
-            ranks.get(&r.author).copied().unwrap_or(u32::MAX),
+            probe.ranks.get(&r.author).copied().unwrap_or(u32::MAX),
             r.author,
             r.seq,
             i,
         )
     });
-    let mut cuts: BTreeMap<MemberId, u64> = BTreeMap::new();
-    for i in order {
+    let mut decided: BTreeMap<usize, (MemberId, u64)> = BTreeMap::new();
+    let mut current = Pass::run(info, &graph, Removals::Decided(&decided));
+    for i in candidates {
         let r = graph.ops[i];
-        if cuts.get(&r.author).is_some_and(|c| r.seq > *c) {
+        let author_cut = decided
+            .values()
+            .filter(|(m, _)| *m == r.author)
+            .map(|(_, c)| *c)
+            .min();
+        if author_cut.is_some_and(|c| r.seq > c) {
             continue;
         }
-        let (member, cut) = match &r.op.action {
+        let cut = match &r.op.action {
             Action::Leave => (r.author, r.seq),
             Action::Remove { member, upto, .. } => match graph.seen_cut(i, member, *upto) {
-                Some(cut) => (*member, cut),
+                Some(c) => (*member, c),
                 None => continue,
             },
             _ => continue,
         };
-        let entry = cuts.entry(member).or_insert(cut);
-        *entry = (*entry).min(cut);
+        let mut tentative = decided.clone();
+        tentative.insert(i, cut);
+        let pass = Pass::run(info, &graph, Removals::Decided(&tentative));
+        let all_stand = tentative
+            .keys()
+            .all(|j| pass.effective.contains(&graph.ops[*j].hash));
+        if all_stand {
+            decided = tentative;
+            current = pass;
+        }
     }
-    cuts
+    current.finish(&graph)
+}
+
+/// How a pass treats removals and departures.
+#[derive(Clone, Copy)]
+enum Removals<'a> {
+    /// Judge each on its own (authority, form) but let nobody depart: which are plausible.
+    Probe,
+    /// Only these (by graph index, with the member each cuts and where) take effect, with
+    /// their cuts known from the start of the pass.
+    Decided(&'a BTreeMap<usize, (MemberId, u64)>),
 }
 
 struct Pass {
@@ -574,8 +585,10 @@ struct Pass {
     departed: BTreeMap<MemberId, Departed>,
     epochs: Vec<EpochRecord>,
     effective: BTreeSet<Hash>,
-    /// The cuts settled before the pass (see [`settle_cuts`]).
+    /// The cuts of the decided removals and departures, known from the start.
     cuts: BTreeMap<MemberId, u64>,
+    /// Which removal and departure operations may take effect (by graph index).
+    decided: Option<BTreeMap<usize, (MemberId, u64)>>,
     /// Seniority of everyone admitted in this pass, departed or not.
     ranks: BTreeMap<MemberId, u32>,
     /// Every well-formed rotation recorded, effective or not, by its envelope hash: its
@@ -588,8 +601,17 @@ struct Pass {
 }
 
 impl Pass {
-    fn run(info: &GroupInfo, graph: &Graph<'_>, cuts: &BTreeMap<MemberId, u64>) -> Pass {
+    fn run(info: &GroupInfo, graph: &Graph<'_>, removals: Removals<'_>) -> Pass {
         let creator = info.creator.member_id();
+        let decided = match removals {
+            Removals::Probe => None,
+            Removals::Decided(d) => Some(d.clone()),
+        };
+        let mut cuts: BTreeMap<MemberId, u64> = BTreeMap::new();
+        for (member, cut) in decided.iter().flat_map(|d| d.values()) {
+            let entry = cuts.entry(*member).or_insert(*cut);
+            *entry = (*entry).min(*cut);
+        }
         let mut pass = Pass {
             group: info.group_id,
             members: BTreeMap::from([(
@@ -611,7 +633,8 @@ impl Pass {
                 holders: BTreeSet::from([creator]),
             }],
             effective: BTreeSet::new(),
-            cuts: cuts.clone(),
+            cuts,
+            decided,
             ranks: BTreeMap::from([(creator, 0)]),
             keyed: graph
                 .ops
@@ -718,29 +741,39 @@ impl Pass {
                 upto,
                 rotation,
             } => {
-                // The cut was settled before the pass; a removal whose cut was not (its
-                // author was cut first, or it claims less than it saw) has no effect.
-                let settled = self.cuts.get(member).copied();
-                if facilitator
+                // In a decided pass only decided removals count, with their settled cut;
+                // a probe judges each on its own and lets nobody depart.
+                let decided = match &self.decided {
+                    Some(d) => d.get(&i).map(|(_, cut)| Some(*cut)),
+                    None => Some(None),
+                };
+                let fits = facilitator
                     && *member != author
                     && self.members.contains_key(member)
                     && graph.seen_cut(i, member, *upto).is_some()
-                    && settled.is_some()
-                    && self.rotation_fits(graph, i, author, rotation, None, Some(*member))
-                {
-                    let cut = settled.unwrap_or(*upto);
-                    self.depart(*member, Departure::Removed { by: author }, cut);
-                    self.start_epoch(r.hash, rotation);
-                    true
-                } else {
-                    false
+                    && self.rotation_fits(graph, i, author, rotation, None, Some(*member));
+                match decided {
+                    Some(cut) if fits => {
+                        if let Some(cut) = cut {
+                            self.depart(*member, Departure::Removed { by: author }, cut);
+                        }
+                        self.start_epoch(r.hash, rotation);
+                        true
+                    }
+                    _ => false,
                 }
             }
-            Action::Leave => {
-                let cut = self.cuts.get(&author).copied().unwrap_or(r.seq);
-                self.depart(author, Departure::Left, cut);
-                true
-            }
+            Action::Leave => match &self.decided {
+                Some(d) => match d.get(&i) {
+                    Some((_, cut)) => {
+                        let cut = *cut;
+                        self.depart(author, Departure::Left, cut);
+                        true
+                    }
+                    None => false,
+                },
+                None => true,
+            },
             Action::Rotate { rotation } => {
                 if self.rotation_fits(graph, i, author, rotation, None, None) {
                     self.start_epoch(r.hash, rotation);
@@ -813,6 +846,19 @@ impl Pass {
             return false;
         }
         let ancestors = graph.ancestors(i);
+        // Members the author saw leave or be removed (even if that did not stand in the
+        // end) may be left out: the author had every reason to.
+        let seen_gone: BTreeSet<MemberId> = ancestors
+            .iter()
+            .filter_map(|&j| {
+                let op = graph.ops[j];
+                match &op.op.action {
+                    Action::Remove { member, .. } => Some(*member),
+                    Action::Leave => Some(op.author),
+                    _ => None,
+                }
+            })
+            .collect();
         let recipients = rotation.recipients();
         self.members.iter().all(|(id, m)| {
             let known = match m.added_by_op {
@@ -822,7 +868,7 @@ impl Pass {
                     .get(id)
                     .is_some_and(|a| ancestors.contains(a)),
             };
-            !known || Some(*id) == exclude || recipients.contains(id)
+            !known || Some(*id) == exclude || seen_gone.contains(id) || recipients.contains(id)
         })
     }
 

@@ -11,7 +11,7 @@ use hearth_protocol::group::{Access, Group, KeyGrant, VersionVector};
 use hearth_protocol::identity::DeviceKeys;
 use hearth_protocol::ids::MemberId;
 use hearth_protocol::lockbox::Lockbox;
-use hearth_protocol::membership::{Action, RosterOp, Rotation};
+use hearth_protocol::membership::{Action, RosterOp, Rotation, key_check};
 use rand_core::OsRng;
 
 struct Device {
@@ -198,6 +198,7 @@ fn a_rotation_leaving_members_out_cannot_lock_them_out() {
         &mut OsRng,
     );
     let deps = devices[1].group.membership().heads();
+    let gid = devices[1].group.id();
     let selfish = forge_roster(
         &mut devices[1],
         RosterOp {
@@ -206,6 +207,7 @@ fn a_rotation_leaving_members_out_cannot_lock_them_out() {
                 rotation: Rotation {
                     epoch,
                     lockboxes: vec![lockbox],
+                    check: key_check(&mkey, &gid, epoch),
                 },
             },
         },
@@ -328,7 +330,8 @@ fn a_flood_of_operations_cannot_get_a_pre_admission_key_forwarded() {
 }
 
 /// A removed member keeps writing rotations (at the highest epoch number) for everyone.
-/// Keys are taken only from operations whose author counts at that point.
+/// A device takes at most a few keys from an author past its cut, and uses keys only of
+/// epochs that took effect.
 #[test]
 fn a_removed_member_cannot_hand_out_keys() {
     let mut a = creator();
@@ -348,8 +351,9 @@ fn a_removed_member_cannot_hand_out_keys() {
     give(&a_dev[0], &mut rest[1]);
 
     let recipients: Vec<_> = devices.iter().map(|d| d.keys.public()).collect();
+    let group_id = devices[1].group.id();
     let mut bogus = BTreeSet::new();
-    for _ in 0..8 {
+    for _ in 0..12 {
         let k = SecretKey::random(&mut OsRng);
         let lockboxes = recipients
             .iter()
@@ -372,6 +376,7 @@ fn a_removed_member_cannot_hand_out_keys() {
                     rotation: Rotation {
                         epoch: u32::MAX,
                         lockboxes,
+                        check: key_check(&k, &group_id, u32::MAX),
                     },
                 },
             },
@@ -387,11 +392,22 @@ fn a_removed_member_cannot_hand_out_keys() {
     devices[0].group.ingest(r_log.clone());
     devices[2].group.ingest(r_log);
     assert!(!devices[0].group.roster().is_member(&r_id));
-    // No key a removed member hands out after its removal is taken.
+    // A removed member can hand a device only a few keys, and they are never proven in
+    // sessions or written under.
     for d in [&devices[0], &devices[2]] {
+        let taken = d
+            .group
+            .epoch_keys()
+            .filter(|(_, k)| bogus.contains(k.expose()))
+            .count();
+        assert!(
+            taken <= hearth_protocol::group::MAX_UNCOUNTED_GRANTS,
+            "{taken}"
+        );
         assert!(
             d.group
-                .epoch_keys()
+                .proof_keys()
+                .iter()
                 .all(|(_, k)| !bogus.contains(k.expose()))
         );
     }
@@ -520,7 +536,11 @@ fn backdating(upto_zero: bool) -> (Vec<Device>, MemberId, MemberId, SecretKey) {
             action: Action::Remove {
                 member: a_id,
                 upto: if upto_zero { 0 } else { a_seen },
-                rotation: Rotation { epoch, lockboxes },
+                rotation: Rotation {
+                    epoch,
+                    lockboxes,
+                    check: key_check(&k, &gid, epoch),
+                },
             },
         },
         Some(old),
@@ -618,7 +638,11 @@ fn a_co_facilitator_cannot_brick_the_group_with_upto_zero() {
             action: Action::Remove {
                 member: a_id,
                 upto: 0,
-                rotation: Rotation { epoch, lockboxes },
+                rotation: Rotation {
+                    epoch,
+                    lockboxes,
+                    check: key_check(&k, &gid, epoch),
+                },
             },
         },
         None,
