@@ -971,7 +971,7 @@ impl Node {
                 s.group
                     .proof_keys()
                     .into_iter()
-                    .take(PROVEN_EPOCHS)
+                    .take(PROVEN_EPOCHS + 1)
                     .map(|(epoch, key)| session::group_tag(&key, &id, epoch, transcript, my_side))
                     .collect::<Vec<_>>()
             })
@@ -1108,6 +1108,10 @@ mod tests {
         invite(&a, &group, [1; 16], now_unix() + 60);
         let (admission, _) = a.admit(&[1; 16], |_| true, b.keys().public(), "B").unwrap();
         b.install_joined(admission.welcome()).unwrap();
+        // The joiner is recognised before its own admission has reached it by sync.
+        let t = [9u8; 32];
+        let from_b = b.group_proofs(&t, Side::Dialer);
+        assert_eq!(a.matched_groups(&t, Side::Dialer, &from_b), vec![group]);
         let all = a.missing(&group, &VersionVector::new(), usize::MAX, usize::MAX);
         assert_eq!(b.ingest(&group, all).unwrap().accepted, 2);
         (a, b, group)
@@ -1174,5 +1178,11 @@ mod tests {
         let b = node(&tmp.path().join("b"));
         assert_eq!(b.group_detail(&group).unwrap(), before);
         assert_eq!(b.version_vector(&group), a.version_vector(&group));
+        // Both still recognise each other's group proofs after the restart.
+        let t = [5u8; 32];
+        let from_b = b.group_proofs(&t, Side::Dialer);
+        assert_eq!(a.matched_groups(&t, Side::Dialer, &from_b), vec![group]);
+        let from_a = a.group_proofs(&t, Side::Listener);
+        assert_eq!(b.matched_groups(&t, Side::Listener, &from_a), vec![group]);
     }
 }

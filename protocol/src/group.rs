@@ -190,6 +190,8 @@ pub struct Group {
     lockbox_ops: BTreeSet<Hash>,
     /// Per author past its cut, how many operations of it this device took keys from.
     uncounted_grants: BTreeMap<MemberId, usize>,
+    /// Full keys handed to this device outside the logs (creation, admission).
+    outside_grants: Vec<(u32, Option<Hash>)>,
     /// Automerge sequence numbers (first, last) of each opened, well-formed content
     /// envelope: what counts when the document is rebuilt.
     content: BTreeMap<(MemberId, u64), (u64, u64)>,
@@ -287,6 +289,7 @@ impl Group {
             sealed: BTreeSet::new(),
             lockbox_ops: BTreeSet::new(),
             uncounted_grants: BTreeMap::new(),
+            outside_grants: Vec::new(),
             content: BTreeMap::new(),
             change_seqs: BTreeMap::new(),
             withheld: BTreeMap::new(),
@@ -294,6 +297,9 @@ impl Group {
             base: snapshot.map(|b| zeroize::Zeroizing::new(b.to_vec())),
         };
         for grant in grants {
+            if matches!(grant.access, Access::Full(_)) {
+                group.outside_grants.push((grant.epoch, grant.rotation));
+            }
             group.grant(grant);
         }
         Ok(group)
@@ -353,14 +359,28 @@ impl Group {
         (current.epoch, self.full_key(current.epoch, current.op))
     }
 
-    /// The keys of epochs that took effect, newest first: what a session proves.
+    /// What a session proves, newest first: the keys of epochs that took effect, then the
+    /// keys handed to this device outside the logs (a joiner proves its admission key
+    /// before the add that started that epoch has reached it).
     pub fn proof_keys(&self) -> Vec<(u32, SecretKey)> {
-        self.roster()
+        let mut out: Vec<(u32, Option<Hash>, SecretKey)> = self
+            .roster()
             .epochs()
             .iter()
             .rev()
-            .filter_map(|e| self.full_key(e.epoch, e.op).map(|k| (e.epoch, k.clone())))
-            .collect()
+            .filter_map(|e| {
+                self.full_key(e.epoch, e.op)
+                    .map(|k| (e.epoch, e.op, k.clone()))
+            })
+            .collect();
+        for (epoch, rotation) in &self.outside_grants {
+            if !out.iter().any(|(e, r, _)| e == epoch && r == rotation)
+                && let Some(k) = self.full_key(*epoch, *rotation)
+            {
+                out.push((*epoch, *rotation, k.clone()));
+            }
+        }
+        out.into_iter().map(|(e, _, k)| (e, k)).collect()
     }
 
     /// Every full epoch key held, newest epoch first (for recognising peers in a session).
