@@ -120,12 +120,14 @@ fn names_safety_numbers_roles_and_removal() {
 
     // A makes Ben a co-facilitator; everyone sees it.
     a.json(&["member", "role", &group, "Ben", "facilitator"]);
-    wait_for("C to see Ben as facilitator", || {
-        members(&c, &group)
-            .iter()
-            .any(|m| m["name"] == "Ben" && m["role"] == "facilitator")
-            .then_some(())
-    });
+    for d in [&b, &c] {
+        wait_for("B and C to see Ben as facilitator", || {
+            members(d, &group)
+                .iter()
+                .any(|m| m["name"] == "Ben" && m["role"] == "facilitator")
+                .then_some(())
+        });
+    }
     // A plain member cannot remove anyone.
     assert!(c.try_json(&["member", "remove", &group, "Ben"]).is_err());
 
