@@ -906,6 +906,15 @@ impl Node {
         if result.roster_changed {
             accepted.extend(self.maintain(&mut slot.group));
         }
+        if !accepted.is_empty() {
+            // Content a member this device admitted cannot read (written concurrently with
+            // the admission) is re-sealed for it.
+            match slot.group.reseal_due(&mut OsRng) {
+                Ok(Some(w)) => accepted.extend(w.accepted),
+                Ok(None) => {}
+                Err(e) => tracing::debug!("could not re-seal for a new member yet: {e}"),
+            }
+        }
         if accepted.is_empty() {
             return Ok(Ingest {
                 accepted: 0,
@@ -990,13 +999,10 @@ impl Node {
             .values()
             .filter(|s| {
                 let id = s.group.id();
-                s.group
-                    .epoch_keys()
-                    .take(PROVEN_EPOCHS)
-                    .any(|(epoch, key)| {
-                        let expected = session::group_tag(key, &id, epoch, transcript, their_side);
-                        session::tag_matches(&expected, tags)
-                    })
+                s.group.recognition_keys().iter().any(|(epoch, key)| {
+                    let expected = session::group_tag(key, &id, *epoch, transcript, their_side);
+                    session::tag_matches(&expected, tags)
+                })
             })
             .map(|s| s.group.id())
             .collect()

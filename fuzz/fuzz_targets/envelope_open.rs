@@ -41,6 +41,11 @@ fuzz_target!(|data: &[u8]| {
         Ok(Body::Roster(op)) => {
             let _ = (op.deps.len(), op.action.lockboxes().len());
         }
+        Ok(Body::Reseal { changes, .. }) => {
+            for c in changes {
+                let _ = automerge::Change::from_bytes(c).map(|c| c.hash());
+            }
+        }
         Err(_) => {}
     }
 });

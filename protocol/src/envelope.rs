@@ -112,6 +112,15 @@ pub enum Body {
     /// Automerge changes made by the author, in causal order (one user action): sealed
     /// under the epoch's content key.
     Changes { changes: Vec<Vec<u8>> },
+    /// The changes of another envelope (`author`'s at `seq`), re-sealed under the current
+    /// epoch for a member admitted while it was being written: it is not in that member's
+    /// snapshot and was sealed under an epoch it never gets. Checked against the original
+    /// envelope's signed header, like the original would be.
+    Reseal {
+        author: MemberId,
+        seq: u64,
+        changes: Vec<Vec<u8>>,
+    },
 }
 
 /// Which of an epoch's two body keys seals a body. A member admitted later is given the
@@ -127,7 +136,7 @@ impl Body {
     pub fn sealing(&self) -> Sealing {
         match self {
             Body::Roster(_) => Sealing::Roster,
-            Body::Changes { .. } => Sealing::Content,
+            Body::Changes { .. } | Body::Reseal { .. } => Sealing::Content,
         }
     }
 }
@@ -293,7 +302,9 @@ impl Envelope {
             .map_err(|_| EnvelopeError::Decrypt)?;
         let body: Body = postcard::from_bytes(&plaintext).map_err(|_| EnvelopeError::BadBody)?;
         let too_big = match &body {
-            Body::Changes { changes } => changes.len() > MAX_CHANGES_PER_ENVELOPE,
+            Body::Changes { changes } | Body::Reseal { changes, .. } => {
+                changes.len() > MAX_CHANGES_PER_ENVELOPE
+            }
             Body::Roster(op) => {
                 op.deps.len() > crate::membership::MAX_DEPS
                     || op.action.lockboxes().len() > crate::membership::MAX_MEMBERS

@@ -195,6 +195,10 @@ pub struct Group {
     /// Automerge sequence numbers (first, last) of each opened, well-formed content
     /// envelope: what counts when the document is rebuilt.
     content: BTreeMap<(MemberId, u64), (u64, u64)>,
+    /// Changes re-sealed for this device, by the place of the envelope they belong to.
+    reseals: BTreeMap<(MemberId, u64), Vec<Vec<u8>>>,
+    /// Envelopes this device has re-sealed for members it admitted.
+    resealed: BTreeSet<(MemberId, u64)>,
     /// Automerge sequence number of every change checked here, by hash.
     change_seqs: BTreeMap<Hash, u64>,
     /// Opened content not applied: its author does not count at that point (yet).
@@ -292,6 +296,8 @@ impl Group {
             outside_grants: Vec::new(),
             content: BTreeMap::new(),
             change_seqs: BTreeMap::new(),
+            reseals: BTreeMap::new(),
+            resealed: BTreeSet::new(),
             withheld: BTreeMap::new(),
             applied_upto: BTreeMap::new(),
             base: snapshot.map(|b| zeroize::Zeroizing::new(b.to_vec())),
@@ -359,28 +365,46 @@ impl Group {
         (current.epoch, self.full_key(current.epoch, current.op))
     }
 
-    /// What a session proves, newest first: the keys of epochs that took effect, then the
-    /// keys handed to this device outside the logs (a joiner proves its admission key
-    /// before the add that started that epoch has reached it).
+    /// The roster key of an epoch this device can read membership operations of.
+    fn roster_key(&self, epoch: u32, rotation: Option<Hash>) -> Option<SecretKey> {
+        let group = self.id();
+        self.keys.get(&epoch)?.iter().find_map(|g| {
+            (g.rotation == rotation).then(|| match &g.access {
+                Access::Full(k) => body_key(k, &group, epoch, Sealing::Roster),
+                Access::Roster(k) => k.clone(),
+            })
+        })
+    }
+
+    /// What a session proves, newest first: the roster keys of epochs that took effect,
+    /// then those of keys handed to this device outside the logs (a joiner proves its
+    /// admission key before the add that started that epoch has reached it). Roster keys,
+    /// so that a member admitted later (who holds only roster keys of earlier epochs) and
+    /// a member who has not yet heard of that admission still recognise each other.
     pub fn proof_keys(&self) -> Vec<(u32, SecretKey)> {
         let mut out: Vec<(u32, Option<Hash>, SecretKey)> = self
             .roster()
             .epochs()
             .iter()
             .rev()
-            .filter_map(|e| {
-                self.full_key(e.epoch, e.op)
-                    .map(|k| (e.epoch, e.op, k.clone()))
-            })
+            .filter_map(|e| self.roster_key(e.epoch, e.op).map(|k| (e.epoch, e.op, k)))
             .collect();
         for (epoch, rotation) in &self.outside_grants {
             if !out.iter().any(|(e, r, _)| e == epoch && r == rotation)
-                && let Some(k) = self.full_key(*epoch, *rotation)
+                && let Some(k) = self.roster_key(*epoch, *rotation)
             {
-                out.push((*epoch, *rotation, k.clone()));
+                out.push((*epoch, *rotation, k));
             }
         }
         out.into_iter().map(|(e, _, k)| (e, k)).collect()
+    }
+
+    /// Every roster key held, for recognising another member's session proofs.
+    pub fn recognition_keys(&self) -> Vec<(u32, SecretKey)> {
+        self.roster_history()
+            .into_iter()
+            .map(|(e, _, k)| (e, k))
+            .collect()
     }
 
     /// Every full epoch key held, newest epoch first (for recognising peers in a session).
@@ -561,6 +585,7 @@ impl Group {
         let mut recipients = self.member_identities();
         recipients.push(member);
         let rotation = self.new_rotation(&recipients, rng);
+        let seen = self.heads.iter().map(|(a, h)| (*a, h.seq)).collect();
         self.write_roster(
             Action::Add {
                 member,
@@ -568,6 +593,7 @@ impl Group {
                 name: name.to_owned(),
                 at: now_unix,
                 rotation,
+                seen,
             },
             rng,
         )
@@ -866,7 +892,7 @@ impl Group {
                 .and_then(|c| automerge::Change::from_bytes(c.clone()).ok())
                 .map(|c| c.hash().0)
                 .unwrap_or(ZERO_HASH),
-            Body::Roster(_) => prior.map_or(ZERO_HASH, |h| h.change_head),
+            Body::Roster(_) | Body::Reseal { .. } => prior.map_or(ZERO_HASH, |h| h.change_head),
         };
         let header = Header {
             version: 0,
@@ -1133,23 +1159,30 @@ impl Group {
 
     /// Opens the envelopes at these log positions: records membership operations (noting
     /// those with lockboxes for this device) and queues content. Positions no key opens
-    /// stay sealed.
+    /// stay sealed, unless someone re-sealed their changes for this device.
     fn open_positions(&mut self, positions: Vec<(MemberId, u64)>, out: &mut Ingested) {
         for (author, seq) in positions {
             let Some(env) = self.envelope_at(&author, seq).cloned() else {
                 continue;
             };
             let h = *env.header();
+            let prior_head = self
+                .envelope_at(&author, seq - 1)
+                .map_or(ZERO_HASH, |e| e.header().change_head);
             match self.open_envelope(&env) {
-                Opened::NoKey => {
-                    self.sealed.insert((author, seq));
-                    continue;
-                }
+                Opened::NoKey => match self.reseals.get(&(author, seq)).cloned() {
+                    Some(changes) => {
+                        if !self.take_content(author, seq, &h, changes, out) {
+                            continue;
+                        }
+                    }
+                    None => {
+                        self.sealed.insert((author, seq));
+                        continue;
+                    }
+                },
                 Opened::Malformed => self.mark_ineffective(env.hash(), out),
                 Opened::Body(Body::Roster(op)) => {
-                    let prior_head = self
-                        .envelope_at(&author, seq - 1)
-                        .map_or(ZERO_HASH, |e| e.header().change_head);
                     if h.change_head != prior_head {
                         self.mark_ineffective(env.hash(), out);
                     } else {
@@ -1166,33 +1199,139 @@ impl Group {
                     }
                 }
                 Opened::Body(Body::Changes { changes }) => {
-                    // The author's change before these is the one the previous envelope's
-                    // signed header names; its sequence number must be known here (opened,
-                    // or in the snapshot this device joined with) to check that these
-                    // continue it exactly. If it is not known yet, wait like a sealed one.
-                    let prior_head = self
-                        .envelope_at(&author, seq - 1)
-                        .map_or(ZERO_HASH, |e| e.header().change_head);
-                    let Some(after) = self.change_seq(&prior_head) else {
-                        self.sealed.insert((author, seq));
+                    if !self.take_content(author, seq, &h, changes, out) {
                         continue;
-                    };
-                    match checked_changes(changes, &h, after) {
-                        Some(cs) => {
-                            let first = cs.first().map_or(0, |c| c.seq());
-                            let last = cs.last().map_or(0, |c| c.seq());
-                            for c in &cs {
-                                self.change_seqs.insert(c.hash().0, c.seq());
-                            }
-                            self.content.insert((author, seq), (first, last));
-                            self.withheld.insert((author, seq), cs);
+                    }
+                }
+                Opened::Body(Body::Reseal {
+                    author: target_author,
+                    seq: target_seq,
+                    changes,
+                }) => {
+                    // A re-sealing changes nothing of its writer's own automerge sequence.
+                    if h.change_head != prior_head {
+                        self.mark_ineffective(env.hash(), out);
+                    } else {
+                        if author == self.me() {
+                            self.resealed.insert((target_author, target_seq));
                         }
-                        None => self.mark_ineffective(env.hash(), out),
+                        let target = (target_author, target_seq);
+                        self.reseals.entry(target).or_insert(changes);
+                        if self.sealed.contains(&target) {
+                            self.open_positions(vec![target], out);
+                        }
                     }
                 }
             }
             self.sealed.remove(&(author, seq));
         }
+    }
+
+    /// Checks the changes of the content envelope at `(author, seq)` with header `h` and
+    /// queues them. Returns false if the envelope must wait (the change before them is not
+    /// known here yet); it then stays sealed.
+    fn take_content(
+        &mut self,
+        author: MemberId,
+        seq: u64,
+        h: &Header,
+        changes: Vec<Vec<u8>>,
+        out: &mut Ingested,
+    ) -> bool {
+        // The author's change before these is the one the previous envelope's signed
+        // header names; its sequence number must be known here (opened, or in the snapshot
+        // this device joined with) to check that these continue it exactly.
+        let prior_head = self
+            .envelope_at(&author, seq - 1)
+            .map_or(ZERO_HASH, |e| e.header().change_head);
+        let Some(after) = self.change_seq(&prior_head) else {
+            self.sealed.insert((author, seq));
+            return false;
+        };
+        match checked_changes(changes, h, after) {
+            Some(cs) => {
+                let first = cs.first().map_or(0, |c| c.seq());
+                let last = cs.last().map_or(0, |c| c.seq());
+                for c in &cs {
+                    self.change_seqs.insert(c.hash().0, c.seq());
+                }
+                self.content.insert((author, seq), (first, last));
+                self.withheld.insert((author, seq), cs);
+            }
+            None => {
+                if let Some(env) = self.envelope_at(&author, seq) {
+                    let hash = env.hash();
+                    self.mark_ineffective(hash, out);
+                }
+            }
+        }
+        true
+    }
+
+    /// Re-seals, under the current epoch, content that members this device admitted cannot
+    /// read and did not get in their snapshot: envelopes after what this device had seen
+    /// when it admitted them, written under an earlier epoch (by authors who had not yet
+    /// learned of the admission). Each such envelope is re-sealed once.
+    pub fn reseal_due(
+        &mut self,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Option<Written>, GroupError> {
+        let me = self.me();
+        let mut targets: BTreeSet<(MemberId, u64)> = BTreeSet::new();
+        for record in self.membership.ops() {
+            let Action::Add {
+                member,
+                rotation,
+                seen,
+                ..
+            } = &record.op.action
+            else {
+                continue;
+            };
+            let newcomer = member.member_id();
+            if record.author != me
+                || !self.roster().is_effective(&record.hash)
+                || !self.roster().is_member(&newcomer)
+            {
+                continue;
+            }
+            let seen: BTreeMap<MemberId, u64> = seen.iter().copied().collect();
+            for (author, log) in &self.logs {
+                if *author == newcomer {
+                    continue;
+                }
+                let from = seen.get(author).copied().unwrap_or(0);
+                for env in log.iter().skip(usize::try_from(from).unwrap_or(usize::MAX)) {
+                    let h = env.header();
+                    if h.epoch < rotation.epoch && self.content.contains_key(&(h.author, h.seq)) {
+                        targets.insert((h.author, h.seq));
+                    }
+                }
+            }
+        }
+        let mut written: Option<Written> = None;
+        for target in targets {
+            if self.resealed.contains(&target) {
+                continue;
+            }
+            let Some(env) = self.envelope_at(&target.0, target.1).cloned() else {
+                continue;
+            };
+            let Opened::Body(Body::Changes { changes }) = self.open_envelope(&env) else {
+                continue;
+            };
+            let body = Body::Reseal {
+                author: target.0,
+                seq: target.1,
+                changes,
+            };
+            match self.append_own(body, rng) {
+                Ok(w) => written = Some(w.after(written)),
+                Err(e) if written.is_none() => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(written)
     }
 
     /// The automerge sequence number of a change this device has checked or holds in its
@@ -1431,8 +1570,13 @@ impl Group {
                 let Some(env) = self.envelope_at(&author, seq).cloned() else {
                     continue;
                 };
-                let Opened::Body(Body::Changes { changes }) = self.open_envelope(&env) else {
-                    continue;
+                let changes = match self.open_envelope(&env) {
+                    Opened::Body(Body::Changes { changes }) => changes,
+                    Opened::NoKey => match self.reseals.get(&(author, seq)) {
+                        Some(changes) => changes.clone(),
+                        None => continue,
+                    },
+                    _ => continue,
                 };
                 let parsed: Vec<automerge::Change> = changes
                     .into_iter()
@@ -1669,6 +1813,41 @@ mod tests {
         let mut b = b;
         b.group.ingest(everything(&a));
         assert!(texts(&b).contains("after"));
+    }
+
+    #[test]
+    fn a_write_concurrent_with_an_admission_is_resealed_for_the_newcomer() {
+        let mut d = setup(1);
+        // B writes while A admits J: A's snapshot for J lacks B's write, sealed under the
+        // epoch before J's admission.
+        let concurrent = agree(&mut d[1], "written during the admission");
+        let mut j = admit(&mut d[0], Role::Member);
+        assert!(!texts(&j).contains("written during the admission"));
+        // A then receives B's write and re-seals it under the current epoch.
+        d[0].group.ingest(concurrent.accepted.clone());
+        let resealed = d[0]
+            .group
+            .reseal_due(&mut OsRng)
+            .unwrap()
+            .expect("A re-seals");
+        assert!(
+            d[0].group.reseal_due(&mut OsRng).unwrap().is_none(),
+            "only once"
+        );
+        j.group.ingest(concurrent.accepted.clone());
+        j.group.ingest(resealed.accepted.clone());
+        assert!(texts(&j).contains("written during the admission"));
+        // B learns of the admission and writes on; J follows B's changes from there.
+        let all = everything(&d[0]);
+        d[1].group.ingest(all);
+        let later = agree(&mut d[1], "B after the admission");
+        j.group.ingest(later.accepted.clone());
+        assert!(texts(&j).contains("B after the admission"));
+        assert!(
+            !j.group
+                .readable_epochs()
+                .contains(&concurrent.own.header().epoch)
+        );
     }
 
     #[test]

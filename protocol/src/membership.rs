@@ -103,6 +103,10 @@ pub enum Action {
         /// Seconds since the Unix epoch on the facilitator's clock: display only.
         at: i64,
         rotation: Rotation,
+        /// The facilitator's log heads (author, seq) when it took the newcomer's snapshot:
+        /// content after these, written under an earlier epoch, is not in the snapshot and
+        /// is re-sealed for the newcomer.
+        seen: Vec<(MemberId, u64)>,
     },
     /// A facilitator makes a member a facilitator, or a facilitator a member.
     SetRole { member: MemberId, role: Role },
@@ -700,6 +704,7 @@ impl Pass {
                 name,
                 at,
                 rotation,
+                ..
             } => {
                 let id = member.member_id();
                 let fresh = !self.members.contains_key(&id) && !self.departed.contains_key(&id);
