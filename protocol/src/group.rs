@@ -156,7 +156,9 @@ pub struct Ingested {
     pub roster_changed: bool,
 }
 
-/// What opening an accepted envelope gave.
+/// What opening an accepted envelope gave. Short-lived (one per envelope opened), so the
+/// size of its largest variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 enum Opened {
     Body(Body),
     /// Authenticated under a key we hold, but not a body we can use.
