@@ -63,7 +63,7 @@ fn what_the_disk_reveals(data_dir: &Path, group: &str) -> (Vec<u32>, Vec<String>
                 }
                 if let Ok(body) = env.open(key) {
                     plaintexts.push(match body {
-                        Body::Changes { changes } => changes
+                        Body::Changes { changes } | Body::Reseal { changes, .. } => changes
                             .iter()
                             .map(|c| String::from_utf8_lossy(c).into_owned())
                             .collect::<Vec<_>>()
