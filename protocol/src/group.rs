@@ -1303,9 +1303,15 @@ impl Group {
                     continue;
                 }
                 let from = seen.get(author).copied().unwrap_or(0);
+                // Only the author's envelopes from before it learned of the admission: its
+                // log moves to the new epoch then, and the scan stops there, so this costs
+                // the few envelopes in between, not the author's whole history since.
                 for env in log.iter().skip(usize::try_from(from).unwrap_or(usize::MAX)) {
                     let h = env.header();
-                    if h.epoch < rotation.epoch && self.content.contains_key(&(h.author, h.seq)) {
+                    if h.epoch >= rotation.epoch {
+                        break;
+                    }
+                    if self.content.contains_key(&(h.author, h.seq)) {
                         targets.insert((h.author, h.seq));
                     }
                 }
