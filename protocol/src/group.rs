@@ -37,6 +37,8 @@ pub const MAX_PENDING_BYTES: usize = 64 << 20;
 pub const MAX_PENDING_PER_AUTHOR: usize = 10_000;
 /// Most envelopes held back for an author not (yet) known to be a member.
 pub const MAX_PENDING_PER_UNKNOWN_AUTHOR: usize = 1_000;
+/// Most different re-sealings of one envelope kept while none checks out.
+pub const MAX_RESEAL_CANDIDATES: usize = 4;
 /// Most operations of an author past its cut that this device takes keys from.
 pub const MAX_UNCOUNTED_GRANTS: usize = 8;
 /// Highest sequence number accepted (keeps index arithmetic far from overflow).
@@ -156,6 +158,15 @@ pub struct Ingested {
     pub roster_changed: bool,
 }
 
+/// What checking an envelope's changes came to.
+enum ContentCheck {
+    Taken,
+    /// The change before them is not known here yet.
+    Wait,
+    /// They are not the author's next changes as its signed header states them.
+    Bad,
+}
+
 /// What opening an accepted envelope gave. Short-lived (one per envelope opened), so the
 /// size of its largest variant costs nothing worth a box.
 #[allow(clippy::large_enum_variant)]
@@ -198,7 +209,9 @@ pub struct Group {
     /// envelope: what counts when the document is rebuilt.
     content: BTreeMap<(MemberId, u64), (u64, u64)>,
     /// Changes re-sealed for this device, by the place of the envelope they belong to.
-    reseals: BTreeMap<(MemberId, u64), Vec<Vec<u8>>>,
+    /// Candidates from different members, until one checks out against the original's
+    /// signed header; then only that one.
+    reseals: BTreeMap<(MemberId, u64), Vec<Vec<Vec<u8>>>>,
     /// Envelopes this device has re-sealed for members it admitted.
     resealed: BTreeSet<(MemberId, u64)>,
     /// Automerge sequence number of every change checked here, by hash.
@@ -1172,17 +1185,12 @@ impl Group {
                 .envelope_at(&author, seq - 1)
                 .map_or(ZERO_HASH, |e| e.header().change_head);
             match self.open_envelope(&env) {
-                Opened::NoKey => match self.reseals.get(&(author, seq)).cloned() {
-                    Some(changes) => {
-                        if !self.take_content(author, seq, &h, changes, out) {
-                            continue;
-                        }
-                    }
-                    None => {
+                Opened::NoKey => {
+                    if !self.take_reseal(author, seq, &h) {
                         self.sealed.insert((author, seq));
                         continue;
                     }
-                },
+                }
                 Opened::Malformed => self.mark_ineffective(env.hash(), out),
                 Opened::Body(Body::Roster(op)) => {
                     if h.change_head != prior_head {
@@ -1201,8 +1209,13 @@ impl Group {
                     }
                 }
                 Opened::Body(Body::Changes { changes }) => {
-                    if !self.take_content(author, seq, &h, changes, out) {
-                        continue;
+                    match self.take_content(author, seq, &h, changes, false) {
+                        ContentCheck::Taken => {}
+                        ContentCheck::Wait => {
+                            self.sealed.insert((author, seq));
+                            continue;
+                        }
+                        ContentCheck::Bad => self.mark_ineffective(env.hash(), out),
                     }
                 }
                 Opened::Body(Body::Reseal {
@@ -1218,7 +1231,12 @@ impl Group {
                             self.resealed.insert((target_author, target_seq));
                         }
                         let target = (target_author, target_seq);
-                        self.reseals.entry(target).or_insert(changes);
+                        let candidates = self.reseals.entry(target).or_default();
+                        if candidates.len() < MAX_RESEAL_CANDIDATES
+                            && !candidates.contains(&changes)
+                        {
+                            candidates.push(changes);
+                        }
                         if self.sealed.contains(&target) {
                             self.open_positions(vec![target], out);
                         }
@@ -1229,17 +1247,44 @@ impl Group {
         }
     }
 
+    /// Opens a sealed content envelope with changes someone re-sealed for this device: the
+    /// first candidate that checks out against the envelope's signed header is taken; one
+    /// that does not is dropped (a hostile member's forgery must neither spoil the original
+    /// nor stand in the way of the genuine re-sealing). Returns whether one was taken.
+    fn take_reseal(&mut self, author: MemberId, seq: u64, h: &Header) -> bool {
+        let candidates = self.reseals.remove(&(author, seq)).unwrap_or_default();
+        let mut kept = Vec::new();
+        let mut taken = false;
+        for changes in candidates {
+            if taken {
+                continue;
+            }
+            match self.take_content(author, seq, h, changes.clone(), true) {
+                ContentCheck::Taken => {
+                    taken = true;
+                    kept = vec![changes];
+                }
+                ContentCheck::Wait => kept.push(changes),
+                ContentCheck::Bad => {}
+            }
+        }
+        if !kept.is_empty() {
+            self.reseals.insert((author, seq), kept);
+        }
+        taken
+    }
+
     /// Checks the changes of the content envelope at `(author, seq)` with header `h` and
-    /// queues them. Returns false if the envelope must wait (the change before them is not
-    /// known here yet); it then stays sealed.
+    /// queues them. Re-sealed changes must also each name the one before (the original's
+    /// signature covers only the last through `change_head`).
     fn take_content(
         &mut self,
         author: MemberId,
         seq: u64,
         h: &Header,
         changes: Vec<Vec<u8>>,
-        out: &mut Ingested,
-    ) -> bool {
+        resealed: bool,
+    ) -> ContentCheck {
         // The author's change before these is the one the previous envelope's signed
         // header names; its sequence number must be known here (opened, or in the snapshot
         // this device joined with) to check that these continue it exactly.
@@ -1247,27 +1292,23 @@ impl Group {
             .envelope_at(&author, seq - 1)
             .map_or(ZERO_HASH, |e| e.header().change_head);
         let Some(after) = self.change_seq(&prior_head) else {
-            self.sealed.insert((author, seq));
-            return false;
+            return ContentCheck::Wait;
         };
-        match checked_changes(changes, h, after) {
-            Some(cs) => {
-                let first = cs.first().map_or(0, |c| c.seq());
-                let last = cs.last().map_or(0, |c| c.seq());
-                for c in &cs {
-                    self.change_seqs.insert(c.hash().0, c.seq());
-                }
-                self.content.insert((author, seq), (first, last));
-                self.withheld.insert((author, seq), cs);
-            }
-            None => {
-                if let Some(env) = self.envelope_at(&author, seq) {
-                    let hash = env.hash();
-                    self.mark_ineffective(hash, out);
-                }
-            }
+        let Some(cs) = checked_changes(changes, h, after) else {
+            return ContentCheck::Bad;
+        };
+        let chained = cs.windows(2).all(|w| w[1].deps().contains(&w[0].hash()));
+        if resealed && !chained {
+            return ContentCheck::Bad;
         }
-        true
+        let first = cs.first().map_or(0, |c| c.seq());
+        let last = cs.last().map_or(0, |c| c.seq());
+        for c in &cs {
+            self.change_seqs.insert(c.hash().0, c.seq());
+        }
+        self.content.insert((author, seq), (first, last));
+        self.withheld.insert((author, seq), cs);
+        ContentCheck::Taken
     }
 
     /// Re-seals, under the current epoch, content that members this device admitted cannot
@@ -1580,7 +1621,8 @@ impl Group {
                 };
                 let changes = match self.open_envelope(&env) {
                     Opened::Body(Body::Changes { changes }) => changes,
-                    Opened::NoKey => match self.reseals.get(&(author, seq)) {
+                    Opened::NoKey => match self.reseals.get(&(author, seq)).and_then(|c| c.first())
+                    {
                         Some(changes) => changes.clone(),
                         None => continue,
                     },
@@ -1856,6 +1898,44 @@ mod tests {
                 .readable_epochs()
                 .contains(&concurrent.own.header().epoch)
         );
+    }
+
+    #[test]
+    fn a_forged_resealing_neither_spoils_the_original_nor_blocks_the_genuine_one() {
+        let mut d = setup(2);
+        let concurrent = agree(&mut d[1], "written during the admission");
+        let mut j = admit(&mut d[0], Role::Member);
+        let target = *concurrent.own.header();
+        // C, a hostile member, re-seals made-up changes for B's envelope first.
+        let all = everything(&d[0]);
+        d[2].group.ingest(all);
+        let mut fake_doc =
+            GroupDocument::load(&d[2].group.snapshot_clone(), d[1].id().actor_id()).unwrap();
+        let fake = fake_doc
+            .edit(|g| g.purpose = "forged".into())
+            .unwrap()
+            .into_iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect();
+        let forged = d[2]
+            .group
+            .append_own(
+                Body::Reseal {
+                    author: target.author,
+                    seq: target.seq,
+                    changes: fake,
+                },
+                &mut OsRng,
+            )
+            .unwrap();
+        d[0].group.ingest(concurrent.accepted.clone());
+        let genuine = d[0].group.reseal_due(&mut OsRng).unwrap().unwrap();
+        j.group.ingest(concurrent.accepted.clone());
+        j.group.ingest(forged.accepted.clone());
+        let r = j.group.ingest(genuine.accepted.clone());
+        assert_eq!(r.ineffective, 0);
+        assert!(texts(&j).contains("written during the admission"));
+        assert_ne!(j.group.read().unwrap().purpose, "forged");
     }
 
     #[test]
