@@ -19,6 +19,10 @@ const RESTART_DELAY: Duration = Duration::from_secs(1);
 const AWAITING_RETRY: Duration = Duration::from_secs(3);
 /// Wait before trying again with a peer that shares no group with us (it may later).
 const IDLE_RETRY: Duration = Duration::from_secs(30);
+/// First wait after a session failed to open or broke; it doubles with each failure in a
+/// row, up to `IDLE_RETRY`. A peer still closing the previous session refuses the next
+/// one for a moment, so the first retry must come soon.
+const FAILURE_RETRY: Duration = Duration::from_millis(250);
 /// How often remembered addresses that are not connected are dialled again.
 const REDIAL_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -27,23 +31,28 @@ const REDIAL_INTERVAL: Duration = Duration::from_secs(30);
 pub fn supervise(node: Arc<Node>, net: NetHandle, peer: PeerId) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut groups_changed = node.subscribe_groups();
+        let mut failures: u32 = 0;
         loop {
             groups_changed.borrow_and_update();
             let outcome = if node.group_count() > 0 {
-                match open(&node, &net, peer).await {
-                    Ok(outcome) => outcome,
-                    Err(e) => {
-                        tracing::debug!(%peer, "sync session failed: {e:#}");
-                        Outcome::Nothing
-                    }
-                }
+                open(&node, &net, peer).await
             } else {
-                Outcome::Nothing
+                Ok(Outcome::Nothing)
             };
             let wait = match outcome {
-                Outcome::Synced => RESTART_DELAY,
-                Outcome::Awaiting => AWAITING_RETRY,
-                Outcome::Nothing => IDLE_RETRY,
+                Ok(outcome) => {
+                    failures = 0;
+                    match outcome {
+                        Outcome::Synced => RESTART_DELAY,
+                        Outcome::Awaiting => AWAITING_RETRY,
+                        Outcome::Nothing => IDLE_RETRY,
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, "sync session failed: {e:#}");
+                    failures = failures.saturating_add(1);
+                    failure_backoff(failures)
+                }
             };
             tokio::select! {
                 _ = groups_changed.changed() => {}
@@ -54,6 +63,12 @@ pub fn supervise(node: Arc<Node>, net: NetHandle, peer: PeerId) -> tokio::task::
             }
         }
     })
+}
+
+/// The wait after `failures` failed sessions in a row: doubling, capped at `IDLE_RETRY`.
+fn failure_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    FAILURE_RETRY.saturating_mul(1 << doublings).min(IDLE_RETRY)
 }
 
 async fn open(node: &Arc<Node>, net: &NetHandle, peer: PeerId) -> anyhow::Result<Outcome> {
@@ -92,4 +107,18 @@ pub fn redial_remembered(node: Arc<Node>, net: NetHandle) {
             tokio::time::sleep(REDIAL_INTERVAL).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_soon_after_one_failure_then_backs_off_to_the_idle_wait() {
+        assert_eq!(failure_backoff(1), FAILURE_RETRY);
+        assert_eq!(failure_backoff(2), FAILURE_RETRY * 2);
+        assert!(failure_backoff(5) < IDLE_RETRY);
+        assert_eq!(failure_backoff(8), IDLE_RETRY);
+        assert_eq!(failure_backoff(u32::MAX), IDLE_RETRY);
+    }
 }

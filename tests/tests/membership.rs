@@ -178,7 +178,14 @@ fn leaving_destroys_the_local_copy_unless_asked_to_keep_it() {
     a.wait_for_agreements(&group, &["MARKER-before-leaving-8812"]);
 
     let left = b.json(&["leave", &group, "--yes"]);
-    assert_eq!(left["delivered"], true);
+    assert_eq!(
+        left["delivered"],
+        true,
+        "B's log:\n{}\nA's log:\n{}\nC's log:\n{}",
+        b.log(),
+        a.log(),
+        c.log()
+    );
     assert_eq!(left["kept_copy"], false);
     assert!(b.json(&["group", "list"]).as_array().unwrap().is_empty());
     wait_for("A to see Ben gone", || {
