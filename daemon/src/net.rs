@@ -560,6 +560,17 @@ impl Driver {
                     let _ = reply.send(Ok(peer));
                     return;
                 }
+                // A connection to this very address serves again: joining a facilitator's
+                // second group must not pile up connections to it.
+                let wanted = without_p2p(&addr);
+                if let Some((peer, _)) = self
+                    .connections
+                    .iter()
+                    .find(|(_, conns)| conns.iter().any(|(_, remote)| *remote == wanted))
+                {
+                    let _ = reply.send(Ok(*peer));
+                    return;
+                }
                 match self.dial(addr) {
                     Ok(connection) => {
                         // Forget waiters whose connect() already timed out.

@@ -113,3 +113,21 @@ fn a_group_joined_later_syncs_over_an_existing_connection() {
     c.json(&["agreement", "add", &second, "C in the second group"]);
     b.wait_for_agreements(&second, &["C in the second group"]);
 }
+
+/// A member who joins many groups of one facilitator keeps one connection to it: joining
+/// used to dial afresh each time, until the per-peer connection limit refused the ninth.
+#[test]
+fn joining_many_groups_of_one_facilitator_reuses_the_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Daemon::start("A", &tmp.path().join("a"));
+    let b = Daemon::start("B", &tmp.path().join("b"));
+    for i in 0..10 {
+        let group = a.create_group(&format!("Group {i}"));
+        a.invite(&b, &group);
+    }
+    assert_eq!(b.json(&["group", "list"]).as_array().unwrap().len(), 10);
+    let peers = b.json(&["peer", "list"]);
+    let peers = peers.as_array().unwrap();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(peers[0]["addrs"].as_array().unwrap().len(), 1, "{peers:?}");
+}
