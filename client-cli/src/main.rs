@@ -5,12 +5,10 @@
 //! `hearth invite --code` then goes on asking until the code is used (see `code`).
 
 mod cli;
-mod client;
 mod code;
 mod commands;
 mod confirm;
 mod duration;
-mod error;
 mod path;
 mod qr;
 mod render;
@@ -26,7 +24,9 @@ use serde::Deserialize as _;
 
 use crate::cli::{Cli, Command};
 use crate::client::Client;
+// The transport and its errors live in the library, shared with other Rust clients.
 use crate::confirm::Consent;
+pub(crate) use hearth::{client, error};
 
 /// An invite token (or code) is well under this; the cap only bounds what `join -` reads.
 const MAX_TOKEN_BYTES: u64 = 64 * 1024;

@@ -618,11 +618,13 @@ mod tests {
                 group_id: A.into(),
                 name: "Thursday circle".into(),
                 members: 5,
+                epoch: Some(3),
             },
             GroupSummary {
                 group_id: B.into(),
                 name: "Carers".into(),
                 members: 12,
+                epoch: None,
             },
         ];
         assert_eq!(
@@ -642,6 +644,7 @@ mod tests {
             group_id: A.into(),
             name: "\u{1b}[2J\u{1b}]0;owned\u{7}evil\nline\u{202e}txt".into(),
             members: 1,
+            epoch: Some(1),
         }];
         let out = group_list(&groups);
         assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");

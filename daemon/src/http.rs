@@ -42,6 +42,7 @@ impl From<NodeError> for Failure {
             NodeError::GroupNotFound(_) => (StatusCode::NOT_FOUND, "group_not_found"),
             NodeError::AmbiguousGroup(_) => (StatusCode::CONFLICT, "ambiguous_group"),
             NodeError::MemberNotFound(_) => (StatusCode::NOT_FOUND, "member_not_found"),
+            NodeError::AgreementNotFound(_) => (StatusCode::NOT_FOUND, "agreement_not_found"),
             NodeError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             NodeError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             NodeError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
@@ -96,6 +97,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/groups/{group}/agreements",
             get(list_agreements).post(add_agreement),
         )
+        .route("/v1/groups/{group}/agreements/{id}", get(show_agreement))
         .route(
             "/v1/groups/{group}/invites",
             axum::routing::post(create_invite),
@@ -122,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/groups/{group}/leave", axum::routing::post(leave_group))
         .route("/v1/join", axum::routing::post(join_group))
         .route("/v1/peers", get(list_peers).post(add_peer))
+        .route("/v1/events", get(events))
         .fallback(|| async {
             Failure(
                 StatusCode::NOT_FOUND,
@@ -183,6 +186,34 @@ async fn list_agreements(
 ) -> Answer<Vec<api::Agreement>> {
     let id = s.node.resolve_group(&group)?;
     Ok(Json(s.node.agreements(&id)?))
+}
+
+async fn show_agreement(
+    State(s): State<AppState>,
+    UrlPath((group, agreement)): UrlPath<(String, String)>,
+) -> Answer<api::Agreement> {
+    let id = s.node.resolve_group(&group)?;
+    Ok(Json(s.node.agreement(&id, &agreement)?))
+}
+
+/// Server-sent events: one per group change, so clients need not ask again and again.
+async fn events(State(s): State<AppState>) -> impl IntoResponse {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let stream = futures::stream::unfold(s.node.group_events(), |mut rx| async move {
+        let event = match rx.recv().await {
+            Ok(id) => Event::default()
+                .event(api::EVENT_GROUP_CHANGED)
+                .json_data(api::GroupChanged {
+                    group_id: id.to_hex(),
+                })
+                .ok()?,
+            Err(RecvError::Lagged(_)) => Event::default().event(api::EVENT_RESYNC),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), rx))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 async fn add_agreement(

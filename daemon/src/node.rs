@@ -15,7 +15,7 @@ use hearth_protocol::ids::{GroupId, MemberId};
 use hearth_protocol::invite::Admission;
 use hearth_protocol::session::{self, Side};
 use rand_core::OsRng;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::records::{self, GroupRecord, IDENTITY_KEY};
 use crate::store::{Store, StoreError, Table, WriteOp};
@@ -28,6 +28,8 @@ pub enum NodeError {
     AmbiguousGroup(String),
     #[error("{0}")]
     MemberNotFound(String),
+    #[error("{0}; `hearth agreement list GROUP` shows the agreements this device has")]
+    AgreementNotFound(String),
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -74,6 +76,8 @@ pub struct Node {
     groups: Mutex<BTreeMap<GroupId, Slot>>,
     /// Bumped whenever any group accepts new envelopes; sessions wake on it to push.
     changed: watch::Sender<u64>,
+    /// Which group's content or membership changed, for clients following `/v1/events`.
+    group_events: broadcast::Sender<GroupId>,
     /// Bumped whenever this device joins or creates a group: sessions then restart so
     /// their handshake covers it.
     groups_changed: watch::Sender<u64>,
@@ -82,6 +86,9 @@ pub struct Node {
     /// What became of the spoken codes this daemon made since it started, by channel.
     code_states: Mutex<BTreeMap<u16, CodeEntry>>,
 }
+
+/// Group change events held for a slow `/v1/events` client before it is told to resync.
+const GROUP_EVENTS_BUFFER: usize = 256;
 
 pub fn now_unix() -> u64 {
     SystemTime::now()
@@ -112,6 +119,7 @@ impl Node {
             store,
             groups: Mutex::new(BTreeMap::new()),
             changed: watch::channel(0).0,
+            group_events: broadcast::channel(GROUP_EVENTS_BUFFER).0,
             groups_changed: watch::channel(0).0,
             acks: Mutex::new(BTreeMap::new()),
             code_states: Mutex::new(BTreeMap::new()),
@@ -217,6 +225,18 @@ impl Node {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Wakes sessions and tells clients that group `id` changed.
+    fn bump_group(&self, id: &GroupId) {
+        self.bump();
+        // No client listening is not an error.
+        let _ = self.group_events.send(*id);
+    }
+
+    /// Groups whose content or membership changes from now on, as they change.
+    pub fn group_events(&self) -> broadcast::Receiver<GroupId> {
+        self.group_events.subscribe()
+    }
+
     pub fn group_count(&self) -> usize {
         self.lock().len()
     }
@@ -274,7 +294,7 @@ impl Node {
             self.recover(groups, id);
             return Err(e.into());
         }
-        self.bump();
+        self.bump_group(id);
         Ok(())
     }
 
@@ -329,7 +349,7 @@ impl Node {
         );
         self.store.write(ops)?;
         self.lock().insert(id, Slot { group });
-        self.bump();
+        self.bump_group(&id);
         self.bump_groups();
         Ok(id)
     }
@@ -339,10 +359,25 @@ impl Node {
             .iter()
             .map(|(id, s)| api::GroupSummary {
                 group_id: id.to_hex(),
-                name: s.group.read().map(|d| d.name).unwrap_or_default(),
+                name: s.group.name(),
                 members: s.group.roster().len(),
+                epoch: s.group.writing_epoch(),
             })
             .collect()
+    }
+
+    pub fn agreement(&self, id: &GroupId, agreement: &str) -> Result<api::Agreement, NodeError> {
+        self.with_slot(id, |s| {
+            let record = s.group.agreement(agreement).ok_or_else(|| {
+                NodeError::AgreementNotFound(format!("no agreement {agreement:?} here"))
+            })?;
+            Ok(api::Agreement {
+                id: agreement.to_owned(),
+                text: record.text,
+                author: record.author,
+                created_at: record.created_at,
+            })
+        })
     }
 
     pub fn group_detail(&self, id: &GroupId) -> Result<api::GroupDetail, NodeError> {
@@ -476,7 +511,7 @@ impl Node {
         ops.extend(records::put_key_grants(&self.store, &id, &welcome.grants));
         self.store.write(ops)?;
         self.lock().insert(id, Slot { group });
-        self.bump();
+        self.bump_group(&id);
         self.bump_groups();
         Ok(id)
     }
@@ -698,6 +733,7 @@ impl Node {
         groups.remove(id);
         drop(groups);
         self.bump_groups();
+        let _ = self.group_events.send(*id);
         Ok(())
     }
 
@@ -932,7 +968,7 @@ impl Node {
             return Err(e.into());
         }
         drop(groups);
-        self.bump();
+        self.bump_group(id);
         Ok(Ingest {
             accepted: accepted.len(),
             refused: result.refused,

@@ -13,6 +13,7 @@
 //! | GET    | /v1/groups/{group}                |                      | [`GroupDetail`]        |
 //! | POST   | /v1/groups/{group}/agreements     | [`AddAgreement`]     | [`AgreementAdded`]     |
 //! | GET    | /v1/groups/{group}/agreements     |                      | `Vec<`[`Agreement`]`>` |
+//! | GET    | /v1/groups/{group}/agreements/{id} |                     | [`Agreement`]          |
 //! | POST   | /v1/groups/{group}/invites        | [`CreateInvite`]     | [`InviteCreated`]      |
 //! | GET    | /v1/groups/{group}/members        |                      | `Vec<`[`MemberInfo`]`>` |
 //! | GET    | /v1/groups/{group}/members/{member}/safety-number | | [`SafetyNumber`]   |
@@ -25,6 +26,13 @@
 //! | POST   | /v1/join                          | [`Join`]             | [`Joined`]             |
 //! | POST   | /v1/peers                         | [`AddPeer`]          | [`PeerAdded`]          |
 //! | GET    | /v1/peers                         |                      | `Vec<`[`Peer`]`>`      |
+//! | GET    | /v1/events                        |                      | server-sent events     |
+//!
+//! `GET /v1/events` is a stream of server-sent events (`text/event-stream`), so a client
+//! can show changes as they happen instead of asking again and again: an event named
+//! [`EVENT_GROUP_CHANGED`] with a [`GroupChanged`] as its data each time a group's content
+//! or membership changes on this device, and one named [`EVENT_RESYNC`] (no data) when the
+//! client fell behind and should read again whatever it shows.
 
 use serde::{Deserialize, Serialize};
 
@@ -78,6 +86,20 @@ pub struct GroupSummary {
     pub group_id: String,
     pub name: String,
     pub members: usize,
+    /// The key epoch this device writes under (each admission and removal starts a new
+    /// one); `None` while it does not yet hold the current epoch's key.
+    pub epoch: Option<u32>,
+}
+
+/// Name of the event `GET /v1/events` sends when a group changed.
+pub const EVENT_GROUP_CHANGED: &str = "group_changed";
+/// Name of the event `GET /v1/events` sends when the client missed events.
+pub const EVENT_RESYNC: &str = "resync";
+
+/// Data of a [`EVENT_GROUP_CHANGED`] event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupChanged {
+    pub group_id: String,
 }
 
 /// A member's role in a group.

@@ -136,6 +136,28 @@ impl GroupDocument {
         })
     }
 
+    /// The group's name, read without the rest of the document.
+    pub fn name(&self) -> String {
+        autosurgeon::hydrate_prop::<_, Option<String>, _, _>(&self.doc, automerge::ROOT, "name")
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// One agreement by id, read without the rest of the document (a malformed entry
+    /// reads as absent, as in [`Self::read`]).
+    pub fn agreement(&self, id: &str) -> Option<AgreementRecord> {
+        use automerge::{ObjType, ReadDoc};
+        match self.doc.get(automerge::ROOT, "agreements") {
+            Ok(Some((automerge::Value::Object(ObjType::Map), obj))) => {
+                autosurgeon::hydrate_prop::<_, Option<AgreementRecord>, _, _>(&self.doc, &obj, id)
+                    .ok()
+                    .flatten()
+            }
+            _ => None,
+        }
+    }
+
     /// Applies `edit` to the whole current state and returns the automerge change it made
     /// (none if it changed nothing). Costs a pass over the document: for setting up a
     /// group; frequent actions use a targeted method such as [`Self::insert_agreement`].
@@ -258,6 +280,22 @@ mod tests {
         let mut a = GroupDocument::new(actor(1));
         a.edit(|d| d.name = "x".into()).unwrap();
         assert!(a.edit(|_| {}).unwrap().is_empty());
+    }
+
+    #[test]
+    fn one_agreement_and_the_name_read_alone_match_the_whole_read() {
+        let mut a = GroupDocument::new(actor(1));
+        a.edit(|d| d.name = "Circle".into()).unwrap();
+        let record = AgreementRecord {
+            text: "we listen".into(),
+            author: "ab".into(),
+            created_at: 7,
+        };
+        a.insert_agreement("x1", &record).unwrap();
+        assert_eq!(a.name(), "Circle");
+        assert_eq!(a.agreement("x1"), Some(record));
+        assert_eq!(a.agreement("missing"), None);
+        assert_eq!(GroupDocument::new(actor(2)).agreement("x1"), None);
     }
 
     #[test]

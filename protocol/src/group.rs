@@ -454,6 +454,24 @@ impl Group {
         Ok(self.doc.read()?)
     }
 
+    /// The group's name, without reading the whole document.
+    pub fn name(&self) -> String {
+        self.doc.name()
+    }
+
+    /// One agreement by id, without reading the whole document.
+    pub fn agreement(&self, id: &str) -> Option<AgreementRecord> {
+        self.doc.agreement(id)
+    }
+
+    /// The epoch this device writes under: the current one, if it holds its key.
+    pub fn writing_epoch(&self) -> Option<u32> {
+        match self.current_epoch() {
+            (epoch, Some(_)) => Some(epoch),
+            (_, None) => None,
+        }
+    }
+
     /// A saved copy of the document, for a joining member.
     pub fn snapshot(&mut self) -> Vec<u8> {
         self.doc.save()

@@ -34,11 +34,14 @@ pub fn bin(name: &str) -> PathBuf {
 
 fn build_binaries() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("test executable path: {e}"))?;
-    // target/<profile dir>/deps/<test>-<hash>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or("test executable is not in target/<profile>/deps")?;
+    // target/<profile dir>/deps/<test>-<hash>, or target/<profile dir>/<binary> for a
+    // program such as hearth-bench.
+    let mut profile_dir = exe.parent().ok_or("executable has no directory")?;
+    if profile_dir.file_name().is_some_and(|n| n == "deps") {
+        profile_dir = profile_dir
+            .parent()
+            .ok_or("executable is not in target/<profile>/deps")?;
+    }
     let target_dir = profile_dir.parent().ok_or("no target directory")?;
     let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") => "dev",
@@ -98,7 +101,12 @@ pub struct Launch {
     pub wrapper: Vec<OsString>,
     /// hearthd's network flags (`--listen`, `--no-mdns`).
     pub net_args: Vec<String>,
+    /// What hearthd logs (`HEARTH_LOG`): debug for tests, quieter for measurements.
+    pub log_filter: String,
 }
+
+/// The log filter tests run hearthd with: enough to explain a failure.
+pub const TEST_LOG_FILTER: &str = "info,hearthd=debug";
 
 impl Default for Launch {
     /// hearthd directly, on 127.0.0.1 (random port) with mDNS off.
@@ -108,6 +116,7 @@ impl Default for Launch {
             net_args: ["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]
                 .map(str::to_owned)
                 .to_vec(),
+            log_filter: TEST_LOG_FILTER.to_owned(),
         }
     }
 }
@@ -166,7 +175,7 @@ impl Daemon {
             .arg("--socket")
             .arg(&self.socket)
             .args(&self.launch.net_args)
-            .env("HEARTH_LOG", "info,hearthd=debug")
+            .env("HEARTH_LOG", &self.launch.log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

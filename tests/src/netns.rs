@@ -230,6 +230,7 @@ impl TestNet {
                 .map(Into::into)
                 .to_vec(),
             net_args: vec!["--listen".into(), format!("/ip4/{}/tcp/0", self.addr(i))],
+            log_filter: crate::TEST_LOG_FILTER.to_owned(),
         }
     }
 
