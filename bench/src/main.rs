@@ -1,0 +1,211 @@
+//! `hearth-bench`: hearth's end-to-end benchmarks. Each scenario runs real hearthd
+//! processes on loopback and, in the same run, its baseline (automerge's own plaintext
+//! sync, save and load), several times; it prints medians and hearth/baseline ratios, and
+//! with `--json PATH` writes them as one JSON object. docs/performance.md explains each
+//! scenario and the figures.
+
+mod api;
+mod baseline;
+mod fleet;
+mod proxy;
+mod report;
+mod scenario;
+mod stats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::report::Report;
+use crate::scenario::{catchup, history, idle, join, live, rotation};
+use crate::stats::{median, percentile};
+
+#[derive(Parser)]
+#[command(name = "hearth-bench", version, about)]
+struct Cli {
+    /// A small version of every scenario, to check the harness works (as CI does): its
+    /// figures are not comparable with a full run's
+    #[arg(long)]
+    quick: bool,
+    /// Also write the figures to PATH as one JSON object
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// How many times each timed scenario runs (medians are reported) [default: 3, or 1
+    /// with --quick]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
+    runs: Option<u32>,
+    /// Run only these scenarios (comma-separated)
+    #[arg(long, value_delimiter = ',', value_name = "SCENARIO")]
+    only: Vec<Scenario>,
+    #[command(subcommand)]
+    role: Option<Role>,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// (internal) The baseline's other process: sync an empty automerge document with
+    /// the harness at ADDR
+    #[command(hide = true)]
+    BaselinePeer { addr: SocketAddr },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Catchup,
+    Live,
+    Join,
+    Disk,
+    Idle,
+    Rotation,
+}
+
+/// The sizes of one run of the harness.
+struct Sizes {
+    changes: usize,
+    edits: usize,
+    idle: idle::Shape,
+    group_size: usize,
+    runs: usize,
+}
+
+impl Sizes {
+    fn new(quick: bool, runs: Option<u32>) -> Sizes {
+        let runs = runs.map_or(if quick { 1 } else { 3 }, |r| r as usize);
+        if quick {
+            Sizes {
+                changes: 300,
+                edits: 30,
+                idle: idle::Shape {
+                    groups: 2,
+                    peers: 2,
+                    settle: Duration::from_secs(2),
+                    window: Duration::from_secs(1),
+                },
+                group_size: 4,
+                runs,
+            }
+        } else {
+            Sizes {
+                changes: 10_000,
+                edits: 1_000,
+                idle: idle::Shape {
+                    groups: 20,
+                    peers: 5,
+                    settle: Duration::from_secs(5),
+                    window: Duration::from_secs(10),
+                },
+                group_size: 32,
+                runs,
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hearth-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = match cli.role {
+        Some(Role::BaselinePeer { addr }) => rt.block_on(baseline::serve_peer(addr)),
+        None => run(&cli, &rt),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hearth-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<()> {
+    let sizes = Sizes::new(cli.quick, cli.runs);
+    let wanted = |s: Scenario| cli.only.is_empty() || cli.only.contains(&s);
+    let tmp = tempfile::Builder::new()
+        .prefix("hearth-bench-")
+        .tempdir()
+        .context("making a scratch directory")?;
+    let root = tmp.path();
+    let mut report = Report::new(cli.quick, sizes.runs);
+    let say = |what: &str| eprintln!("hearth-bench: {what}");
+
+    let needs_history = [Scenario::Catchup, Scenario::Join, Scenario::Disk]
+        .into_iter()
+        .any(wanted);
+    if needs_history {
+        say(&format!(
+            "writing a history of {} agreements through A's API",
+            sizes.changes
+        ));
+        let h = history::build(&root.join("history"), sizes.changes, rt)?;
+        report.write_ms_each = Some(h.writing.as_secs_f64() * 1e3 / sizes.changes as f64);
+        let plain = history::as_automerge(sizes.changes)?;
+        if wanted(Scenario::Disk) {
+            report.disk = Some(report::Disk {
+                hearth_bytes: h.a_bytes_after - h.a_bytes_before,
+                baseline_bytes: plain.save().len() as u64,
+            });
+        }
+        for r in 0..sizes.runs {
+            if wanted(Scenario::Catchup) {
+                say(&format!("catch-up, run {}", r + 1));
+                let run = catchup::hearth(&root.join(format!("catchup{r}")), &h, rt)?;
+                let base = catchup::baseline(&plain, rt)?;
+                report.catchup.push((run, base));
+            }
+            if wanted(Scenario::Join) {
+                say(&format!("join, run {}", r + 1));
+                report.join.push((
+                    join::hearth(&root.join(format!("join{r}")), &h, rt)?,
+                    join::baseline(&plain)?,
+                ));
+            }
+        }
+    }
+    if wanted(Scenario::Live) {
+        say(&format!("live, {} edits", sizes.edits));
+        let samples = live::hearth(&root.join("live"), sizes.edits, rt)?;
+        let base = live::baseline(sizes.edits, rt)?;
+        report.live = Some(report::Live {
+            p50_ms: median(&samples),
+            p99_ms: percentile(&samples, 99.0),
+            baseline_p50_ms: median(&base),
+            baseline_p99_ms: percentile(&base, 99.0),
+        });
+    }
+    if wanted(Scenario::Idle) {
+        say(&format!(
+            "idle, {} groups and {} peers",
+            sizes.idle.groups, sizes.idle.peers
+        ));
+        let busy = idle::hearth(&root.join("idle"), &sizes.idle)?;
+        let lone = idle::baseline(&root.join("idle-lone"), &sizes.idle)?;
+        report.idle = Some((busy, lone));
+    }
+    if wanted(Scenario::Rotation) {
+        say(&format!("rotation, a group of {}", sizes.group_size));
+        let mut group = rotation::build(&root.join("rotation"), sizes.group_size, rt)?;
+        for r in 0..sizes.runs.min(sizes.group_size.saturating_sub(2)) {
+            let size = group.size();
+            say(&format!("rotation, run {} (removing one of {size})", r + 1));
+            report.rotation.push((size, group.remove_one(rt)?));
+        }
+        group.stop();
+    }
+
+    print!("{}", report.table());
+    if let Some(path) = &cli.json {
+        let json = serde_json::to_string_pretty(&report.json())?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! The figures of one harness run: printed as a table, written as JSON.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use crate::scenario::{catchup, idle};
+use crate::stats::{median, ratio};
+
+pub struct Disk {
+    pub hearth_bytes: u64,
+    pub baseline_bytes: u64,
+}
+
+pub struct Live {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub baseline_p50_ms: f64,
+    pub baseline_p99_ms: f64,
+}
+
+pub struct Report {
+    quick: bool,
+    runs: usize,
+    /// Mean time of one agreement write through A's API while building the history.
+    pub write_ms_each: Option<f64>,
+    /// Per run: hearth, then the baseline.
+    pub catchup: Vec<(catchup::Run, catchup::Run)>,
+    /// Per run: hearth's join, then automerge's save + load, in milliseconds.
+    pub join: Vec<(f64, f64)>,
+    pub live: Option<Live>,
+    pub disk: Option<Disk>,
+    /// The busy daemon, then one with no groups.
+    pub idle: Option<(idle::Usage, idle::Usage)>,
+    /// Per run: the group's size before the removal, and the time in milliseconds.
+    pub rotation: Vec<(usize, f64)>,
+}
+
+impl Report {
+    pub fn new(quick: bool, runs: usize) -> Report {
+        Report {
+            quick,
+            runs,
+            write_ms_each: None,
+            catchup: Vec::new(),
+            join: Vec::new(),
+            live: None,
+            disk: None,
+            idle: None,
+            rotation: Vec::new(),
+        }
+    }
+
+    fn catchup_medians(&self) -> Option<[f64; 4]> {
+        if self.catchup.is_empty() {
+            return None;
+        }
+        let pick = |f: &dyn Fn(&(catchup::Run, catchup::Run)) -> f64| {
+            median(&self.catchup.iter().map(f).collect::<Vec<_>>())
+        };
+        Some([
+            pick(&|(h, _)| h.ms),
+            pick(&|(_, b)| b.ms),
+            pick(&|(h, _)| h.bytes as f64),
+            pick(&|(_, b)| b.bytes as f64),
+        ])
+    }
+
+    fn join_medians(&self) -> Option<(f64, f64)> {
+        (!self.join.is_empty()).then(|| {
+            let hearth: Vec<f64> = self.join.iter().map(|j| j.0).collect();
+            let base: Vec<f64> = self.join.iter().map(|j| j.1).collect();
+            (median(&hearth), median(&base))
+        })
+    }
+
+    fn rotation_median(&self) -> Option<f64> {
+        (!self.rotation.is_empty())
+            .then(|| median(&self.rotation.iter().map(|r| r.1).collect::<Vec<_>>()))
+    }
+
+    pub fn json(&self) -> Value {
+        let catchup = self.catchup_medians().map(|[h, b, hb, bb]| {
+            json!({
+                "hearth_ms": h, "baseline_ms": b, "ratio": ratio(h, b),
+                "hearth_bytes": hb, "baseline_bytes": bb, "bytes_ratio": ratio(hb, bb),
+            })
+        });
+        let live = self.live.as_ref().map(|l| {
+            json!({
+                "p50_ms": l.p50_ms, "p99_ms": l.p99_ms,
+                "baseline_p50_ms": l.baseline_p50_ms, "baseline_p99_ms": l.baseline_p99_ms,
+            })
+        });
+        let disk = self.disk.as_ref().map(|d| {
+            json!({
+                "hearth_bytes": d.hearth_bytes, "baseline_bytes": d.baseline_bytes,
+                "ratio": ratio(d.hearth_bytes as f64, d.baseline_bytes as f64),
+            })
+        });
+        let idle = self.idle.as_ref().map(|(busy, lone)| {
+            json!({
+                "rss_mib": busy.rss_mib, "cpu_percent": busy.cpu_percent,
+                "baseline_rss_mib": lone.rss_mib, "baseline_cpu_percent": lone.cpu_percent,
+            })
+        });
+        let join = self.join_medians();
+        json!({
+            "catchup": catchup,
+            "live": live,
+            "join_ms": join.map(|j| j.0),
+            "join_baseline_ms": join.map(|j| j.1),
+            "disk": disk,
+            "idle": idle,
+            "rotation_ms": self.rotation_median(),
+            "rotation_group_sizes": self.rotation.iter().map(|r| r.0).collect::<Vec<_>>(),
+            "write_ms_each": self.write_ms_each,
+            "quick": self.quick,
+            "runs": self.runs,
+        })
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let mut row = |name: &str, hearth: String, base: String, r: String, target: &str| {
+            let _ = writeln!(out, "{name:<22} {hearth:>14} {base:>14} {r:>8}   {target}");
+        };
+        row(
+            "scenario",
+            "hearth".into(),
+            "baseline".into(),
+            "ratio".into(),
+            "target",
+        );
+        if let Some([h, b, hb, bb]) = self.catchup_medians() {
+            row("catch-up time", ms(h), ms(b), x(ratio(h, b)), "<= 1.0x");
+            row(
+                "catch-up bytes",
+                kb(hb),
+                kb(bb),
+                x(ratio(hb, bb)),
+                "<= 1.5x",
+            );
+        }
+        if let Some(l) = &self.live {
+            row(
+                "live p50",
+                ms(l.p50_ms),
+                ms(l.baseline_p50_ms),
+                x(ratio(l.p50_ms, l.baseline_p50_ms)),
+                "<= 5 ms",
+            );
+            row(
+                "live p99",
+                ms(l.p99_ms),
+                ms(l.baseline_p99_ms),
+                x(ratio(l.p99_ms, l.baseline_p99_ms)),
+                "<= 20 ms",
+            );
+        }
+        if let Some((h, b)) = self.join_medians() {
+            row("join", ms(h), ms(b), x(ratio(h, b)), "< 300 ms");
+        }
+        if let Some(d) = &self.disk {
+            let (h, b) = (d.hearth_bytes as f64, d.baseline_bytes as f64);
+            row("disk", kb(h), kb(b), x(ratio(h, b)), "<= 3x");
+        }
+        if let Some((busy, lone)) = &self.idle {
+            row(
+                "idle RSS",
+                format!("{:.1} MiB", busy.rss_mib),
+                format!("{:.1} MiB", lone.rss_mib),
+                x(ratio(busy.rss_mib, lone.rss_mib)),
+                "<= 30 MiB",
+            );
+            row(
+                "idle CPU",
+                format!("{:.2} %", busy.cpu_percent),
+                format!("{:.2} %", lone.cpu_percent),
+                String::new(),
+                "no busy loop",
+            );
+        }
+        if let Some(r) = self.rotation_median() {
+            let sizes: Vec<String> = self.rotation.iter().map(|r| r.0.to_string()).collect();
+            row(
+                &format!("rotation ({})", sizes.join("/")),
+                ms(r),
+                "-".into(),
+                String::new(),
+                "< 50 ms",
+            );
+        }
+        if let Some(w) = self.write_ms_each {
+            row("one API write", ms(w), "-".into(), String::new(), "");
+        }
+        if self.quick {
+            out.push_str("(--quick: small sizes, to check the harness; not comparable)\n");
+        }
+        out
+    }
+}
+
+fn ms(v: f64) -> String {
+    format!("{v:.1} ms")
+}
+
+fn kb(v: f64) -> String {
+    format!("{:.1} KB", v / 1e3)
+}
+
+fn x(v: f64) -> String {
+    format!("{v:.2}x")
+}

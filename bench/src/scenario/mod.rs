@@ -1,0 +1,8 @@
+//! The scenarios hearth-bench measures, each beside its baseline.
+
+pub mod catchup;
+pub mod history;
+pub mod idle;
+pub mod join;
+pub mod live;
+pub mod rotation;
