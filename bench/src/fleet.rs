@@ -9,7 +9,8 @@ use hearth_tests::{Daemon, Launch};
 
 use crate::api::Api;
 
-/// What the daemons log while measured: warnings only, so logging costs nothing.
+/// What the daemons log while measured, unless `HEARTH_LOG` says otherwise: warnings only,
+/// so logging costs nothing.
 const BENCH_LOG_FILTER: &str = "warn";
 
 pub struct Member {
@@ -32,7 +33,7 @@ impl Member {
         let launch = Launch {
             wrapper: Vec::new(),
             net_args: vec!["--listen".into(), listen.into(), "--no-mdns".into()],
-            log_filter: BENCH_LOG_FILTER.to_owned(),
+            log_filter: std::env::var("HEARTH_LOG").unwrap_or_else(|_| BENCH_LOG_FILTER.into()),
         };
         let daemon = Daemon::start_with(name, dir, launch);
         let api = Api::new(&daemon.socket);

@@ -38,6 +38,9 @@ struct Cli {
     /// with --quick]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
     runs: Option<u32>,
+    /// Members in the rotation scenario's group [default: 32, or 4 with --quick]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(3..=64))]
+    group_size: Option<u32>,
     /// Run only these scenarios (comma-separated)
     #[arg(long, value_delimiter = ',', value_name = "SCENARIO")]
     only: Vec<Scenario>,
@@ -128,7 +131,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<()> {
-    let sizes = Sizes::new(cli.quick, cli.runs);
+    let mut sizes = Sizes::new(cli.quick, cli.runs);
+    if let Some(n) = cli.group_size {
+        sizes.group_size = n as usize;
+    }
     let wanted = |s: Scenario| cli.only.is_empty() || cli.only.contains(&s);
     let tmp = tempfile::Builder::new()
         .prefix("hearth-bench-")
@@ -136,76 +142,142 @@ fn run(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<()> {
         .context("making a scratch directory")?;
     let root = tmp.path();
     let mut report = Report::new(cli.quick, sizes.runs);
-    let say = |what: &str| eprintln!("hearth-bench: {what}");
+    // A scenario that fails is reported and the others still run.
+    let mut failed: Vec<String> = Vec::new();
+    let mut attempt = |name: &str, outcome: Result<()>| {
+        if let Err(e) = outcome {
+            say(&format!("{name} failed: {e:#}"));
+            failed.push(name.to_owned());
+        }
+    };
 
     let needs_history = [Scenario::Catchup, Scenario::Join, Scenario::Disk]
         .into_iter()
         .any(wanted);
     if needs_history {
-        say(&format!(
-            "writing a history of {} agreements through A's API",
-            sizes.changes
-        ));
-        let h = history::build(&root.join("history"), sizes.changes, rt)?;
-        report.write_ms_each = Some(h.writing.as_secs_f64() * 1e3 / sizes.changes as f64);
-        let plain = history::as_automerge(sizes.changes)?;
-        if wanted(Scenario::Disk) {
-            report.disk = Some(report::Disk {
-                hearth_bytes: h.a_bytes_after - h.a_bytes_before,
-                baseline_bytes: plain.save().len() as u64,
-            });
-        }
-        for r in 0..sizes.runs {
-            if wanted(Scenario::Catchup) {
-                say(&format!("catch-up, run {}", r + 1));
-                let run = catchup::hearth(&root.join(format!("catchup{r}")), &h, rt)?;
-                let base = catchup::baseline(&plain, rt)?;
-                report.catchup.push((run, base));
-            }
-            if wanted(Scenario::Join) {
-                say(&format!("join, run {}", r + 1));
-                report.join.push((
-                    join::hearth(&root.join(format!("join{r}")), &h, rt)?,
-                    join::baseline(&plain)?,
-                ));
-            }
-        }
+        let outcome = history_scenarios(root, &sizes, &wanted, &mut report, rt);
+        attempt("catch-up/join/disk", outcome);
     }
     if wanted(Scenario::Live) {
         say(&format!("live, {} edits", sizes.edits));
-        let samples = live::hearth(&root.join("live"), sizes.edits, rt)?;
-        let base = live::baseline(sizes.edits, rt)?;
-        report.live = Some(report::Live {
-            p50_ms: median(&samples),
-            p99_ms: percentile(&samples, 99.0),
-            baseline_p50_ms: median(&base),
-            baseline_p99_ms: percentile(&base, 99.0),
-        });
+        let outcome = (|| {
+            let samples = live::hearth(&root.join("live"), sizes.edits, rt)?;
+            let base = live::baseline(sizes.edits, rt)?;
+            let l = report::Live {
+                p50_ms: median(&samples),
+                p99_ms: percentile(&samples, 99.0),
+                baseline_p50_ms: median(&base),
+                baseline_p99_ms: percentile(&base, 99.0),
+            };
+            say(&format!(
+                "live: p50 {:.2} ms, p99 {:.2} ms",
+                l.p50_ms, l.p99_ms
+            ));
+            report.live = Some(l);
+            Ok(())
+        })();
+        attempt("live", outcome);
     }
     if wanted(Scenario::Idle) {
         say(&format!(
             "idle, {} groups and {} peers",
             sizes.idle.groups, sizes.idle.peers
         ));
-        let busy = idle::hearth(&root.join("idle"), &sizes.idle)?;
-        let lone = idle::baseline(&root.join("idle-lone"), &sizes.idle)?;
-        report.idle = Some((busy, lone));
+        let outcome = (|| {
+            let busy = idle::hearth(&root.join("idle"), &sizes.idle)?;
+            let lone = idle::baseline(&root.join("idle-lone"), &sizes.idle)?;
+            say(&format!(
+                "idle: {:.1} MiB, {:.2} % CPU",
+                busy.rss_mib, busy.cpu_percent
+            ));
+            report.idle = Some((busy, lone));
+            Ok(())
+        })();
+        attempt("idle", outcome);
     }
     if wanted(Scenario::Rotation) {
         say(&format!("rotation, a group of {}", sizes.group_size));
-        let mut group = rotation::build(&root.join("rotation"), sizes.group_size, rt)?;
-        for r in 0..sizes.runs.min(sizes.group_size.saturating_sub(2)) {
-            let size = group.size();
-            say(&format!("rotation, run {} (removing one of {size})", r + 1));
-            report.rotation.push((size, group.remove_one(rt)?));
-        }
-        group.stop();
+        let outcome = (|| {
+            let mut group = rotation::build(&root.join("rotation"), sizes.group_size, rt)?;
+            for r in 0..sizes.runs.min(sizes.group_size.saturating_sub(2)) {
+                let size = group.size();
+                let ms = group.remove_one(rt)?;
+                say(&format!(
+                    "rotation, run {}: one of {size} removed in {ms:.1} ms",
+                    r + 1
+                ));
+                report.rotation.push((size, ms));
+            }
+            group.stop();
+            Ok(())
+        })();
+        attempt("rotation", outcome);
     }
 
     print!("{}", report.table());
     if let Some(path) = &cli.json {
         let json = serde_json::to_string_pretty(&report.json())?;
         std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("these scenarios failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn say(what: &str) {
+    eprintln!("hearth-bench: {what}");
+}
+
+/// Catch-up, join and disk: one long history, then each run on fresh copies of it.
+fn history_scenarios(
+    root: &std::path::Path,
+    sizes: &Sizes,
+    wanted: &dyn Fn(Scenario) -> bool,
+    report: &mut Report,
+    rt: &tokio::runtime::Runtime,
+) -> Result<()> {
+    say(&format!(
+        "writing a history of {} agreements through A's API",
+        sizes.changes
+    ));
+    let h = history::build(&root.join("history"), sizes.changes, rt)?;
+    report.write_ms_each = Some(h.writing.as_secs_f64() * 1e3 / sizes.changes as f64);
+    let plain = history::as_automerge(sizes.changes)?;
+    if wanted(Scenario::Disk) {
+        let d = report::Disk {
+            hearth_bytes: h.a_bytes_after - h.a_bytes_before,
+            baseline_bytes: plain.save().len() as u64,
+        };
+        say(&format!(
+            "disk: {} bytes against save()'s {}",
+            d.hearth_bytes, d.baseline_bytes
+        ));
+        report.disk = Some(d);
+    }
+    for r in 0..sizes.runs {
+        if wanted(Scenario::Catchup) {
+            let run = catchup::hearth(&root.join(format!("catchup{r}")), &h, rt)?;
+            let base = catchup::baseline(&plain, rt)?;
+            say(&format!(
+                "catch-up, run {}: {:.1} ms and {} bytes, baseline {:.1} ms and {} bytes",
+                r + 1,
+                run.ms,
+                run.bytes,
+                base.ms,
+                base.bytes
+            ));
+            report.catchup.push((run, base));
+        }
+        if wanted(Scenario::Join) {
+            let ms = join::hearth(&root.join(format!("join{r}")), &h, rt)?;
+            let base = join::baseline(&plain)?;
+            say(&format!(
+                "join, run {}: {ms:.1} ms, save + load {base:.1} ms",
+                r + 1
+            ));
+            report.join.push((ms, base));
+        }
     }
     Ok(())
 }
