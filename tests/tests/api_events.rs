@@ -59,13 +59,19 @@ fn a_client_follows_changes_and_reads_one_agreement() {
     let mut seen = Vec::new();
     loop {
         let mut line = String::new();
-        assert!(events.read_line(&mut line).unwrap() > 0, "stream ended: {seen:?}");
+        assert!(
+            events.read_line(&mut line).unwrap() > 0,
+            "stream ended: {seen:?}"
+        );
         seen.push(line.clone());
         if line.starts_with("data:") && line.contains(&group) {
             break;
         }
     }
-    assert!(seen.iter().any(|l| l.trim() == "event: group_changed"), "{seen:?}");
+    assert!(
+        seen.iter().any(|l| l.trim() == "event: group_changed"),
+        "{seen:?}"
+    );
 
     // The agreement by id, once B has it; an unknown id is a 404 that says what to do.
     let path = format!("/v1/groups/{group}/agreements/{id}");
