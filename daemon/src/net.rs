@@ -561,12 +561,14 @@ impl Driver {
                     return;
                 }
                 // A connection to this very address serves again: joining a facilitator's
-                // second group must not pile up connections to it.
+                // second group must not pile up connections to it. (An address naming a
+                // peer id is answered above or dialled, so the id is checked.)
                 let wanted = without_p2p(&addr);
-                if let Some((peer, _)) = self
-                    .connections
-                    .iter()
-                    .find(|(_, conns)| conns.iter().any(|(_, remote)| *remote == wanted))
+                if peer_of(&addr).is_none()
+                    && let Some((peer, _)) = self
+                        .connections
+                        .iter()
+                        .find(|(_, conns)| conns.iter().any(|(_, remote)| *remote == wanted))
                 {
                     let _ = reply.send(Ok(*peer));
                     return;
