@@ -17,7 +17,8 @@ pub async fn leave(node: Arc<Node>, id: GroupId, keep_copy: bool) -> Result<api:
     let seq = tokio::task::spawn_blocking(move || worker.write_leave(&id))
         .await
         .map_err(|e| NodeError::Internal(format!("worker failed: {e}")))??;
-    // Sessions renew after the write; a member's daemon confirms with its version vector.
+    // Open sessions carry the departure; a member's daemon confirms it with its version
+    // vector, or its head of our own log once it sees us gone.
     let mut changed = node.subscribe();
     let delivered = tokio::time::timeout(DELIVERY_TIMEOUT, async {
         while node.acknowledged(&id) < seq {

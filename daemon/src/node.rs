@@ -78,9 +78,13 @@ pub struct Node {
     changed: watch::Sender<u64>,
     /// Which group's content or membership changed, for clients following `/v1/events`.
     group_events: broadcast::Sender<GroupId>,
-    /// Bumped whenever this device joins or creates a group: sessions then restart so
-    /// their handshake covers it.
+    /// Bumped whenever this device joins, creates or forgets a group: sessions then
+    /// restart so their handshake covers exactly the groups it holds.
     groups_changed: watch::Sender<u64>,
+    /// Bumped whenever a group's membership changes. Live sessions do not restart on it
+    /// (they re-check the peer's standing before every batch); a supervisor that found
+    /// nothing in common with a peer tries again at once, as the peer may now count.
+    rosters_changed: watch::Sender<u64>,
     /// Per group, the furthest any peer has confirmed holding this device's own log.
     acks: Mutex<BTreeMap<GroupId, u64>>,
     /// What became of the spoken codes this daemon made since it started, by channel.
@@ -121,6 +125,7 @@ impl Node {
             changed: watch::channel(0).0,
             group_events: broadcast::channel(GROUP_EVENTS_BUFFER).0,
             groups_changed: watch::channel(0).0,
+            rosters_changed: watch::channel(0).0,
             acks: Mutex::new(BTreeMap::new()),
             code_states: Mutex::new(BTreeMap::new()),
         };
@@ -211,14 +216,19 @@ impl Node {
         self.groups_changed.subscribe()
     }
 
-    /// Ends every sync session so the next handshake reflects this device's groups and
-    /// their membership (a member who is gone stops receiving at once).
-    pub fn renew_sessions(&self) {
-        self.bump_groups();
+    pub fn subscribe_rosters(&self) -> watch::Receiver<u64> {
+        self.rosters_changed.subscribe()
     }
 
     fn bump_groups(&self) {
         self.groups_changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A membership changed: sessions wake (to re-check who may receive what) and idle
+    /// supervisors retry.
+    fn bump_rosters(&self) {
+        self.rosters_changed.send_modify(|n| *n = n.wrapping_add(1));
+        self.bump();
     }
 
     fn bump(&self) {
@@ -480,7 +490,7 @@ impl Node {
         };
         self.commit_own(&mut groups, &id, written, vec![burn])?;
         drop(groups);
-        self.bump_groups();
+        self.bump_rosters();
         Ok((admission, record))
     }
 
@@ -640,8 +650,8 @@ impl Node {
         let written = act(&mut slot.group)?;
         self.commit_own(&mut groups, id, written, Vec::new())?;
         drop(groups);
-        // Sessions renew, so their handshake reflects the new membership.
-        self.bump_groups();
+        // Live sessions re-check the standing of their peer; none restarts.
+        self.bump_rosters();
         Ok(())
     }
 
@@ -917,8 +927,7 @@ impl Node {
 
     /// Checks, persists and records envelopes a peer sent. Returns how many were new, and
     /// how many were refused for now (the buffer for out-of-order envelopes was full).
-    /// When the membership changed, the caller renews sessions ([`Node::renew_sessions`])
-    /// once it has confirmed receipt to the sender.
+    /// A membership change wakes every session, which re-checks its peer's standing.
     pub fn ingest(&self, id: &GroupId, envelopes: Vec<Envelope>) -> Result<Ingest, NodeError> {
         let mut groups = self.lock();
         let Some(slot) = groups.get_mut(id) else {
@@ -952,6 +961,10 @@ impl Node {
             }
         }
         if accepted.is_empty() {
+            drop(groups);
+            if result.roster_changed {
+                self.bump_rosters();
+            }
             return Ok(Ingest {
                 accepted: 0,
                 refused: result.refused,
@@ -969,6 +982,9 @@ impl Node {
         }
         drop(groups);
         self.bump_group(id);
+        if result.roster_changed {
+            self.bump_rosters();
+        }
         Ok(Ingest {
             accepted: accepted.len(),
             refused: result.refused,
@@ -1044,26 +1060,29 @@ impl Node {
             .collect()
     }
 
-    /// Whether `member` (with exactly this identity) belongs to group `id`.
-    pub fn has_member(&self, id: &GroupId, member: &PublicIdentity) -> bool {
-        self.lock().get(id).is_some_and(|s| {
-            s.group
-                .roster()
-                .get(&member.member_id())
-                .is_some_and(|m| m.identity == *member)
-        })
+    /// Where `peer` (with exactly this identity) stands in group `id` in this device's view.
+    pub fn standing(&self, id: &GroupId, peer: &PublicIdentity) -> Standing {
+        self.lock()
+            .get(id)
+            .map_or(Standing::Unknown, |s| standing_in(&s.group, peer))
     }
 
-    /// Whether `member` (with exactly this identity) was a member of group `id` and left or
-    /// was removed.
-    pub fn has_departed(&self, id: &GroupId, member: &PublicIdentity) -> bool {
-        self.lock().get(id).is_some_and(|s| {
-            s.group
-                .roster()
-                .departed()
-                .get(&member.member_id())
-                .is_some_and(|d| d.identity == *member)
-        })
+    /// Envelopes of group `id` that `peer` lacks according to `known`, if `peer` is a
+    /// member in this device's view; nothing otherwise. The check and the read happen
+    /// under one lock, so a removal ingested meanwhile cannot slip envelopes through.
+    pub fn missing_for_member(
+        &self,
+        id: &GroupId,
+        peer: &PublicIdentity,
+        known: &VersionVector,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Vec<Envelope> {
+        self.lock()
+            .get(id)
+            .filter(|s| standing_in(&s.group, peer) == Standing::Member)
+            .map(|s| s.group.missing_for(known, max_count, max_bytes))
+            .unwrap_or_default()
     }
 
     /// Whether this device already sees itself in group `id`'s membership (a joiner does
@@ -1088,6 +1107,33 @@ struct CodeEntry {
     group: GroupId,
     expires_at: u64,
     status: api::CodeStatus,
+}
+
+/// Where a session's peer stands in one of the groups it proved, in this device's view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// A member: it is sent the group.
+    Member,
+    /// It left or was removed: it is sent nothing but our head of its own log.
+    Departed,
+    /// Not known here as a member (its admission has not reached this device).
+    Unknown,
+}
+
+fn standing_in(group: &Group, peer: &PublicIdentity) -> Standing {
+    let roster = group.roster();
+    let id = peer.member_id();
+    if roster.get(&id).is_some_and(|m| m.identity == *peer) {
+        Standing::Member
+    } else if roster
+        .departed()
+        .get(&id)
+        .is_some_and(|d| d.identity == *peer)
+    {
+        Standing::Departed
+    } else {
+        Standing::Unknown
+    }
 }
 
 /// What [`Node::ingest`] did.
@@ -1226,5 +1272,41 @@ mod tests {
         assert_eq!(a.matched_groups(&t, Side::Dialer, &from_b), vec![group]);
         let from_a = a.group_proofs(&t, Side::Listener);
         assert_eq!(b.matched_groups(&t, Side::Listener, &from_a), vec![group]);
+    }
+
+    /// What a session sends follows the peer's standing as it changes: a member gets what
+    /// it lacks; once removed, nothing, on the same session.
+    #[test]
+    fn a_removed_peer_is_sent_nothing_from_the_moment_of_its_removal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b, group) = pair(tmp.path());
+        let peer = b.keys().public();
+        let stranger = DeviceKeys::generate(&mut OsRng).public();
+        assert_eq!(a.standing(&group, &peer), Standing::Member);
+        assert_eq!(a.standing(&group, &stranger), Standing::Unknown);
+
+        a.add_agreement(&group, "for B").unwrap();
+        let known = b.version_vector(&group);
+        let lacks = a.missing_for_member(&group, &peer, &known, usize::MAX, usize::MAX);
+        assert_eq!(lacks.len(), 1);
+        assert!(
+            a.missing_for_member(&group, &stranger, &known, usize::MAX, usize::MAX)
+                .is_empty()
+        );
+
+        a.remove_member(&group, &peer.member_id()).unwrap();
+        assert_eq!(a.standing(&group, &peer), Standing::Departed);
+        a.add_agreement(&group, "not for B").unwrap();
+        assert!(
+            a.missing_for_member(&group, &peer, &known, usize::MAX, usize::MAX)
+                .is_empty()
+        );
+        // Its standing changes on its own device too once the removal reaches it.
+        let me_on_b = a.keys().public();
+        assert_eq!(b.standing(&group, &me_on_b), Standing::Member);
+        let all = a.missing(&group, &known, usize::MAX, usize::MAX);
+        let roster_changed = b.ingest(&group, all).unwrap().roster_changed;
+        assert!(roster_changed);
+        assert_eq!(b.standing(&group, &peer), Standing::Departed);
     }
 }

@@ -15,9 +15,8 @@ use crate::{peers, sync};
 /// Wait before reopening a session that ended while sharing groups (the peer's set of
 /// groups may have changed).
 const RESTART_DELAY: Duration = Duration::from_secs(1);
-/// Wait before trying again when a shared group's membership had not yet reached one side.
-const AWAITING_RETRY: Duration = Duration::from_secs(3);
-/// Wait before trying again with a peer that shares no group with us (it may later).
+/// Wait before trying again with a peer that shares no group with us (it may later; a
+/// membership change here retries at once).
 const IDLE_RETRY: Duration = Duration::from_secs(30);
 /// First wait after a session failed to open or broke; it doubles with each failure in a
 /// row, up to `IDLE_RETRY`. A peer still closing the previous session refuses the next
@@ -27,24 +26,27 @@ const FAILURE_RETRY: Duration = Duration::from_millis(250);
 const REDIAL_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Keeps a sync session open with `peer` for as long as it stays connected: reopens it when
-/// it ends, when this device's groups change, or now and then if no group was shared.
+/// it ends, when this device's groups change, or now and then if no group was shared
+/// (at once after a membership change, which may have made the peer one to sync with).
 pub fn supervise(node: Arc<Node>, net: NetHandle, peer: PeerId) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut groups_changed = node.subscribe_groups();
+        let mut rosters_changed = node.subscribe_rosters();
         let mut failures: u32 = 0;
         loop {
             groups_changed.borrow_and_update();
+            rosters_changed.borrow_and_update();
             let outcome = if node.group_count() > 0 {
                 open(&node, &net, peer).await
             } else {
                 Ok(Outcome::Nothing)
             };
+            let idle = matches!(outcome, Ok(Outcome::Nothing));
             let wait = match outcome {
                 Ok(outcome) => {
                     failures = 0;
                     match outcome {
                         Outcome::Synced => RESTART_DELAY,
-                        Outcome::Awaiting => AWAITING_RETRY,
                         Outcome::Nothing => IDLE_RETRY,
                     }
                 }
@@ -56,6 +58,7 @@ pub fn supervise(node: Arc<Node>, net: NetHandle, peer: PeerId) -> tokio::task::
             };
             tokio::select! {
                 _ = groups_changed.changed() => {}
+                _ = rosters_changed.changed(), if idle => {}
                 () = tokio::time::sleep(wait) => {}
             }
             if !net.peers().await.iter().any(|(p, _)| *p == peer) {

@@ -27,7 +27,7 @@ use rand_core::{OsRng, RngCore};
 use tokio::sync::Notify;
 
 use crate::frame::{read_msg, write_msg};
-use crate::node::Node;
+use crate::node::{Node, Standing};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Group proofs are padded to a multiple of this, so a peer learns only a rough count.
@@ -45,8 +45,6 @@ struct Link {
     resend: Resend,
     /// Wakes the push half when the receive half learned something.
     wake: Arc<Notify>,
-    /// Set when the membership changed: renew sessions after confirming receipt.
-    renew: Arc<std::sync::atomic::AtomicBool>,
 }
 /// Least time between two repeated version vectors for one group.
 const RESEND_HAVE_EVERY: Duration = Duration::from_secs(5);
@@ -54,18 +52,17 @@ const RESEND_HAVE_EVERY: Duration = Duration::from_secs(5);
 /// How a session went, so its supervisor knows when to try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// It synced at least one group, until the stream closed or it was renewed.
+    /// Both proved at least one group, and the session ran until the stream closed or this
+    /// device's set of groups changed.
     Synced,
-    /// Both hold a group's key but one side does not yet see the other as a member (the
-    /// add is still on its way): worth retrying soon.
-    Awaiting,
     /// Nothing in common.
     Nothing,
 }
 
-/// Runs one session to its end. The session ends when the stream closes, when this
-/// device's set of groups changes, or when a group held back at the handshake (the peer
-/// was not yet known as a member) can now be included, so a new handshake covers it.
+/// Runs one session to its end: until the stream closes, or this device's set of groups
+/// changes (joined, created or forgotten), so that a new handshake covers exactly those.
+/// A membership change does not end it: before each announcement and batch the session
+/// re-checks where the peer stands in each group it proved (member, departed, unknown).
 pub async fn run(
     node: Arc<Node>,
     local: PeerId,
@@ -80,31 +77,21 @@ pub async fn run(
     )
     .await
     .context("handshake timed out")??;
-    let groups = shared.groups;
-    let receive_only = shared.receive_only;
-    if groups.is_empty() && receive_only.is_empty() {
+    let Some(Shared { groups, identity }) = shared else {
         tracing::debug!(%peer, "no shared group; closing session");
-        return Ok(if shared.awaiting.is_empty() {
-            Outcome::Nothing
-        } else {
-            Outcome::Awaiting
-        });
-    }
+        return Ok(Outcome::Nothing);
+    };
     tracing::info!(%peer, groups = groups.len(), "sync session established");
 
     let link = Link::default();
     let mut push = tokio::spawn(push_loop(
         node.clone(),
         groups.clone(),
-        receive_only.clone(),
-        shared.awaiting,
-        shared.identity,
+        identity,
         link.clone(),
         writer,
     ));
-    let receivable: BTreeSet<GroupId> = groups.union(&receive_only).copied().collect();
-    let peer_member = shared.identity.map(|i| i.member_id());
-    let receive = receive_loop(&node, &receivable, &groups, peer_member, &link, &mut reader);
+    let receive = receive_loop(&node, &groups, &identity, &link, &mut reader);
     let result = tokio::select! {
         r = receive => r,
         r = &mut push => r.context("push task failed")?,
@@ -116,18 +103,15 @@ pub async fn run(
 
 /// What a handshake established.
 struct Shared {
-    /// Groups both sides hold the key of and see the other as a member of.
+    /// Groups both sides proved holding a key of, and signed for with their identity.
+    /// What each side sends of a group depends on the peer's standing in it, checked
+    /// anew as memberships change.
     groups: BTreeSet<GroupId>,
-    /// Groups whose key the peer holds but where it is no longer a member in our view: we
-    /// send it nothing, but take what it sends (checked like everything else), because
-    /// our view may be what is out of date (a removal that concurrent changes undo).
-    receive_only: BTreeSet<GroupId>,
-    /// Groups both hold the key of where we do not (yet) see the peer as a member.
-    awaiting: Vec<GroupId>,
     /// The peer's proven member identity.
-    identity: Option<PublicIdentity>,
+    identity: PublicIdentity,
 }
 
+/// The handshake; `None` if the two have no group in common.
 async fn handshake<R, W>(
     node: &Node,
     local: PeerId,
@@ -135,7 +119,7 @@ async fn handshake<R, W>(
     side: Side,
     reader: &mut R,
     writer: &mut W,
-) -> anyhow::Result<Shared>
+) -> anyhow::Result<Option<Shared>>
 where
     R: futures::AsyncRead + Unpin,
     W: futures::AsyncWrite + Unpin,
@@ -173,12 +157,7 @@ where
     };
     let matched = node.matched_groups(&transcript, side.other(), &their_tags);
     if matched.is_empty() {
-        return Ok(Shared {
-            groups: BTreeSet::new(),
-            receive_only: BTreeSet::new(),
-            awaiting: Vec::new(),
-            identity: None,
-        });
+        return Ok(None);
     }
 
     let signature = session::sign_auth(node.keys(), &transcript, side, &matched);
@@ -200,25 +179,16 @@ where
     if !session::verify_auth(&identity, &their_sig, &transcript, side.other(), &matched) {
         bail!("peer's member signature does not verify");
     }
-    let (groups, others): (Vec<GroupId>, Vec<GroupId>) = matched
-        .into_iter()
-        .partition(|g| node.has_member(g, &identity));
-    let (receive_only, awaiting): (Vec<GroupId>, Vec<GroupId>) = others
-        .into_iter()
-        .partition(|g| node.has_departed(g, &identity));
-    Ok(Shared {
-        groups: groups.into_iter().collect(),
-        receive_only: receive_only.into_iter().collect(),
-        awaiting,
-        identity: Some(identity),
-    })
+    Ok(Some(Shared {
+        groups: matched.into_iter().collect(),
+        identity,
+    }))
 }
 
 async fn receive_loop<R>(
     node: &Arc<Node>,
     groups: &BTreeSet<GroupId>,
-    sending: &BTreeSet<GroupId>,
-    peer_member: Option<hearth_protocol::ids::MemberId>,
+    peer: &PublicIdentity,
     link: &Link,
     reader: &mut R,
 ) -> anyhow::Result<()>
@@ -228,12 +198,16 @@ where
     let mut last_resend: HashMap<GroupId, Instant> = HashMap::new();
     while let Some(msg) = read_msg::<_, SyncMessage>(reader, MAX_FRAME_LEN).await? {
         match msg {
-            SyncMessage::Have { group_id, heads } if sending.contains(&group_id) => {
+            SyncMessage::Have { group_id, heads } if groups.contains(&group_id) => {
                 let vv = heads
                     .into_iter()
                     .map(|e| (e.author, (e.seq, e.hash)))
                     .collect();
-                node.note_peer_has(&group_id, &vv);
+                // Kept whatever the peer's standing: it is what we send from once it is a
+                // member here. Only a member's confirmation counts for a departure.
+                if node.standing(&group_id, peer) == Standing::Member {
+                    node.note_peer_has(&group_id, &vv);
+                }
                 // Where the peer's log differs from ours, send ours so it sees the fork.
                 let vv = node.reconcile_heads(&group_id, vv);
                 lock(&link.known).insert(group_id, vv);
@@ -243,11 +217,13 @@ where
                 group_id,
                 seq,
                 hash,
-            } if sending.contains(&group_id) => {
+            } if groups.contains(&group_id) => {
                 // The peer wants our own log only: treat every other author as up to date.
                 let me = node.member_id();
                 let mut vv = node.version_vector(&group_id);
-                node.note_peer_has(&group_id, &VersionVector::from([(me, (seq, hash))]));
+                if node.standing(&group_id, peer) == Standing::Member {
+                    node.note_peer_has(&group_id, &VersionVector::from([(me, (seq, hash))]));
+                }
                 vv.insert(me, (seq, hash));
                 let vv = node.reconcile_heads(&group_id, vv);
                 lock(&link.known).insert(group_id, vv);
@@ -257,12 +233,15 @@ where
                 group_id,
                 envelopes,
             } if groups.contains(&group_id) => {
+                let standing = node.standing(&group_id, peer);
                 // From a peer no longer a member in our view, only its own log is taken.
-                let own_only = !sending.contains(&group_id);
+                // From one not yet known here everything is, checked like any envelope:
+                // it holds the group's key, and its logs may bring its own admission.
+                let own_only = standing == Standing::Departed;
                 let decoded: Vec<Envelope> = envelopes
                     .into_iter()
                     .filter_map(|b| Envelope::decode(b).ok())
-                    .filter(|e| !own_only || Some(e.header().author) == peer_member)
+                    .filter(|e| !own_only || e.header().author == peer.member_id())
                     .collect();
                 // The peer has these: never echo them back.
                 if let Some(vv) = lock(&link.known).get_mut(&group_id) {
@@ -273,21 +252,15 @@ where
                 let ingest = tokio::task::spawn_blocking(move || worker.ingest(&group_id, decoded))
                     .await
                     .context("ingest worker failed")??;
-                let refused = ingest.refused;
                 // Confirm what arrived with our version vector: the sender learns it was
-                // delivered (a member leaving waits for that). After a membership change
-                // the push half renews every session once that confirmation is out.
+                // delivered (a member leaving waits for that).
                 if ingest.accepted > 0 || ingest.roster_changed {
                     lock_set(&link.resend).insert(group_id);
-                    if ingest.roster_changed {
-                        link.renew.store(true, std::sync::atomic::Ordering::SeqCst);
-                    }
                     link.wake.notify_one();
                 }
                 // Out-of-order envelopes were refused for now: once in a while, send our
                 // version vector again so the peer resends what we still lack.
-                if refused > 0
-                    && sending.contains(&group_id)
+                if ingest.refused > 0
                     && last_resend
                         .get(&group_id)
                         .is_none_or(|t| t.elapsed() >= RESEND_HAVE_EVERY)
@@ -297,7 +270,7 @@ where
                     link.wake.notify_one();
                 }
             }
-            // Anything else (a group not shared in this session, a late handshake message)
+            // Anything else (a group not proved in this session, a late handshake message)
             // is ignored rather than trusted.
             _ => {}
         }
@@ -308,9 +281,7 @@ where
 async fn push_loop<W>(
     node: Arc<Node>,
     groups: BTreeSet<GroupId>,
-    receive_only: BTreeSet<GroupId>,
-    awaiting: Vec<GroupId>,
-    identity: Option<PublicIdentity>,
+    peer: PublicIdentity,
     link: Link,
     mut writer: W,
 ) -> anyhow::Result<()>
@@ -319,51 +290,41 @@ where
 {
     let mut changed = node.subscribe();
     let mut groups_changed = node.subscribe_groups();
-    let peer_id = identity.map(|i| i.member_id());
-    let have = |group_id: GroupId| {
-        let own = receive_only
-            .contains(&group_id)
-            .then_some(peer_id)
-            .flatten();
-        (group_id, own)
-    };
-    for group_id in groups.iter().chain(&receive_only) {
-        let (group_id, own) = have(*group_id);
-        send_have(&node, group_id, own, &mut writer).await?;
-    }
+    // The peer's standing per group as last announced to it (by `Have` or `HaveOwn`).
+    let mut told: HashMap<GroupId, Standing> = HashMap::new();
     loop {
         changed.borrow_and_update();
-        let again: Vec<GroupId> = std::mem::take(&mut *lock_set(&link.resend))
-            .into_iter()
-            .collect();
-        for group_id in again {
-            let (group_id, own) = have(group_id);
-            send_have(&node, group_id, own, &mut writer).await?;
-        }
-        if link.renew.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            futures::AsyncWriteExt::flush(&mut writer).await?;
-            node.renew_sessions();
-            return Ok(());
-        }
-        if let Some(identity) = &identity
-            && awaiting.iter().any(|g| node.has_member(g, identity))
-        {
-            return Ok(()); // renew the session so its handshake covers that group
+        // A standing that changed (an admission or removal reached us) is announced
+        // before anything else is sent: a new member gets our version vector (so it
+        // sends what we lack), a departed one only our head of its own log.
+        let mut again = std::mem::take(&mut *lock_set(&link.resend));
+        for group_id in &groups {
+            let standing = node.standing(group_id, &peer);
+            let was = told.insert(*group_id, standing);
+            if was != Some(standing) {
+                if was.is_some() {
+                    tracing::debug!(group = %group_id, ?standing, "a peer's standing changed");
+                }
+                again.insert(*group_id);
+            }
+            if again.remove(group_id) {
+                send_have(&node, *group_id, standing, &peer, &mut writer).await?;
+            }
         }
         let mut sent_any = false;
         for group_id in &groups {
-            // The membership may have changed since the handshake: never send a group's
-            // envelopes to someone who is no longer in it.
-            if identity
-                .as_ref()
-                .is_some_and(|i| !node.has_member(group_id, i))
-            {
-                continue;
-            }
             let Some(vv) = lock(&link.known).get(group_id).cloned() else {
                 continue; // their version vector has not arrived yet
             };
-            let batch = node.missing(group_id, &vv, MAX_BATCH_ENVELOPES, BATCH_BYTE_BUDGET);
+            // Nothing unless the peer is a member now, checked with the read under one
+            // lock: never a group's envelopes to someone who is no longer in it.
+            let batch = node.missing_for_member(
+                group_id,
+                &peer,
+                &vv,
+                MAX_BATCH_ENVELOPES,
+                BATCH_BYTE_BUDGET,
+            );
             if batch.is_empty() {
                 continue;
             }
@@ -392,39 +353,46 @@ where
     }
 }
 
-/// Sends our version vector for one group; or, to a peer (`own`) that is no longer a
-/// member in our view, only our head of its own log.
+/// Announces the peer's standing in one group: to a member, our version vector; to a peer
+/// that left or was removed, only our head of its own log; to one not known here as a
+/// member, nothing.
 async fn send_have<W>(
     node: &Node,
     group_id: GroupId,
-    own: Option<hearth_protocol::ids::MemberId>,
+    standing: Standing,
+    peer: &PublicIdentity,
     writer: &mut W,
 ) -> anyhow::Result<()>
 where
     W: futures::AsyncWrite + Unpin,
 {
-    if let Some(peer) = own {
-        let (seq, hash) = node
-            .version_vector(&group_id)
-            .get(&peer)
-            .copied()
-            .unwrap_or((0, [0; 32]));
-        return write_msg(
-            writer,
-            &SyncMessage::HaveOwn {
-                group_id,
-                seq,
-                hash,
-            },
-        )
-        .await;
+    match standing {
+        Standing::Unknown => Ok(()),
+        Standing::Departed => {
+            let (seq, hash) = node
+                .version_vector(&group_id)
+                .get(&peer.member_id())
+                .copied()
+                .unwrap_or((0, [0; 32]));
+            write_msg(
+                writer,
+                &SyncMessage::HaveOwn {
+                    group_id,
+                    seq,
+                    hash,
+                },
+            )
+            .await
+        }
+        Standing::Member => {
+            let heads = node
+                .version_vector(&group_id)
+                .into_iter()
+                .map(|(author, (seq, hash))| VvEntry { author, seq, hash })
+                .collect();
+            write_msg(writer, &SyncMessage::Have { group_id, heads }).await
+        }
     }
-    let heads = node
-        .version_vector(&group_id)
-        .into_iter()
-        .map(|(author, (seq, hash))| VvEntry { author, seq, hash })
-        .collect();
-    write_msg(writer, &SyncMessage::Have { group_id, heads }).await
 }
 
 fn lock_set(resend: &Resend) -> std::sync::MutexGuard<'_, BTreeSet<GroupId>> {
