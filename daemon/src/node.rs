@@ -1023,16 +1023,24 @@ impl Node {
 
     /// The tags proving this device's groups to a peer in a session with `transcript`: one
     /// per epoch key held (the newest few), so a peer that has not caught up with the
-    /// latest epoch still recognises the group.
+    /// latest epoch still recognises the group; and one for the oldest, whose roster key
+    /// every member holds, so that a peer any number of epochs behind does too.
     pub fn group_proofs(&self, transcript: &[u8; 32], my_side: Side) -> Vec<[u8; 32]> {
         self.lock()
             .values()
             .flat_map(|s| {
                 let id = s.group.id();
-                s.group
-                    .proof_keys()
-                    .into_iter()
-                    .take(PROVEN_EPOCHS + 1)
+                let mut keys = s.group.proof_keys();
+                let oldest = keys
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, (epoch, _))| *epoch)
+                    .map(|(i, _)| i);
+                if let Some(i) = oldest.filter(|i| *i > PROVEN_EPOCHS) {
+                    keys.swap(PROVEN_EPOCHS + 1, i);
+                }
+                keys.into_iter()
+                    .take(PROVEN_EPOCHS + 2)
                     .map(|(epoch, key)| session::group_tag(&key, &id, epoch, transcript, my_side))
                     .collect::<Vec<_>>()
             })
@@ -1144,8 +1152,8 @@ pub struct Ingest {
     pub roster_changed: bool,
 }
 
-/// How many of a group's newest epochs a session proves (a peer further behind than that
-/// is a long-absent member; it reconnects once someone forwards it newer keys).
+/// How many of a group's newest epochs a session proves, beyond the newest and the oldest
+/// (a peer further behind than that is recognised by the oldest).
 const PROVEN_EPOCHS: usize = 8;
 
 fn agreements_of(doc: &hearth_protocol::doc::GroupDoc) -> Vec<api::Agreement> {
@@ -1272,6 +1280,36 @@ mod tests {
         assert_eq!(a.matched_groups(&t, Side::Dialer, &from_b), vec![group]);
         let from_a = a.group_proofs(&t, Side::Listener);
         assert_eq!(b.matched_groups(&t, Side::Listener, &from_a), vec![group]);
+    }
+
+    /// A member that missed more epochs than the newest ones a session proves (it was
+    /// away, or its only peer admitted many while it was cut off) is still recognised both
+    /// ways, so it can catch up: without that, a star of members around one facilitator
+    /// left such a member stuck at its old epoch for good.
+    #[test]
+    fn a_member_many_epochs_behind_still_recognises_and_is_recognised() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b, group) = pair(tmp.path());
+        for i in 0..(PROVEN_EPOCHS as u8 + 4) {
+            invite(&a, &group, [10 + i; 16], now_unix() + 60);
+            let newcomer = DeviceKeys::generate(&mut OsRng).public();
+            a.admit(&[10 + i; 16], |_| true, newcomer, "N").unwrap();
+        }
+        let (behind, ahead) = (
+            b.with_slot(&group, |s| Ok(s.group.current_epoch().0))
+                .unwrap(),
+            a.with_slot(&group, |s| Ok(s.group.current_epoch().0))
+                .unwrap(),
+        );
+        assert!(
+            ahead > behind + PROVEN_EPOCHS as u32 + 1,
+            "{behind} {ahead}"
+        );
+        let t = [7u8; 32];
+        let from_a = a.group_proofs(&t, Side::Dialer);
+        assert_eq!(b.matched_groups(&t, Side::Dialer, &from_a), vec![group]);
+        let from_b = b.group_proofs(&t, Side::Listener);
+        assert_eq!(a.matched_groups(&t, Side::Listener, &from_b), vec![group]);
     }
 
     /// What a session sends follows the peer's standing as it changes: a member gets what
