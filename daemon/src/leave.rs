@@ -19,10 +19,10 @@ pub async fn leave(node: Arc<Node>, id: GroupId, keep_copy: bool) -> Result<api:
         .map_err(|e| NodeError::Internal(format!("worker failed: {e}")))??;
     // Open sessions carry the departure; a member's daemon confirms it with its version
     // vector, or its head of our own log once it sees us gone.
-    let mut changed = node.subscribe();
+    let mut acked = node.subscribe_acks();
     let delivered = tokio::time::timeout(DELIVERY_TIMEOUT, async {
         while node.acknowledged(&id) < seq {
-            if changed.changed().await.is_err() {
+            if acked.changed().await.is_err() {
                 return false;
             }
         }

@@ -87,6 +87,9 @@ pub struct Node {
     rosters_changed: watch::Sender<u64>,
     /// Per group, the furthest any peer has confirmed holding this device's own log.
     acks: Mutex<BTreeMap<GroupId, u64>>,
+    /// Bumped when an entry of `acks` advances (a departure waits on it). Separate from
+    /// `changed`: every version vector a peer sends would otherwise wake every session.
+    acks_changed: watch::Sender<u64>,
     /// What became of the spoken codes this daemon made since it started, by channel.
     code_states: Mutex<BTreeMap<u16, CodeEntry>>,
 }
@@ -127,6 +130,7 @@ impl Node {
             groups_changed: watch::channel(0).0,
             rosters_changed: watch::channel(0).0,
             acks: Mutex::new(BTreeMap::new()),
+            acks_changed: watch::channel(0).0,
             code_states: Mutex::new(BTreeMap::new()),
         };
         for key in node.store.scan_keys(Table::Groups, &[])? {
@@ -688,12 +692,21 @@ impl Node {
 
     /// Records how far a peer has this device's log of a group (from its version vector).
     pub fn note_peer_has(&self, id: &GroupId, vv: &VersionVector) {
-        if let Some((seq, _)) = vv.get(&self.member_id()) {
-            let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = acks.entry(*id).or_default();
-            *entry = (*entry).max(*seq);
+        let Some((seq, _)) = vv.get(&self.member_id()) else {
+            return;
+        };
+        let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = acks.entry(*id).or_default();
+        if *seq > *entry {
+            *entry = *seq;
+            drop(acks);
+            self.acks_changed.send_modify(|n| *n = n.wrapping_add(1));
         }
-        self.bump();
+    }
+
+    /// Wakes when a peer confirms holding more of this device's log ([`Node::acknowledged`]).
+    pub fn subscribe_acks(&self) -> watch::Receiver<u64> {
+        self.acks_changed.subscribe()
     }
 
     /// The furthest any peer has confirmed holding this device's log of a group.
