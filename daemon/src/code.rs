@@ -20,6 +20,7 @@ use crate::frame::{read_msg, write_msg};
 use crate::join::{JOIN_TIMEOUT, answer_request, settle_in};
 use crate::net::{JOIN_PROTOCOL, NetHandle};
 use crate::node::{Node, NodeError};
+use crate::peering::Peering;
 
 /// How long the joiner looks for the facilitator's daemon on the local network.
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -135,6 +136,7 @@ enum Attempt {
 pub async fn join(
     node: Arc<Node>,
     net: NetHandle,
+    peering: Peering,
     code: &SpokenCode,
     name: &str,
 ) -> Result<GroupId, NodeError> {
@@ -145,7 +147,7 @@ pub async fn join(
             if !tried.insert(peer) {
                 continue;
             }
-            match attempt(&node, &net, peer, code, name).await {
+            match attempt(&node, &net, &peering, peer, code, name).await {
                 Ok(Attempt::Joined(group)) => return Ok(group),
                 Ok(Attempt::NotHere) => {}
                 Err(e @ (NodeError::Forbidden(_) | NodeError::Conflict(_))) => return Err(e),
@@ -167,6 +169,7 @@ pub async fn join(
 async fn attempt(
     node: &Arc<Node>,
     net: &NetHandle,
+    peering: &Peering,
     peer: PeerId,
     code: &SpokenCode,
     name: &str,
@@ -256,7 +259,7 @@ async fn attempt(
             "this device is already a member of that group".into(),
         ));
     }
-    settle_in(node.clone(), net.clone(), peer, welcome)
+    settle_in(node.clone(), net.clone(), peering.clone(), peer, welcome)
         .await
         .map(Attempt::Joined)
 }

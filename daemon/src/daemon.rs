@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::net::{self, JOIN_PROTOCOL, NetConfig, NetEvent, NetHandle, SYNC_PROTOCOL};
 use crate::node::Node;
+use crate::peering::Peering;
 use crate::store::Store;
 use crate::{join, peering, sync};
 
@@ -34,7 +35,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .context("starting networking")?;
 
     peering::redial_remembered(node.clone(), net.clone());
-    let router_task = tokio::spawn(route_events(node.clone(), net.clone(), events));
+    let peering = Peering::default();
+    let router_task = tokio::spawn(route_events(
+        node.clone(),
+        net.clone(),
+        peering.clone(),
+        events,
+    ));
 
     let addrs: Vec<String> = net
         .listen_addrs()
@@ -51,6 +58,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = http::router(AppState {
         node: node.clone(),
         net: net.clone(),
+        peering,
     });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
@@ -133,6 +141,7 @@ impl Drop for Pass {
 async fn route_events(
     node: Arc<Node>,
     net: NetHandle,
+    peering: Peering,
     mut events: tokio::sync::mpsc::Receiver<NetEvent>,
 ) {
     let local = net.local_peer_id();
@@ -142,11 +151,12 @@ async fn route_events(
     while let Some(event) = events.recv().await {
         match event {
             NetEvent::Connected { peer } => {
-                // One supervisor per peer: a peer that reconnects quickly must not pile
-                // them up.
-                let alive = supervisors.get(&peer).is_some_and(|h| !h.is_finished());
-                if local.to_bytes() < peer.to_bytes() && !alive {
-                    let handle = peering::supervise(node.clone(), net.clone(), peer);
+                // One supervisor per peer (`supervise` refuses a second): a peer that
+                // reconnects quickly must not pile them up.
+                if local.to_bytes() < peer.to_bytes()
+                    && let Some(handle) =
+                        peering::supervise(node.clone(), net.clone(), peering.clone(), peer)
+                {
                     supervisors.insert(peer, handle);
                 }
             }
@@ -162,9 +172,12 @@ async fn route_events(
                         tracing::debug!(%peer, "refused a sync stream over the limit");
                         continue;
                     };
+                    let peering = peering.clone();
                     tokio::spawn(async move {
                         let _pass = pass;
-                        if let Err(e) = sync::run(node, local, peer, stream, Side::Listener).await {
+                        let session =
+                            sync::run(node, &peering, local, peer, stream, Side::Listener);
+                        if let Err(e) = session.await {
                             tracing::debug!(%peer, "sync session failed: {e:#}");
                         }
                     });

@@ -25,6 +25,7 @@ use crate::node::{Node, NodeError};
 pub struct AppState {
     pub node: Arc<Node>,
     pub net: NetHandle,
+    pub peering: crate::peering::Peering,
 }
 
 /// An API failure: an HTTP status and an [`ApiError`] body.
@@ -336,7 +337,14 @@ async fn leave_group(
 
 async fn join_group(State(s): State<AppState>, Body(req): Body<api::Join>) -> Answer<api::Joined> {
     let name = req.name.as_deref().unwrap_or("");
-    let id = join::join(s.node.clone(), s.net.clone(), &req.token, name).await?;
+    let id = join::join(
+        s.node.clone(),
+        s.net.clone(),
+        s.peering.clone(),
+        &req.token,
+        name,
+    )
+    .await?;
     Ok(Json(api::Joined {
         group_id: id.to_hex(),
     }))

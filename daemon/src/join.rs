@@ -14,6 +14,7 @@ use rand_core::{OsRng, RngCore};
 use crate::frame::{read_msg, write_msg};
 use crate::net::{JOIN_PROTOCOL, NetHandle};
 use crate::node::{Node, NodeError, now_unix};
+use crate::peering::Peering;
 use crate::records::{self, InviteRecord};
 use crate::store::{Table, WriteOp};
 
@@ -83,6 +84,7 @@ pub async fn create_invite(
 pub async fn join(
     node: Arc<Node>,
     net: NetHandle,
+    peering: Peering,
     token_text: &str,
     name: &str,
 ) -> Result<GroupId, NodeError> {
@@ -91,7 +93,7 @@ pub async fn join(
     if !text.starts_with(hearth_protocol::invite::TOKEN_PREFIX)
         && let Ok(code) = hearth_protocol::code::SpokenCode::parse(text)
     {
-        return crate::code::join(node, net, &code, name).await;
+        return crate::code::join(node, net, peering, &code, name).await;
     }
     let token = InviteToken::decode(token_text).map_err(|e| NodeError::Invalid(e.to_string()))?;
     if token.expires_at <= now_unix() {
@@ -130,7 +132,7 @@ pub async fn join(
         .map_err(|_| {
             NodeError::Unreachable("the facilitator's daemon did not answer in time".into())
         })??;
-    settle_in(node, net, peer, welcome).await
+    settle_in(node, net, peering, peer, welcome).await
 }
 
 /// Stores a group just joined, starts syncing with the facilitator's daemon and waits until
@@ -138,13 +140,16 @@ pub async fn join(
 pub(crate) async fn settle_in(
     node: Arc<Node>,
     net: NetHandle,
+    peering: Peering,
     peer: PeerId,
     welcome: hearth_protocol::invite::Welcome,
 ) -> Result<GroupId, NodeError> {
     let group = node.install_joined(welcome)?;
     let mut changed = node.subscribe();
-    // This supervisor lives as long as the connection (it ends itself on disconnect).
-    drop(crate::peering::supervise(node.clone(), net, peer));
+    // Sync with the facilitator at once, whichever side would usually open the session.
+    // This supervisor lives as long as the connection (it ends itself on disconnect); if
+    // one already runs for this peer, that one wakes on the new group.
+    drop(crate::peering::supervise(node.clone(), net, peering, peer));
     // Answer once the facilitator's add has arrived, so the group is writable right away.
     let synced = tokio::time::timeout(ADMISSION_SYNC_TIMEOUT, async {
         while !node.sees_self_in(&group) {

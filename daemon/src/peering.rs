@@ -1,7 +1,8 @@
 //! Keeping in touch with peers: one supervised sync session per peer this daemon is
 //! responsible for, and redialling the addresses the member added.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hearth_protocol::session::Side;
@@ -11,6 +12,84 @@ use crate::net::{NetHandle, SYNC_PROTOCOL};
 use crate::node::Node;
 use crate::sync::Outcome;
 use crate::{peers, sync};
+use tokio::sync::watch;
+
+/// Which peers this daemon supervises a session with, and with which it has a session
+/// running (opened by either side), so that two daemons keep one session between them:
+/// every session carries the same envelopes, and each one more costs both sides a push
+/// and an ingest of every change.
+#[derive(Clone)]
+pub struct Peering {
+    state: Arc<Mutex<PeeringState>>,
+    /// Bumped when a running session ends.
+    ended: Arc<watch::Sender<u64>>,
+}
+
+#[derive(Default)]
+struct PeeringState {
+    supervised: HashSet<PeerId>,
+    running: HashMap<PeerId, usize>,
+}
+
+impl Default for Peering {
+    fn default() -> Self {
+        Peering {
+            state: Arc::default(),
+            ended: Arc::new(watch::channel(0).0),
+        }
+    }
+}
+
+impl Peering {
+    fn lock(&self) -> MutexGuard<'_, PeeringState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a session with `peer` as running until the returned guard is dropped.
+    pub fn running(&self, peer: PeerId) -> Running {
+        *self.lock().running.entry(peer).or_default() += 1;
+        Running {
+            peering: self.clone(),
+            peer,
+        }
+    }
+
+    fn is_running(&self, peer: &PeerId) -> bool {
+        self.lock().running.contains_key(peer)
+    }
+}
+
+/// A session counted as running (see [`Peering::running`]).
+pub struct Running {
+    peering: Peering,
+    peer: PeerId,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut state = self.peering.lock();
+        if let Some(n) = state.running.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                state.running.remove(&self.peer);
+            }
+        }
+        drop(state);
+        self.peering.ended.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// A supervisor's claim on its peer, released when the supervisor ends or is aborted.
+struct Claim {
+    peering: Peering,
+    peer: PeerId,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.peering.lock().supervised.remove(&self.peer);
+    }
+}
 
 /// Wait before reopening a session that ended while sharing groups (the peer's set of
 /// groups may have changed).
@@ -28,16 +107,45 @@ const REDIAL_INTERVAL: Duration = Duration::from_secs(30);
 /// Keeps a sync session open with `peer` for as long as it stays connected: reopens it when
 /// it ends, when this device's groups change, or now and then if no group was shared
 /// (at once after a membership change, which may have made the peer one to sync with).
-pub fn supervise(node: Arc<Node>, net: NetHandle, peer: PeerId) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+/// While a session the peer opened is running, it opens none of its own. `None` if a
+/// supervisor for `peer` is already running.
+pub fn supervise(
+    node: Arc<Node>,
+    net: NetHandle,
+    peering: Peering,
+    peer: PeerId,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if !peering.lock().supervised.insert(peer) {
+        return None;
+    }
+    let claim = Claim {
+        peering: peering.clone(),
+        peer,
+    };
+    Some(tokio::spawn(async move {
+        let _claim = claim;
         let mut groups_changed = node.subscribe_groups();
         let mut rosters_changed = node.subscribe_rosters();
+        let mut ended = peering.ended.subscribe();
         let mut failures: u32 = 0;
         loop {
             groups_changed.borrow_and_update();
             rosters_changed.borrow_and_update();
+            ended.borrow_and_update();
+            if peering.is_running(&peer) {
+                // The peer's own session carries this pair; when it ends, give its
+                // supervisor the moment it needs to reopen before opening one here.
+                tokio::select! {
+                    _ = groups_changed.changed() => {}
+                    _ = ended.changed() => tokio::time::sleep(RESTART_DELAY).await,
+                }
+                if !net.peers().await.iter().any(|(p, _)| *p == peer) {
+                    break;
+                }
+                continue;
+            }
             let outcome = if node.group_count() > 0 {
-                open(&node, &net, peer).await
+                open(&node, &net, &peering, peer).await
             } else {
                 Ok(Outcome::Nothing)
             };
@@ -65,7 +173,7 @@ pub fn supervise(node: Arc<Node>, net: NetHandle, peer: PeerId) -> tokio::task::
                 break;
             }
         }
-    })
+    }))
 }
 
 /// The wait after `failures` failed sessions in a row: doubling, capped at `IDLE_RETRY`.
@@ -74,10 +182,16 @@ fn failure_backoff(failures: u32) -> Duration {
     FAILURE_RETRY.saturating_mul(1 << doublings).min(IDLE_RETRY)
 }
 
-async fn open(node: &Arc<Node>, net: &NetHandle, peer: PeerId) -> anyhow::Result<Outcome> {
+async fn open(
+    node: &Arc<Node>,
+    net: &NetHandle,
+    peering: &Peering,
+    peer: PeerId,
+) -> anyhow::Result<Outcome> {
     let stream = net.open_stream(peer, SYNC_PROTOCOL).await?;
     sync::run(
         node.clone(),
+        peering,
         net.local_peer_id(),
         peer,
         stream,

@@ -28,6 +28,7 @@ use tokio::sync::Notify;
 
 use crate::frame::{read_msg, write_msg};
 use crate::node::{Node, Standing};
+use crate::peering::Peering;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Group proofs are padded to a multiple of this, so a peer learns only a rough count.
@@ -65,6 +66,7 @@ pub enum Outcome {
 /// re-checks where the peer stands in each group it proved (member, departed, unknown).
 pub async fn run(
     node: Arc<Node>,
+    peering: &Peering,
     local: PeerId,
     peer: PeerId,
     stream: libp2p::Stream,
@@ -82,6 +84,7 @@ pub async fn run(
         return Ok(Outcome::Nothing);
     };
     tracing::info!(%peer, groups = groups.len(), "sync session established");
+    let _running = peering.running(peer);
 
     let link = Link::default();
     let mut push = tokio::spawn(push_loop(
