@@ -33,6 +33,9 @@ pub mod labels {
     pub const ENVELOPE_KEY: &[u8] = b"hearth v1 envelope key";
     /// HKDF info: the key that seals membership operations of one group epoch.
     pub const ROSTER_KEY: &[u8] = b"hearth v1 roster key";
+    /// HKDF info: the key that seals an author's segments (its compacted content) of one
+    /// group epoch.
+    pub const SEGMENT_KEY: &[u8] = b"hearth v1 segment key";
     /// HKDF info: a commitment to an epoch key, carried in its rotation.
     pub const EPOCH_KEY_CHECK: &[u8] = b"hearth v1 epoch key check";
     /// HKDF info: the key that seals a joiner's roster keys of earlier epochs.

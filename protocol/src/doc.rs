@@ -217,6 +217,13 @@ impl GroupDocument {
             .flatten()
     }
 
+    /// These changes (which the document must hold) as one automerge bundle: the compact,
+    /// columnar encoding `save()` uses, so a long run costs a few bytes per change.
+    pub fn bundle(&mut self, hashes: Vec<automerge::ChangeHash>) -> Result<Vec<u8>, DocError> {
+        let bundle = guarded(|| self.doc.document().bundle(hashes))??;
+        Ok(bundle.bytes().to_vec())
+    }
+
     pub fn save(&mut self) -> Vec<u8> {
         self.doc.save()
     }

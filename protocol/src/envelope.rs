@@ -12,6 +12,14 @@
 //! as associated data. The signature (Ed25519, context `SIG_ENVELOPE`) covers header,
 //! nonce and ciphertext. `prev` is the hash of the author's previous envelope (zero for
 //! seq 1), so one verified signature on the newest envelope of a run authenticates the run.
+//!
+//! A segment is an author's own restatement of a run of its content envelopes (positions
+//! `first..=seq`, all of one epoch) as one envelope, so that a long history costs a few
+//! bytes per change instead of a signature, nonce and tag each. Its header has version
+//! [`SEGMENT_FORMAT`] and is followed by `first u64 | last_hash [32]`, the hash of the
+//! author's envelope at `seq` (what the author's next envelope names as `prev`); `prev` and
+//! `change_head` are those of the run. The extra fields are part of the associated data
+//! and of what is signed.
 
 use rand_core::CryptoRngCore;
 use serde::{Deserialize, Serialize};
@@ -23,10 +31,17 @@ use crate::ids::{GroupId, MemberId};
 use crate::membership::RosterOp;
 
 pub const FORMAT_VERSION: u8 = 1;
+/// Header version of a segment.
+pub const SEGMENT_FORMAT: u8 = 2;
+/// Length of a segment's fields after the header.
+const SPAN_LEN: usize = 8 + 32;
 pub const HEADER_LEN: usize = 1 + 16 + 4 + 16 + 8 + 32 + 32;
 const SIG_LEN: usize = 64;
-/// Largest envelope accepted from anyone: one user action never needs more.
+/// Largest envelope accepted from anyone: one user action never needs more, and an author
+/// cuts its segments below it.
 pub const MAX_ENVELOPE_LEN: usize = 1 << 20;
+/// Most log positions one segment may restate.
+pub const MAX_SEGMENT_POSITIONS: u64 = 8192;
 /// Most automerge changes one envelope may carry.
 pub const MAX_CHANGES_PER_ENVELOPE: usize = 4096;
 
@@ -121,6 +136,10 @@ pub enum Body {
         seq: u64,
         changes: Vec<Vec<u8>>,
     },
+    /// The changes of the author's content envelopes at a segment's positions, as one
+    /// automerge bundle; `ends[i]` is the automerge sequence number of the author's last
+    /// change at position `first + i`. Sealed under the epoch's segment key.
+    Segment { ends: Vec<u64>, bundle: Vec<u8> },
 }
 
 /// Which of an epoch's two body keys seals a body. A member admitted later is given the
@@ -130,6 +149,7 @@ pub enum Body {
 pub enum Sealing {
     Content,
     Roster,
+    Segment,
 }
 
 impl Body {
@@ -137,6 +157,7 @@ impl Body {
         match self {
             Body::Roster(_) => Sealing::Roster,
             Body::Changes { .. } | Body::Reseal { .. } => Sealing::Content,
+            Body::Segment { .. } => Sealing::Segment,
         }
     }
 }
@@ -155,12 +176,23 @@ pub enum EnvelopeError {
     Decrypt,
     #[error("envelope body is malformed")]
     BadBody,
+    #[error("segment spans positions {first}..={last}, outside what a segment may restate")]
+    BadSpan { first: u64, last: u64 },
+}
+
+/// What a segment restates: the author's positions `first..=header.seq`, and the hash of
+/// its envelope at `header.seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub first: u64,
+    pub last_hash: Hash,
 }
 
 /// A sealed envelope, kept as its exact bytes (what was signed and hashed).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Envelope {
     header: Header,
+    span: Option<Span>,
     bytes: Vec<u8>,
 }
 
@@ -181,6 +213,7 @@ pub fn body_key(epoch_key: &SecretKey, group: &GroupId, epoch: u32, sealing: Sea
     let label = match sealing {
         Sealing::Content => labels::ENVELOPE_KEY,
         Sealing::Roster => labels::ROSTER_KEY,
+        Sealing::Segment => labels::SEGMENT_KEY,
     };
     crypto::derive_key(
         epoch_key.expose(),
@@ -199,13 +232,43 @@ impl Envelope {
         rng: &mut impl CryptoRngCore,
     ) -> Envelope {
         header.version = FORMAT_VERSION;
-        let header_bytes = header.to_bytes();
+        Envelope::seal_with(keys, header, None, body, epoch_key, rng)
+    }
+
+    /// Seals and signs a segment: `body` must be [`Body::Segment`] restating the author's
+    /// positions `span.first..=header.seq`.
+    pub fn seal_segment(
+        keys: &DeviceKeys,
+        mut header: Header,
+        span: Span,
+        body: &Body,
+        epoch_key: &SecretKey,
+        rng: &mut impl CryptoRngCore,
+    ) -> Envelope {
+        header.version = SEGMENT_FORMAT;
+        Envelope::seal_with(keys, header, Some(span), body, epoch_key, rng)
+    }
+
+    fn seal_with(
+        keys: &DeviceKeys,
+        header: Header,
+        span: Option<Span>,
+        body: &Body,
+        epoch_key: &SecretKey,
+        rng: &mut impl CryptoRngCore,
+    ) -> Envelope {
+        let mut header_bytes = header.to_bytes().to_vec();
+        if let Some(span) = &span {
+            header_bytes.extend_from_slice(&span.first.to_be_bytes());
+            header_bytes.extend_from_slice(&span.last_hash);
+        }
         let plaintext = Zeroizing::new(
             postcard::to_stdvec(body).expect("serialising an in-memory body cannot fail"),
         );
         let key = body_key(epoch_key, &header.group_id, header.epoch, body.sealing());
         let (nonce, ct) = crypto::seal(&key, &header_bytes, &plaintext, rng);
-        let mut bytes = Vec::with_capacity(HEADER_LEN + XNONCE_LEN + 4 + ct.len() + SIG_LEN);
+        let mut bytes =
+            Vec::with_capacity(header_bytes.len() + XNONCE_LEN + 4 + ct.len() + SIG_LEN);
         bytes.extend_from_slice(&header_bytes);
         bytes.extend_from_slice(&nonce);
         let ct_len = u32::try_from(ct.len()).expect("bodies are far below 4 GiB");
@@ -213,7 +276,11 @@ impl Envelope {
         bytes.extend_from_slice(&ct);
         let sig = keys.sign(labels::SIG_ENVELOPE, &bytes);
         bytes.extend_from_slice(&sig);
-        Envelope { header, bytes }
+        Envelope {
+            header,
+            span,
+            bytes,
+        }
     }
 
     /// Parses the framing of untrusted bytes. Checks nothing cryptographic.
@@ -226,10 +293,30 @@ impl Envelope {
             .try_into()
             .expect("length checked above");
         let header = Header::from_bytes(header_bytes);
-        if header.version != FORMAT_VERSION {
-            return Err(EnvelopeError::Version(header.version));
-        }
-        let len_at = HEADER_LEN + XNONCE_LEN;
+        let span = match header.version {
+            FORMAT_VERSION => None,
+            SEGMENT_FORMAT => {
+                if bytes.len() < min + SPAN_LEN {
+                    return Err(EnvelopeError::BadLength(bytes.len()));
+                }
+                let first = u64::from_be_bytes(
+                    bytes[HEADER_LEN..HEADER_LEN + 8]
+                        .try_into()
+                        .expect("length checked above"),
+                );
+                let last_hash: Hash = bytes[HEADER_LEN + 8..HEADER_LEN + SPAN_LEN]
+                    .try_into()
+                    .expect("length checked above");
+                let last = header.seq;
+                if first == 0 || first >= last || last - first >= MAX_SEGMENT_POSITIONS {
+                    return Err(EnvelopeError::BadSpan { first, last });
+                }
+                Some(Span { first, last_hash })
+            }
+            other => return Err(EnvelopeError::Version(other)),
+        };
+        let aad_len = HEADER_LEN + if span.is_some() { SPAN_LEN } else { 0 };
+        let len_at = aad_len + XNONCE_LEN;
         let ct_len = u32::from_be_bytes(
             bytes[len_at..len_at + 4]
                 .try_into()
@@ -238,11 +325,36 @@ impl Envelope {
         if len_at + 4 + ct_len + SIG_LEN != bytes.len() {
             return Err(EnvelopeError::Truncated);
         }
-        Ok(Envelope { header, bytes })
+        Ok(Envelope {
+            header,
+            span,
+            bytes,
+        })
     }
 
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// The positions a segment restates; none for an ordinary envelope.
+    pub fn span(&self) -> Option<&Span> {
+        self.span.as_ref()
+    }
+
+    /// The author's first log position this envelope holds.
+    pub fn first(&self) -> u64 {
+        self.span.map_or(self.header.seq, |s| s.first)
+    }
+
+    /// What the author's next envelope names as `prev`: the envelope's own hash, or for a
+    /// segment the hash of the envelope it restates last.
+    pub fn chain_hash(&self) -> Hash {
+        self.span.map_or_else(|| self.hash(), |s| s.last_hash)
+    }
+
+    /// Length of the associated data: the header, and a segment's span.
+    fn aad_len(&self) -> usize {
+        HEADER_LEN + if self.span.is_some() { SPAN_LEN } else { 0 }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -279,6 +391,12 @@ impl Envelope {
     pub fn open(&self, epoch_key: &SecretKey) -> Result<Body, EnvelopeError> {
         let group = &self.header.group_id;
         let epoch = self.header.epoch;
+        if self.span.is_some() {
+            return self.open_with(
+                &body_key(epoch_key, group, epoch, Sealing::Segment),
+                Sealing::Segment,
+            );
+        }
         match self.open_with(
             &body_key(epoch_key, group, epoch, Sealing::Content),
             Sealing::Content,
@@ -294,11 +412,12 @@ impl Envelope {
     /// Decrypts and decodes the body with one body key, which must seal a body of kind
     /// `sealing` (a body of the other kind under it is malformed).
     pub fn open_with(&self, body_key: &SecretKey, sealing: Sealing) -> Result<Body, EnvelopeError> {
-        let nonce: [u8; XNONCE_LEN] = self.bytes[HEADER_LEN..HEADER_LEN + XNONCE_LEN]
+        let aad = self.aad_len();
+        let nonce: [u8; XNONCE_LEN] = self.bytes[aad..aad + XNONCE_LEN]
             .try_into()
             .expect("decode checked the length");
-        let ct = &self.bytes[HEADER_LEN + XNONCE_LEN + 4..self.bytes.len() - SIG_LEN];
-        let plaintext = crypto::open(body_key, &self.bytes[..HEADER_LEN], &nonce, ct)
+        let ct = &self.bytes[aad + XNONCE_LEN + 4..self.bytes.len() - SIG_LEN];
+        let plaintext = crypto::open(body_key, &self.bytes[..aad], &nonce, ct)
             .map_err(|_| EnvelopeError::Decrypt)?;
         let body: Body = postcard::from_bytes(&plaintext).map_err(|_| EnvelopeError::BadBody)?;
         let too_big = match &body {
@@ -309,8 +428,14 @@ impl Envelope {
                 op.deps.len() > crate::membership::MAX_DEPS
                     || op.action.lockboxes().len() > crate::membership::MAX_MEMBERS
             }
+            Body::Segment { ends, .. } => {
+                let positions = self.span.map_or(0, |s| self.header.seq - s.first + 1);
+                ends.len() as u64 != positions
+            }
         };
-        if too_big || body.sealing() != sealing {
+        // A segment's body only in a segment, and only a segment's body in one.
+        let kind_ok = matches!(body, Body::Segment { .. }) == self.span.is_some();
+        if too_big || !kind_ok || body.sealing() != sealing {
             return Err(EnvelopeError::BadBody);
         }
         Ok(body)

@@ -43,6 +43,11 @@ pub const MAX_RESEAL_CANDIDATES: usize = 4;
 pub const MAX_UNCOUNTED_GRANTS: usize = 8;
 /// Highest sequence number accepted (keeps index arithmetic far from overflow).
 pub const MAX_SEQ: u64 = 1 << 48;
+/// An author's newest envelopes, never compacted: a member being admitted at the same time
+/// may need them re-sealed, and re-sealing works on envelopes, not segments.
+pub const KEEP_RECENT: u64 = 64;
+/// Fewest positions worth a segment of their own.
+pub const MIN_SEGMENT_POSITIONS: u64 = 32;
 
 /// The newest envelope of one author that this device has accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,11 +144,22 @@ impl Written {
     }
 }
 
+/// A run of this device's own log restated as one segment: store `segment` and delete the
+/// items that ended at `replaced` (the segment itself ends at the last of them).
+#[derive(Debug)]
+pub struct Compacted {
+    pub segment: Envelope,
+    pub replaced: Vec<u64>,
+}
+
 /// What [`Group::ingest`] did with a batch.
 #[derive(Debug, Default)]
 pub struct Ingested {
     /// Newly accepted envelopes, each author's in sequence order: store and forward these.
     pub accepted: Vec<Envelope>,
+    /// Items (author, last position) dropped because an accepted segment restates them:
+    /// delete these from the store.
+    pub superseded: Vec<(MemberId, u64)>,
     /// Envelopes dropped: wrong group, bad signature, broken hash chain, or over the cap.
     pub rejected: usize,
     /// Accepted envelopes whose content can have no effect (a malformed body, changes
@@ -185,8 +201,9 @@ pub struct Group {
     keys: BTreeMap<u32, Vec<KeyGrant>>,
     heads: BTreeMap<MemberId, LogHead>,
     doc: GroupDocument,
-    /// Every accepted envelope, per author in sequence order (what peers may lack).
-    logs: BTreeMap<MemberId, Vec<Envelope>>,
+    /// Every accepted envelope and segment, per author, by the last log position it holds
+    /// (what peers may lack). A device may hold a segment beside envelopes it restates.
+    logs: BTreeMap<MemberId, BTreeMap<u64, Envelope>>,
     pending: BTreeMap<(MemberId, u64), Envelope>,
     pending_bytes: usize,
     /// How many envelopes of each author wait in `pending`.
@@ -195,8 +212,8 @@ pub struct Group {
     /// excluded: caught signing two different envelopes for one place in their log (a
     /// fork), or sending changes that crash automerge.
     frozen: BTreeMap<MemberId, u64>,
-    /// Accepted envelopes whose content has no effect (skipped when rebuilding).
-    ineffective: BTreeSet<Hash>,
+    /// Log positions whose content has no effect (counted once each).
+    ineffective: BTreeSet<(MemberId, u64)>,
     /// Accepted envelopes no key held here opens yet.
     sealed: BTreeSet<(MemberId, u64)>,
     /// Membership operations with lockboxes for this device whose keys are not taken yet.
@@ -504,14 +521,18 @@ impl Group {
         let mut out = Vec::new();
         let mut bytes = 0;
         for (author, log) in &self.logs {
-            let their_seq = theirs.get(author).map_or(0, |(s, _)| *s);
-            let from = usize::try_from(their_seq).unwrap_or(usize::MAX);
-            for env in log.iter().skip(from) {
+            let mut reached = theirs.get(author).map_or(0, |(s, _)| *s);
+            for env in log.range(reached.saturating_add(1)..).map(|(_, e)| e) {
+                if env.first() > reached + 1 {
+                    // A gap: nothing here continues what the peer has.
+                    break;
+                }
                 if out.len() >= max_count || bytes + env.as_bytes().len() > max_bytes {
                     return out;
                 }
                 bytes += env.as_bytes().len();
                 out.push(env.clone());
+                reached = env.header().seq;
             }
         }
         out
@@ -523,22 +544,16 @@ impl Group {
     /// peer, whose `ingest` will then detect the fork (and ours, when it sends its own).
     pub fn reconcile_heads(&self, mut theirs: VersionVector) -> VersionVector {
         for (author, (seq, hash)) in theirs.iter_mut() {
-            let Some(log) = self.logs.get(author) else {
+            let Some(ours) = self.item_ending_at(author, *seq) else {
                 continue;
             };
-            let Some(ours) = usize::try_from(*seq)
-                .ok()
-                .and_then(|s| log.get(s.checked_sub(1)?))
-            else {
-                continue;
-            };
-            if ours.hash() != *hash {
-                *seq -= 1;
-                *hash = if *seq == 0 {
-                    ZERO_HASH
-                } else {
-                    log[*seq as usize - 1].hash()
-                };
+            if ours.chain_hash() != *hash {
+                // Rewind to before our item, where this device knows the chain hash.
+                let before = ours.first() - 1;
+                if let Some(h) = self.chain_hash_at(author, before) {
+                    *seq = before;
+                    *hash = h;
+                }
             }
         }
         theirs
@@ -925,7 +940,9 @@ impl Group {
                 .and_then(|c| automerge::Change::from_bytes(c.clone()).ok())
                 .map(|c| c.hash().0)
                 .unwrap_or(ZERO_HASH),
-            Body::Roster(_) | Body::Reseal { .. } => prior.map_or(ZERO_HASH, |h| h.change_head),
+            Body::Roster(_) | Body::Reseal { .. } | Body::Segment { .. } => {
+                prior.map_or(ZERO_HASH, |h| h.change_head)
+            }
         };
         let header = Header {
             version: 0,
@@ -992,11 +1009,26 @@ impl Group {
                         author,
                         LogHead {
                             seq: h.seq,
-                            hash: env.hash(),
+                            hash: env.chain_hash(),
                             change_head: h.change_head,
                         },
                     );
-                    self.logs.entry(author).or_default().push(env.clone());
+                    let log = self.logs.entry(author).or_default();
+                    if let Some(span) = env.span() {
+                        // Items wholly inside the segment are restated by it.
+                        let inside: Vec<u64> = log
+                            .range(span.first..h.seq)
+                            .filter(|(_, e)| e.first() >= span.first)
+                            .map(|(k, _)| *k)
+                            .collect();
+                        for k in inside {
+                            log.remove(&k);
+                            self.sealed.remove(&(author, k));
+                            out.superseded.push((author, k));
+                        }
+                    }
+                    let log = self.logs.entry(author).or_default();
+                    log.insert(h.seq, env.clone());
                     out.accepted.push(env);
                     fresh.push((author, h.seq));
                 }
@@ -1048,7 +1080,7 @@ impl Group {
         }
         let is_known = self.membership.known(&h.author).is_some();
         let author_count = self.pending_per_author.get(&h.author).copied().unwrap_or(0);
-        let in_order = is_known && h.seq == known + 1;
+        let in_order = is_known && env.first() <= known + 1;
         let over = self.pending_bytes + env.as_bytes().len() > MAX_PENDING_BYTES
             || self.pending.len() >= MAX_PENDING
             || author_count >= MAX_PENDING_PER_AUTHOR
@@ -1066,14 +1098,12 @@ impl Group {
     /// signed different one proves the author forked its log.
     fn check_for_fork(&mut self, env: &Envelope, out: &mut Ingested) {
         let h = env.header();
-        let Some(held) = self
-            .logs
-            .get(&h.author)
-            .and_then(|log| log.get(usize::try_from(h.seq - 1).ok()?))
-        else {
+        // Only where both end at one position can two items be compared: a segment states
+        // the hash of the envelope it restates last.
+        let Some(held) = self.item_ending_at(&h.author, h.seq) else {
             return;
         };
-        if held.hash() == env.hash() {
+        if held.chain_hash() == env.chain_hash() {
             return;
         }
         let signed = self
@@ -1114,9 +1144,9 @@ impl Group {
         Some(env)
     }
 
-    /// Removes from `pending` the longest run of `author`'s envelopes that continues its
-    /// log and is covered by a valid signature; drops any that break the chain or are
-    /// not covered.
+    /// Removes from `pending` the longest run of `author`'s envelopes and segments that
+    /// continues its log and is covered by valid signatures; drops any that break the
+    /// chain or are not covered.
     fn take_verified_run(
         &mut self,
         author: MemberId,
@@ -1133,26 +1163,46 @@ impl Group {
         for key in stale {
             self.take_pending(&key);
         }
-        let mut seq = head.map_or(1, |h| h.seq + 1);
+        let mut reached = head.map_or(0, |h| h.seq);
         let mut prev = head.map_or(ZERO_HASH, |h| h.hash);
         let mut run = Vec::new();
-        while let Some(env) = self.pending.get(&(author, seq)) {
-            if env.header().prev != prev {
+        loop {
+            // The envelope at the next position, or a segment that spans it.
+            let Some((key, first, stated_prev)) = self
+                .pending
+                .range((author, reached + 1)..=(author, u64::MAX))
+                .find(|(_, e)| e.first() <= reached + 1)
+                .map(|(k, e)| (*k, e.first(), e.header().prev))
+            else {
+                break;
+            };
+            // A segment may start inside what this device holds (it restates envelopes
+            // held one by one here): it must then continue the item ending before it.
+            let expected = if first == reached + 1 {
+                Some(prev)
+            } else {
+                self.chain_hash_at(&author, first - 1)
+            };
+            if expected != Some(stated_prev) {
                 // A fork or a forgery: the author's log cannot continue through it.
-                self.take_pending(&(author, seq));
+                self.take_pending(&key);
                 out.rejected += 1;
                 break;
             }
-            prev = env.hash();
-            run.push(seq);
-            seq += 1;
+            let env = &self.pending[&key];
+            prev = env.chain_hash();
+            reached = env.header().seq;
+            run.push(key);
         }
-        let mut envs: Vec<Envelope> = run
-            .iter()
-            .filter_map(|s| self.take_pending(&(author, *s)))
-            .collect();
-        // Fast path: one signature over the newest envelope covers the run by hash chain.
-        if envs.last().is_some_and(|e| e.verify(identity).is_err()) {
+        let mut envs: Vec<Envelope> = run.iter().filter_map(|k| self.take_pending(k)).collect();
+        // Fast path: one signature over the newest item covers the envelopes before it by
+        // hash chain. A segment's contents are bound to the chain by its own signature only.
+        let covered = envs.last().is_some_and(|e| e.verify(identity).is_ok())
+            && envs
+                .iter()
+                .filter(|e| e.span().is_some())
+                .all(|e| e.verify(identity).is_ok());
+        if !covered {
             // Slow path, bounded by the genuine envelopes: keep the prefix whose every
             // signature verifies and drop the rest.
             let keep = envs
@@ -1165,10 +1215,34 @@ impl Group {
         envs
     }
 
-    fn envelope_at(&self, author: &MemberId, seq: u64) -> Option<&Envelope> {
-        self.logs
-            .get(author)?
-            .get(usize::try_from(seq.checked_sub(1)?).ok()?)
+    /// The envelope at `author`'s log position `seq`, or a segment that spans it.
+    fn item_at(&self, author: &MemberId, seq: u64) -> Option<&Envelope> {
+        let (_, env) = self.logs.get(author)?.range(seq..).next()?;
+        (env.first() <= seq).then_some(env)
+    }
+
+    /// The envelope or segment that ends at `author`'s log position `seq`.
+    fn item_ending_at(&self, author: &MemberId, seq: u64) -> Option<&Envelope> {
+        self.logs.get(author)?.get(&seq)
+    }
+
+    /// What the author's envelope after position `seq` must name as `prev`, where this
+    /// device knows it (zero before the first position).
+    fn chain_hash_at(&self, author: &MemberId, seq: u64) -> Option<Hash> {
+        if seq == 0 {
+            return Some(ZERO_HASH);
+        }
+        self.item_ending_at(author, seq).map(Envelope::chain_hash)
+    }
+
+    /// The author's newest automerge change once its position `seq` is applied, as the
+    /// signed header of the item ending there states it (zero before the first position).
+    fn change_head_at(&self, author: &MemberId, seq: u64) -> Option<Hash> {
+        if seq == 0 {
+            return Some(ZERO_HASH);
+        }
+        self.item_ending_at(author, seq)
+            .map(|e| e.header().change_head)
     }
 
     /// Opens an accepted envelope with whichever key held for its epoch authenticates it.
@@ -1195,24 +1269,34 @@ impl Group {
     /// stay sealed, unless someone re-sealed their changes for this device.
     fn open_positions(&mut self, positions: Vec<(MemberId, u64)>, out: &mut Ingested) {
         for (author, seq) in positions {
-            let Some(env) = self.envelope_at(&author, seq).cloned() else {
+            let Some(env) = self.item_ending_at(&author, seq).cloned() else {
                 continue;
             };
             let h = *env.header();
-            let prior_head = self
-                .envelope_at(&author, seq - 1)
-                .map_or(ZERO_HASH, |e| e.header().change_head);
+            let prior_head = self.change_head_at(&author, env.first() - 1);
             match self.open_envelope(&env) {
                 Opened::NoKey => {
-                    if !self.take_reseal(author, seq, &h) {
+                    // Segments are never re-sealed: an author does not compact what a
+                    // newcomer may need re-sealed ([`Group::compact_own`]).
+                    if env.span().is_some() || !self.take_reseal(author, seq, &h) {
                         self.sealed.insert((author, seq));
                         continue;
                     }
                 }
-                Opened::Malformed => self.mark_ineffective(env.hash(), out),
+                Opened::Malformed => self.mark_ineffective(author, seq, out),
+                Opened::Body(Body::Segment { ends, bundle }) => {
+                    match self.take_segment(&env, &ends, &bundle) {
+                        ContentCheck::Taken => {}
+                        ContentCheck::Wait => {
+                            self.sealed.insert((author, seq));
+                            continue;
+                        }
+                        ContentCheck::Bad => self.mark_ineffective(author, seq, out),
+                    }
+                }
                 Opened::Body(Body::Roster(op)) => {
-                    if h.change_head != prior_head {
-                        self.mark_ineffective(env.hash(), out);
+                    if Some(h.change_head) != prior_head {
+                        self.mark_ineffective(author, seq, out);
                     } else {
                         let me = self.me();
                         if op.action.lockboxes().iter().any(|b| b.recipient == me) {
@@ -1233,7 +1317,7 @@ impl Group {
                             self.sealed.insert((author, seq));
                             continue;
                         }
-                        ContentCheck::Bad => self.mark_ineffective(env.hash(), out),
+                        ContentCheck::Bad => self.mark_ineffective(author, seq, out),
                     }
                 }
                 Opened::Body(Body::Reseal {
@@ -1242,8 +1326,8 @@ impl Group {
                     changes,
                 }) => {
                     // A re-sealing changes nothing of its writer's own automerge sequence.
-                    if h.change_head != prior_head {
-                        self.mark_ineffective(env.hash(), out);
+                    if Some(h.change_head) != prior_head {
+                        self.mark_ineffective(author, seq, out);
                     } else {
                         if author == self.me() {
                             self.resealed.insert((target_author, target_seq));
@@ -1263,6 +1347,187 @@ impl Group {
             }
             self.sealed.remove(&(author, seq));
         }
+    }
+
+    /// Checks a segment's changes (the author's own, continuing exactly from the change the
+    /// item before it names, ending at its signed head) and queues those of positions not
+    /// already taken from envelopes held here.
+    fn take_segment(&mut self, env: &Envelope, ends: &[u64], bundle: &[u8]) -> ContentCheck {
+        let h = *env.header();
+        let first = env.first();
+        let Some(prior_head) = self.change_head_at(&h.author, first - 1) else {
+            return ContentCheck::Bad;
+        };
+        let Some(after) = self.change_seq(&prior_head) else {
+            return ContentCheck::Wait;
+        };
+        let Some(positions) = decode_segment(ends, bundle) else {
+            return ContentCheck::Bad;
+        };
+        let actor = h.author.actor_id();
+        let all: Vec<&automerge::Change> = positions.iter().flatten().collect();
+        let contiguous = all
+            .iter()
+            .zip(after + 1..)
+            .all(|(c, seq)| c.actor_id() == &actor && c.seq() == seq);
+        let signed_head = all.last().is_some_and(|c| c.hash().0 == h.change_head);
+        if !contiguous || !signed_head || positions.iter().any(Vec::is_empty) {
+            return ContentCheck::Bad;
+        }
+        for (seq, changes) in (first..).zip(positions) {
+            if self.content.contains_key(&(h.author, seq)) {
+                continue;
+            }
+            for c in &changes {
+                self.change_seqs.insert(c.hash().0, c.seq());
+            }
+            let range = (
+                changes.first().map_or(0, |c| c.seq()),
+                changes.last().map_or(0, |c| c.seq()),
+            );
+            self.content.insert((h.author, seq), range);
+            self.withheld.insert((h.author, seq), changes);
+        }
+        ContentCheck::Taken
+    }
+
+    /// Restates runs of this device's own content envelopes (and earlier segments) as
+    /// segments, leaving the newest [`KEEP_RECENT`] as they are. A run holds one epoch's
+    /// content only, and nothing a known admission needs re-sealed. Returns what to store
+    /// and delete.
+    pub fn compact_own(&mut self, rng: &mut impl CryptoRngCore) -> Vec<Compacted> {
+        let me = self.me();
+        let Some(head) = self.heads.get(&me).copied() else {
+            return Vec::new();
+        };
+        let limit = head.seq.saturating_sub(KEEP_RECENT);
+        // Positions of this device after what an admission had seen, under an epoch
+        // before the admission's: the newcomer needs them re-sealed.
+        let mut reseal_from: Vec<(u64, u32)> = Vec::new();
+        for record in self.membership.ops() {
+            if let Action::Add { rotation, seen, .. } = &record.op.action {
+                let from = seen.iter().find(|(a, _)| *a == me).map_or(0, |(_, s)| *s);
+                reseal_from.push((from, rotation.epoch));
+            }
+        }
+        let Some(log) = self.logs.get(&me) else {
+            return Vec::new();
+        };
+        let mut runs: Vec<Vec<(u64, Envelope)>> = Vec::new();
+        let mut run: Vec<(u64, Envelope)> = Vec::new();
+        for (&seq, env) in log.range(..=limit) {
+            let epoch = env.header().epoch;
+            let content = match env.span() {
+                Some(_) => true,
+                None => {
+                    self.content.contains_key(&(me, seq)) && !self.ineffective.contains(&(me, seq))
+                }
+            };
+            let resealable = reseal_from
+                .iter()
+                .any(|(from, e)| seq > *from && epoch < *e);
+            let continues = run.last().is_none_or(|(last, e)| {
+                *last + 1 == env.first()
+                    && e.header().epoch == epoch
+                    && seq - run[0].1.first() < crate::envelope::MAX_SEGMENT_POSITIONS
+            });
+            if !continues || !content || resealable {
+                runs.push(std::mem::take(&mut run));
+            }
+            if content && !resealable {
+                run.push((seq, env.clone()));
+            }
+        }
+        runs.push(run);
+        let mut out = Vec::new();
+        for run in runs {
+            let worth = run.len() > 1
+                && run.last().map_or(0, |(s, _)| *s) - run[0].1.first() + 1
+                    >= MIN_SEGMENT_POSITIONS;
+            if worth {
+                out.extend(self.restate(&run, rng));
+            }
+        }
+        out
+    }
+
+    /// Seals one run of this device's own items as a segment and puts it in their place;
+    /// splits the run if the segment would be too large to send.
+    fn restate(&mut self, run: &[(u64, Envelope)], rng: &mut impl CryptoRngCore) -> Vec<Compacted> {
+        self.restate_one(run, rng).unwrap_or_default()
+    }
+
+    fn restate_one(
+        &mut self,
+        run: &[(u64, Envelope)],
+        rng: &mut impl CryptoRngCore,
+    ) -> Option<Vec<Compacted>> {
+        let me = self.me();
+        let (first_env, last_env) = (&run.first()?.1, &run.last()?.1);
+        let first = first_env.first();
+        let epoch = last_env.header().epoch;
+        let key = self
+            .keys
+            .get(&epoch)?
+            .iter()
+            .find_map(|g| match &g.access {
+                Access::Full(k) if last_env.open(k).is_ok() => Some(k.clone()),
+                _ => None,
+            })?;
+        let mut ends = Vec::with_capacity(run.len());
+        let mut hashes = Vec::new();
+        for (seq, env) in run {
+            let positions = match env.open(&key).ok()? {
+                Body::Changes { changes } => vec![
+                    changes
+                        .into_iter()
+                        .map(automerge::Change::from_bytes)
+                        .collect::<Result<Vec<_>, _>>()
+                        .ok()?,
+                ],
+                Body::Segment { ends, bundle } => decode_segment(&ends, &bundle)?,
+                _ => return None,
+            };
+            debug_assert_eq!(positions.len() as u64, seq - env.first() + 1);
+            for changes in positions {
+                ends.push(changes.last()?.seq());
+                hashes.extend(changes.iter().map(automerge::Change::hash));
+            }
+        }
+        let bundle = self.doc.bundle(hashes).ok()?;
+        let header = Header {
+            version: 0,
+            group_id: self.info.group_id,
+            epoch,
+            author: me,
+            seq: last_env.header().seq,
+            prev: self.chain_hash_at(&me, first - 1)?,
+            change_head: last_env.header().change_head,
+        };
+        let span = crate::envelope::Span {
+            first,
+            last_hash: last_env.chain_hash(),
+        };
+        let body = Body::Segment { ends, bundle };
+        let segment = Envelope::seal_segment(&self.device, header, span, &body, &key, rng);
+        if segment.as_bytes().len() > crate::envelope::MAX_ENVELOPE_LEN {
+            // Too large to send as one: restate each half on its own.
+            let (a, b) = run.split_at(run.len() / 2);
+            let mut out = Vec::new();
+            for half in [a, b] {
+                if half.len() > 1 {
+                    out.extend(self.restate(half, rng));
+                }
+            }
+            return Some(out);
+        }
+        let log = self.logs.get_mut(&me)?;
+        let replaced: Vec<u64> = run.iter().map(|(s, _)| *s).collect();
+        for s in &replaced {
+            log.remove(s);
+        }
+        log.insert(header.seq, segment.clone());
+        Some(vec![Compacted { segment, replaced }])
     }
 
     /// Opens a sealed content envelope with changes someone re-sealed for this device: the
@@ -1306,9 +1571,11 @@ impl Group {
         // The author's change before these is the one the previous envelope's signed
         // header names; its sequence number must be known here (opened, or in the snapshot
         // this device joined with) to check that these continue it exactly.
-        let prior_head = self
-            .envelope_at(&author, seq - 1)
-            .map_or(ZERO_HASH, |e| e.header().change_head);
+        let Some(prior_head) = self.change_head_at(&author, seq - 1) else {
+            // The position before lies inside a segment: only a forked log puts an
+            // envelope there.
+            return ContentCheck::Bad;
+        };
         let Some(after) = self.change_seq(&prior_head) else {
             return ContentCheck::Wait;
         };
@@ -1365,7 +1632,10 @@ impl Group {
                 // Only the author's envelopes from before it learned of the admission: its
                 // log moves to the new epoch then, and the scan stops there, so this costs
                 // the few envelopes in between, not the author's whole history since.
-                for env in log.iter().skip(usize::try_from(from).unwrap_or(usize::MAX)) {
+                for env in log.range(from.saturating_add(1)..).map(|(_, e)| e) {
+                    if env.span().is_some() {
+                        continue;
+                    }
                     let h = env.header();
                     if h.epoch >= rotation.epoch {
                         break;
@@ -1381,7 +1651,7 @@ impl Group {
             if self.resealed.contains(&target) {
                 continue;
             }
-            let Some(env) = self.envelope_at(&target.0, target.1).cloned() else {
+            let Some(env) = self.item_ending_at(&target.0, target.1).cloned() else {
                 continue;
             };
             let Opened::Body(Body::Changes { changes }) = self.open_envelope(&env) else {
@@ -1413,8 +1683,8 @@ impl Group {
         self.doc.change_seq(hash)
     }
 
-    fn mark_ineffective(&mut self, hash: Hash, out: &mut Ingested) {
-        if self.ineffective.insert(hash) {
+    fn mark_ineffective(&mut self, author: MemberId, seq: u64, out: &mut Ingested) {
+        if self.ineffective.insert((author, seq)) {
             out.ineffective += 1;
         }
     }
@@ -1510,15 +1780,11 @@ impl Group {
         let mut batch = Vec::with_capacity(ready.len());
         for key in ready {
             if let Some(changes) = self.withheld.remove(&key) {
-                let hash = self
-                    .envelope_at(&key.0, key.1)
-                    .map_or(ZERO_HASH, Envelope::hash);
                 let upto = self.applied_upto.entry(key.0).or_default();
                 *upto = (*upto).max(key.1);
                 batch.push(EnvelopeChanges {
                     author: key.0,
                     seq: key.1,
-                    hash,
                     changes,
                 });
             }
@@ -1551,13 +1817,9 @@ impl Group {
                 .into_iter()
                 .filter_map(|key| {
                     let changes = self.withheld.remove(&key)?;
-                    let hash = self
-                        .envelope_at(&key.0, key.1)
-                        .map_or(ZERO_HASH, Envelope::hash);
                     Some(EnvelopeChanges {
                         author: key.0,
                         seq: key.1,
-                        hash,
                         changes,
                     })
                 })
@@ -1592,28 +1854,28 @@ impl Group {
             match self.doc.apply(e.changes) {
                 Ok(()) => {}
                 Err(DocError::Panicked) => {
-                    self.freeze(e.author, e.seq, e.hash, out);
+                    self.freeze(e.author, e.seq, out);
                     self.rebuild(out);
                     return false;
                 }
-                Err(_) => self.drop_content(e.author, e.seq, e.hash, out),
+                Err(_) => self.drop_content(e.author, e.seq, out),
             }
         }
         true
     }
 
     /// Marks one envelope's content as having no effect, for good.
-    fn drop_content(&mut self, author: MemberId, seq: u64, hash: Hash, out: &mut Ingested) {
+    fn drop_content(&mut self, author: MemberId, seq: u64, out: &mut Ingested) {
         self.content.remove(&(author, seq));
-        self.mark_ineffective(hash, out);
+        self.mark_ineffective(author, seq, out);
     }
 
     /// Excludes an author's content from `seq` on: it sent something that crashed automerge.
-    fn freeze(&mut self, author: MemberId, seq: u64, hash: Hash, out: &mut Ingested) {
+    fn freeze(&mut self, author: MemberId, seq: u64, out: &mut Ingested) {
         let at = self.frozen.entry(author).or_insert(seq);
         *at = (*at).min(seq);
         self.drop_pending_of(author);
-        self.drop_content(author, seq, hash, out);
+        self.drop_content(author, seq, out);
     }
 
     /// Rebuilds the document from its base and the content that counts (and what it
@@ -1630,26 +1892,53 @@ impl Group {
             let mut withheld = BTreeMap::new();
             let mut applied_upto = BTreeMap::new();
             let positions: Vec<(MemberId, u64)> = self.content.keys().copied().collect();
+            // A segment is decoded once for all its positions.
+            let mut segment: Option<(MemberId, u64, Vec<Vec<automerge::Change>>)> = None;
             for (author, seq) in positions {
                 if self.frozen.get(&author).is_some_and(|f| seq >= *f) {
                     continue;
                 }
-                let Some(env) = self.envelope_at(&author, seq).cloned() else {
-                    continue;
+                let parsed: Vec<automerge::Change> = if let Some(env) =
+                    self.item_ending_at(&author, seq).cloned()
+                    && env.span().is_none()
+                {
+                    let changes = match self.open_envelope(&env) {
+                        Opened::Body(Body::Changes { changes }) => changes,
+                        Opened::NoKey => {
+                            match self.reseals.get(&(author, seq)).and_then(|c| c.first()) {
+                                Some(changes) => changes.clone(),
+                                None => continue,
+                            }
+                        }
+                        _ => continue,
+                    };
+                    changes
+                        .into_iter()
+                        .filter_map(|b| automerge::Change::from_bytes(b).ok())
+                        .collect()
+                } else {
+                    let Some(env) = self.item_at(&author, seq).cloned() else {
+                        continue;
+                    };
+                    let key = (author, env.header().seq);
+                    if segment.as_ref().is_none_or(|(a, s, _)| (*a, *s) != key) {
+                        let decoded = match self.open_envelope(&env) {
+                            Opened::Body(Body::Segment { ends, bundle }) => {
+                                decode_segment(&ends, &bundle)
+                            }
+                            _ => None,
+                        };
+                        segment = decoded.map(|d| (key.0, key.1, d));
+                    }
+                    let Some((_, _, positions)) = &segment else {
+                        continue;
+                    };
+                    let index = usize::try_from(seq - env.first()).unwrap_or(usize::MAX);
+                    let Some(changes) = positions.get(index) else {
+                        continue;
+                    };
+                    changes.clone()
                 };
-                let changes = match self.open_envelope(&env) {
-                    Opened::Body(Body::Changes { changes }) => changes,
-                    Opened::NoKey => match self.reseals.get(&(author, seq)).and_then(|c| c.first())
-                    {
-                        Some(changes) => changes.clone(),
-                        None => continue,
-                    },
-                    _ => continue,
-                };
-                let parsed: Vec<automerge::Change> = changes
-                    .into_iter()
-                    .filter_map(|b| automerge::Change::from_bytes(b).ok())
-                    .collect();
                 if !self.roster().counts(&author, seq) {
                     withheld.insert((author, seq), parsed);
                     continue;
@@ -1660,10 +1949,10 @@ impl Group {
                         *upto = (*upto).max(seq);
                     }
                     Err(DocError::Panicked) => {
-                        self.freeze(author, seq, env.hash(), out);
+                        self.freeze(author, seq, out);
                         continue 'again;
                     }
-                    Err(_) => self.drop_content(author, seq, env.hash(), out),
+                    Err(_) => self.drop_content(author, seq, out),
                 }
             }
             self.doc = doc;
@@ -1675,11 +1964,10 @@ impl Group {
     }
 }
 
-/// The automerge changes of one accepted envelope.
+/// The automerge changes of one log position.
 struct EnvelopeChanges {
     author: MemberId,
     seq: u64,
-    hash: Hash,
     changes: Vec<automerge::Change>,
 }
 
@@ -1702,6 +1990,38 @@ fn checked_changes(
         .all(|(c, seq)| c.actor_id() == &actor && c.seq() == seq);
     let signed_head = changes.last()?.hash().0 == header.change_head;
     (contiguous && signed_head).then_some(changes)
+}
+
+/// Decodes a segment's bundle and splits its changes by position (`ends` holds each
+/// position's last automerge sequence number). None if it does not decode, if `ends` is not
+/// strictly increasing, or if a change falls outside every position.
+fn decode_segment(ends: &[u64], bundle: &[u8]) -> Option<Vec<Vec<automerge::Change>>> {
+    if ends.is_empty() || ends.windows(2).any(|w| w[0] >= w[1]) {
+        return None;
+    }
+    let max_changes = ends
+        .len()
+        .saturating_mul(crate::envelope::MAX_CHANGES_PER_ENVELOPE);
+    let mut changes = std::panic::catch_unwind(|| {
+        automerge::Bundle::try_from(bundle)
+            .ok()
+            .and_then(|b| b.to_changes().ok())
+    })
+    .ok()
+    .flatten()?;
+    if changes.len() > max_changes {
+        return None;
+    }
+    changes.sort_by_key(automerge::Change::seq);
+    let mut positions: Vec<Vec<automerge::Change>> = vec![Vec::new(); ends.len()];
+    let mut at = 0;
+    for change in changes {
+        while at < ends.len() && change.seq() > ends[at] {
+            at += 1;
+        }
+        positions.get_mut(at)?.push(change);
+    }
+    Some(positions)
 }
 
 /// Seals a snapshot for a joining member under the epoch's snapshot key.
@@ -2307,21 +2627,205 @@ mod tests {
         let _ = forwarded;
     }
 
+    /// `n` agreements written by `d`.
+    fn write_many(d: &mut Device, n: usize, tag: &str) {
+        for i in 0..n {
+            agree(d, &format!("{tag} {i}"));
+        }
+    }
+
+    fn bytes_of(envelopes: &[Envelope]) -> usize {
+        envelopes.iter().map(|e| e.as_bytes().len()).sum()
+    }
+
+    #[test]
+    fn a_compacted_log_brings_a_member_up_to_date_in_a_fraction_of_the_bytes() {
+        let mut d = setup(1);
+        let behind = d[1].group.version_vector();
+        write_many(&mut d[0], 400, "agreement");
+        let plain = d[0].group.missing_for(&behind, usize::MAX, usize::MAX);
+        let compacted = d[0].group.compact_own(&mut OsRng);
+        assert_eq!(compacted.len(), 1, "one run of content");
+        let segment = &compacted[0].segment;
+        let span = *segment.span().unwrap();
+        assert_eq!(
+            segment.header().seq,
+            d[0].group.head(&d[0].id()).unwrap().seq - KEEP_RECENT
+        );
+        assert_eq!(
+            compacted[0].replaced.len() as u64,
+            segment.header().seq - span.first + 1
+        );
+        let sent = d[0].group.missing_for(&behind, usize::MAX, usize::MAX);
+        assert!(
+            bytes_of(&sent) * 4 < bytes_of(&plain),
+            "{} bytes compacted against {} plain",
+            bytes_of(&sent),
+            bytes_of(&plain)
+        );
+        let r = d[1].group.ingest(sent);
+        assert_eq!((r.rejected, r.ineffective), (0, 0));
+        assert_eq!(texts(&d[1]), texts(&d[0]));
+        assert_eq!(texts(&d[1]).len(), 400);
+        assert_eq!(d[1].group.version_vector(), d[0].group.version_vector());
+        // And it writes on top of what it took from the segment.
+        agree(&mut d[1], "after the segment");
+        sync_all(&mut d);
+        assert_eq!(texts(&d[0]), texts(&d[1]));
+    }
+
+    #[test]
+    fn a_member_holding_some_envelopes_takes_the_segment_that_restates_them() {
+        let mut d = setup(1);
+        write_many(&mut d[0], 150, "early");
+        sync_all(&mut d);
+        write_many(&mut d[0], 150, "late");
+        let compacted = d[0].group.compact_own(&mut OsRng);
+        assert!(!compacted.is_empty());
+        let sent = d[0]
+            .group
+            .missing_for(&d[1].group.version_vector(), usize::MAX, usize::MAX);
+        assert!(sent.iter().any(|e| e.span().is_some()));
+        let r = d[1].group.ingest(sent);
+        assert_eq!((r.rejected, r.ineffective), (0, 0));
+        assert!(
+            !r.superseded.is_empty(),
+            "envelopes the segment restates are dropped"
+        );
+        assert_eq!(texts(&d[1]).len(), 300);
+        assert_eq!(texts(&d[1]), texts(&d[0]));
+        // A third device gets the same from the member as from the author.
+        let mut late = admit(&mut d[0], Role::Member);
+        late.group.ingest(everything(&d[1]));
+        sync_all(&mut d);
+        assert_eq!(
+            late.group.version_vector().get(&d[0].id()),
+            d[1].group.version_vector().get(&d[0].id())
+        );
+    }
+
+    #[test]
+    fn compacting_again_merges_segments_and_a_restart_rebuilds_the_same_document() {
+        let mut d = setup(1);
+        write_many(&mut d[0], 200, "first");
+        let once = d[0].group.compact_own(&mut OsRng);
+        assert_eq!(once.len(), 1);
+        sync_all(&mut d);
+        write_many(&mut d[0], 200, "second");
+        let again = d[0].group.compact_own(&mut OsRng);
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            again[0].segment.first(),
+            once[0].segment.first(),
+            "the second segment restates the first one too"
+        );
+        assert!(again[0].replaced.contains(&once[0].segment.header().seq));
+        let stored = everything(&d[0]);
+        assert_eq!(stored.iter().filter(|e| e.span().is_some()).count(), 1);
+        // A restart feeds the store back in: same document, same heads.
+        let grants: Vec<KeyGrant> = d[0].group.keys.values().flatten().cloned().collect();
+        let mut restarted = Group::restore(*d[0].group.info(), &d[0].keys, grants, None).unwrap();
+        let r = restarted.ingest_stored(stored);
+        assert_eq!((r.rejected, r.ineffective), (0, 0));
+        assert_eq!(restarted.read().unwrap(), d[0].group.read().unwrap());
+        assert_eq!(restarted.version_vector(), d[0].group.version_vector());
+        // The member, which held the first segment, takes the merged one.
+        let all = everything(&d[0]);
+        let r = d[1].group.ingest(all);
+        assert_eq!(r.rejected, 0);
+        assert_eq!(texts(&d[1]).len(), 400);
+    }
+
+    #[test]
+    fn a_tampered_segment_is_rejected_and_changes_nothing() {
+        let mut d = setup(1);
+        let behind = d[1].group.version_vector();
+        write_many(&mut d[0], 200, "agreement");
+        d[0].group.compact_own(&mut OsRng);
+        let sent = d[0].group.missing_for(&behind, usize::MAX, usize::MAX);
+        for at in [10, 140, 300] {
+            let mut bad = sent.clone();
+            let i = bad.iter().position(|e| e.span().is_some()).unwrap();
+            let mut bytes = bad[i].as_bytes().to_vec();
+            bytes[at] ^= 1;
+            let Ok(env) = Envelope::decode(bytes) else {
+                continue;
+            };
+            bad[i] = env;
+            bad.truncate(i + 1);
+            let mut copy = Group::restore(
+                *d[1].group.info(),
+                &d[1].keys,
+                d[1].group.keys.values().flatten().cloned(),
+                None,
+            )
+            .unwrap();
+            copy.ingest(everything(&d[1]));
+            let before = copy.read().unwrap();
+            let r = copy.ingest(bad);
+            assert!(r.rejected >= 1, "flip at {at} went unnoticed");
+            assert_eq!(copy.read().unwrap(), before);
+        }
+    }
+
+    #[test]
+    fn a_signed_segment_contradicting_an_envelope_is_a_fork() {
+        let mut d = setup(1);
+        write_many(&mut d[0], 100, "agreement");
+        sync_all(&mut d);
+        let author = d[0].id();
+        let head = *d[0].group.head(&author).unwrap();
+        let (epoch, key) = d[0].group.current_epoch();
+        let key = key.unwrap().clone();
+        let forged = Envelope::seal_segment(
+            &d[0].keys,
+            Header {
+                version: 0,
+                group_id: d[0].group.id(),
+                epoch,
+                author,
+                seq: head.seq,
+                prev: d[1].group.chain_hash_at(&author, 9).unwrap(),
+                change_head: head.change_head,
+            },
+            crate::envelope::Span {
+                first: 10,
+                last_hash: [9; 32],
+            },
+            &Body::Segment {
+                ends: (10..=head.seq).collect(),
+                bundle: Vec::new(),
+            },
+            &key,
+            &mut OsRng,
+        );
+        let r = d[1].group.ingest(vec![forged]);
+        assert_eq!(r.forks, 1);
+        assert!(d[1].group.forked_authors().any(|a| *a == author));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         /// Any interleaving and duplication of the same envelopes gives the same state.
         #[test]
-        fn any_delivery_order_converges(seed in any::<u64>(), dup in 0usize..3) {
+        fn any_delivery_order_converges(seed in any::<u64>(), dup in 0usize..3, compact in any::<bool>()) {
             let mut d = setup(2);
             for round in 0..2 {
                 for (i, dev) in d.iter_mut().enumerate() {
                     agree(dev, &format!("r{round} by {i}"));
                 }
             }
-            let log: Vec<Envelope> = everything(&d[0])
+            let mut log: Vec<Envelope> = everything(&d[0])
                 .into_iter()
                 .chain(d.iter().skip(1).flat_map(everything))
                 .collect();
+            if compact {
+                // The author's segment arrives beside the envelopes it restates.
+                write_many(&mut d[0], (KEEP_RECENT + MIN_SEGMENT_POSITIONS) as usize, "bulk");
+                log.extend(everything(&d[0]));
+                prop_assert!(!d[0].group.compact_own(&mut OsRng).is_empty());
+                log.extend(everything(&d[0]));
+            }
             let observer = DeviceKeys::generate(&mut OsRng);
             let grants = || {
                 d[0].group.keys.values().flatten().cloned().collect::<Vec<_>>()
@@ -2336,7 +2840,8 @@ mod tests {
             reference.ingest(log.clone());
             prop_assert_eq!(fresh.read().unwrap(), reference.read().unwrap());
             prop_assert_eq!(fresh.version_vector(), reference.version_vector());
-            prop_assert_eq!(fresh.read().unwrap().agreements.len(), 6);
+            let bulk = if compact { (KEEP_RECENT + MIN_SEGMENT_POSITIONS) as usize } else { 0 };
+            prop_assert_eq!(fresh.read().unwrap().agreements.len(), 6 + bulk);
             prop_assert!(fresh.pending.is_empty());
             prop_assert_eq!(fresh.pending_bytes, 0);
             prop_assert!(fresh.pending_per_author.is_empty());
