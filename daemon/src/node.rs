@@ -9,7 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hearth_protocol::api::{self, Role};
 use hearth_protocol::code::SpokenCode;
 use hearth_protocol::envelope::Envelope;
-use hearth_protocol::group::{Access, Group, GroupError, KeyGrant, VersionVector, Written};
+use hearth_protocol::group::{
+    Access, Group, GroupError, KeyGrant, MIN_SEGMENT_POSITIONS, VersionVector, Written,
+};
 use hearth_protocol::identity::{DeviceKeys, PublicIdentity, safety_number};
 use hearth_protocol::ids::{GroupId, MemberId};
 use hearth_protocol::invite::Admission;
@@ -96,6 +98,9 @@ pub struct Node {
 
 /// Group change events held for a slow `/v1/events` client before it is told to resync.
 const GROUP_EVENTS_BUFFER: usize = 256;
+/// How many of its own envelopes past the newest few a device lets gather after its writes
+/// before it restates them as a segment (serving a peer that is behind does it sooner).
+const COMPACT_AFTER_WRITES: u64 = 256;
 
 pub fn now_unix() -> u64 {
     SystemTime::now()
@@ -304,6 +309,10 @@ impl Node {
             .map(|e| records::put_envelope(&self.store, e))
             .collect();
         ops.extend(extra);
+        if let Some(slot) = groups.get_mut(id) {
+            let compacted = slot.group.compact_own(COMPACT_AFTER_WRITES, &mut OsRng);
+            ops.extend(records::put_compacted(&self.store, &compacted));
+        }
         if let Err(e) = self.store.write(ops) {
             self.recover(groups, id);
             return Err(e.into());
@@ -973,7 +982,7 @@ impl Node {
                 Err(e) => tracing::debug!("could not re-seal for a new member yet: {e}"),
             }
         }
-        if accepted.is_empty() {
+        if accepted.is_empty() && result.superseded.is_empty() {
             drop(groups);
             if result.roster_changed {
                 self.bump_rosters();
@@ -984,10 +993,16 @@ impl Node {
                 roster_changed: result.roster_changed,
             });
         }
-        let ops = accepted
+        let mut ops: Vec<WriteOp> = result
+            .superseded
             .iter()
-            .map(|e| records::put_envelope(&self.store, e))
+            .map(|(author, seq)| records::delete_envelope(&self.store, id, author, *seq))
             .collect();
+        ops.extend(
+            accepted
+                .iter()
+                .map(|e| records::put_envelope(&self.store, e)),
+        );
         if let Err(e) = self.store.write(ops) {
             // The peer will resend what the rebuilt group lacks.
             self.recover(&mut groups, id);
@@ -1020,7 +1035,21 @@ impl Node {
         max_count: usize,
         max_bytes: usize,
     ) -> Vec<Envelope> {
-        self.lock()
+        let mut groups = self.lock();
+        let Some(slot) = groups.get_mut(id) else {
+            return Vec::new();
+        };
+        // A peer that is behind gets this device's own log as segments where it can.
+        let compacted = slot.group.compact_own(MIN_SEGMENT_POSITIONS, &mut OsRng);
+        if !compacted.is_empty()
+            && let Err(e) = self
+                .store
+                .write(records::put_compacted(&self.store, &compacted))
+        {
+            tracing::warn!("could not store a compacted log: {e}");
+            self.recover(&mut groups, id);
+        }
+        groups
             .get(id)
             .map(|s| s.group.missing_for(known, max_count, max_bytes))
             .unwrap_or_default()

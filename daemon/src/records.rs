@@ -6,7 +6,7 @@
 
 use hearth_protocol::crypto::SecretKey;
 use hearth_protocol::envelope::Envelope;
-use hearth_protocol::group::{Access, KeyGrant};
+use hearth_protocol::group::{Access, Compacted, KeyGrant};
 use hearth_protocol::ids::{GroupId, MemberId};
 use hearth_protocol::membership::GroupInfo;
 use serde::{Deserialize, Serialize};
@@ -87,6 +87,30 @@ pub fn put_envelope(store: &Store, env: &Envelope) -> WriteOp {
         key: envelope_key(store, &h.group_id, &h.author, h.seq),
         value: env.as_bytes().to_vec(),
     }
+}
+
+/// Deletes the stored envelope or segment of `author` ending at `seq`.
+pub fn delete_envelope(store: &Store, group: &GroupId, author: &MemberId, seq: u64) -> WriteOp {
+    WriteOp::Delete {
+        table: Table::Envelopes,
+        key: envelope_key(store, group, author, seq),
+    }
+}
+
+/// Stores a segment of this device's own log and deletes what it restates.
+pub fn put_compacted(store: &Store, compacted: &[Compacted]) -> Vec<WriteOp> {
+    let mut ops = Vec::new();
+    for c in compacted {
+        let h = c.segment.header();
+        ops.extend(
+            c.replaced
+                .iter()
+                .filter(|s| **s != h.seq)
+                .map(|s| delete_envelope(store, &h.group_id, &h.author, *s)),
+        );
+        ops.push(put_envelope(store, &c.segment));
+    }
+    ops
 }
 
 /// A key handed to this device outside the logs (the group's first epoch key for its

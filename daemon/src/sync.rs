@@ -408,7 +408,7 @@ fn note_sent(vv: &mut VersionVector, envelopes: &[Envelope]) {
         let h = env.header();
         let entry = vv.entry(h.author).or_insert((0, [0; 32]));
         if h.seq > entry.0 {
-            *entry = (h.seq, env.hash());
+            *entry = (h.seq, env.chain_hash());
         }
     }
 }

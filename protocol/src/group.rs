@@ -1393,9 +1393,10 @@ impl Group {
 
     /// Restates runs of this device's own content envelopes (and earlier segments) as
     /// segments, leaving the newest [`KEEP_RECENT`] as they are. A run holds one epoch's
-    /// content only, and nothing a known admission needs re-sealed. Returns what to store
-    /// and delete.
-    pub fn compact_own(&mut self, rng: &mut impl CryptoRngCore) -> Vec<Compacted> {
+    /// content only, and nothing a known admission needs re-sealed; it is restated once it
+    /// holds at least `min_loose` envelopes not in a segment yet. Returns what to store and
+    /// delete.
+    pub fn compact_own(&mut self, min_loose: u64, rng: &mut impl CryptoRngCore) -> Vec<Compacted> {
         let me = self.me();
         let Some(head) = self.heads.get(&me).copied() else {
             return Vec::new();
@@ -1441,9 +1442,8 @@ impl Group {
         runs.push(run);
         let mut out = Vec::new();
         for run in runs {
-            let worth = run.len() > 1
-                && run.last().map_or(0, |(s, _)| *s) - run[0].1.first() + 1
-                    >= MIN_SEGMENT_POSITIONS;
+            let loose = run.iter().filter(|(_, e)| e.span().is_none()).count() as u64;
+            let worth = run.len() > 1 && loose >= min_loose.max(1);
             if worth {
                 out.extend(self.restate(&run, rng));
             }
@@ -2644,7 +2644,7 @@ mod tests {
         let behind = d[1].group.version_vector();
         write_many(&mut d[0], 400, "agreement");
         let plain = d[0].group.missing_for(&behind, usize::MAX, usize::MAX);
-        let compacted = d[0].group.compact_own(&mut OsRng);
+        let compacted = d[0].group.compact_own(MIN_SEGMENT_POSITIONS, &mut OsRng);
         assert_eq!(compacted.len(), 1, "one run of content");
         let segment = &compacted[0].segment;
         let span = *segment.span().unwrap();
@@ -2680,7 +2680,7 @@ mod tests {
         write_many(&mut d[0], 150, "early");
         sync_all(&mut d);
         write_many(&mut d[0], 150, "late");
-        let compacted = d[0].group.compact_own(&mut OsRng);
+        let compacted = d[0].group.compact_own(MIN_SEGMENT_POSITIONS, &mut OsRng);
         assert!(!compacted.is_empty());
         let sent = d[0]
             .group
@@ -2708,11 +2708,11 @@ mod tests {
     fn compacting_again_merges_segments_and_a_restart_rebuilds_the_same_document() {
         let mut d = setup(1);
         write_many(&mut d[0], 200, "first");
-        let once = d[0].group.compact_own(&mut OsRng);
+        let once = d[0].group.compact_own(MIN_SEGMENT_POSITIONS, &mut OsRng);
         assert_eq!(once.len(), 1);
         sync_all(&mut d);
         write_many(&mut d[0], 200, "second");
-        let again = d[0].group.compact_own(&mut OsRng);
+        let again = d[0].group.compact_own(MIN_SEGMENT_POSITIONS, &mut OsRng);
         assert_eq!(again.len(), 1);
         assert_eq!(
             again[0].segment.first(),
@@ -2741,7 +2741,7 @@ mod tests {
         let mut d = setup(1);
         let behind = d[1].group.version_vector();
         write_many(&mut d[0], 200, "agreement");
-        d[0].group.compact_own(&mut OsRng);
+        d[0].group.compact_own(MIN_SEGMENT_POSITIONS, &mut OsRng);
         let sent = d[0].group.missing_for(&behind, usize::MAX, usize::MAX);
         for at in [10, 140, 300] {
             let mut bad = sent.clone();
@@ -2823,7 +2823,7 @@ mod tests {
                 // The author's segment arrives beside the envelopes it restates.
                 write_many(&mut d[0], (KEEP_RECENT + MIN_SEGMENT_POSITIONS) as usize, "bulk");
                 log.extend(everything(&d[0]));
-                prop_assert!(!d[0].group.compact_own(&mut OsRng).is_empty());
+                prop_assert!(!d[0].group.compact_own(MIN_SEGMENT_POSITIONS, &mut OsRng).is_empty());
                 log.extend(everything(&d[0]));
             }
             let observer = DeviceKeys::generate(&mut OsRng);
