@@ -67,6 +67,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     router_task.abort();
     net.shutdown().await;
+    let compacting = node.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || compacting.store().compact_file()).await {
+        tracing::warn!("compacting the store at shutdown failed: {e}");
+    }
     if let Err(e) = std::fs::remove_file(&config.socket) {
         tracing::warn!("could not remove the API socket: {e}");
     }

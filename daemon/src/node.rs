@@ -310,7 +310,7 @@ impl Node {
             .collect();
         ops.extend(extra);
         if let Some(slot) = groups.get_mut(id) {
-            let compacted = slot.group.compact_own(COMPACT_AFTER_WRITES, &mut OsRng);
+            let compacted = slot.group.compact_own(COMPACT_AFTER_WRITES, true, &mut OsRng);
             ops.extend(records::put_compacted(&self.store, &compacted));
         }
         if let Err(e) = self.store.write(ops) {
@@ -1039,8 +1039,9 @@ impl Node {
         let Some(slot) = groups.get_mut(id) else {
             return Vec::new();
         };
-        // A peer that is behind gets this device's own log as segments where it can.
-        let compacted = slot.group.compact_own(MIN_SEGMENT_POSITIONS, &mut OsRng);
+        // A peer that is behind gets this device's own log as segments where it can; a new
+        // segment of what is loose only, so the peer is not kept waiting.
+        let compacted = slot.group.compact_own(MIN_SEGMENT_POSITIONS, false, &mut OsRng);
         if !compacted.is_empty()
             && let Err(e) = self
                 .store

@@ -201,7 +201,8 @@ pub type Entry = (Vec<u8>, Zeroizing<Vec<u8>>);
 /// The encrypted store. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct Store {
     // Field order is drop order: the database closes before the lock is released.
-    db: Database,
+    /// Transactions share it; only [`Store::compact_file`] takes it alone.
+    db: std::sync::RwLock<Database>,
     /// Holds the value-sealing key; the cipher zeroizes it on drop.
     cipher: XChaCha20Poly1305,
     /// Keys [`Store::alias`]; wiped on drop.
@@ -230,11 +231,12 @@ impl Store {
             let file_key = load_or_create_key(&data_dir.join(KEY_FILE), &db_path)?;
             (value_cipher(&file_key), alias_key(&file_key))
         };
-        let db = open_db(data_dir, &db_path)?;
+        let mut db = open_db(data_dir, &db_path)?;
+        compact_db(&mut db);
         let group_ciphers =
             std::sync::RwLock::new(load_group_keys(&data_dir.join(GROUP_KEYS_DIR))?);
         Ok(Store {
-            db,
+            db: std::sync::RwLock::new(db),
             cipher,
             alias_key,
             group_ciphers,
@@ -336,8 +338,22 @@ impl Store {
         out
     }
 
+    fn db(&self) -> std::sync::RwLockReadGuard<'_, Database> {
+        // A panic while holding the guard leaves the database itself consistent.
+        self.db.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives the database file's free pages back (redb keeps them for reuse), once no
+    /// transaction is open. Call when the daemon is about to stop: a compacted own log
+    /// leaves much of the file free.
+    pub fn compact_file(&self) {
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        compact_db(&mut db);
+    }
+
     pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(db_err)?;
         let t = txn.open_table(table.definition()).map_err(db_err)?;
         match t.get(key).map_err(db_err)? {
             Some(v) => Ok(Some(self.open_value(table, key, v.value())?)),
@@ -347,7 +363,8 @@ impl Store {
 
     /// The keys (only) of all entries whose key starts with `prefix`, in key order.
     pub fn scan_keys(&self, table: Table, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(db_err)?;
         let t = txn.open_table(table.definition()).map_err(db_err)?;
         let mut out = Vec::new();
         for entry in t.range::<&[u8]>(prefix..).map_err(db_err)? {
@@ -363,7 +380,8 @@ impl Store {
 
     /// All entries whose key starts with `prefix`, in key order.
     pub fn scan(&self, table: Table, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let db = self.db();
+        let txn = db.begin_read().map_err(db_err)?;
         let t = txn.open_table(table.definition()).map_err(db_err)?;
         let mut out = Vec::new();
         for entry in t.range::<&[u8]>(prefix..).map_err(db_err)? {
@@ -394,7 +412,8 @@ impl Store {
                 WriteOp::Delete { table, key } => (*table, std::mem::take(key), None),
             })
             .collect();
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let db = self.db();
+        let txn = db.begin_write().map_err(db_err)?;
         for (table, key, value) in &sealed {
             let mut t = txn.open_table(table.definition()).map_err(db_err)?;
             match value {
@@ -712,6 +731,20 @@ fn create_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, StoreError> {
     Ok(key)
 }
 
+/// Compacts the database file as far as redb can; a failure only leaves it larger.
+fn compact_db(db: &mut Database) {
+    loop {
+        match db.compact() {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!("could not compact the database file: {e}");
+                return;
+            }
+        }
+    }
+}
+
 fn open_db(dir: &Path, db_path: &Path) -> Result<Database, StoreError> {
     // Create the file ourselves so it is 0600 from the start (redb would use 0666 & umask).
     let file = OpenOptions::new()
@@ -790,13 +823,13 @@ mod tests {
 
     /// The raw sealed bytes stored under `key`, read past the store's decryption.
     fn raw_get(s: &Store, table: Table, key: &[u8]) -> Option<Vec<u8>> {
-        let txn = s.db.begin_read().unwrap();
+        let txn = s.db().begin_read().unwrap();
         let t = txn.open_table(table.definition()).unwrap();
         t.get(key).unwrap().map(|v| v.value().to_vec())
     }
 
     fn raw_put(s: &Store, table: Table, key: &[u8], sealed: &[u8]) {
-        let txn = s.db.begin_write().unwrap();
+        let txn = s.db().begin_write().unwrap();
         txn.open_table(table.definition())
             .unwrap()
             .insert(key, sealed)

@@ -1394,9 +1394,15 @@ impl Group {
     /// Restates runs of this device's own content envelopes (and earlier segments) as
     /// segments, leaving the newest [`KEEP_RECENT`] as they are. A run holds one epoch's
     /// content only, and nothing a known admission needs re-sealed; it is restated once it
-    /// holds at least `min_loose` envelopes not in a segment yet. Returns what to store and
-    /// delete.
-    pub fn compact_own(&mut self, min_loose: u64, rng: &mut impl CryptoRngCore) -> Vec<Compacted> {
+    /// holds at least `min_loose` envelopes not in a segment yet. With `merge`, a run may
+    /// begin with earlier segments, which it then restates too (fewer, larger segments,
+    /// at the cost of decoding and encoding them again). Returns what to store and delete.
+    pub fn compact_own(
+        &mut self,
+        min_loose: u64,
+        merge: bool,
+        rng: &mut impl CryptoRngCore,
+    ) -> Vec<Compacted> {
         let me = self.me();
         let Some(head) = self.heads.get(&me).copied() else {
             return Vec::new();
@@ -1419,7 +1425,7 @@ impl Group {
         for (&seq, env) in log.range(..=limit) {
             let epoch = env.header().epoch;
             let content = match env.span() {
-                Some(_) => true,
+                Some(_) => merge,
                 None => {
                     self.content.contains_key(&(me, seq)) && !self.ineffective.contains(&(me, seq))
                 }
@@ -2644,7 +2650,7 @@ mod tests {
         let behind = d[1].group.version_vector();
         write_many(&mut d[0], 400, "agreement");
         let plain = d[0].group.missing_for(&behind, usize::MAX, usize::MAX);
-        let compacted = d[0].group.compact_own(MIN_SEGMENT_POSITIONS, &mut OsRng);
+        let compacted = d[0].group.compact_own(MIN_SEGMENT_POSITIONS, true, &mut OsRng);
         assert_eq!(compacted.len(), 1, "one run of content");
         let segment = &compacted[0].segment;
         let span = *segment.span().unwrap();
@@ -2680,7 +2686,7 @@ mod tests {
         write_many(&mut d[0], 150, "early");
         sync_all(&mut d);
         write_many(&mut d[0], 150, "late");
-        let compacted = d[0].group.compact_own(MIN_SEGMENT_POSITIONS, &mut OsRng);
+        let compacted = d[0].group.compact_own(MIN_SEGMENT_POSITIONS, true, &mut OsRng);
         assert!(!compacted.is_empty());
         let sent = d[0]
             .group
@@ -2708,11 +2714,11 @@ mod tests {
     fn compacting_again_merges_segments_and_a_restart_rebuilds_the_same_document() {
         let mut d = setup(1);
         write_many(&mut d[0], 200, "first");
-        let once = d[0].group.compact_own(MIN_SEGMENT_POSITIONS, &mut OsRng);
+        let once = d[0].group.compact_own(MIN_SEGMENT_POSITIONS, true, &mut OsRng);
         assert_eq!(once.len(), 1);
         sync_all(&mut d);
         write_many(&mut d[0], 200, "second");
-        let again = d[0].group.compact_own(MIN_SEGMENT_POSITIONS, &mut OsRng);
+        let again = d[0].group.compact_own(MIN_SEGMENT_POSITIONS, true, &mut OsRng);
         assert_eq!(again.len(), 1);
         assert_eq!(
             again[0].segment.first(),
@@ -2741,7 +2747,7 @@ mod tests {
         let mut d = setup(1);
         let behind = d[1].group.version_vector();
         write_many(&mut d[0], 200, "agreement");
-        d[0].group.compact_own(MIN_SEGMENT_POSITIONS, &mut OsRng);
+        d[0].group.compact_own(MIN_SEGMENT_POSITIONS, true, &mut OsRng);
         let sent = d[0].group.missing_for(&behind, usize::MAX, usize::MAX);
         for at in [10, 140, 300] {
             let mut bad = sent.clone();
@@ -2823,7 +2829,7 @@ mod tests {
                 // The author's segment arrives beside the envelopes it restates.
                 write_many(&mut d[0], (KEEP_RECENT + MIN_SEGMENT_POSITIONS) as usize, "bulk");
                 log.extend(everything(&d[0]));
-                prop_assert!(!d[0].group.compact_own(MIN_SEGMENT_POSITIONS, &mut OsRng).is_empty());
+                prop_assert!(!d[0].group.compact_own(MIN_SEGMENT_POSITIONS, true, &mut OsRng).is_empty());
                 log.extend(everything(&d[0]));
             }
             let observer = DeviceKeys::generate(&mut OsRng);
