@@ -16,7 +16,7 @@ use hearth_protocol::api::Role;
 use hearth_protocol::doc::{AgreementRecord, GroupDocument};
 use hearth_protocol::envelope::{Body, Envelope};
 use hearth_protocol::group::{
-    Access, Group, KeyGrant, VersionVector, open_snapshot, seal_snapshot,
+    Access, Group, KeyGrant, MIN_SEGMENT_POSITIONS, VersionVector, open_snapshot, seal_snapshot,
 };
 use hearth_protocol::identity::DeviceKeys;
 use hearth_protocol::membership::GroupInfo;
@@ -123,6 +123,8 @@ struct CatchUp {
     before: Vec<Envelope>,
     /// The agreements it lacks.
     batch: Vec<Envelope>,
+    /// The same, once the writer has restated its log as segments.
+    compacted: Vec<Envelope>,
 }
 
 impl CatchUp {
@@ -136,6 +138,9 @@ impl CatchUp {
         }
         let theirs = receiver.rebuild(info, &before).version_vector();
         let batch = writer.missing_for(&theirs, usize::MAX, usize::MAX);
+        let restated = writer.compact_own(MIN_SEGMENT_POSITIONS, true, &mut OsRng);
+        assert!(!restated.is_empty(), "the writer's log was restated");
+        let compacted = writer.missing_for(&theirs, usize::MAX, usize::MAX);
         let fixture = CatchUp {
             writer,
             writer_keys: writer_device.keys,
@@ -143,11 +148,16 @@ impl CatchUp {
             receiver,
             before,
             batch,
+            compacted,
         };
         // The batch must be accepted, opened and applied in full, or the numbers lie.
         let mut receiver = fixture.fresh_receiver();
         let ingested = receiver.ingest(fixture.batch.clone());
         assert_eq!(ingested.accepted.len(), AGREEMENTS);
+        assert_eq!(ingested.ineffective + ingested.rejected, 0);
+        assert_eq!(receiver.read().expect("read").agreements.len(), AGREEMENTS);
+        let mut receiver = fixture.fresh_receiver();
+        let ingested = receiver.ingest(fixture.compacted.clone());
         assert_eq!(ingested.ineffective + ingested.rejected, 0);
         assert_eq!(receiver.read().expect("read").agreements.len(), AGREEMENTS);
         fixture
@@ -258,6 +268,16 @@ fn ingest_catch_up(c: &mut Criterion, fixture: &CatchUp, plain: &Plain) {
     g.bench_function("group_ingest", |b| {
         b.iter_batched(
             || (fixture.fresh_receiver(), fixture.batch.clone()),
+            |(mut receiver, batch)| {
+                let ingested = receiver.ingest(batch);
+                (receiver, ingested)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("group_ingest_segments", |b| {
+        b.iter_batched(
+            || (fixture.fresh_receiver(), fixture.compacted.clone()),
             |(mut receiver, batch)| {
                 let ingested = receiver.ingest(batch);
                 (receiver, ingested)
