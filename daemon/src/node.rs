@@ -310,7 +310,9 @@ impl Node {
             .collect();
         ops.extend(extra);
         if let Some(slot) = groups.get_mut(id) {
-            let compacted = slot.group.compact_own(COMPACT_AFTER_WRITES, true, &mut OsRng);
+            let compacted = slot
+                .group
+                .compact_own(COMPACT_AFTER_WRITES, true, &mut OsRng);
             ops.extend(records::put_compacted(&self.store, &compacted));
         }
         if let Err(e) = self.store.write(ops) {
@@ -1041,7 +1043,9 @@ impl Node {
         };
         // A peer that is behind gets this device's own log as segments where it can; a new
         // segment of what is loose only, so the peer is not kept waiting.
-        let compacted = slot.group.compact_own(MIN_SEGMENT_POSITIONS, false, &mut OsRng);
+        let compacted = slot
+            .group
+            .compact_own(MIN_SEGMENT_POSITIONS, false, &mut OsRng);
         if !compacted.is_empty()
             && let Err(e) = self
                 .store

@@ -1049,6 +1049,13 @@ impl Group {
                 break;
             }
         }
+        if !out.superseded.is_empty() {
+            // An envelope accepted and then restated by a segment in the same batch is not
+            // to be stored.
+            let gone: BTreeSet<(MemberId, u64)> = out.superseded.iter().copied().collect();
+            out.accepted
+                .retain(|e| !gone.contains(&(e.header().author, e.header().seq)));
+        }
         out.roster_changed = *self.roster() != roster_before;
         self.settle_content(&mut out);
         out
@@ -1166,16 +1173,13 @@ impl Group {
         let mut reached = head.map_or(0, |h| h.seq);
         let mut prev = head.map_or(ZERO_HASH, |h| h.hash);
         let mut run = Vec::new();
-        loop {
-            // The envelope at the next position, or a segment that spans it.
-            let Some((key, first, stated_prev)) = self
-                .pending
-                .range((author, reached + 1)..=(author, u64::MAX))
-                .find(|(_, e)| e.first() <= reached + 1)
-                .map(|(k, e)| (*k, e.first(), e.header().prev))
-            else {
-                break;
-            };
+        // The envelope at the next position, or a segment that spans it.
+        while let Some((key, first, stated_prev)) = self
+            .pending
+            .range((author, reached + 1)..=(author, u64::MAX))
+            .find(|(_, e)| e.first() <= reached + 1)
+            .map(|(k, e)| (*k, e.first(), e.header().prev))
+        {
             // A segment may start inside what this device holds (it restates envelopes
             // held one by one here): it must then continue the item ending before it.
             let expected = if first == reached + 1 {
@@ -2650,7 +2654,9 @@ mod tests {
         let behind = d[1].group.version_vector();
         write_many(&mut d[0], 400, "agreement");
         let plain = d[0].group.missing_for(&behind, usize::MAX, usize::MAX);
-        let compacted = d[0].group.compact_own(MIN_SEGMENT_POSITIONS, true, &mut OsRng);
+        let compacted = d[0]
+            .group
+            .compact_own(MIN_SEGMENT_POSITIONS, true, &mut OsRng);
         assert_eq!(compacted.len(), 1, "one run of content");
         let segment = &compacted[0].segment;
         let span = *segment.span().unwrap();
@@ -2686,7 +2692,9 @@ mod tests {
         write_many(&mut d[0], 150, "early");
         sync_all(&mut d);
         write_many(&mut d[0], 150, "late");
-        let compacted = d[0].group.compact_own(MIN_SEGMENT_POSITIONS, true, &mut OsRng);
+        let compacted = d[0]
+            .group
+            .compact_own(MIN_SEGMENT_POSITIONS, true, &mut OsRng);
         assert!(!compacted.is_empty());
         let sent = d[0]
             .group
@@ -2714,11 +2722,15 @@ mod tests {
     fn compacting_again_merges_segments_and_a_restart_rebuilds_the_same_document() {
         let mut d = setup(1);
         write_many(&mut d[0], 200, "first");
-        let once = d[0].group.compact_own(MIN_SEGMENT_POSITIONS, true, &mut OsRng);
+        let once = d[0]
+            .group
+            .compact_own(MIN_SEGMENT_POSITIONS, true, &mut OsRng);
         assert_eq!(once.len(), 1);
         sync_all(&mut d);
         write_many(&mut d[0], 200, "second");
-        let again = d[0].group.compact_own(MIN_SEGMENT_POSITIONS, true, &mut OsRng);
+        let again = d[0]
+            .group
+            .compact_own(MIN_SEGMENT_POSITIONS, true, &mut OsRng);
         assert_eq!(again.len(), 1);
         assert_eq!(
             again[0].segment.first(),
@@ -2747,7 +2759,8 @@ mod tests {
         let mut d = setup(1);
         let behind = d[1].group.version_vector();
         write_many(&mut d[0], 200, "agreement");
-        d[0].group.compact_own(MIN_SEGMENT_POSITIONS, true, &mut OsRng);
+        d[0].group
+            .compact_own(MIN_SEGMENT_POSITIONS, true, &mut OsRng);
         let sent = d[0].group.missing_for(&behind, usize::MAX, usize::MAX);
         for at in [10, 140, 300] {
             let mut bad = sent.clone();
