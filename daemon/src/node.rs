@@ -1038,11 +1038,20 @@ impl Node {
         max_bytes: usize,
     ) -> Vec<Envelope> {
         let mut groups = self.lock();
+        self.compact_to_serve(&mut groups, id);
+        groups
+            .get(id)
+            .map(|s| s.group.missing_for(known, max_count, max_bytes))
+            .unwrap_or_default()
+    }
+
+    /// A peer that is behind gets this device's own log as segments where it can: what is
+    /// loose is restated as a new segment (earlier ones are left as they are, so the peer
+    /// is not kept waiting while they are encoded again).
+    fn compact_to_serve(&self, groups: &mut BTreeMap<GroupId, Slot>, id: &GroupId) {
         let Some(slot) = groups.get_mut(id) else {
-            return Vec::new();
+            return;
         };
-        // A peer that is behind gets this device's own log as segments where it can; a new
-        // segment of what is loose only, so the peer is not kept waiting.
         let compacted = slot
             .group
             .compact_own(MIN_SEGMENT_POSITIONS, false, &mut OsRng);
@@ -1052,12 +1061,8 @@ impl Node {
                 .write(records::put_compacted(&self.store, &compacted))
         {
             tracing::warn!("could not store a compacted log: {e}");
-            self.recover(&mut groups, id);
+            self.recover(groups, id);
         }
-        groups
-            .get(id)
-            .map(|s| s.group.missing_for(known, max_count, max_bytes))
-            .unwrap_or_default()
     }
 
     /// A peer's version vector, rewound where it disagrees with our logs (a fork).
@@ -1133,7 +1138,9 @@ impl Node {
         max_count: usize,
         max_bytes: usize,
     ) -> Vec<Envelope> {
-        self.lock()
+        let mut groups = self.lock();
+        self.compact_to_serve(&mut groups, id);
+        groups
             .get(id)
             .filter(|s| standing_in(&s.group, peer) == Standing::Member)
             .map(|s| s.group.missing_for(known, max_count, max_bytes))
