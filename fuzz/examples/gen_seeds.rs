@@ -45,7 +45,8 @@ fn admission(group: &mut Group, add: &Envelope) -> Admission {
 /// The replica of a member admitted as `admission` says.
 fn replica(keys: &DeviceKeys, admission: &Admission, log: &[Envelope]) -> Group {
     let welcome = admission.welcome();
-    let mut g = Group::restore(welcome.info, keys, welcome.grants, Some(&welcome.snapshot)).unwrap();
+    let mut g =
+        Group::restore(welcome.info, keys, welcome.grants, Some(&welcome.snapshot)).unwrap();
     g.ingest(log.to_vec());
     g
 }
@@ -60,11 +61,7 @@ fn main() {
     let m = member();
     let m_admission = admission(&mut group, &log[1]);
     let mut gm = replica(m, &m_admission, &log);
-    let m_env = gm
-        .add_agreement("Phones away", 1, &mut rng)
-        .unwrap()
-        .1
-        .own;
+    let m_env = gm.add_agreement("Phones away", 1, &mut rng).unwrap().1.own;
     let m_body = body_bytes(&m_env, &key);
     // The member renames the group, at the document level.
     let mut dm = GroupDocument::load(&snap, m.member_id().actor_id()).unwrap();
@@ -81,12 +78,12 @@ fn main() {
         .own;
     let add_body = body_bytes(&add_s, &key);
     let s_admission = admission(&mut group, &add_s);
-    let mut gs = replica(s, &s_admission, &[log[0].clone(), log[1].clone(), add_s.clone()]);
-    let s_env = gs
-        .add_agreement("Listen first", 2, &mut rng)
-        .unwrap()
-        .1
-        .own;
+    let mut gs = replica(
+        s,
+        &s_admission,
+        &[log[0].clone(), log[1].clone(), add_s.clone()],
+    );
+    let s_env = gs.add_agreement("Listen first", 2, &mut rng).unwrap().1.own;
     let s_body = body_bytes(&s_env, &key);
 
     // group_ingest: records (see fuzz_targets/group_ingest.rs for the flags).

@@ -151,7 +151,7 @@ pub fn honest_change_head(plaintext: &[u8], prior: Hash) -> Hash {
             .last()
             .and_then(|c| automerge::Change::from_bytes(c.clone()).ok())
             .map_or(ZERO_HASH, |c| c.hash().0),
-        Ok(Body::Roster(_) | Body::Reseal { .. }) => prior,
+        Ok(Body::Roster(_) | Body::Reseal { .. } | Body::Segment { .. }) => prior,
         Err(_) => ZERO_HASH,
     }
 }

@@ -181,6 +181,8 @@ enum ContentCheck {
     Wait,
     /// They are not the author's next changes as its signed header states them.
     Bad,
+    /// A segment that says something else than the author's envelopes held here.
+    Fork,
 }
 
 /// What opening an accepted envelope gave. Short-lived (one per envelope opened), so the
@@ -1013,22 +1015,10 @@ impl Group {
                             change_head: h.change_head,
                         },
                     );
-                    let log = self.logs.entry(author).or_default();
-                    if let Some(span) = env.span() {
-                        // Items wholly inside the segment are restated by it.
-                        let inside: Vec<u64> = log
-                            .range(span.first..h.seq)
-                            .filter(|(_, e)| e.first() >= span.first)
-                            .map(|(k, _)| *k)
-                            .collect();
-                        for k in inside {
-                            log.remove(&k);
-                            self.sealed.remove(&(author, k));
-                            out.superseded.push((author, k));
-                        }
-                    }
-                    let log = self.logs.entry(author).or_default();
-                    log.insert(h.seq, env.clone());
+                    self.logs
+                        .entry(author)
+                        .or_default()
+                        .insert(h.seq, env.clone());
                     out.accepted.push(env);
                     fresh.push((author, h.seq));
                 }
@@ -1087,7 +1077,9 @@ impl Group {
         }
         let is_known = self.membership.known(&h.author).is_some();
         let author_count = self.pending_per_author.get(&h.author).copied().unwrap_or(0);
-        let in_order = is_known && env.first() <= known + 1;
+        // Only the one envelope at the next position may bypass the bounds; a segment never
+        // does (any number of them could claim to continue the log).
+        let in_order = is_known && env.span().is_none() && h.seq == known + 1;
         let over = self.pending_bytes + env.as_bytes().len() > MAX_PENDING_BYTES
             || self.pending.len() >= MAX_PENDING
             || author_count >= MAX_PENDING_PER_AUTHOR
@@ -1289,13 +1281,23 @@ impl Group {
                 }
                 Opened::Malformed => self.mark_ineffective(author, seq, out),
                 Opened::Body(Body::Segment { ends, bundle }) => {
-                    match self.take_segment(&env, &ends, &bundle) {
+                    match self.take_segment(&env, &ends, &bundle, out) {
                         ContentCheck::Taken => {}
                         ContentCheck::Wait => {
                             self.sealed.insert((author, seq));
                             continue;
                         }
                         ContentCheck::Bad => self.mark_ineffective(author, seq, out),
+                        ContentCheck::Fork => {
+                            let from = (env.first()..=seq)
+                                .find(|p| !self.content.contains_key(&(author, *p)))
+                                .unwrap_or(seq + 1);
+                            let at = self.frozen.entry(author).or_insert(from);
+                            *at = (*at).min(from);
+                            self.drop_pending_of(author);
+                            out.forks += 1;
+                            self.mark_ineffective(author, seq, out);
+                        }
                     }
                 }
                 Opened::Body(Body::Roster(op)) => {
@@ -1321,7 +1323,9 @@ impl Group {
                             self.sealed.insert((author, seq));
                             continue;
                         }
-                        ContentCheck::Bad => self.mark_ineffective(author, seq, out),
+                        ContentCheck::Bad | ContentCheck::Fork => {
+                            self.mark_ineffective(author, seq, out)
+                        }
                     }
                 }
                 Opened::Body(Body::Reseal {
@@ -1356,7 +1360,13 @@ impl Group {
     /// Checks a segment's changes (the author's own, continuing exactly from the change the
     /// item before it names, ending at its signed head) and queues those of positions not
     /// already taken from envelopes held here.
-    fn take_segment(&mut self, env: &Envelope, ends: &[u64], bundle: &[u8]) -> ContentCheck {
+    fn take_segment(
+        &mut self,
+        env: &Envelope,
+        ends: &[u64],
+        bundle: &[u8],
+        out: &mut Ingested,
+    ) -> ContentCheck {
         let h = *env.header();
         let first = env.first();
         let Some(prior_head) = self.change_head_at(&h.author, first - 1) else {
@@ -1377,6 +1387,48 @@ impl Group {
         let signed_head = all.last().is_some_and(|c| c.hash().0 == h.change_head);
         if !contiguous || !signed_head || positions.iter().any(Vec::is_empty) {
             return ContentCheck::Bad;
+        }
+        // Where this device holds the author's envelopes, the segment must restate exactly
+        // their changes, and only content: anything else is the author signing two
+        // histories.
+        for (seq, changes) in (first..).zip(&positions) {
+            if let Some(&(lo, hi)) = self.content.get(&(h.author, seq)) {
+                let same = changes.first().is_some_and(|c| c.seq() == lo)
+                    && changes.last().is_some_and(|c| c.seq() == hi)
+                    && changes
+                        .iter()
+                        .all(|c| self.change_seqs.get(&c.hash().0) == Some(&c.seq()));
+                if !same {
+                    return ContentCheck::Fork;
+                }
+            } else if let Some(held) = self.item_ending_at(&h.author, seq)
+                && held.span().is_none()
+                && seq != h.seq
+                && !self.sealed.contains(&(h.author, seq))
+            {
+                // Held, opened and not content: a membership operation, a re-sealing or
+                // an envelope without effect.
+                return ContentCheck::Fork;
+            }
+        }
+        // Items wholly inside the segment are restated by it (every position checked above
+        // or taken below): drop them here and from the store.
+        let inside: Vec<u64> = self
+            .logs
+            .get(&h.author)
+            .map(|log| {
+                log.range(first..h.seq)
+                    .filter(|(_, e)| e.first() >= first)
+                    .map(|(k, _)| *k)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(log) = self.logs.get_mut(&h.author) {
+            for k in inside {
+                log.remove(&k);
+                self.sealed.remove(&(h.author, k));
+                out.superseded.push((h.author, k));
+            }
         }
         for (seq, changes) in (first..).zip(positions) {
             if self.content.contains_key(&(h.author, seq)) {
@@ -1558,7 +1610,7 @@ impl Group {
                     kept = vec![changes];
                 }
                 ContentCheck::Wait => kept.push(changes),
-                ContentCheck::Bad => {}
+                ContentCheck::Bad | ContentCheck::Fork => {}
             }
         }
         if !kept.is_empty() {
@@ -2821,6 +2873,169 @@ mod tests {
         let r = d[1].group.ingest(vec![forged]);
         assert_eq!(r.forks, 1);
         assert!(d[1].group.forked_authors().any(|a| *a == author));
+    }
+
+    /// `d`'s group as its daemon would rebuild it after a restart: the keys it was handed
+    /// outside the logs, then everything it holds.
+    fn restarted(d: &Device) -> Group {
+        let grants: Vec<KeyGrant> = d
+            .group
+            .keys
+            .values()
+            .flatten()
+            .filter(|g| d.group.outside_grants.contains(&(g.epoch, g.rotation)))
+            .cloned()
+            .collect();
+        let mut group = Group::restore(*d.group.info(), &d.keys, grants, None).unwrap();
+        group.ingest_stored(everything(d));
+        group
+    }
+
+    /// A segment signed by `keys` restating its positions `first..=last.seq`.
+    fn craft_segment(
+        on: &Group,
+        keys: &DeviceKeys,
+        first: u64,
+        last: &LogHead,
+        change_head: Hash,
+        ends: Vec<u64>,
+        bundle: Vec<u8>,
+    ) -> Envelope {
+        let (epoch, key) = on.current_epoch();
+        let author = keys.member_id();
+        Envelope::seal_segment(
+            keys,
+            Header {
+                version: 0,
+                group_id: on.id(),
+                epoch,
+                author,
+                seq: last.seq,
+                prev: on.chain_hash_at(&author, first - 1).unwrap(),
+                change_head,
+            },
+            crate::envelope::Span {
+                first,
+                last_hash: last.hash,
+            },
+            &Body::Segment { ends, bundle },
+            key.unwrap(),
+            &mut OsRng,
+        )
+    }
+
+    fn texts_of(g: &Group) -> BTreeSet<String> {
+        g.read()
+            .unwrap()
+            .agreements
+            .values()
+            .map(|a| a.text.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_segment_that_does_not_open_erases_nothing_from_the_store() {
+        let mut d = setup(1);
+        let m = d[1].id();
+        let first = d[1].group.head(&m).map_or(1, |h| h.seq + 1);
+        agree(&mut d[1], "m before");
+        d[1].group.rotate(&mut OsRng).unwrap();
+        agree(&mut d[1], "m after");
+        sync_all(&mut d);
+        agree(&mut d[0], "creator under the member's epoch");
+        sync_all(&mut d);
+        let (epochs, before) = (d[0].group.readable_epochs(), texts(&d[0]));
+        agree(&mut d[1], "m unsent");
+        let head = *d[1].group.head(&m).unwrap();
+        let ends = (1..=head.seq - first + 1).collect();
+        let forged = craft_segment(
+            &d[0].group,
+            &d[1].keys,
+            first,
+            &head,
+            head.change_head,
+            ends,
+            vec![1, 2, 3],
+        );
+        let r = d[0].group.ingest(vec![forged]);
+        assert!(
+            r.superseded.is_empty(),
+            "nothing is dropped for a segment that does not open"
+        );
+        let again = restarted(&d[0]);
+        assert_eq!(texts_of(&again), before);
+        assert_eq!(again.readable_epochs(), epochs);
+    }
+
+    #[test]
+    fn a_segment_restating_held_envelopes_differently_is_a_fork() {
+        let mut d = setup(1);
+        let m = d[1].id();
+        let first = d[1].group.head(&m).map_or(1, |h| h.seq + 1);
+        let mut alt = GroupDocument::load(&d[1].group.doc.save(), m.actor_id()).unwrap();
+        agree(&mut d[1], "real 1");
+        agree(&mut d[1], "real 2");
+        sync_all(&mut d);
+        agree(&mut d[1], "real 3");
+        let head = *d[1].group.head(&m).unwrap();
+        let mut cs = Vec::new();
+        for i in 1..=3 {
+            cs.extend(alt.edit(|s| s.name = format!("forged {i}")).unwrap());
+        }
+        let bundle = alt.bundle(cs.iter().map(|c| c.hash()).collect()).unwrap();
+        let ends = cs.iter().map(|c| c.seq()).collect();
+        let head_change = cs.last().unwrap().hash().0;
+        let forged = craft_segment(
+            &d[0].group,
+            &d[1].keys,
+            first,
+            &head,
+            head_change,
+            ends,
+            bundle,
+        );
+        let before = d[0].group.read().unwrap();
+        let r = d[0].group.ingest(vec![forged]);
+        assert_eq!(r.forks, 1);
+        assert!(r.superseded.is_empty());
+        assert_eq!(d[0].group.read().unwrap(), before);
+        assert_eq!(restarted(&d[0]).read().unwrap(), before);
+    }
+
+    #[test]
+    fn a_segment_claiming_to_continue_a_log_never_bypasses_the_pending_bounds() {
+        let mut d = setup(1);
+        let author = d[0].id();
+        let head = d[1].group.head(&author).map_or(0, |h| h.seq);
+        let (epoch, key) = d[1].group.current_epoch();
+        let key = key.unwrap().clone();
+        let forged = Envelope::seal_segment(
+            &d[1].keys,
+            Header {
+                version: 0,
+                group_id: d[1].group.id(),
+                epoch,
+                author,
+                seq: head + 5,
+                prev: [7; 32],
+                change_head: ZERO_HASH,
+            },
+            crate::envelope::Span {
+                first: 1,
+                last_hash: [7; 32],
+            },
+            &Body::Segment {
+                ends: vec![],
+                bundle: vec![0; 1000],
+            },
+            &key,
+            &mut OsRng,
+        );
+        // A buffer all but full: only the next envelope of a log may still get in.
+        d[1].group.pending_bytes = MAX_PENDING_BYTES - 10;
+        let r = d[1].group.ingest(vec![forged]);
+        assert_eq!(r.refused, 1);
+        assert!(d[1].group.pending.is_empty());
     }
 
     proptest! {
