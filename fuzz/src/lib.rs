@@ -149,7 +149,7 @@ pub fn honest_change_head(plaintext: &[u8], prior: Hash) -> Hash {
     match postcard::from_bytes::<Body>(plaintext) {
         Ok(Body::Changes { changes }) => changes
             .last()
-            .and_then(|c| automerge::Change::from_bytes(c.clone()).ok())
+            .and_then(|c| hearth_protocol::doc::parse_canonical_change(c.clone()))
             .map_or(ZERO_HASH, |c| c.hash().0),
         Ok(Body::Roster(_) | Body::Reseal { .. } | Body::Segment { .. }) => prior,
         Err(_) => ZERO_HASH,

@@ -242,6 +242,14 @@ mod tests {
         ActorId::from(&[n; 16][..])
     }
 
+    /// Found by fuzzing: automerge 0.12 panics parsing this chunk (a bundle chunk whose
+    /// column runs past its end). hearth must refuse it, not panic.
+    #[test]
+    fn a_chunk_that_makes_automerge_panic_is_refused() {
+        let bytes = hex::decode("856f4a837dda677103c40101d7b1f3de34428cd9584e9bb017106353696565020202020202020202020202020202020202020201012701856f4a831ada677101c40101cfb1f3b09e02020202020210bdfacb726f019d2c6e99d308013b02041523320142045607572c70027f0103007f0103047c1065333d6234373463333661396e3365657a067eec4f3cdb64120aa9a3b1010400000110974699a6466167726510bdfa76cb6f9d2c6e99d30823040204152934974699a699d30801040204152934018301c40101cfb1f3b09e00fd").unwrap();
+        assert!(parse_canonical_change(bytes).is_none());
+    }
+
     #[test]
     fn concurrent_agreements_both_survive() {
         let mut a = GroupDocument::new(actor(1));
