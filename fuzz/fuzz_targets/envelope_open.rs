@@ -52,6 +52,9 @@ fuzz_target!(init: std::panic::set_hook(Box::new(|_| {})), |data: &[u8]| {
                 let _ = parse_canonical_change(c).map(|c| c.hash());
             }
         }
+        Ok(Body::ResealSegment { ends, bundle, .. }) => {
+            let _ = (ends.len(), bundle.len());
+        }
         // Only a segment's header may carry a segment's body.
         Ok(Body::Segment { .. }) => panic!("an ordinary envelope opened as a segment"),
         Err(_) => {}

@@ -151,7 +151,12 @@ pub fn honest_change_head(plaintext: &[u8], prior: Hash) -> Hash {
             .last()
             .and_then(|c| hearth_protocol::doc::parse_canonical_change(c.clone()))
             .map_or(ZERO_HASH, |c| c.hash().0),
-        Ok(Body::Roster(_) | Body::Reseal { .. } | Body::Segment { .. }) => prior,
+        Ok(
+            Body::Roster(_)
+            | Body::Reseal { .. }
+            | Body::Segment { .. }
+            | Body::ResealSegment { .. },
+        ) => prior,
         Err(_) => ZERO_HASH,
     }
 }

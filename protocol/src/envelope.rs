@@ -140,6 +140,15 @@ pub enum Body {
     /// automerge bundle; `ends[i]` is the automerge sequence number of the author's last
     /// change at position `first + i`. Sealed under the epoch's segment key.
     Segment { ends: Vec<u64>, bundle: Vec<u8> },
+    /// A segment (`author`'s, ending at `seq`) re-sealed under the current epoch for a
+    /// member admitted while it was being written, as [`Body::Reseal`] is for an envelope.
+    /// Checked against the original segment's signed header, like the original would be.
+    ResealSegment {
+        author: MemberId,
+        seq: u64,
+        ends: Vec<u64>,
+        bundle: Vec<u8>,
+    },
 }
 
 /// Which of an epoch's two body keys seals a body. A member admitted later is given the
@@ -156,7 +165,9 @@ impl Body {
     pub fn sealing(&self) -> Sealing {
         match self {
             Body::Roster(_) => Sealing::Roster,
-            Body::Changes { .. } | Body::Reseal { .. } => Sealing::Content,
+            Body::Changes { .. } | Body::Reseal { .. } | Body::ResealSegment { .. } => {
+                Sealing::Content
+            }
             Body::Segment { .. } => Sealing::Segment,
         }
     }
@@ -432,6 +443,7 @@ impl Envelope {
                 let positions = self.span.map_or(0, |s| self.header.seq - s.first + 1);
                 ends.len() as u64 != positions
             }
+            Body::ResealSegment { ends, .. } => ends.len() as u64 > MAX_SEGMENT_POSITIONS,
         };
         // A segment's body only in a segment, and only a segment's body in one.
         let kind_ok = matches!(body, Body::Segment { .. }) == self.span.is_some();

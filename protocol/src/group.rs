@@ -231,6 +231,9 @@ pub struct Group {
     /// Candidates from different members, until one checks out against the original's
     /// signed header; then only that one.
     reseals: BTreeMap<(MemberId, u64), Vec<Vec<Vec<u8>>>>,
+    /// Segments re-sealed for this device (`ends`, `bundle`), by the place of the segment
+    /// they restate; candidates as for `reseals`.
+    segment_reseals: BTreeMap<(MemberId, u64), Vec<SegmentBody>>,
     /// Envelopes this device has re-sealed for members it admitted.
     resealed: BTreeSet<(MemberId, u64)>,
     /// Automerge sequence number of every change checked here, by hash.
@@ -331,6 +334,7 @@ impl Group {
             content: BTreeMap::new(),
             change_seqs: BTreeMap::new(),
             reseals: BTreeMap::new(),
+            segment_reseals: BTreeMap::new(),
             resealed: BTreeSet::new(),
             withheld: BTreeMap::new(),
             applied_upto: BTreeMap::new(),
@@ -942,9 +946,10 @@ impl Group {
                 .and_then(|c| automerge::Change::from_bytes(c.clone()).ok())
                 .map(|c| c.hash().0)
                 .unwrap_or(ZERO_HASH),
-            Body::Roster(_) | Body::Reseal { .. } | Body::Segment { .. } => {
-                prior.map_or(ZERO_HASH, |h| h.change_head)
-            }
+            Body::Roster(_)
+            | Body::Reseal { .. }
+            | Body::Segment { .. }
+            | Body::ResealSegment { .. } => prior.map_or(ZERO_HASH, |h| h.change_head),
         };
         let header = Header {
             version: 0,
@@ -1272,9 +1277,12 @@ impl Group {
             let prior_head = self.change_head_at(&author, env.first() - 1);
             match self.open_envelope(&env) {
                 Opened::NoKey => {
-                    // Segments are never re-sealed: an author does not compact what a
-                    // newcomer may need re-sealed ([`Group::compact_own`]).
-                    if env.span().is_some() || !self.take_reseal(author, seq, &h) {
+                    let taken = if env.span().is_some() {
+                        self.take_segment_reseal(&env, out)
+                    } else {
+                        self.take_reseal(author, seq, &h)
+                    };
+                    if !taken {
                         self.sealed.insert((author, seq));
                         continue;
                     }
@@ -1352,9 +1360,61 @@ impl Group {
                         }
                     }
                 }
+                Opened::Body(Body::ResealSegment {
+                    author: target_author,
+                    seq: target_seq,
+                    ends,
+                    bundle,
+                }) => {
+                    if Some(h.change_head) != prior_head {
+                        self.mark_ineffective(author, seq, out);
+                    } else {
+                        let target = (target_author, target_seq);
+                        if author == self.me() {
+                            self.resealed.insert(target);
+                        }
+                        let candidate = (ends, bundle);
+                        let candidates = self.segment_reseals.entry(target).or_default();
+                        if candidates.len() < MAX_RESEAL_CANDIDATES
+                            && !candidates.contains(&candidate)
+                        {
+                            candidates.push(candidate);
+                        }
+                        if self.sealed.contains(&target) {
+                            self.open_positions(vec![target], out);
+                        }
+                    }
+                }
             }
             self.sealed.remove(&(author, seq));
         }
+    }
+
+    /// Opens a sealed segment with a re-sealing of it, as [`Group::take_reseal`] does for an
+    /// envelope: the first candidate that checks out against the segment's signed header
+    /// is taken; one that does not is dropped, and never counts as the author's fork.
+    fn take_segment_reseal(&mut self, env: &Envelope, out: &mut Ingested) -> bool {
+        let key = (env.header().author, env.header().seq);
+        let candidates = self.segment_reseals.remove(&key).unwrap_or_default();
+        let mut kept = Vec::new();
+        let mut taken = false;
+        for candidate in candidates {
+            if taken {
+                continue;
+            }
+            match self.take_segment(env, &candidate.0, &candidate.1, out) {
+                ContentCheck::Taken => {
+                    taken = true;
+                    kept = vec![candidate];
+                }
+                ContentCheck::Wait => kept.push(candidate),
+                ContentCheck::Bad | ContentCheck::Fork => {}
+            }
+        }
+        if !kept.is_empty() {
+            self.segment_reseals.insert(key, kept);
+        }
+        taken
     }
 
     /// Checks a segment's changes (the author's own, continuing exactly from the change the
@@ -1695,9 +1755,6 @@ impl Group {
                 // log moves to the new epoch then, and the scan stops there, so this costs
                 // the few envelopes in between, not the author's whole history since.
                 for env in log.range(from.saturating_add(1)..).map(|(_, e)| e) {
-                    if env.span().is_some() {
-                        continue;
-                    }
                     let h = env.header();
                     if h.epoch >= rotation.epoch {
                         break;
@@ -1716,13 +1773,19 @@ impl Group {
             let Some(env) = self.item_ending_at(&target.0, target.1).cloned() else {
                 continue;
             };
-            let Opened::Body(Body::Changes { changes }) = self.open_envelope(&env) else {
-                continue;
-            };
-            let body = Body::Reseal {
-                author: target.0,
-                seq: target.1,
-                changes,
+            let body = match self.open_envelope(&env) {
+                Opened::Body(Body::Changes { changes }) => Body::Reseal {
+                    author: target.0,
+                    seq: target.1,
+                    changes,
+                },
+                Opened::Body(Body::Segment { ends, bundle }) => Body::ResealSegment {
+                    author: target.0,
+                    seq: target.1,
+                    ends,
+                    bundle,
+                },
+                _ => continue,
             };
             match self.append_own(body, rng) {
                 Ok(w) => written = Some(w.after(written)),
@@ -1988,6 +2051,11 @@ impl Group {
                             Opened::Body(Body::Segment { ends, bundle }) => {
                                 decode_segment(&ends, &bundle)
                             }
+                            Opened::NoKey => self
+                                .segment_reseals
+                                .get(&key)
+                                .and_then(|c| c.first())
+                                .and_then(|(ends, bundle)| decode_segment(ends, bundle)),
                             _ => None,
                         };
                         segment = decoded.map(|d| (key.0, key.1, d));
@@ -2025,6 +2093,10 @@ impl Group {
         }
     }
 }
+
+/// A segment's body as it travels: each position's last automerge sequence number, and the
+/// bundle.
+type SegmentBody = (Vec<u64>, Vec<u8>);
 
 /// The automerge changes of one log position.
 struct EnvelopeChanges {
@@ -3036,6 +3108,60 @@ mod tests {
         let r = d[1].group.ingest(vec![forged]);
         assert_eq!(r.refused, 1);
         assert!(d[1].group.pending.is_empty());
+    }
+
+    /// A member writes while offline during an admission it has not heard of, and restates
+    /// those writes (or not) before the newcomer gets them: the newcomer must end up with
+    /// all of them, and with what the member writes afterwards.
+    fn writes_during_an_admission_reach_the_newcomer(compact: bool) {
+        let mut d = setup(1);
+        let mut newcomer = admit(&mut d[0], Role::Member);
+        write_many(&mut d[1], 120, "offline");
+        if compact {
+            let restated = d[1]
+                .group
+                .compact_own(MIN_SEGMENT_POSITIONS, false, &mut OsRng);
+            assert!(!restated.is_empty());
+        }
+        let from_member = everything(&d[1]);
+        d[0].group.ingest(from_member);
+        d[0].group.reseal_due(&mut OsRng).unwrap();
+        newcomer.group.ingest(everything(&d[0]));
+        let from_facilitator = everything(&d[0]);
+        d[1].group.ingest(from_facilitator);
+        agree(&mut d[1], "after the admission");
+        let from_member = everything(&d[1]);
+        d[0].group.ingest(from_member);
+        newcomer.group.ingest(everything(&d[0]));
+        assert_eq!(texts(&d[0]).len(), 121);
+        assert_eq!(texts(&newcomer), texts(&d[0]));
+        // And after a restart, from its own store.
+        assert_eq!(texts_of(&restarted_joiner(&newcomer, &d[0])), texts(&d[0]));
+    }
+
+    /// A joiner rebuilt from the keys it was handed and the snapshot of its admission.
+    fn restarted_joiner(joiner: &Device, facilitator: &Device) -> Group {
+        let grants: Vec<KeyGrant> = joiner.group.keys.values().flatten().cloned().collect();
+        let base = joiner.group.base.as_ref().map(|b| b.to_vec());
+        let mut group = Group::restore(
+            *facilitator.group.info(),
+            &joiner.keys,
+            grants,
+            base.as_deref(),
+        )
+        .unwrap();
+        group.ingest_stored(everything(joiner));
+        group
+    }
+
+    #[test]
+    fn writes_during_an_admission_reach_the_newcomer_as_envelopes() {
+        writes_during_an_admission_reach_the_newcomer(false);
+    }
+
+    #[test]
+    fn writes_during_an_admission_reach_the_newcomer_as_a_resealed_segment() {
+        writes_during_an_admission_reach_the_newcomer(true);
     }
 
     proptest! {

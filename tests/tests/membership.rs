@@ -70,14 +70,16 @@ fn what_the_disk_reveals(data_dir: &Path, group: &str) -> (Vec<u32>, Vec<String>
                             .join(""),
                         Body::Roster(op) => format!("{op:?}"),
                         // A bundle compresses its columns: read its changes' operations.
-                        Body::Segment { bundle, .. } => automerge::Bundle::try_from(&bundle[..])
-                            .ok()
-                            .and_then(|b| b.to_changes().ok())
-                            .map(|cs| {
-                                let ops: Vec<_> = cs.iter().map(|c| c.decode()).collect();
-                                format!("{ops:?}")
-                            })
-                            .unwrap_or_else(|| "an undecodable segment".to_owned()),
+                        Body::Segment { bundle, .. } | Body::ResealSegment { bundle, .. } => {
+                            automerge::Bundle::try_from(&bundle[..])
+                                .ok()
+                                .and_then(|b| b.to_changes().ok())
+                                .map(|cs| {
+                                    let ops: Vec<_> = cs.iter().map(|c| c.decode()).collect();
+                                    format!("{ops:?}")
+                                })
+                                .unwrap_or_else(|| "an undecodable segment".to_owned())
+                        }
                     });
                 }
             }
