@@ -2297,13 +2297,7 @@ mod tests {
     }
 
     fn texts(d: &Device) -> BTreeSet<String> {
-        d.group
-            .read()
-            .unwrap()
-            .agreements
-            .values()
-            .map(|a| a.text.clone())
-            .collect()
+        texts_of(&d.group)
     }
 
     #[test]
