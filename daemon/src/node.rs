@@ -1329,11 +1329,25 @@ mod tests {
         assert_eq!(b.group_detail(&group).unwrap(), before);
         assert_eq!(b.version_vector(&group), a.version_vector(&group));
         // Both still recognise each other's group proofs after the restart.
+        assert_recognise_each_other(&a, &b, group);
+    }
+
+    /// Each node's group proofs, in a session either one dialled, are recognised by the
+    /// other as `group`.
+    fn assert_recognise_each_other(a: &Node, b: &Node, group: GroupId) {
         let t = [5u8; 32];
-        let from_b = b.group_proofs(&t, Side::Dialer);
-        assert_eq!(a.matched_groups(&t, Side::Dialer, &from_b), vec![group]);
-        let from_a = a.group_proofs(&t, Side::Listener);
-        assert_eq!(b.matched_groups(&t, Side::Listener, &from_a), vec![group]);
+        for (dialer, listener) in [(a, b), (b, a)] {
+            let from_dialer = dialer.group_proofs(&t, Side::Dialer);
+            assert_eq!(
+                listener.matched_groups(&t, Side::Dialer, &from_dialer),
+                vec![group]
+            );
+            let from_listener = listener.group_proofs(&t, Side::Listener);
+            assert_eq!(
+                dialer.matched_groups(&t, Side::Listener, &from_listener),
+                vec![group]
+            );
+        }
     }
 
     /// A member that missed more epochs than the newest ones a session proves (it was
@@ -1359,11 +1373,7 @@ mod tests {
             ahead > behind + PROVEN_EPOCHS as u32 + 1,
             "{behind} {ahead}"
         );
-        let t = [7u8; 32];
-        let from_a = a.group_proofs(&t, Side::Dialer);
-        assert_eq!(b.matched_groups(&t, Side::Dialer, &from_a), vec![group]);
-        let from_b = b.group_proofs(&t, Side::Listener);
-        assert_eq!(a.matched_groups(&t, Side::Listener, &from_b), vec![group]);
+        assert_recognise_each_other(&a, &b, group);
     }
 
     /// What a session sends follows the peer's standing as it changes: a member gets what

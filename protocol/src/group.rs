@@ -1345,19 +1345,9 @@ impl Group {
                     if Some(h.change_head) != prior_head {
                         self.mark_ineffective(author, seq, out);
                     } else {
-                        if author == self.me() {
-                            self.resealed.insert((target_author, target_seq));
-                        }
                         let target = (target_author, target_seq);
-                        let candidates = self.reseals.entry(target).or_default();
-                        if candidates.len() < MAX_RESEAL_CANDIDATES
-                            && !candidates.contains(&changes)
-                        {
-                            candidates.push(changes);
-                        }
-                        if self.sealed.contains(&target) {
-                            self.open_positions(vec![target], out);
-                        }
+                        push_candidate(self.reseals.entry(target).or_default(), changes);
+                        self.resealing_arrived(author, target, out);
                     }
                 }
                 Opened::Body(Body::ResealSegment {
@@ -1370,23 +1360,24 @@ impl Group {
                         self.mark_ineffective(author, seq, out);
                     } else {
                         let target = (target_author, target_seq);
-                        if author == self.me() {
-                            self.resealed.insert(target);
-                        }
-                        let candidate = (ends, bundle);
                         let candidates = self.segment_reseals.entry(target).or_default();
-                        if candidates.len() < MAX_RESEAL_CANDIDATES
-                            && !candidates.contains(&candidate)
-                        {
-                            candidates.push(candidate);
-                        }
-                        if self.sealed.contains(&target) {
-                            self.open_positions(vec![target], out);
-                        }
+                        push_candidate(candidates, (ends, bundle));
+                        self.resealing_arrived(author, target, out);
                     }
                 }
             }
             self.sealed.remove(&(author, seq));
+        }
+    }
+
+    /// After `author` re-sealed `target`: this device notes what it re-sealed itself, and
+    /// opens the target if it was waiting for that.
+    fn resealing_arrived(&mut self, author: MemberId, target: (MemberId, u64), out: &mut Ingested) {
+        if author == self.me() {
+            self.resealed.insert(target);
+        }
+        if self.sealed.contains(&target) {
+            self.open_positions(vec![target], out);
         }
     }
 
@@ -1396,21 +1387,9 @@ impl Group {
     fn take_segment_reseal(&mut self, env: &Envelope, out: &mut Ingested) -> bool {
         let key = (env.header().author, env.header().seq);
         let candidates = self.segment_reseals.remove(&key).unwrap_or_default();
-        let mut kept = Vec::new();
-        let mut taken = false;
-        for candidate in candidates {
-            if taken {
-                continue;
-            }
-            match self.take_segment(env, &candidate.0, &candidate.1, out) {
-                ContentCheck::Taken => {
-                    taken = true;
-                    kept = vec![candidate];
-                }
-                ContentCheck::Wait => kept.push(candidate),
-                ContentCheck::Bad | ContentCheck::Fork => {}
-            }
-        }
+        let (taken, kept) = try_candidates(candidates, |(ends, bundle)| {
+            self.take_segment(env, ends, bundle, out)
+        });
         if !kept.is_empty() {
             self.segment_reseals.insert(key, kept);
         }
@@ -1658,21 +1637,9 @@ impl Group {
     /// nor stand in the way of the genuine re-sealing). Returns whether one was taken.
     fn take_reseal(&mut self, author: MemberId, seq: u64, h: &Header) -> bool {
         let candidates = self.reseals.remove(&(author, seq)).unwrap_or_default();
-        let mut kept = Vec::new();
-        let mut taken = false;
-        for changes in candidates {
-            if taken {
-                continue;
-            }
-            match self.take_content(author, seq, h, changes.clone(), true) {
-                ContentCheck::Taken => {
-                    taken = true;
-                    kept = vec![changes];
-                }
-                ContentCheck::Wait => kept.push(changes),
-                ContentCheck::Bad | ContentCheck::Fork => {}
-            }
-        }
+        let (taken, kept) = try_candidates(candidates, |changes| {
+            self.take_content(author, seq, h, changes.clone(), true)
+        });
         if !kept.is_empty() {
             self.reseals.insert((author, seq), kept);
         }
@@ -2092,6 +2059,32 @@ impl Group {
             return;
         }
     }
+}
+
+/// Keeps a re-sealing candidate, unless it is known or there are enough already.
+fn push_candidate<T: PartialEq>(candidates: &mut Vec<T>, candidate: T) {
+    if candidates.len() < MAX_RESEAL_CANDIDATES && !candidates.contains(&candidate) {
+        candidates.push(candidate);
+    }
+}
+
+/// Tries re-sealing candidates in turn: the first that checks out is taken and kept alone;
+/// those that must wait are kept; the rest are dropped (a hostile member's forgery must
+/// neither spoil the original nor stand in the way of the genuine one). Returns whether
+/// one was taken, and what to keep.
+fn try_candidates<T>(
+    candidates: Vec<T>,
+    mut check: impl FnMut(&T) -> ContentCheck,
+) -> (bool, Vec<T>) {
+    let mut kept = Vec::new();
+    for candidate in candidates {
+        match check(&candidate) {
+            ContentCheck::Taken => return (true, vec![candidate]),
+            ContentCheck::Wait => kept.push(candidate),
+            ContentCheck::Bad | ContentCheck::Fork => {}
+        }
+    }
+    (false, kept)
 }
 
 /// A segment's body as it travels: each position's last automerge sequence number, and the
