@@ -74,6 +74,9 @@ fn signed_message(context: &[u8], message: &[u8]) -> Vec<u8> {
 pub struct DeviceKeys {
     signing: SigningKey,
     agreement: StaticSecret,
+    /// Derived once: the X25519 public key costs a scalar multiplication, and every
+    /// lockbox opened and envelope checked asks for this device's identity.
+    public: PublicIdentity,
 }
 
 impl std::fmt::Debug for DeviceKeys {
@@ -84,9 +87,21 @@ impl std::fmt::Debug for DeviceKeys {
 
 impl DeviceKeys {
     pub fn generate(rng: &mut impl CryptoRngCore) -> DeviceKeys {
+        DeviceKeys::from_parts(
+            SigningKey::generate(rng),
+            StaticSecret::random_from_rng(rng),
+        )
+    }
+
+    fn from_parts(signing: SigningKey, agreement: StaticSecret) -> DeviceKeys {
+        let public = PublicIdentity {
+            signing: signing.verifying_key().to_bytes(),
+            agreement: DhPublic::from(&agreement).to_bytes(),
+        };
         DeviceKeys {
-            signing: SigningKey::generate(rng),
-            agreement: StaticSecret::random_from_rng(rng),
+            signing,
+            agreement,
+            public,
         }
     }
 
@@ -106,17 +121,14 @@ impl DeviceKeys {
         seed.copy_from_slice(&bytes[..32]);
         let mut dh = Zeroizing::new([0u8; 32]);
         dh.copy_from_slice(&bytes[32..]);
-        Some(DeviceKeys {
-            signing: SigningKey::from_bytes(&seed),
-            agreement: StaticSecret::from(*dh),
-        })
+        Some(DeviceKeys::from_parts(
+            SigningKey::from_bytes(&seed),
+            StaticSecret::from(*dh),
+        ))
     }
 
     pub fn public(&self) -> PublicIdentity {
-        PublicIdentity {
-            signing: self.signing.verifying_key().to_bytes(),
-            agreement: DhPublic::from(&self.agreement).to_bytes(),
-        }
+        self.public
     }
 
     pub fn member_id(&self) -> MemberId {

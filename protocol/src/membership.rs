@@ -19,7 +19,9 @@
 //! - every add and removal carries a new epoch key (a rotation); a member who leaves is
 //!   followed by a rotation from any remaining member.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
@@ -431,10 +433,18 @@ struct Graph<'a> {
     children: Vec<Vec<usize>>,
     /// Whether every operation an operation names (transitively) is recorded.
     complete: Vec<bool>,
+    /// Who each operation's rotation (if it carries one) gives the key to.
+    recipients: Vec<Option<BTreeSet<MemberId>>>,
+    /// Every well-formed rotation, as a pass starts out knowing them.
+    keyed: BTreeMap<Hash, KeyedRotation>,
+    /// Ancestor sets already computed: a resolve asks for the same ones in every pass.
+    ancestors: RefCell<BTreeMap<usize, Rc<BTreeSet<usize>>>>,
+    /// Per operation, the members its ancestors removed or saw leave; asked in every pass.
+    seen_gone: RefCell<BTreeMap<usize, Rc<BTreeSet<MemberId>>>>,
 }
 
 impl<'a> Graph<'a> {
-    fn new(ops: &'a BTreeMap<Hash, OpRecord>) -> Graph<'a> {
+    fn new(group: GroupId, ops: &'a BTreeMap<Hash, OpRecord>) -> Graph<'a> {
         let list: Vec<&OpRecord> = ops.values().collect();
         let index: BTreeMap<Hash, usize> =
             list.iter().enumerate().map(|(i, r)| (r.hash, i)).collect();
@@ -467,11 +477,36 @@ impl<'a> Graph<'a> {
                 children[p].push(i);
             }
         }
+        let recipients: Vec<Option<BTreeSet<MemberId>>> = list
+            .iter()
+            .map(|r| r.op.action.rotation().map(Rotation::recipients))
+            .collect();
+        let keyed = list
+            .iter()
+            .zip(&recipients)
+            .filter_map(|(r, holders)| {
+                let rotation = r.op.action.rotation()?;
+                let holders = holders.as_ref()?;
+                rotation_ok(group, r.author, rotation, holders, None, None).then(|| {
+                    (
+                        r.hash,
+                        KeyedRotation {
+                            epoch: rotation.epoch,
+                            holders: holders.clone(),
+                        },
+                    )
+                })
+            })
+            .collect();
         Graph {
             ops: list,
             parents,
             children,
             complete,
+            recipients,
+            keyed,
+            ancestors: RefCell::default(),
+            seen_gone: RefCell::default(),
         }
     }
 
@@ -499,7 +534,10 @@ impl<'a> Graph<'a> {
     }
 
     /// Indices of every ancestor of `i`.
-    fn ancestors(&self, i: usize) -> BTreeSet<usize> {
+    fn ancestors(&self, i: usize) -> Rc<BTreeSet<usize>> {
+        if let Some(known) = self.ancestors.borrow().get(&i) {
+            return known.clone();
+        }
         let mut seen = BTreeSet::new();
         let mut stack = self.parents[i].clone();
         while let Some(j) = stack.pop() {
@@ -507,7 +545,32 @@ impl<'a> Graph<'a> {
                 stack.extend(self.parents[j].iter().copied());
             }
         }
+        let seen = Rc::new(seen);
+        self.ancestors.borrow_mut().insert(i, seen.clone());
         seen
+    }
+
+    /// Members that operation `i`'s author saw leave or be removed (even if that did not
+    /// stand in the end).
+    fn seen_gone(&self, i: usize) -> Rc<BTreeSet<MemberId>> {
+        if let Some(known) = self.seen_gone.borrow().get(&i) {
+            return known.clone();
+        }
+        let gone: Rc<BTreeSet<MemberId>> = Rc::new(
+            self.ancestors(i)
+                .iter()
+                .filter_map(|&j| {
+                    let op = self.ops[j];
+                    match &op.op.action {
+                        Action::Remove { member, .. } => Some(*member),
+                        Action::Leave => Some(op.author),
+                        _ => None,
+                    }
+                })
+                .collect(),
+        );
+        self.seen_gone.borrow_mut().insert(i, gone.clone());
+        gone
     }
 }
 
@@ -520,7 +583,7 @@ impl<'a> Graph<'a> {
 /// effect. So a cut is only ever made by a removal or departure that takes effect, and a
 /// later candidate can never undo an earlier, more senior one. One pass per candidate.
 fn resolve(info: &GroupInfo, ops: &BTreeMap<Hash, OpRecord>) -> Roster {
-    let graph = Graph::new(ops);
+    let graph = Graph::new(info.group_id, ops);
     let probe = Pass::run(info, &graph, Removals::Probe);
     let mut candidates: Vec<usize> = (0..graph.ops.len())
         .filter(|&i| {
@@ -640,22 +703,7 @@ impl Pass {
             cuts,
             decided,
             ranks: BTreeMap::from([(creator, 0)]),
-            keyed: graph
-                .ops
-                .iter()
-                .filter_map(|r| {
-                    let rotation = r.op.action.rotation()?;
-                    rotation_ok(info.group_id, r.author, rotation, None, None).then(|| {
-                        (
-                            r.hash,
-                            KeyedRotation {
-                                epoch: rotation.epoch,
-                                holders: rotation.recipients(),
-                            },
-                        )
-                    })
-                })
-                .collect(),
+            keyed: graph.keyed.clone(),
             add_index: BTreeMap::new(),
             next_rank: 1,
         };
@@ -728,7 +776,7 @@ impl Pass {
                     self.ranks.insert(id, self.next_rank);
                     self.next_rank += 1;
                     self.add_index.insert(id, i);
-                    self.start_epoch(r.hash, rotation);
+                    self.start_epoch(graph, i, rotation);
                     true
                 } else {
                     false
@@ -762,7 +810,7 @@ impl Pass {
                         if let Some(cut) = cut {
                             self.depart(*member, Departure::Removed { by: author }, cut);
                         }
-                        self.start_epoch(r.hash, rotation);
+                        self.start_epoch(graph, i, rotation);
                         true
                     }
                     _ => false,
@@ -781,7 +829,7 @@ impl Pass {
             },
             Action::Rotate { rotation } => {
                 if self.rotation_fits(graph, i, author, rotation, None, None) {
-                    self.start_epoch(r.hash, rotation);
+                    self.start_epoch(graph, i, rotation);
                     true
                 } else {
                     false
@@ -843,7 +891,10 @@ impl Pass {
         include: Option<MemberId>,
         exclude: Option<MemberId>,
     ) -> bool {
-        if !rotation_ok(self.group, author, rotation, include, exclude) {
+        let Some(recipients) = &graph.recipients[i] else {
+            return false;
+        };
+        if !rotation_ok(self.group, author, rotation, recipients, include, exclude) {
             return false;
         }
         let newest = self.epochs.iter().map(|e| e.epoch).max().unwrap_or(0);
@@ -853,18 +904,7 @@ impl Pass {
         let ancestors = graph.ancestors(i);
         // Members the author saw leave or be removed (even if that did not stand in the
         // end) may be left out: the author had every reason to.
-        let seen_gone: BTreeSet<MemberId> = ancestors
-            .iter()
-            .filter_map(|&j| {
-                let op = graph.ops[j];
-                match &op.op.action {
-                    Action::Remove { member, .. } => Some(*member),
-                    Action::Leave => Some(op.author),
-                    _ => None,
-                }
-            })
-            .collect();
-        let recipients = rotation.recipients();
+        let seen_gone = graph.seen_gone(i);
         self.members.iter().all(|(id, m)| {
             let known = match m.added_by_op {
                 None => true,
@@ -877,11 +917,12 @@ impl Pass {
         })
     }
 
-    fn start_epoch(&mut self, op: Hash, rotation: &Rotation) {
+    /// Records the epoch that operation `i` (carrying `rotation`) starts.
+    fn start_epoch(&mut self, graph: &Graph<'_>, i: usize, rotation: &Rotation) {
         self.epochs.push(EpochRecord {
-            op: Some(op),
+            op: Some(graph.ops[i].hash),
             epoch: rotation.epoch,
-            holders: rotation.recipients(),
+            holders: graph.recipients[i].clone().unwrap_or_default(),
         });
     }
 
@@ -916,9 +957,9 @@ impl Pass {
         for (id, member) in &self.members {
             // Epochs started before the member's admission stay closed to them; the
             // creator was there from the start.
-            let before: BTreeSet<usize> = match self.add_index.get(id) {
+            let before = match self.add_index.get(id) {
                 Some(&add) => graph.ancestors(add),
-                None => BTreeSet::new(),
+                None => Rc::default(),
             };
             for (op, keyed) in &self.keyed {
                 if keyed.holders.contains(id) {
@@ -967,10 +1008,10 @@ fn rotation_ok(
     group: GroupId,
     author: MemberId,
     rotation: &Rotation,
+    recipients: &BTreeSet<MemberId>,
     include: Option<MemberId>,
     exclude: Option<MemberId>,
 ) -> bool {
-    let recipients = rotation.recipients();
     rotation.lockboxes.len() <= MAX_MEMBERS
         && recipients.len() == rotation.lockboxes.len()
         && rotation
