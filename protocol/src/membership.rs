@@ -905,7 +905,11 @@ impl Pass {
         // Members the author saw leave or be removed (even if that did not stand in the
         // end) may be left out: the author had every reason to.
         let seen_gone = graph.seen_gone(i);
+        // Recipients first: in an honest rotation that settles nearly every member.
         self.members.iter().all(|(id, m)| {
+            if recipients.contains(id) || Some(*id) == exclude || seen_gone.contains(id) {
+                return true;
+            }
             let known = match m.added_by_op {
                 None => true,
                 Some(_) => self
@@ -913,7 +917,7 @@ impl Pass {
                     .get(id)
                     .is_some_and(|a| ancestors.contains(a)),
             };
-            !known || Some(*id) == exclude || seen_gone.contains(id) || recipients.contains(id)
+            !known
         })
     }
 
