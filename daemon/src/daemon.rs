@@ -55,13 +55,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         mdns = config.mdns,
         "hearthd ready"
     );
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let app = http::router(AppState {
         node: node.clone(),
         net: net.clone(),
         peering,
+        stopping,
     });
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            stop.send_replace(true);
+        })
         .await;
 
     tracing::info!("shutting down");

@@ -26,6 +26,9 @@ pub struct AppState {
     pub node: Arc<Node>,
     pub net: NetHandle,
     pub peering: crate::peering::Peering,
+    /// Turns true when the daemon starts to stop: open event streams end then, or the
+    /// graceful shutdown would wait on them for as long as their clients stay.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// An API failure: an HTTP status and an [`ApiError`] body.
@@ -200,7 +203,9 @@ async fn show_agreement(
 /// Server-sent events: one per group change, so clients need not ask again and again.
 async fn events(State(s): State<AppState>) -> impl IntoResponse {
     use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
     use tokio::sync::broadcast::error::RecvError;
+    let mut stopping = s.stopping.clone();
     let stream = futures::stream::unfold(s.node.group_events(), |mut rx| async move {
         let event = match rx.recv().await {
             Ok(id) => Event::default()
@@ -213,6 +218,10 @@ async fn events(State(s): State<AppState>) -> impl IntoResponse {
             Err(RecvError::Closed) => return None,
         };
         Some((Ok::<_, std::convert::Infallible>(event), rx))
+    })
+    .take_until(async move {
+        // A dropped sender means the daemon is going away too.
+        let _ = stopping.wait_for(|stop| *stop).await;
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

@@ -92,3 +92,31 @@ fn a_client_follows_changes_and_reads_one_agreement() {
     assert!(epoch_of(&a).as_u64().is_some_and(|e| e >= 1));
     assert_eq!(epoch_of(&a), epoch_of(&b));
 }
+
+#[test]
+fn a_daemon_asked_to_stop_ends_the_event_streams_it_serves_and_exits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Daemon::start("A", &tmp.path().join("a"));
+    let (mut events, status) = get(&a.socket, "/v1/events");
+    assert!(status.contains(" 200 "), "{status}");
+
+    // This client keeps reading; the daemon must still stop, not wait for it to leave.
+    // Both waits run beside the test so that a daemon that never stops fails it.
+    let (ended, end_seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = ended.send(events.read_to_string(&mut rest).map(|_| rest));
+    });
+    let (stopped, stop_seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        a.stop();
+        let _ = stopped.send(());
+    });
+    end_seen
+        .recv_timeout(PATIENCE)
+        .expect("the daemon ends the event stream when it stops")
+        .expect("the event stream ends cleanly");
+    stop_seen
+        .recv_timeout(PATIENCE)
+        .expect("hearthd stops while a client follows its events");
+}
