@@ -3247,7 +3247,9 @@ mod tests {
                 .iter()
                 .filter(|x| x.group.roster().is_member(&x.id()))
                 .collect();
-            prop_assert!(!current.is_empty());
+            // Every device may have left or been removed (all four leaving at once, say):
+            // then no view is left to compare.
+            prop_assume!(!current.is_empty());
             for dev in &current {
                 prop_assert_eq!(dev.group.roster(), current[0].group.roster());
             }
