@@ -1029,7 +1029,10 @@ impl Node {
             .unwrap_or_default()
     }
 
-    /// Envelopes `known` lacks, each author's in order, within the given budgets.
+    /// Envelopes `known` lacks, each author's in order, within the given budgets, whoever
+    /// asks (tests read a node's whole log with it; sessions use
+    /// [`Node::missing_for_member`]).
+    #[cfg(test)]
     pub fn missing(
         &self,
         id: &GroupId,
@@ -1037,10 +1040,24 @@ impl Node {
         max_count: usize,
         max_bytes: usize,
     ) -> Vec<Envelope> {
+        self.missing_if(id, known, max_count, max_bytes, |_| true)
+    }
+
+    /// What `known` lacks of group `id`, if `allowed` holds for the group: the check and the
+    /// read happen under one lock.
+    fn missing_if(
+        &self,
+        id: &GroupId,
+        known: &VersionVector,
+        max_count: usize,
+        max_bytes: usize,
+        allowed: impl Fn(&Group) -> bool,
+    ) -> Vec<Envelope> {
         let mut groups = self.lock();
         self.compact_to_serve(&mut groups, id);
         groups
             .get(id)
+            .filter(|s| allowed(&s.group))
             .map(|s| s.group.missing_for(known, max_count, max_bytes))
             .unwrap_or_default()
     }
@@ -1138,13 +1155,9 @@ impl Node {
         max_count: usize,
         max_bytes: usize,
     ) -> Vec<Envelope> {
-        let mut groups = self.lock();
-        self.compact_to_serve(&mut groups, id);
-        groups
-            .get(id)
-            .filter(|s| standing_in(&s.group, peer) == Standing::Member)
-            .map(|s| s.group.missing_for(known, max_count, max_bytes))
-            .unwrap_or_default()
+        self.missing_if(id, known, max_count, max_bytes, |group| {
+            standing_in(group, peer) == Standing::Member
+        })
     }
 
     /// Whether this device already sees itself in group `id`'s membership (a joiner does
