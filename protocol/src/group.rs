@@ -196,6 +196,9 @@ enum Opened {
     NoKey,
 }
 
+/// Where an item waits in the out-of-order buffer: its author, last and first position.
+type PendingKey = (MemberId, u64, u64);
+
 pub struct Group {
     info: GroupInfo,
     device: DeviceKeys,
@@ -206,7 +209,9 @@ pub struct Group {
     /// Every accepted envelope and segment, per author, by the last log position it holds
     /// (what peers may lack). A device may hold a segment beside envelopes it restates.
     logs: BTreeMap<MemberId, BTreeMap<u64, Envelope>>,
-    pending: BTreeMap<(MemberId, u64), Envelope>,
+    /// Keyed by author, last position and first position: a segment and the envelope at
+    /// its last position can both wait here (either may be what continues the log).
+    pending: BTreeMap<PendingKey, Envelope>,
     pending_bytes: usize,
     /// How many envelopes of each author wait in `pending`.
     pending_per_author: BTreeMap<MemberId, usize>,
@@ -999,7 +1004,7 @@ impl Group {
         loop {
             let mut fresh: Vec<(MemberId, u64)> = Vec::new();
             let authors: Vec<MemberId> = {
-                let mut a: Vec<MemberId> = self.pending.keys().map(|(a, _)| *a).collect();
+                let mut a: Vec<MemberId> = self.pending.keys().map(|(a, _, _)| *a).collect();
                 a.dedup();
                 a
             };
@@ -1074,7 +1079,7 @@ impl Group {
         if self.frozen.contains_key(&h.author) {
             return;
         }
-        let key = (h.author, h.seq);
+        let key = (h.author, h.seq, env.first());
         if self.pending.contains_key(&key) {
             // Never let a later arrival displace a buffered envelope: a forger could
             // otherwise evict the genuine one.
@@ -1125,9 +1130,9 @@ impl Group {
     }
 
     fn drop_pending_of(&mut self, author: MemberId) {
-        let keys: Vec<(MemberId, u64)> = self
+        let keys: Vec<PendingKey> = self
             .pending
-            .range((author, 0)..=(author, u64::MAX))
+            .range((author, 0, 0)..=(author, u64::MAX, u64::MAX))
             .map(|(k, _)| *k)
             .collect();
         for key in keys {
@@ -1135,7 +1140,7 @@ impl Group {
         }
     }
 
-    fn take_pending(&mut self, key: &(MemberId, u64)) -> Option<Envelope> {
+    fn take_pending(&mut self, key: &PendingKey) -> Option<Envelope> {
         let env = self.pending.remove(key)?;
         self.pending_bytes -= env.as_bytes().len();
         let author = env.header().author;
@@ -1159,9 +1164,9 @@ impl Group {
     ) -> Vec<Envelope> {
         let head = self.heads.get(&author).copied();
         // Drop stale entries left behind by an earlier batch.
-        let stale: Vec<(MemberId, u64)> = self
+        let stale: Vec<PendingKey> = self
             .pending
-            .range((author, 0)..=(author, head.map_or(0, |h| h.seq)))
+            .range((author, 0, 0)..=(author, head.map_or(0, |h| h.seq), u64::MAX))
             .map(|(k, _)| *k)
             .collect();
         for key in stale {
@@ -1173,7 +1178,7 @@ impl Group {
         // The envelope at the next position, or a segment that spans it.
         while let Some((key, first, stated_prev)) = self
             .pending
-            .range((author, reached + 1)..=(author, u64::MAX))
+            .range((author, reached + 1, 0)..=(author, u64::MAX, u64::MAX))
             .find(|(_, e)| e.first() <= reached + 1)
             .map(|(k, e)| (*k, e.first(), e.header().prev))
         {
@@ -3149,6 +3154,52 @@ mod tests {
     #[test]
     fn writes_during_an_admission_reach_the_newcomer_as_a_resealed_segment() {
         writes_during_an_admission_reach_the_newcomer(true);
+    }
+
+    /// A segment and the envelope at its last position both wait in the buffer when they
+    /// arrive early: either may be what continues the log. (When the buffer kept only the
+    /// first to arrive, some delivery orders left the rest of the author's log waiting for
+    /// good; these orders found it.)
+    #[test]
+    fn a_segment_and_the_envelope_at_its_last_position_wait_side_by_side() {
+        let mut d = setup(1);
+        agree(&mut d[0], "before");
+        write_many(
+            &mut d[0],
+            (KEEP_RECENT + MIN_SEGMENT_POSITIONS) as usize,
+            "w",
+        );
+        let mut log = everything(&d[0]);
+        assert!(
+            !d[0]
+                .group
+                .compact_own(MIN_SEGMENT_POSITIONS, true, &mut OsRng)
+                .is_empty()
+        );
+        log.extend(everything(&d[0]));
+        let observer = DeviceKeys::generate(&mut OsRng);
+        let grants = || {
+            d[0].group
+                .keys
+                .values()
+                .flatten()
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        for seed in 0..60 {
+            let mut fresh = Group::restore(*d[0].group.info(), &observer, grants(), None).unwrap();
+            let mut shuffled = log.clone();
+            shuffle(&mut shuffled, seed);
+            for chunk in shuffled.chunks(5) {
+                fresh.ingest(chunk.to_vec());
+            }
+            assert_eq!(
+                fresh.version_vector(),
+                d[0].group.version_vector(),
+                "order {seed}"
+            );
+            assert!(fresh.pending.is_empty(), "order {seed}");
+        }
     }
 
     proptest! {
