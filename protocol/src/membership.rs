@@ -22,6 +22,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -200,14 +201,15 @@ pub struct EpochRecord {
     pub op: Option<Hash>,
     pub epoch: u32,
     /// Who was given its key: the rotation's recipients and any forwarded to later.
-    pub holders: BTreeSet<MemberId>,
+    /// Shared: every resolution pass starts from the same sets and few of them change.
+    pub holders: Arc<BTreeSet<MemberId>>,
 }
 
 /// A rotation's epoch and who holds its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyedRotation {
     pub epoch: u32,
-    pub holders: BTreeSet<MemberId>,
+    pub holders: Arc<BTreeSet<MemberId>>,
 }
 
 /// A current member who should hold an epoch's key but was never given it.
@@ -434,7 +436,7 @@ struct Graph<'a> {
     /// Whether every operation an operation names (transitively) is recorded.
     complete: Vec<bool>,
     /// Who each operation's rotation (if it carries one) gives the key to.
-    recipients: Vec<Option<BTreeSet<MemberId>>>,
+    recipients: Vec<Option<Arc<BTreeSet<MemberId>>>>,
     /// Every well-formed rotation, as a pass starts out knowing them.
     keyed: BTreeMap<Hash, KeyedRotation>,
     /// Ancestor sets already computed: a resolve asks for the same ones in every pass.
@@ -477,9 +479,9 @@ impl<'a> Graph<'a> {
                 children[p].push(i);
             }
         }
-        let recipients: Vec<Option<BTreeSet<MemberId>>> = list
+        let recipients: Vec<Option<Arc<BTreeSet<MemberId>>>> = list
             .iter()
-            .map(|r| r.op.action.rotation().map(Rotation::recipients))
+            .map(|r| r.op.action.rotation().map(|rot| Arc::new(rot.recipients())))
             .collect();
         let keyed = list
             .iter()
@@ -603,7 +605,8 @@ fn resolve(info: &GroupInfo, ops: &BTreeMap<Hash, OpRecord>) -> Roster {
         )
     });
     let mut decided: BTreeMap<usize, (MemberId, u64)> = BTreeMap::new();
-    let mut current = Pass::run(info, &graph, Removals::Decided(&decided));
+    // The pass of the last candidate kept; the pass with no cuts is run only if none is.
+    let mut current: Option<Pass> = None;
     for i in candidates {
         let r = graph.ops[i];
         let author_cut = decided
@@ -630,10 +633,12 @@ fn resolve(info: &GroupInfo, ops: &BTreeMap<Hash, OpRecord>) -> Roster {
             .all(|j| pass.effective.contains(&graph.ops[*j].hash));
         if all_stand {
             decided = tentative;
-            current = pass;
+            current = Some(pass);
         }
     }
-    current.finish(&graph)
+    current
+        .unwrap_or_else(|| Pass::run(info, &graph, Removals::Decided(&decided)))
+        .finish(&graph)
 }
 
 /// How a pass treats removals and departures.
@@ -697,7 +702,7 @@ impl Pass {
             epochs: vec![EpochRecord {
                 op: None,
                 epoch: 0,
-                holders: BTreeSet::from([creator]),
+                holders: Arc::new(BTreeSet::from([creator])),
             }],
             effective: BTreeSet::new(),
             cuts,
@@ -847,7 +852,8 @@ impl Pass {
                             .iter()
                             .all(|b| b.group_id == group && b.sender == author && b.epoch == epoch);
                     if fine {
-                        keyed.holders.extend(lockboxes.iter().map(|b| b.recipient));
+                        Arc::make_mut(&mut keyed.holders)
+                            .extend(lockboxes.iter().map(|b| b.recipient));
                     }
                     fine
                 }
