@@ -786,11 +786,12 @@ impl Group {
             ) else {
                 continue;
             };
-            let lockboxes = members
+            let recipients: Vec<PublicIdentity> = members
                 .iter()
                 .filter_map(|m| self.roster().get(m).map(|x| x.identity))
-                .map(|to| Lockbox::seal(&self.device, &to, self.id(), epoch, &key, rng))
                 .collect();
+            let lockboxes =
+                Lockbox::seal_all(&self.device, &recipients, self.id(), epoch, &key, rng);
             let op = RosterOp {
                 deps: self.membership.heads(),
                 action: Action::Forward {
@@ -860,10 +861,7 @@ impl Group {
         // rotation that did not count must not push the numbering anywhere.
         let epoch = self.membership.highest_epoch().saturating_add(1);
         let key = SecretKey::random(rng);
-        let lockboxes = recipients
-            .iter()
-            .map(|to| Lockbox::seal(&self.device, to, self.id(), epoch, &key, rng))
-            .collect();
+        let lockboxes = Lockbox::seal_all(&self.device, recipients, self.id(), epoch, &key, rng);
         Rotation {
             epoch,
             lockboxes,

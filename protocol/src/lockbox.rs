@@ -9,7 +9,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use rand_core::CryptoRngCore;
 use serde::{Deserialize, Serialize};
-use x25519_dalek::{EphemeralSecret, PublicKey as DhPublic};
+use x25519_dalek::{PublicKey as DhPublic, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::crypto::{self, SecretKey, labels};
@@ -54,6 +54,9 @@ pub enum LockboxError {
     Decrypt,
 }
 
+/// Below this many lockboxes per thread, starting a thread costs more than it saves.
+const LOCKBOXES_PER_THREAD: usize = 8;
+
 impl Lockbox {
     pub fn seal(
         sender: &DeviceKeys,
@@ -63,7 +66,70 @@ impl Lockbox {
         epoch_key: &SecretKey,
         rng: &mut impl CryptoRngCore,
     ) -> Lockbox {
-        let eph = EphemeralSecret::random_from_rng(&mut *rng);
+        let eph = StaticSecret::random_from_rng(&mut *rng);
+        Lockbox::seal_with(sender, recipient, group_id, epoch, epoch_key, eph)
+    }
+
+    /// Seals `epoch_key` for each recipient, in order, spread over the machine's cores. A
+    /// rotation seals one lockbox per member (two scalar multiplications and a signature
+    /// each), and every member waits for all of them before it can write again.
+    pub fn seal_all(
+        sender: &DeviceKeys,
+        recipients: &[PublicIdentity],
+        group_id: GroupId,
+        epoch: u32,
+        epoch_key: &SecretKey,
+        rng: &mut impl CryptoRngCore,
+    ) -> Vec<Lockbox> {
+        // The one-time keys are drawn here, in order, so only the arithmetic moves to
+        // other threads.
+        let mut jobs: Vec<(&PublicIdentity, StaticSecret)> = recipients
+            .iter()
+            .map(|to| (to, StaticSecret::random_from_rng(&mut *rng)))
+            .collect();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(jobs.len().div_ceil(LOCKBOXES_PER_THREAD))
+            .max(1);
+        let per_thread = jobs.len().div_ceil(threads).max(1);
+        let mut batches = Vec::with_capacity(threads);
+        while !jobs.is_empty() {
+            let rest = jobs.split_off(jobs.len().min(per_thread));
+            batches.push(std::mem::replace(&mut jobs, rest));
+        }
+        let seal_batch = |batch: Vec<(&PublicIdentity, StaticSecret)>| -> Vec<Lockbox> {
+            batch
+                .into_iter()
+                .map(|(to, eph)| Lockbox::seal_with(sender, to, group_id, epoch, epoch_key, eph))
+                .collect()
+        };
+        std::thread::scope(|scope| {
+            let mut batches = batches.into_iter();
+            let first = batches.next();
+            let others: Vec<_> = batches
+                .map(|batch| scope.spawn(move || seal_batch(batch)))
+                .collect();
+            let mut sealed = first.map(seal_batch).unwrap_or_default();
+            for other in others {
+                match other.join() {
+                    Ok(part) => sealed.extend(part),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            sealed
+        })
+    }
+
+    /// `eph` is the lockbox's one-time key: used for this lockbox only, and wiped when
+    /// dropped at the end.
+    fn seal_with(
+        sender: &DeviceKeys,
+        recipient: &PublicIdentity,
+        group_id: GroupId,
+        epoch: u32,
+        epoch_key: &SecretKey,
+        eph: StaticSecret,
+    ) -> Lockbox {
         let eph_public = DhPublic::from(&eph).to_bytes();
         let shared = Zeroizing::new(
             eph.diffie_hellman(&DhPublic::from(recipient.agreement))
@@ -183,6 +249,28 @@ mod tests {
             bx.open(&bob, &eve.public()),
             Err(LockboxError::BadSignature)
         );
+    }
+
+    #[test]
+    fn sealing_for_many_gives_each_recipient_its_own_lockbox_in_order() {
+        let alice = DeviceKeys::generate(&mut OsRng);
+        let key = SecretKey::random(&mut OsRng);
+        // Sizes around the thread split: none, one, one short of a batch, several batches.
+        for n in [0, 1, LOCKBOXES_PER_THREAD - 1, 3 * LOCKBOXES_PER_THREAD + 1] {
+            let devices: Vec<DeviceKeys> =
+                (0..n).map(|_| DeviceKeys::generate(&mut OsRng)).collect();
+            let recipients: Vec<PublicIdentity> = devices.iter().map(|d| d.public()).collect();
+            let boxes =
+                Lockbox::seal_all(&alice, &recipients, GroupId([2; 16]), 7, &key, &mut OsRng);
+            assert_eq!(boxes.len(), n);
+            for (bx, device) in boxes.iter().zip(&devices) {
+                assert_eq!(bx.recipient, device.member_id());
+                assert_eq!(bx.open(device, &alice.public()).unwrap(), key);
+            }
+            let ephemerals: std::collections::BTreeSet<_> =
+                boxes.iter().map(|b| b.ephemeral).collect();
+            assert_eq!(ephemerals.len(), n, "each lockbox has its own one-time key");
+        }
     }
 
     #[test]
