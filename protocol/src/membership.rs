@@ -489,7 +489,7 @@ impl<'a> Graph<'a> {
             .filter_map(|(r, holders)| {
                 let rotation = r.op.action.rotation()?;
                 let holders = holders.as_ref()?;
-                rotation_ok(group, r.author, rotation, holders, None, None).then(|| {
+                rotation_well_formed(group, r.author, rotation, holders).then(|| {
                     (
                         r.hash,
                         KeyedRotation {
@@ -764,7 +764,7 @@ impl Pass {
                 if facilitator
                     && fresh
                     && valid_name(name)
-                    && self.rotation_fits(graph, i, author, rotation, Some(id), None)
+                    && self.rotation_fits(graph, i, rotation, Some(id), None)
                 {
                     self.members.insert(
                         id,
@@ -809,7 +809,7 @@ impl Pass {
                     && *member != author
                     && self.members.contains_key(member)
                     && graph.seen_cut(i, member, *upto).is_some()
-                    && self.rotation_fits(graph, i, author, rotation, None, Some(*member));
+                    && self.rotation_fits(graph, i, rotation, None, Some(*member));
                 match decided {
                     Some(cut) if fits => {
                         if let Some(cut) = cut {
@@ -833,7 +833,7 @@ impl Pass {
                 None => true,
             },
             Action::Rotate { rotation } => {
-                if self.rotation_fits(graph, i, author, rotation, None, None) {
+                if self.rotation_fits(graph, i, rotation, None, None) {
                     self.start_epoch(graph, i, rotation);
                     true
                 } else {
@@ -892,7 +892,6 @@ impl Pass {
         &self,
         graph: &Graph<'_>,
         i: usize,
-        author: MemberId,
         rotation: &Rotation,
         include: Option<MemberId>,
         exclude: Option<MemberId>,
@@ -900,20 +899,33 @@ impl Pass {
         let Some(recipients) = &graph.recipients[i] else {
             return false;
         };
-        if !rotation_ok(self.group, author, rotation, recipients, include, exclude) {
+        // Well formed (judged once, when the graph was built: the same in every pass), and
+        // it includes and leaves out whom the operation requires.
+        let well_formed = graph.keyed.contains_key(&graph.ops[i].hash);
+        if !well_formed
+            || include.is_some_and(|m| !recipients.contains(&m))
+            || exclude.is_some_and(|m| recipients.contains(&m))
+        {
             return false;
         }
         let newest = self.epochs.iter().map(|e| e.epoch).max().unwrap_or(0);
         if rotation.epoch > newest.saturating_add(MAX_EPOCH_STEP) {
             return false;
         }
-        let ancestors = graph.ancestors(i);
-        // Members the author saw leave or be removed (even if that did not stand in the
-        // end) may be left out: the author had every reason to.
-        let seen_gone = graph.seen_gone(i);
-        // Recipients first: in an honest rotation that settles nearly every member.
+        // Recipients first: in an honest rotation that settles nearly every member. Both
+        // are sorted by id, so one walk through each answers it.
+        let mut recipients_in_order = recipients.iter().peekable();
+        let mut history = None;
         self.members.iter().all(|(id, m)| {
-            if recipients.contains(id) || Some(*id) == exclude || seen_gone.contains(id) {
+            while recipients_in_order.next_if(|r| *r < id).is_some() {}
+            if recipients_in_order.peek() == Some(&id) || Some(*id) == exclude {
+                return true;
+            }
+            // Members the author saw leave or be removed (even if that did not stand in
+            // the end) may be left out: the author had every reason to.
+            let (seen_gone, ancestors) =
+                history.get_or_insert_with(|| (graph.seen_gone(i), graph.ancestors(i)));
+            if seen_gone.contains(id) {
                 return true;
             }
             let known = match m.added_by_op {
@@ -1009,18 +1021,17 @@ impl Pass {
 }
 
 /// A rotation is well formed when its author sent every lockbox, all for the rotation's
-/// own epoch and to distinct recipients, the author among them, and it includes or leaves
-/// out whom the operation requires. Whether the recipients match the membership is not
-/// judged here: concurrent changes make honest views differ. A current member left out is
-/// sent the key later ([`ForwardDue`]); a key held by someone no longer a member makes the
-/// next writer start a new epoch ([`Roster::needs_rotation`]).
-fn rotation_ok(
+/// own epoch and to distinct recipients, the author among them. Whom the operation must
+/// include or leave out is checked by the pass ([`Pass::rotation_fits`]). Whether the
+/// recipients match the membership is not judged here: concurrent changes make honest
+/// views differ. A current member left out is sent the key later ([`ForwardDue`]); a key
+/// held by someone no longer a member makes the next writer start a new epoch
+/// ([`Roster::needs_rotation`]).
+fn rotation_well_formed(
     group: GroupId,
     author: MemberId,
     rotation: &Rotation,
     recipients: &BTreeSet<MemberId>,
-    include: Option<MemberId>,
-    exclude: Option<MemberId>,
 ) -> bool {
     rotation.lockboxes.len() <= MAX_MEMBERS
         && recipients.len() == rotation.lockboxes.len()
@@ -1029,8 +1040,6 @@ fn rotation_ok(
             .iter()
             .all(|b| b.group_id == group && b.sender == author && b.epoch == rotation.epoch)
         && recipients.contains(&author)
-        && include.is_none_or(|m| recipients.contains(&m))
-        && exclude.is_none_or(|m| !recipients.contains(&m))
 }
 
 fn valid_name(name: &str) -> bool {
