@@ -259,8 +259,10 @@ fn history_scenarios(
         if wanted(Scenario::Catchup) {
             let run = catchup::hearth(&root.join(format!("catchup{r}")), &h, rt)?;
             let base = catchup::baseline(&plain, rt)?;
+            let apply = catchup::apply_floor(&plain)?;
             say(&format!(
-                "catch-up, run {}: {:.1} ms and {} bytes, baseline {:.1} ms and {} bytes",
+                "catch-up, run {}: {:.1} ms and {} bytes, baseline {:.1} ms and {} bytes, \
+                 automerge apply alone {apply:.1} ms",
                 r + 1,
                 run.ms,
                 run.bytes,
@@ -268,6 +270,7 @@ fn history_scenarios(
                 base.bytes
             ));
             report.catchup.push((run, base));
+            report.catchup_apply.push(apply);
         }
         if wanted(Scenario::Join) {
             let ms = join::hearth(&root.join(format!("join{r}")), &h, rt)?;

@@ -26,6 +26,8 @@ pub struct Report {
     pub write_ms_each: Option<f64>,
     /// Per run: hearth, then the baseline.
     pub catchup: Vec<(catchup::Run, catchup::Run)>,
+    /// Per run: automerge alone applying the same changes in one batch, in milliseconds.
+    pub catchup_apply: Vec<f64>,
     /// Per run: hearth's join, then automerge's save + load, in milliseconds.
     pub join: Vec<(f64, f64)>,
     pub live: Option<Live>,
@@ -43,6 +45,7 @@ impl Report {
             runs,
             write_ms_each: None,
             catchup: Vec::new(),
+            catchup_apply: Vec::new(),
             join: Vec::new(),
             live: None,
             disk: None,
@@ -66,6 +69,10 @@ impl Report {
         ])
     }
 
+    fn apply_median(&self) -> Option<f64> {
+        (!self.catchup_apply.is_empty()).then(|| median(&self.catchup_apply))
+    }
+
     fn join_medians(&self) -> Option<(f64, f64)> {
         (!self.join.is_empty()).then(|| {
             let hearth: Vec<f64> = self.join.iter().map(|j| j.0).collect();
@@ -84,6 +91,7 @@ impl Report {
             json!({
                 "hearth_ms": h, "baseline_ms": b, "ratio": ratio(h, b),
                 "hearth_bytes": hb, "baseline_bytes": bb, "bytes_ratio": ratio(hb, bb),
+                "apply_ms": self.apply_median(), "apply_ratio": self.apply_median().map(|a| ratio(h, a)),
             })
         });
         let live = self.live.as_ref().map(|l| {
@@ -134,6 +142,15 @@ impl Report {
         );
         if let Some([h, b, hb, bb]) = self.catchup_medians() {
             row("catch-up time", ms(h), ms(b), x(ratio(h, b)), "<= 1.0x");
+            if let Some(a) = self.apply_median() {
+                row(
+                    "catch-up vs apply",
+                    ms(h),
+                    ms(a),
+                    x(ratio(h, a)),
+                    "(automerge apply alone)",
+                );
+            }
             row(
                 "catch-up bytes",
                 kb(hb),

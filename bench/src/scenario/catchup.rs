@@ -73,3 +73,20 @@ pub fn baseline(history: &automerge::Automerge, rt: &tokio::runtime::Runtime) ->
         })
     })
 }
+
+/// What automerge alone takes to apply the same changes, in one batch, to an empty
+/// document: the least a receiver that checks every change before applying it must spend
+/// (hearth's receiver applies them the same way, after its checks). Milliseconds.
+pub fn apply_floor(history: &automerge::Automerge) -> Result<f64> {
+    let changes = history.get_changes(&[]);
+    let mut doc = automerge::AutoCommit::new();
+    let start = Instant::now();
+    doc.apply_changes_batch(changes)
+        .context("applying the history's changes")?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    ensure!(
+        doc.get_heads() == history.get_heads(),
+        "the applied document's heads differ from the history's"
+    );
+    Ok(ms)
+}

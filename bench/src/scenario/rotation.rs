@@ -55,7 +55,10 @@ impl Group {
     /// no round trips of the harness's own.
     pub fn remove_one(&mut self, rt: &tokio::runtime::Runtime) -> Result<f64> {
         // Untimed: the previous removal's follow-up (its member's daemon stopping, sessions
-        // closing) is over, so each removal is measured on a quiet group.
+        // closing) is over, so each removal is measured on a quiet group. The disk is quiet
+        // too: what the harness wrote before (other scenarios' histories, stopped daemons'
+        // stores) is flushed now, not by the kernel in the middle of the removal's fsyncs.
+        flush_page_cache()?;
         std::thread::sleep(QUIET_BEFORE_REMOVAL);
         let mut removed = self.members.pop().context("the group is empty")?;
         let removed_id = removed.member_id();
@@ -97,4 +100,13 @@ impl Group {
             m.stop();
         }
     }
+}
+
+/// Writes every dirty page of every file system out to disk (sync(1)).
+fn flush_page_cache() -> Result<()> {
+    let status = std::process::Command::new("sync")
+        .status()
+        .context("running sync")?;
+    ensure!(status.success(), "sync failed: {status}");
+    Ok(())
 }
