@@ -67,7 +67,7 @@ impl Lockbox {
         rng: &mut impl CryptoRngCore,
     ) -> Lockbox {
         let eph = StaticSecret::random_from_rng(&mut *rng);
-        Lockbox::seal_with(sender, recipient, group_id, epoch, epoch_key, eph)
+        Lockbox::seal_with(sender, recipient, group_id, epoch, epoch_key, &eph)
     }
 
     /// Seals `epoch_key` for each recipient, in order, spread over the machine's cores. A
@@ -82,8 +82,8 @@ impl Lockbox {
         rng: &mut impl CryptoRngCore,
     ) -> Vec<Lockbox> {
         // The one-time keys are drawn here, in order, so only the arithmetic moves to
-        // other threads.
-        let mut jobs: Vec<(&PublicIdentity, StaticSecret)> = recipients
+        // other threads. They are wiped when `jobs` is dropped.
+        let jobs: Vec<(&PublicIdentity, StaticSecret)> = recipients
             .iter()
             .map(|to| (to, StaticSecret::random_from_rng(&mut *rng)))
             .collect();
@@ -92,45 +92,46 @@ impl Lockbox {
             .min(jobs.len().div_ceil(LOCKBOXES_PER_THREAD))
             .max(1);
         let per_thread = jobs.len().div_ceil(threads).max(1);
-        let mut batches = Vec::with_capacity(threads);
-        while !jobs.is_empty() {
-            let rest = jobs.split_off(jobs.len().min(per_thread));
-            batches.push(std::mem::replace(&mut jobs, rest));
-        }
-        let seal_batch = |batch: Vec<(&PublicIdentity, StaticSecret)>| -> Vec<Lockbox> {
+        let seal_batch = |batch: &[(&PublicIdentity, StaticSecret)]| -> Vec<Lockbox> {
             batch
-                .into_iter()
+                .iter()
                 .map(|(to, eph)| Lockbox::seal_with(sender, to, group_id, epoch, epoch_key, eph))
                 .collect()
         };
         std::thread::scope(|scope| {
-            let mut batches = batches.into_iter();
+            let mut batches = jobs.chunks(per_thread);
             let first = batches.next();
             let others: Vec<_> = batches
-                .map(|batch| scope.spawn(move || seal_batch(batch)))
+                .map(|batch| {
+                    let thread =
+                        std::thread::Builder::new().spawn_scoped(scope, move || seal_batch(batch));
+                    (batch, thread)
+                })
                 .collect();
             let mut sealed = first.map(seal_batch).unwrap_or_default();
-            for other in others {
-                match other.join() {
-                    Ok(part) => sealed.extend(part),
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
+            for (batch, thread) in others {
+                sealed.extend(match thread {
+                    Ok(thread) => thread
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                    // No thread to be had: sealed here instead, still in order.
+                    Err(_) => seal_batch(batch),
+                });
             }
             sealed
         })
     }
 
-    /// `eph` is the lockbox's one-time key: used for this lockbox only, and wiped when
-    /// dropped at the end.
+    /// `eph` is the lockbox's one-time key, used for this lockbox only.
     fn seal_with(
         sender: &DeviceKeys,
         recipient: &PublicIdentity,
         group_id: GroupId,
         epoch: u32,
         epoch_key: &SecretKey,
-        eph: StaticSecret,
+        eph: &StaticSecret,
     ) -> Lockbox {
-        let eph_public = DhPublic::from(&eph).to_bytes();
+        let eph_public = DhPublic::from(eph).to_bytes();
         let shared = Zeroizing::new(
             eph.diffie_hellman(&DhPublic::from(recipient.agreement))
                 .to_bytes(),
