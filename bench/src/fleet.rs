@@ -50,11 +50,9 @@ impl Member {
             .ok_or_else(|| anyhow!("{} is not running", self.daemon.name))
     }
 
-    pub fn member_id(&self) -> String {
-        self.daemon.json(&["status"])["member_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+    /// This member's id in `group` (each membership has its own).
+    pub fn member_id(&self, group: &str) -> String {
+        self.daemon.member_id(group)
     }
 
     /// Creates a group named `name` with this member as facilitator; returns its id.

@@ -23,7 +23,6 @@ pub fn status(status: &Status) -> String {
         status.listen_addrs.clone()
     };
     fields(&[
-        ("member id", vec![status.member_id.clone()]),
         ("peers", vec![format!("{} connected", status.peers)]),
         ("groups", vec![status.groups.to_string()]),
         ("listening on", listening),
@@ -656,7 +655,6 @@ mod tests {
     #[test]
     fn status_lists_every_address_under_the_first() {
         let status = Status {
-            member_id: A.into(),
             listen_addrs: vec!["/ip4/127.0.0.1/tcp/4001".into(), "/ip6/::1/tcp/4001".into()],
             peers: 2,
             groups: 1,
@@ -664,8 +662,7 @@ mod tests {
         assert_eq!(
             super::status(&status),
             format!(
-                "member id     {A}\n\
-                 peers         2 connected\n\
+                "peers         2 connected\n\
                  groups        1\n\
                  listening on  /ip4/127.0.0.1/tcp/4001\n              /ip6/::1/tcp/4001\n"
             )

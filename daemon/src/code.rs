@@ -10,9 +10,10 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use hearth_protocol::api::{self, CodeState};
 use hearth_protocol::code::{CodeError, CodeFacilitator, CodeHello, CodeJoiner, SpokenCode};
+use hearth_protocol::identity::MemberKeys;
 use hearth_protocol::ids::GroupId;
 use hearth_protocol::invite::JoinRequest;
-use hearth_protocol::wire::{JoinMessage, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN};
+use hearth_protocol::wire::{JoinMessage, MAX_FRAME_LEN, MAX_JOIN_FRAME_LEN};
 use libp2p::PeerId;
 use rand_core::OsRng;
 
@@ -69,7 +70,7 @@ pub async fn serve(
     write_msg(&mut stream, &JoinMessage::CodeReply(reply)).await?;
     let confirm = match tokio::time::timeout(
         STEP_TIMEOUT,
-        read_msg::<_, JoinMessage>(&mut stream, MAX_HANDSHAKE_FRAME_LEN),
+        read_msg::<_, JoinMessage>(&mut stream, MAX_JOIN_FRAME_LEN),
     )
     .await
     {
@@ -96,7 +97,7 @@ pub async fn serve(
         .context("code worker failed")??;
     let request = match tokio::time::timeout(
         JOIN_TIMEOUT,
-        read_msg::<_, JoinMessage>(&mut stream, MAX_HANDSHAKE_FRAME_LEN),
+        read_msg::<_, JoinMessage>(&mut stream, MAX_JOIN_FRAME_LEN),
     )
     .await
     .ok()
@@ -188,7 +189,7 @@ async fn attempt(
         .map_err(unreachable)?;
     let reply = match tokio::time::timeout(
         STEP_TIMEOUT,
-        read_msg::<_, JoinMessage>(&mut stream, MAX_HANDSHAKE_FRAME_LEN),
+        read_msg::<_, JoinMessage>(&mut stream, MAX_JOIN_FRAME_LEN),
     )
     .await
     .map_err(step("code exchange"))?
@@ -224,8 +225,9 @@ async fn attempt(
         .map_err(unreachable)?;
     let local = net.local_peer_id().to_bytes();
     let remote = peer.to_bytes();
-    let request =
-        JoinRequest::with_secret(node.keys(), secret.invite_secret(), name, &local, &remote);
+    // A membership identity of its own, so this group cannot be linked to others.
+    let keys = MemberKeys::generate(&mut OsRng);
+    let request = JoinRequest::with_secret(&keys, secret.invite_secret(), name, &local, &remote);
     write_msg(&mut stream, &JoinMessage::Request(request))
         .await
         .map_err(unreachable)?;
@@ -251,15 +253,15 @@ async fn attempt(
             ));
         }
     };
-    let welcome = accept
-        .verify_code(node.keys(), secret.invite_secret(), name, &local, &remote)
-        .map_err(|e| NodeError::Forbidden(format!("the join answer was refused: {e}")))?;
-    if node.has_group(&welcome.info.group_id) {
+    let joining = crate::join::accepted(&accept, keys, |a, k| {
+        a.verify_code(k, secret.invite_secret(), name, &local, &remote)
+    })?;
+    if node.is_in(&joining.welcome.info.group_id) {
         return Err(NodeError::Conflict(
             "this device is already a member of that group".into(),
         ));
     }
-    settle_in(node.clone(), net.clone(), peering.clone(), peer, welcome)
+    settle_in(node.clone(), net.clone(), peering.clone(), peer, joining)
         .await
         .map(Attempt::Joined)
 }

@@ -182,10 +182,10 @@ async fn route_events(
                         continue;
                     };
                     let peering = peering.clone();
+                    let net = net.clone();
                     tokio::spawn(async move {
                         let _pass = pass;
-                        let session =
-                            sync::run(node, &peering, local, peer, stream, Side::Listener);
+                        let session = sync::run(node, &peering, &net, peer, stream, Side::Listener);
                         if let Err(e) = session.await {
                             tracing::debug!(%peer, "sync session failed: {e:#}");
                         }

@@ -53,8 +53,10 @@ mod tests {
 
     #[tokio::test]
     async fn round_trip_and_clean_eof() {
-        let msg = SyncMessage::Proofs {
-            tags: vec![[1; 32]],
+        let msg = SyncMessage::Reveal {
+            slots: vec![hearth_protocol::wire::RevealSlot(
+                [1; hearth_protocol::session::SLOT_LEN],
+            )],
         };
         let mut buf = Vec::new();
         write_msg(&mut buf, &msg).await.unwrap();

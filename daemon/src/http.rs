@@ -147,7 +147,6 @@ async fn status(State(s): State<AppState>) -> Answer<api::Status> {
         .map(|a| a.to_string())
         .collect();
     Ok(Json(api::Status {
-        member_id: s.node.member_id().to_hex(),
         listen_addrs,
         peers: s.net.peers().await.len(),
         groups: s.node.group_count(),

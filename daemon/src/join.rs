@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use hearth_protocol::api::{self, InviteCreated};
+use hearth_protocol::identity::{MemberKeys, PublicIdentity};
 use hearth_protocol::ids::GroupId;
-use hearth_protocol::invite::{InviteToken, JoinAccept, JoinRequest};
-use hearth_protocol::wire::{JoinMessage, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN};
+use hearth_protocol::invite::{InviteError, InviteToken, JoinAccept, JoinRequest, Welcome};
+use hearth_protocol::wire::{JoinMessage, MAX_FRAME_LEN, MAX_JOIN_FRAME_LEN};
 use libp2p::{Multiaddr, PeerId};
 use rand_core::{OsRng, RngCore};
 
@@ -58,7 +59,7 @@ pub async fn create_invite(
     let expires_at = now_unix().saturating_add(ttl_secs);
     let token = InviteToken {
         group_id: *group,
-        facilitator: node.member_id(),
+        facilitator: node.member_keys(group)?.member_id(),
         secret,
         expires_at,
         addrs,
@@ -101,7 +102,7 @@ pub async fn join(
             "the invite has expired; ask the facilitator for a new one".into(),
         ));
     }
-    if node.has_group(&token.group_id) {
+    if node.is_in(&token.group_id) {
         return Err(NodeError::Conflict(
             "this device is already a member of that group".into(),
         ));
@@ -127,12 +128,35 @@ pub async fn join(
              facilitator's hearthd is running and reachable from here"
         )));
     };
-    let welcome = tokio::time::timeout(JOIN_TIMEOUT, request_join(&node, &net, peer, &token, name))
+    let joining = tokio::time::timeout(JOIN_TIMEOUT, request_join(&net, peer, &token, name))
         .await
         .map_err(|_| {
             NodeError::Unreachable("the facilitator's daemon did not answer in time".into())
         })??;
-    settle_in(node, net, peering, peer, welcome).await
+    settle_in(node, net, peering, peer, joining).await
+}
+
+/// What a verified join answer gives this device: the group, the membership keys it made
+/// for it, and the facilitator who admitted it.
+pub(crate) struct Joining {
+    pub welcome: hearth_protocol::invite::Welcome,
+    pub keys: MemberKeys,
+    pub facilitator: PublicIdentity,
+}
+
+/// Checks a join answer made for `keys`, and keeps what it needs.
+pub(crate) fn accepted(
+    accept: &JoinAccept,
+    keys: MemberKeys,
+    verify: impl FnOnce(&JoinAccept, &MemberKeys) -> Result<Welcome, InviteError>,
+) -> Result<Joining, NodeError> {
+    let welcome = verify(accept, &keys)
+        .map_err(|e| NodeError::Forbidden(format!("the join answer was refused: {e}")))?;
+    Ok(Joining {
+        welcome,
+        keys,
+        facilitator: accept.facilitator,
+    })
 }
 
 /// Stores a group just joined, starts syncing with the facilitator's daemon and waits until
@@ -142,9 +166,9 @@ pub(crate) async fn settle_in(
     net: NetHandle,
     peering: Peering,
     peer: PeerId,
-    welcome: hearth_protocol::invite::Welcome,
+    joining: Joining,
 ) -> Result<GroupId, NodeError> {
-    let group = node.install_joined(welcome)?;
+    let group = node.install_joined(joining.welcome, &joining.keys, joining.facilitator)?;
     let mut changed = node.subscribe();
     // Sync with the facilitator at once, whichever side would usually open the session.
     // This supervisor lives as long as the connection (it ends itself on disconnect); if
@@ -177,12 +201,11 @@ pub(crate) fn check_name(name: &str) -> Result<(), NodeError> {
 }
 
 async fn request_join(
-    node: &Node,
     net: &NetHandle,
     peer: PeerId,
     token: &InviteToken,
     name: &str,
-) -> Result<hearth_protocol::invite::Welcome, NodeError> {
+) -> Result<Joining, NodeError> {
     let unreachable = |e: anyhow::Error| NodeError::Unreachable(format!("{e:#}"));
     let mut stream = net
         .open_stream(peer, JOIN_PROTOCOL)
@@ -190,7 +213,9 @@ async fn request_join(
         .map_err(unreachable)?;
     let local = net.local_peer_id().to_bytes();
     let remote = peer.to_bytes();
-    let request = JoinRequest::new(node.keys(), token, name, &local, &remote);
+    // A membership identity of its own, so this group cannot be linked to others.
+    let keys = MemberKeys::generate(&mut OsRng);
+    let request = JoinRequest::new(&keys, token, name, &local, &remote);
     write_msg(&mut stream, &JoinMessage::Request(request))
         .await
         .map_err(unreachable)?;
@@ -198,9 +223,9 @@ async fn request_join(
         .await
         .map_err(unreachable)?
     {
-        Some(JoinMessage::Accept(accept)) => accept
-            .verify(node.keys(), token, name, &local, &remote)
-            .map_err(|e| NodeError::Forbidden(format!("the join answer was refused: {e}"))),
+        Some(JoinMessage::Accept(accept)) => accepted(&accept, keys, |a, k| {
+            a.verify(k, token, name, &local, &remote)
+        }),
         Some(JoinMessage::Reject) => Err(NodeError::Forbidden(
             "the facilitator's daemon refused the invite: it is used, expired or was \
              withdrawn; ask for a new one"
@@ -221,7 +246,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let request = match tokio::time::timeout(
         JOIN_TIMEOUT,
-        read_msg::<_, JoinMessage>(&mut stream, MAX_HANDSHAKE_FRAME_LEN),
+        read_msg::<_, JoinMessage>(&mut stream, MAX_JOIN_FRAME_LEN),
     )
     .await
     .context("join request timed out")??
@@ -276,7 +301,7 @@ fn admit(
         &request.name,
     )?;
     Ok(JoinAccept::new(
-        node.keys(),
+        &node.member_keys(&record.group_id)?,
         request,
         &record.secret,
         &admission,

@@ -1,5 +1,5 @@
-//! The daemon's state: this device's identity, its groups and their logs, kept in memory
-//! and in the encrypted store. Every change goes through here, so the local API and the
+//! The daemon's state: this device's groups, its identity in each, and their logs, kept in
+//! memory and in the encrypted store. Every change goes through here, so the local API and the
 //! peer sessions see one consistent state.
 
 use std::collections::BTreeMap;
@@ -9,17 +9,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hearth_protocol::api::{self, Role};
 use hearth_protocol::code::SpokenCode;
 use hearth_protocol::envelope::Envelope;
+pub use hearth_protocol::group::Standing;
 use hearth_protocol::group::{
     Access, Group, GroupError, KeyGrant, MIN_SEGMENT_POSITIONS, VersionVector, Written,
 };
-use hearth_protocol::identity::{DeviceKeys, PublicIdentity, safety_number};
+use hearth_protocol::identity::{MemberKeys, PublicIdentity, safety_number};
 use hearth_protocol::ids::{GroupId, MemberId};
 use hearth_protocol::invite::Admission;
-use hearth_protocol::session::{self, Side};
+use hearth_protocol::session::{self, SessionKey, Side};
+use hearth_protocol::wire::{MAX_REVEAL_SLOTS, RevealSlot};
 use rand_core::OsRng;
 use tokio::sync::{broadcast, watch};
 
-use crate::records::{self, GroupRecord, IDENTITY_KEY};
+use crate::records::{self, GroupRecord, LEGACY_IDENTITY_KEY, LegacyGroupRecord};
 use crate::store::{Store, StoreError, Table, WriteOp};
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +75,6 @@ pub struct Slot {
 }
 
 pub struct Node {
-    keys: DeviceKeys,
     store: Store,
     groups: Mutex<BTreeMap<GroupId, Slot>>,
     /// Bumped whenever any group accepts new envelopes; sessions wake on it to push.
@@ -109,25 +110,9 @@ pub fn now_unix() -> u64 {
 }
 
 impl Node {
-    /// Loads (or on first start creates) this device's identity, then rebuilds every group
-    /// from its stored envelopes.
+    /// Rebuilds every group from its stored record and envelopes.
     pub fn open(store: Store) -> Result<Node, NodeError> {
-        let keys = match store.get(Table::Meta, IDENTITY_KEY)? {
-            Some(bytes) => DeviceKeys::from_secret_bytes(&bytes).ok_or_else(|| {
-                NodeError::Internal("the stored device identity is malformed".into())
-            })?,
-            None => {
-                let keys = DeviceKeys::generate(&mut OsRng);
-                store.write(vec![WriteOp::Put {
-                    table: Table::Meta,
-                    key: IDENTITY_KEY.to_vec(),
-                    value: keys.to_secret_bytes().to_vec(),
-                }])?;
-                keys
-            }
-        };
         let node = Node {
-            keys,
             store,
             groups: Mutex::new(BTreeMap::new()),
             changed: watch::channel(0).0,
@@ -143,20 +128,51 @@ impl Node {
             if !alias.is_some_and(|a| node.store.has_group_key(&a)) {
                 // Its key file is gone, so nothing of it can be read.
                 tracing::warn!(
-                    "a group's storage key is missing from group-keys/; its records cannot                      be read and are skipped"
+                    "a group's storage key is missing from group-keys/; its records cannot \
+                     be read and are skipped"
                 );
                 continue;
             }
             let Some(raw) = node.store.get(Table::Groups, &key)? else {
                 continue;
             };
-            let record: GroupRecord = postcard::from_bytes(&raw)
-                .map_err(|_| NodeError::Internal("a stored group record is malformed".into()))?;
+            let record = match postcard::from_bytes::<GroupRecord>(&raw) {
+                Ok(record) => record,
+                Err(_) => node.migrate_group_record(&raw)?,
+            };
             let id = record.info.group_id;
-            let slot = node.load_slot(record)?;
+            let slot = node.load_slot(&record)?;
             node.lock().insert(id, slot);
         }
+        // Every group now holds its own keys: the shared identity is no longer needed.
+        if node.store.get(Table::Meta, LEGACY_IDENTITY_KEY)?.is_some() {
+            node.store.write(vec![WriteOp::Delete {
+                table: Table::Meta,
+                key: LEGACY_IDENTITY_KEY.to_vec(),
+            }])?;
+        }
         Ok(node)
+    }
+
+    /// Rewrites a group record from a store that kept one identity for every group, giving
+    /// the group that identity as its own.
+    fn migrate_group_record(&self, raw: &[u8]) -> Result<GroupRecord, NodeError> {
+        let malformed = || NodeError::Internal("a stored group record is malformed".into());
+        let legacy: LegacyGroupRecord = postcard::from_bytes(raw).map_err(|_| malformed())?;
+        let keys = self
+            .store
+            .get(Table::Meta, LEGACY_IDENTITY_KEY)?
+            .filter(|k| MemberKeys::from_secret_bytes(k).is_some())
+            .ok_or_else(malformed)?;
+        let record = GroupRecord {
+            info: legacy.info,
+            snapshot: legacy.snapshot,
+            keys: keys.to_vec(),
+            introducer: None,
+        };
+        self.store
+            .write(vec![records::put_group(&self.store, &record)])?;
+        Ok(record)
     }
 
     /// Reads a group's record from the store again (after a failed write).
@@ -167,11 +183,11 @@ impl Node {
             .ok_or_else(|| NodeError::Internal("a group vanished from the store".into()))?;
         let record: GroupRecord = postcard::from_bytes(&raw)
             .map_err(|_| NodeError::Internal("a stored group record is malformed".into()))?;
-        self.load_slot(record)
+        self.load_slot(&record)
     }
 
     /// Rebuilds a group from its record, its epoch keys and its stored envelopes.
-    fn load_slot(&self, record: GroupRecord) -> Result<Slot, NodeError> {
+    fn load_slot(&self, record: &GroupRecord) -> Result<Slot, NodeError> {
         let prefix = records::group_key(&self.store, &record.info.group_id);
         let mut grants = Vec::new();
         for (_, v) in self.store.scan(Table::EpochKeys, &prefix)? {
@@ -179,8 +195,13 @@ impl Node {
                 .map_err(|_| NodeError::Internal("a stored epoch key is malformed".into()))?;
             grants.push(stored.grant());
         }
-        let mut group =
-            Group::restore(record.info, &self.keys, grants, record.snapshot.as_deref())?;
+        let keys = MemberKeys::from_secret_bytes(&record.keys).ok_or_else(|| {
+            NodeError::Internal("a group's stored membership keys are malformed".into())
+        })?;
+        let mut group = Group::restore(record.info, &keys, grants, record.snapshot.as_deref())?;
+        if let Some(facilitator) = record.introducer {
+            group.set_introducer(facilitator);
+        }
         let mut envelopes = Vec::new();
         for (_, bytes) in self.store.scan(Table::Envelopes, &prefix)? {
             match Envelope::decode(bytes.to_vec()) {
@@ -205,12 +226,9 @@ impl Node {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn keys(&self) -> &DeviceKeys {
-        &self.keys
-    }
-
-    pub fn member_id(&self) -> MemberId {
-        self.keys.member_id()
+    /// This device's identity in group `id`.
+    pub fn member_keys(&self, id: &GroupId) -> Result<MemberKeys, NodeError> {
+        self.with_slot(id, |s| Ok(s.group.member_keys().clone()))
     }
 
     pub fn store(&self) -> &Store {
@@ -344,7 +362,9 @@ impl Node {
         purpose: &str,
         my_name: Option<&str>,
     ) -> Result<GroupId, NodeError> {
-        let (mut group, epoch_key, first) = Group::create(&self.keys, name, purpose, &mut OsRng)?;
+        // A membership identity of its own, so this group cannot be linked to others.
+        let keys = MemberKeys::generate(&mut OsRng);
+        let (mut group, epoch_key, first) = Group::create(&keys, name, purpose, &mut OsRng)?;
         let renamed = match my_name {
             Some(n) => Some(group.rename(n, &mut OsRng)?),
             None => None,
@@ -355,6 +375,8 @@ impl Node {
         let record = GroupRecord {
             info: *group.info(),
             snapshot: None,
+            keys: keys.to_secret_bytes().to_vec(),
+            introducer: None,
         };
         let grant = KeyGrant {
             epoch: 0,
@@ -509,28 +531,38 @@ impl Node {
         Ok((admission, record))
     }
 
-    /// Stores a group this device has just joined.
+    /// Stores a group this device has just joined with the membership keys `keys`, trusting
+    /// `facilitator` (who admitted it) until the admission syncs.
     pub fn install_joined(
         &self,
         welcome: hearth_protocol::invite::Welcome,
+        keys: &MemberKeys,
+        facilitator: PublicIdentity,
     ) -> Result<GroupId, NodeError> {
         let id = welcome.info.group_id;
-        if self.lock().contains_key(&id) {
+        if self.is_in(&id) {
             return Err(NodeError::Conflict(
                 "this device is already a member of that group".into(),
             ));
         }
-        let group = Group::restore(
+        // A copy kept from a membership that ended gives way to the new membership.
+        if self.has_group(&id) {
+            self.forget_group(&id)?;
+        }
+        let mut group = Group::restore(
             welcome.info,
-            &self.keys,
+            keys,
             welcome.grants.iter().cloned(),
             Some(&welcome.snapshot),
         )?;
+        group.set_introducer(facilitator);
         self.store
             .create_group_key(&records::group_alias(&self.store, &id))?;
         let record = GroupRecord {
             info: welcome.info,
             snapshot: Some(welcome.snapshot.to_vec()),
+            keys: keys.to_secret_bytes().to_vec(),
+            introducer: Some(facilitator),
         };
         let mut ops = vec![records::put_group(&self.store, &record)];
         ops.extend(records::put_key_grants(&self.store, &id, &welcome.grants));
@@ -545,7 +577,7 @@ impl Node {
     fn member_infos(&self, group: &Group) -> Result<Vec<api::MemberInfo>, NodeError> {
         let id = group.id();
         let roster = group.roster();
-        let me = self.member_id();
+        let me = group.member_keys().member_id();
         let verified = |m: &MemberId, identity: &PublicIdentity| -> Result<bool, NodeError> {
             let mark = self
                 .store
@@ -632,21 +664,28 @@ impl Node {
                 .ok_or_else(|| {
                     NodeError::MemberNotFound(format!("{member} is not a member of this group"))
                 })?;
+            let me = s.group.member_keys().public();
+            if *member == me.member_id() {
+                return Err(NodeError::Invalid(
+                    "that is you: a safety number is compared with someone else; \
+                     `hearth member list` shows the others"
+                        .into(),
+                ));
+            }
             let key = records::verified_key(&self.store, id, member);
-            if confirm && *member != self.member_id() {
+            if confirm {
                 self.store.write(vec![WriteOp::Put {
                     table: Table::Verified,
                     key: key.clone(),
                     value: identity.to_bytes().to_vec(),
                 }])?;
             }
-            let verified = *member == self.member_id()
-                || self
-                    .store
-                    .get(Table::Verified, &key)?
-                    .is_some_and(|b| b[..] == identity.to_bytes()[..]);
+            let verified = self
+                .store
+                .get(Table::Verified, &key)?
+                .is_some_and(|b| b[..] == identity.to_bytes()[..]);
             Ok(api::SafetyNumber {
-                safety_number: safety_number(&self.keys.public(), &identity),
+                safety_number: safety_number(&me, &identity),
                 verified,
             })
         })
@@ -702,8 +741,16 @@ impl Node {
     }
 
     /// Records how far a peer has this device's log of a group (from its version vector).
+    /// Only a head that names an envelope of this device's log, hash and all, counts: a
+    /// peer cannot confirm what it does not hold.
     pub fn note_peer_has(&self, id: &GroupId, vv: &VersionVector) {
-        let Some((seq, _)) = vv.get(&self.member_id()) else {
+        let confirmed = self.lock().get(id).and_then(|s| {
+            let g = &s.group;
+            let (seq, hash) = vv.get(&g.member_keys().member_id())?;
+            g.holds(&g.member_keys().member_id(), *seq, hash)
+                .then_some(*seq)
+        });
+        let Some(seq) = confirmed.as_ref() else {
             return;
         };
         let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
@@ -782,7 +829,7 @@ impl Node {
             Ok(None) => {}
             Err(e) => tracing::debug!("could not forward keys yet: {e}"),
         }
-        let me = self.member_id();
+        let me = group.member_keys().member_id();
         let senior = group
             .roster()
             .members()
@@ -949,6 +996,24 @@ impl Node {
         self.lock().contains_key(id)
     }
 
+    /// Whether `member` is a current member of group `id` in this device's view.
+    pub fn is_current_member(&self, id: &GroupId, member: &MemberId) -> bool {
+        self.lock()
+            .get(id)
+            .is_some_and(|s| s.group.roster().is_member(member))
+    }
+
+    /// Whether this device holds group `id` with a membership that has not ended (a copy
+    /// kept after leaving or being removed does not count: joining again replaces it).
+    pub fn is_in(&self, id: &GroupId) -> bool {
+        self.lock().get(id).is_some_and(|s| {
+            let g = &s.group;
+            !g.roster()
+                .departed()
+                .contains_key(&g.member_keys().member_id())
+        })
+    }
+
     /// Checks, persists and records envelopes a peer sent. Returns how many were new, and
     /// how many were refused for now (the buffer for out-of-order envelopes was full).
     /// A membership change wakes every session, which re-checks its peer's standing.
@@ -1090,50 +1155,72 @@ impl Node {
         }
     }
 
-    /// The tags proving this device's groups to a peer in a session with `transcript`: one
-    /// per epoch key held (the newest few), so a peer that has not caught up with the
-    /// latest epoch still recognises the group; and one for the oldest, whose roster key
-    /// every member holds, so that a peer any number of epochs behind does too.
-    pub fn group_proofs(&self, transcript: &[u8; 32], my_side: Side) -> Vec<[u8; 32]> {
-        self.lock()
+    /// This side's reveal slots for a session: in each group, its identity sealed for every
+    /// member it counts as current there (see [`Group::reveal_to`]), padded and shuffled.
+    pub fn reveal_slots(
+        &self,
+        session_key: &SessionKey,
+        transcript: &[u8; 32],
+        my_side: Side,
+    ) -> Vec<RevealSlot> {
+        // The sealing (an X25519 per recipient) runs outside the lock.
+        let plan: Vec<(GroupId, MemberKeys, Vec<PublicIdentity>)> = self
+            .lock()
             .values()
-            .flat_map(|s| {
-                let id = s.group.id();
-                let mut keys = s.group.proof_keys();
-                let oldest = keys
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(_, (epoch, _))| *epoch)
-                    .map(|(i, _)| i);
-                if let Some(i) = oldest.filter(|i| *i > PROVEN_EPOCHS) {
-                    keys.swap(PROVEN_EPOCHS + 1, i);
-                }
-                keys.into_iter()
-                    .take(PROVEN_EPOCHS + 2)
-                    .map(|(epoch, key)| session::group_tag(&key, &id, epoch, transcript, my_side))
-                    .collect::<Vec<_>>()
+            .map(|s| {
+                let g = &s.group;
+                (g.id(), g.member_keys().clone(), g.reveal_to())
             })
-            .collect()
+            .collect();
+        let mut slots = Vec::new();
+        for (group, keys, recipients) in plan {
+            slots.extend(session::seal_reveals(
+                &keys,
+                &group,
+                session_key,
+                transcript,
+                my_side,
+                &recipients,
+            ));
+        }
+        if slots.len() > MAX_REVEAL_SLOTS {
+            tracing::warn!(
+                slots = slots.len(),
+                "more members in all groups than one session can reveal to; some are left out"
+            );
+            slots.truncate(MAX_REVEAL_SLOTS);
+        }
+        session::pad_slots(&mut slots, &mut OsRng);
+        slots.into_iter().map(RevealSlot).collect()
     }
 
-    /// The groups whose tag the peer (on `their_side`) presented for any epoch we hold (all
-    /// of them: a member back after many epochs proves only its newest few).
-    pub fn matched_groups(
+    /// The groups a session shares, with the peer's identity in each: those where a slot
+    /// the peer addressed to this device's membership opened, from a peer this device
+    /// revealed itself to (so each side learns the other's identity, or neither does).
+    pub fn open_reveals(
         &self,
+        their_key: &[u8; 32],
         transcript: &[u8; 32],
         their_side: Side,
-        tags: &[[u8; 32]],
-    ) -> Vec<GroupId> {
-        self.lock()
+        slots: &[RevealSlot],
+    ) -> BTreeMap<GroupId, PublicIdentity> {
+        let slots: Vec<[u8; session::SLOT_LEN]> = slots.iter().map(|s| s.0).collect();
+        let openers: Vec<session::Opener> = self
+            .lock()
             .values()
-            .filter(|s| {
-                let id = s.group.id();
-                s.group.recognition_keys().iter().any(|(epoch, key)| {
-                    let expected = session::group_tag(key, &id, *epoch, transcript, their_side);
-                    session::tag_matches(&expected, tags)
-                })
+            .filter_map(|s| {
+                let g = &s.group;
+                session::Opener::new(g.member_keys(), &g.id(), their_key, transcript, their_side)
             })
-            .map(|s| s.group.id())
+            .collect();
+        let opened: Vec<(GroupId, PublicIdentity)> = openers
+            .iter()
+            .filter_map(|o| Some((o.group(), o.open(&slots)?)))
+            .collect();
+        let groups = self.lock();
+        opened
+            .into_iter()
+            .filter(|(id, peer)| groups.get(id).is_some_and(|s| s.group.reveals_to(peer)))
             .collect()
     }
 
@@ -1141,7 +1228,7 @@ impl Node {
     pub fn standing(&self, id: &GroupId, peer: &PublicIdentity) -> Standing {
         self.lock()
             .get(id)
-            .map_or(Standing::Unknown, |s| standing_in(&s.group, peer))
+            .map_or(Standing::Unknown, |s| s.group.standing(peer))
     }
 
     /// Envelopes of group `id` that `peer` lacks according to `known`, if `peer` is a
@@ -1156,24 +1243,25 @@ impl Node {
         max_bytes: usize,
     ) -> Vec<Envelope> {
         self.missing_if(id, known, max_count, max_bytes, |group| {
-            standing_in(group, peer) == Standing::Member
+            group.standing(peer) == Standing::Member
         })
     }
 
     /// Whether this device already sees itself in group `id`'s membership (a joiner does
     /// once the facilitator's add has synced).
     pub fn sees_self_in(&self, id: &GroupId) -> bool {
-        let me = self.member_id();
-        self.lock()
-            .get(id)
-            .is_some_and(|s| s.group.roster().is_member(&me))
+        self.lock().get(id).is_some_and(|s| {
+            let g = &s.group;
+            g.roster().is_member(&g.member_keys().member_id())
+        })
     }
 
     /// Whether this device is a facilitator of group `id`.
     pub fn is_facilitator(&self, id: &GroupId) -> bool {
-        self.lock()
-            .get(id)
-            .is_some_and(|s| s.group.roster().is_facilitator(&self.member_id()))
+        self.lock().get(id).is_some_and(|s| {
+            let g = &s.group;
+            g.roster().is_facilitator(&g.member_keys().member_id())
+        })
     }
 }
 
@@ -1184,33 +1272,6 @@ struct CodeEntry {
     status: api::CodeStatus,
 }
 
-/// Where a session's peer stands in one of the groups it proved, in this device's view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Standing {
-    /// A member: it is sent the group.
-    Member,
-    /// It left or was removed: it is sent nothing but our head of its own log.
-    Departed,
-    /// Not known here as a member (its admission has not reached this device).
-    Unknown,
-}
-
-fn standing_in(group: &Group, peer: &PublicIdentity) -> Standing {
-    let roster = group.roster();
-    let id = peer.member_id();
-    if roster.get(&id).is_some_and(|m| m.identity == *peer) {
-        Standing::Member
-    } else if roster
-        .departed()
-        .get(&id)
-        .is_some_and(|d| d.identity == *peer)
-    {
-        Standing::Departed
-    } else {
-        Standing::Unknown
-    }
-}
-
 /// What [`Node::ingest`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Ingest {
@@ -1218,10 +1279,6 @@ pub struct Ingest {
     pub refused: usize,
     pub roster_changed: bool,
 }
-
-/// How many of a group's newest epochs a session proves, beyond the newest and the oldest
-/// (a peer further behind than that is recognised by the oldest).
-const PROVEN_EPOCHS: usize = 8;
 
 fn agreements_of(doc: &hearth_protocol::doc::GroupDoc) -> Vec<api::Agreement> {
     let mut list: Vec<api::Agreement> = doc
@@ -1269,12 +1326,14 @@ mod tests {
         let b = node(&tmp.join("b"));
         let group = a.create_group("Circle", "", None).unwrap();
         invite(&a, &group, [1; 16], now_unix() + 60);
-        let (admission, _) = a.admit(&[1; 16], |_| true, b.keys().public(), "B").unwrap();
-        b.install_joined(admission.welcome()).unwrap();
-        // The joiner is recognised before its own admission has reached it by sync.
-        let t = [9u8; 32];
-        let from_b = b.group_proofs(&t, Side::Dialer);
-        assert_eq!(a.matched_groups(&t, Side::Dialer, &from_b), vec![group]);
+        let keys = MemberKeys::generate(&mut OsRng);
+        let (admission, _) = a.admit(&[1; 16], |_| true, keys.public(), "B").unwrap();
+        let facilitator = a.member_keys(&group).unwrap().public();
+        b.install_joined(admission.welcome(), &keys, facilitator)
+            .unwrap();
+        // The joiner and its facilitator recognise each other before the joiner's own
+        // admission has reached it by sync.
+        assert_recognise_each_other(&a, &b, group);
         let all = a.missing(&group, &VersionVector::new(), usize::MAX, usize::MAX);
         assert_eq!(b.ingest(&group, all).unwrap().accepted, 2);
         (a, b, group)
@@ -1312,7 +1371,7 @@ mod tests {
     fn an_invite_admits_one_member_and_a_failed_proof_burns_it() {
         let tmp = tempfile::tempdir().unwrap();
         let (a, _b, group) = pair(tmp.path());
-        let c = DeviceKeys::generate(&mut OsRng).public();
+        let c = MemberKeys::generate(&mut OsRng).public();
         // The invite that admitted b is gone.
         assert!(matches!(
             a.admit(&[1; 16], |_| true, c, "C"),
@@ -1341,39 +1400,54 @@ mod tests {
         let b = node(&tmp.path().join("b"));
         assert_eq!(b.group_detail(&group).unwrap(), before);
         assert_eq!(b.version_vector(&group), a.version_vector(&group));
-        // Both still recognise each other's group proofs after the restart.
+        // Both still recognise each other after the restart.
         assert_recognise_each_other(&a, &b, group);
     }
 
-    /// Each node's group proofs, in a session either one dialled, are recognised by the
-    /// other as `group`.
+    type Shared = BTreeMap<GroupId, PublicIdentity>;
+
+    /// The reveal exchange of one session between two nodes: the groups the dialer and
+    /// the listener each end up sharing, with the identity each learnt of the other.
+    fn meet(dialer: &Node, listener: &Node) -> (Shared, Shared) {
+        let (dk, lk) = (
+            SessionKey::generate(&mut OsRng),
+            SessionKey::generate(&mut OsRng),
+        );
+        let t = session::transcript(&session::Hellos {
+            dialer_peer: b"dialer",
+            listener_peer: b"listener",
+            dialer_nonce: &[1; 32],
+            listener_nonce: &[2; 32],
+            dialer_key: &dk.public(),
+            listener_key: &lk.public(),
+        });
+        let from_dialer = dialer.reveal_slots(&dk, &t, Side::Dialer);
+        let from_listener = listener.reveal_slots(&lk, &t, Side::Listener);
+        (
+            dialer.open_reveals(&lk.public(), &t, Side::Listener, &from_listener),
+            listener.open_reveals(&dk.public(), &t, Side::Dialer, &from_dialer),
+        )
+    }
+
+    /// In a session either one dials, each learns the other's identity in `group`.
     fn assert_recognise_each_other(a: &Node, b: &Node, group: GroupId) {
-        let t = [5u8; 32];
+        let id = |n: &Node| n.member_keys(&group).unwrap().public();
         for (dialer, listener) in [(a, b), (b, a)] {
-            let from_dialer = dialer.group_proofs(&t, Side::Dialer);
-            assert_eq!(
-                listener.matched_groups(&t, Side::Dialer, &from_dialer),
-                vec![group]
-            );
-            let from_listener = listener.group_proofs(&t, Side::Listener);
-            assert_eq!(
-                dialer.matched_groups(&t, Side::Listener, &from_listener),
-                vec![group]
-            );
+            let (seen_by_dialer, seen_by_listener) = meet(dialer, listener);
+            assert_eq!(seen_by_dialer, BTreeMap::from([(group, id(listener))]));
+            assert_eq!(seen_by_listener, BTreeMap::from([(group, id(dialer))]));
         }
     }
 
-    /// A member that missed more epochs than the newest ones a session proves (it was
-    /// away, or its only peer admitted many while it was cut off) is still recognised both
-    /// ways, so it can catch up: without that, a star of members around one facilitator
-    /// left such a member stuck at its old epoch for good.
+    /// A member that missed many epochs (it was away while others were admitted) is still
+    /// recognised both ways, so it can catch up: epochs play no part in meeting.
     #[test]
     fn a_member_many_epochs_behind_still_recognises_and_is_recognised() {
         let tmp = tempfile::tempdir().unwrap();
         let (a, b, group) = pair(tmp.path());
-        for i in 0..(PROVEN_EPOCHS as u8 + 4) {
+        for i in 0..12u8 {
             invite(&a, &group, [10 + i; 16], now_unix() + 60);
-            let newcomer = DeviceKeys::generate(&mut OsRng).public();
+            let newcomer = MemberKeys::generate(&mut OsRng).public();
             a.admit(&[10 + i; 16], |_| true, newcomer, "N").unwrap();
         }
         let (behind, ahead) = (
@@ -1382,10 +1456,67 @@ mod tests {
             a.with_slot(&group, |s| Ok(s.group.current_epoch().0))
                 .unwrap(),
         );
-        assert!(
-            ahead > behind + PROVEN_EPOCHS as u32 + 1,
-            "{behind} {ahead}"
+        assert!(ahead >= behind + 12, "{behind} {ahead}");
+        assert_recognise_each_other(&a, &b, group);
+    }
+
+    /// An ex-member meeting a member learns nothing: not its identity in the group, not
+    /// even that it is in the group. Neither side shares the group, whether the removed
+    /// device has heard of its removal or not, and the member tells it nothing.
+    #[test]
+    fn an_ex_member_meeting_a_member_learns_no_identity() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b, group) = pair(tmp.path());
+        let removed = b.member_keys(&group).unwrap().public();
+        a.remove_member(&group, &removed.member_id()).unwrap();
+        // B has not heard of its removal: it still counts A as a member.
+        assert_eq!(
+            b.standing(&group, &a.member_keys(&group).unwrap().public()),
+            Standing::Member
         );
+        for (dialer, listener) in [(&a, &b), (&b, &a)] {
+            let (x, y) = meet(dialer, listener);
+            assert!(x.is_empty() && y.is_empty(), "{x:?} {y:?}");
+        }
+        // Nor does a departure that has reached the ex-member change that.
+        let all = a.missing(&group, &VersionVector::new(), usize::MAX, usize::MAX);
+        b.ingest(&group, all).unwrap();
+        let (x, y) = meet(&a, &b);
+        assert!(x.is_empty() && y.is_empty());
+    }
+
+    /// Identities in two groups cannot be linked, and the same device can come back to a
+    /// group it was removed from as a new membership.
+    #[test]
+    fn each_membership_has_its_own_identity_and_a_removed_member_can_come_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b, group) = pair(tmp.path());
+        let other = b.create_group("Other", "", None).unwrap();
+        let in_group = b.member_keys(&group).unwrap().public();
+        let in_other = b.member_keys(&other).unwrap().public();
+        assert_ne!(in_group.signing, in_other.signing);
+        assert_ne!(in_group.agreement, in_other.agreement);
+
+        a.remove_member(&group, &in_group.member_id()).unwrap();
+        b.forget_group(&group).unwrap();
+        invite(&a, &group, [7; 16], now_unix() + 60);
+        let keys = MemberKeys::generate(&mut OsRng);
+        let (admission, _) = a.admit(&[7; 16], |_| true, keys.public(), "B").unwrap();
+        let facilitator = a.member_keys(&group).unwrap().public();
+        b.install_joined(admission.welcome(), &keys, facilitator)
+            .unwrap();
+        let all = a.missing(&group, &VersionVector::new(), usize::MAX, usize::MAX);
+        b.ingest(&group, all).unwrap();
+        assert!(b.sees_self_in(&group));
+        let members = a.members(&group).unwrap();
+        assert_eq!(members.len(), 2);
+        assert!(
+            members
+                .iter()
+                .any(|m| m.member_id == keys.member_id().to_hex())
+        );
+        // The old membership's removal stands: it is still departed.
+        assert_eq!(a.standing(&group, &in_group), Standing::Departed);
         assert_recognise_each_other(&a, &b, group);
     }
 
@@ -1395,8 +1526,8 @@ mod tests {
     fn a_removed_peer_is_sent_nothing_from_the_moment_of_its_removal() {
         let tmp = tempfile::tempdir().unwrap();
         let (a, b, group) = pair(tmp.path());
-        let peer = b.keys().public();
-        let stranger = DeviceKeys::generate(&mut OsRng).public();
+        let peer = b.member_keys(&group).unwrap().public();
+        let stranger = MemberKeys::generate(&mut OsRng).public();
         assert_eq!(a.standing(&group, &peer), Standing::Member);
         assert_eq!(a.standing(&group, &stranger), Standing::Unknown);
 
@@ -1417,7 +1548,7 @@ mod tests {
                 .is_empty()
         );
         // Its standing changes on its own device too once the removal reaches it.
-        let me_on_b = a.keys().public();
+        let me_on_b = a.member_keys(&group).unwrap().public();
         assert_eq!(b.standing(&group, &me_on_b), Standing::Member);
         let all = a.missing(&group, &known, usize::MAX, usize::MAX);
         let roster_changed = b.ingest(&group, all).unwrap().roster_changed;

@@ -189,15 +189,7 @@ async fn open(
     peer: PeerId,
 ) -> anyhow::Result<Outcome> {
     let stream = net.open_stream(peer, SYNC_PROTOCOL).await?;
-    sync::run(
-        node.clone(),
-        peering,
-        net.local_peer_id(),
-        peer,
-        stream,
-        Side::Dialer,
-    )
-    .await
+    sync::run(node.clone(), peering, net, peer, stream, Side::Dialer).await
 }
 
 /// Dials remembered addresses now and again, so a member added by address comes back
@@ -211,7 +203,7 @@ pub fn redial_remembered(node: Arc<Node>, net: NetHandle) {
                 .into_iter()
                 .flat_map(|(_, addrs)| addrs)
                 .collect();
-            match peers::remembered(node.store()) {
+            match peers::current(&node) {
                 Ok(addrs) => {
                     for addr in addrs.into_iter().filter(|a| !connected.contains(a)) {
                         if let Err(e) = net.dial(addr).await {

@@ -1,37 +1,153 @@
 //! Addresses the member asked this daemon to dial (`hearth peer add`), kept so they are
-//! dialled again on every start. They are stored as one sealed value, never as table keys:
-//! the addresses of fellow members are exactly what an abuser holding the disk would want.
+//! dialled again. They are stored as one sealed value, never as table keys: the addresses
+//! of fellow members are exactly what an abuser holding the disk would want.
+//!
+//! An address belongs to the memberships it was proven to reach: once a session through it
+//! shares groups, it is kept for those (group, member) pairs and forgotten when each has
+//! ended (the group is left, or that member left or was removed), so a device does not go
+//! on calling a former member. An address that reached a daemon sharing nothing is
+//! forgotten at once; one that never answered, after [`UNPROVEN_TTL_SECS`].
 
+use hearth_protocol::ids::{GroupId, MemberId};
 use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
 
+use crate::node::{Node, now_unix};
 use crate::store::{Store, StoreError, Table, WriteOp};
 
 const PEERS_KEY: &[u8] = b"peers";
 /// Most remembered addresses; the oldest are forgotten first.
 const MAX_REMEMBERED: usize = 64;
+/// How long an address that has not yet reached a fellow member is tried (7 days).
+pub const UNPROVEN_TTL_SECS: u64 = 7 * 24 * 60 * 60;
 
-pub fn remember(store: &Store, addr: &Multiaddr) -> Result<(), StoreError> {
-    let mut list = remembered(store)?;
-    list.retain(|a| a != addr);
-    list.push(addr.clone());
-    if list.len() > MAX_REMEMBERED {
-        list.drain(..list.len() - MAX_REMEMBERED);
-    }
-    let bytes: Vec<Vec<u8>> = list.iter().map(|a| a.to_vec()).collect();
-    store.write(vec![WriteOp::Put {
-        table: Table::Peers,
-        key: PEERS_KEY.to_vec(),
-        value: crate::records::encode(&bytes),
-    }])
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Remembered {
+    addr: Vec<u8>,
+    added_at: u64,
+    /// The memberships a session through this address shared.
+    reaches: Vec<(GroupId, MemberId)>,
 }
 
-pub fn remembered(store: &Store) -> Result<Vec<Multiaddr>, StoreError> {
+fn load(store: &Store) -> Result<Vec<Remembered>, StoreError> {
     let Some(raw) = store.get(Table::Peers, PEERS_KEY)? else {
         return Ok(Vec::new());
     };
-    let list: Vec<Vec<u8>> = postcard::from_bytes(&raw).unwrap_or_default();
+    // An unreadable list (an older layout) is dropped rather than guessed at.
+    Ok(postcard::from_bytes(&raw).unwrap_or_default())
+}
+
+fn save(store: &Store, list: &[Remembered]) -> Result<(), StoreError> {
+    store.write(vec![WriteOp::Put {
+        table: Table::Peers,
+        key: PEERS_KEY.to_vec(),
+        value: crate::records::encode(&list),
+    }])
+}
+
+/// Remembers an address the member added; it is proven by the first session through it.
+pub fn remember(store: &Store, addr: &Multiaddr) -> Result<(), StoreError> {
+    let mut list = load(store)?;
+    list.retain(|r| r.addr != addr.to_vec());
+    list.push(Remembered {
+        addr: addr.to_vec(),
+        added_at: now_unix(),
+        reaches: Vec::new(),
+    });
+    if list.len() > MAX_REMEMBERED {
+        list.drain(..list.len() - MAX_REMEMBERED);
+    }
+    save(store, &list)
+}
+
+/// Records what a session through `addrs` shared: each remembered address among them now
+/// belongs to those memberships, or, if the session shared nothing and the address was
+/// never proven, is forgotten.
+pub fn settle(
+    store: &Store,
+    addrs: &[Multiaddr],
+    shared: &[(GroupId, MemberId)],
+) -> Result<(), StoreError> {
+    let mut list = load(store)?;
+    let before = list.clone();
+    let through = |r: &Remembered| addrs.iter().any(|a| a.to_vec() == r.addr);
+    list.retain(|r| !(through(r) && shared.is_empty() && r.reaches.is_empty()));
+    for r in list.iter_mut().filter(|r| through(r)) {
+        for pair in shared {
+            if !r.reaches.contains(pair) {
+                r.reaches.push(*pair);
+            }
+        }
+    }
+    if list != before {
+        save(store, &list)?;
+    }
+    Ok(())
+}
+
+/// The addresses still worth dialling; forgets the rest: those whose every membership has
+/// ended, and unproven ones past their time.
+pub fn current(node: &Node) -> Result<Vec<Multiaddr>, StoreError> {
+    let mut list = load(node.store())?;
+    let before = list.clone();
+    let now = now_unix();
+    for r in &mut list {
+        r.reaches.retain(|(g, m)| node.is_current_member(g, m));
+    }
+    list.retain(|r| {
+        let proven = before
+            .iter()
+            .any(|b| b.addr == r.addr && !b.reaches.is_empty());
+        if proven {
+            !r.reaches.is_empty()
+        } else {
+            now.saturating_sub(r.added_at) < UNPROVEN_TTL_SECS
+        }
+    });
+    if list != before {
+        save(node.store(), &list)?;
+    }
     Ok(list
         .into_iter()
-        .filter_map(|b| Multiaddr::try_from(b).ok())
+        .filter_map(|r| Multiaddr::try_from(r.addr).ok())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_protocol::identity::MemberKeys;
+    use rand_core::OsRng;
+
+    fn addr(port: u16) -> Multiaddr {
+        format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
+    }
+
+    #[test]
+    fn an_address_is_kept_while_a_membership_it_reaches_lasts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let node = Node::open(Store::open(tmp.path()).unwrap()).unwrap();
+        let group = node.create_group("Circle", "", None).unwrap();
+        let me = node.member_keys(&group).unwrap().member_id();
+        let stranger = MemberKeys::generate(&mut OsRng).member_id();
+        let (kept, gone, silent) = (addr(1), addr(2), addr(3));
+        for a in [&kept, &gone, &silent] {
+            remember(node.store(), a).unwrap();
+        }
+        // Unproven addresses are dialled until they are proven or turn out to share nothing.
+        assert_eq!(current(&node).unwrap().len(), 3);
+        settle(node.store(), std::slice::from_ref(&kept), &[(group, me)]).unwrap();
+        settle(node.store(), std::slice::from_ref(&gone), &[]).unwrap();
+        assert_eq!(current(&node).unwrap(), vec![kept.clone(), silent.clone()]);
+        // An address proven for a membership that is not (or no longer) current is dropped.
+        settle(
+            node.store(),
+            std::slice::from_ref(&silent),
+            &[(group, stranger)],
+        )
+        .unwrap();
+        assert_eq!(current(&node).unwrap(), vec![kept.clone()]);
+        node.forget_group(&group).unwrap();
+        assert!(current(&node).unwrap().is_empty());
+    }
 }

@@ -7,20 +7,42 @@
 use hearth_protocol::crypto::SecretKey;
 use hearth_protocol::envelope::Envelope;
 use hearth_protocol::group::{Access, Compacted, KeyGrant};
+use hearth_protocol::identity::PublicIdentity;
 use hearth_protocol::ids::{GroupId, MemberId};
 use hearth_protocol::membership::GroupInfo;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Store, Table, WriteOp};
 
-/// Meta key of this device's secret keys.
-pub const IDENTITY_KEY: &[u8] = b"identity";
+/// Meta key of the one device identity that stores from before per-group identities
+/// used in every group; read only to migrate such a store (see [`LegacyGroupRecord`]).
+pub const LEGACY_IDENTITY_KEY: &[u8] = b"identity";
 
 /// A group this device belongs to.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 pub struct GroupRecord {
     pub info: GroupInfo,
     /// The document this device joined with, if it joined rather than created the group.
+    pub snapshot: Option<Vec<u8>>,
+    /// This device's secret keys in this group (64 bytes), made when it created or joined
+    /// it: sealed under the group's own storage key, so leaving shreds them with the rest.
+    pub keys: Vec<u8>,
+    /// The facilitator who admitted this device, trusted until the admission syncs.
+    pub introducer: Option<PublicIdentity>,
+}
+
+impl Drop for GroupRecord {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.keys);
+    }
+}
+
+/// A group record as stores kept it when one device identity served every group. Such a
+/// group keeps that identity (it is already known to the group's members); only groups
+/// created or joined from then on get identities of their own.
+#[derive(Deserialize)]
+pub struct LegacyGroupRecord {
+    pub info: GroupInfo,
     pub snapshot: Option<Vec<u8>>,
 }
 

@@ -1,13 +1,14 @@
 //! A sync session with one peer, on one long-lived `/hearth/sync/1` stream.
 //!
-//! Handshake (see `hearth_protocol::session`): nonces, group proofs, member signatures.
+//! Handshake (see `hearth_protocol::session`): nonces and session keys, then each side's
+//! identity in each group, sealed for the members it counts as current there.
 //! Then each side sends its version vector for every shared group and, whenever it holds
 //! envelopes the other lacks (its own, or any member's it has accepted), sends them in
 //! bounded batches. The writer only ever computes "what does the peer lack" from the
 //! peer's last known version vector, so pushes coalesce and a slow peer only slows its
 //! own stream (the write awaits the peer's flow control).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,8 +17,8 @@ use futures::AsyncReadExt;
 use hearth_protocol::envelope::Envelope;
 use hearth_protocol::group::VersionVector;
 use hearth_protocol::identity::PublicIdentity;
-use hearth_protocol::ids::GroupId;
-use hearth_protocol::session::{self, Side};
+use hearth_protocol::ids::{GroupId, MemberId};
+use hearth_protocol::session::{self, SessionKey, Side};
 use hearth_protocol::wire::{
     BATCH_BYTE_BUDGET, MAX_BATCH_ENVELOPES, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN, SyncMessage,
     VvEntry, WIRE_VERSION,
@@ -27,12 +28,11 @@ use rand_core::{OsRng, RngCore};
 use tokio::sync::Notify;
 
 use crate::frame::{read_msg, write_msg};
+use crate::net::NetHandle;
 use crate::node::{Node, Standing};
 use crate::peering::Peering;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Group proofs are padded to a multiple of this, so a peer learns only a rough count.
-const PROOF_PADDING: usize = 8;
 
 type Known = Arc<Mutex<HashMap<GroupId, VersionVector>>>;
 /// Groups whose version vector should be sent to the peer again.
@@ -53,7 +53,7 @@ const RESEND_HAVE_EVERY: Duration = Duration::from_secs(5);
 /// How a session went, so its supervisor knows when to try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Both proved at least one group, and the session ran until the stream closed or this
+    /// Both revealed themselves in at least one group, and the session ran until the stream closed or this
     /// device's set of groups changed.
     Synced,
     /// Nothing in common.
@@ -63,58 +63,81 @@ pub enum Outcome {
 /// Runs one session to its end: until the stream closes, or this device's set of groups
 /// changes (joined, created or forgotten), so that a new handshake covers exactly those.
 /// A membership change does not end it: before each announcement and batch the session
-/// re-checks where the peer stands in each group it proved (member, departed, unknown).
+/// re-checks where the peer stands in each group it shares (member, departed, unknown).
 pub async fn run(
     node: Arc<Node>,
     peering: &Peering,
-    local: PeerId,
+    net: &NetHandle,
     peer: PeerId,
     stream: libp2p::Stream,
     side: Side,
 ) -> anyhow::Result<Outcome> {
     let (mut reader, mut writer) = stream.split();
-    let shared = tokio::time::timeout(
+    let groups = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        handshake(&node, local, peer, side, &mut reader, &mut writer),
+        handshake(
+            &node,
+            net.local_peer_id(),
+            peer,
+            side,
+            &mut reader,
+            &mut writer,
+        ),
     )
     .await
     .context("handshake timed out")??;
-    let Some(Shared { groups, identity }) = shared else {
+    settle_addresses(&node, net, peer, &groups).await;
+    if groups.is_empty() {
         tracing::debug!(%peer, "no shared group; closing session");
         return Ok(Outcome::Nothing);
-    };
-    tracing::info!(%peer, groups = groups.len(), "sync session established");
+    }
+    tracing::debug!(%peer, groups = groups.len(), "sync session established");
     let _running = peering.running(peer);
 
     let link = Link::default();
     let mut push = tokio::spawn(push_loop(
         node.clone(),
         groups.clone(),
-        identity,
         link.clone(),
         writer,
     ));
-    let receive = receive_loop(&node, &groups, &identity, &link, &mut reader);
+    let receive = receive_loop(&node, &groups, &link, &mut reader);
     let result = tokio::select! {
         r = receive => r,
         r = &mut push => r.context("push task failed")?,
     };
     push.abort();
-    tracing::info!(%peer, "sync session ended");
+    tracing::debug!(%peer, "sync session ended");
     result.map(|()| Outcome::Synced)
 }
 
-/// What a handshake established.
-struct Shared {
-    /// Groups both sides proved holding a key of, and signed for with their identity.
-    /// What each side sends of a group depends on the peer's standing in it, checked
-    /// anew as memberships change.
-    groups: BTreeSet<GroupId>,
-    /// The peer's proven member identity.
-    identity: PublicIdentity,
+/// Remembered addresses through which this session runs now belong to the memberships it
+/// shares (or, sharing none, are forgotten): see `peers`.
+async fn settle_addresses(node: &Arc<Node>, net: &NetHandle, peer: PeerId, shared: &Shared) {
+    let addrs: Vec<libp2p::Multiaddr> = net
+        .peers()
+        .await
+        .into_iter()
+        .filter(|(p, _)| *p == peer)
+        .flat_map(|(_, a)| a)
+        .collect();
+    let pairs: Vec<(GroupId, MemberId)> =
+        shared.iter().map(|(g, id)| (*g, id.member_id())).collect();
+    let node = node.clone();
+    let settled =
+        tokio::task::spawn_blocking(move || crate::peers::settle(node.store(), &addrs, &pairs))
+            .await;
+    if !matches!(settled, Ok(Ok(()))) {
+        tracing::warn!("could not update the remembered addresses");
+    }
 }
 
-/// The handshake; `None` if the two have no group in common.
+/// The groups a session shares, each with the peer's identity in it. What each side sends
+/// of a group depends on the peer's standing in it, checked anew as memberships change.
+type Shared = BTreeMap<GroupId, PublicIdentity>;
+
+/// The handshake: the groups where each side revealed itself to the other (none if the two
+/// have nothing in common, or the peer is no one this device counts as a member).
 async fn handshake<R, W>(
     node: &Node,
     local: PeerId,
@@ -122,76 +145,63 @@ async fn handshake<R, W>(
     side: Side,
     reader: &mut R,
     writer: &mut W,
-) -> anyhow::Result<Option<Shared>>
+) -> anyhow::Result<Shared>
 where
     R: futures::AsyncRead + Unpin,
     W: futures::AsyncWrite + Unpin,
 {
     let mut nonce = [0u8; 32];
     OsRng.fill_bytes(&mut nonce);
+    let session_key = SessionKey::generate(&mut OsRng);
     write_msg(
         writer,
         &SyncMessage::Hello {
             version: WIRE_VERSION,
             nonce,
+            key: session_key.public(),
         },
     )
     .await?;
-    let their_nonce = match read_msg(reader, MAX_HANDSHAKE_FRAME_LEN).await? {
-        Some(SyncMessage::Hello { nonce, .. }) => nonce,
+    let (their_nonce, their_key) = match read_msg(reader, MAX_HANDSHAKE_FRAME_LEN).await? {
+        Some(SyncMessage::Hello { nonce, key, .. }) => (nonce, key),
         _ => bail!("peer did not start with hello"),
     };
     let (local_b, peer_b) = (local.to_bytes(), peer.to_bytes());
-    let transcript = match side {
-        Side::Dialer => session::transcript(&local_b, &peer_b, &nonce, &their_nonce),
-        Side::Listener => session::transcript(&peer_b, &local_b, &their_nonce, &nonce),
-    };
-
-    let mut tags = node.group_proofs(&transcript, side);
-    while tags.is_empty() || !tags.len().is_multiple_of(PROOF_PADDING) {
-        let mut filler = [0u8; 32];
-        OsRng.fill_bytes(&mut filler);
-        tags.push(filler);
-    }
-    write_msg(writer, &SyncMessage::Proofs { tags }).await?;
-    let their_tags = match read_msg(reader, MAX_HANDSHAKE_FRAME_LEN).await? {
-        Some(SyncMessage::Proofs { tags }) => tags,
-        _ => bail!("peer did not send group proofs"),
-    };
-    let matched = node.matched_groups(&transcript, side.other(), &their_tags);
-    if matched.is_empty() {
-        return Ok(None);
-    }
-
-    let signature = session::sign_auth(node.keys(), &transcript, side, &matched);
-    write_msg(
-        writer,
-        &SyncMessage::Auth {
-            identity: node.keys().public(),
-            signature,
+    let my_key = session_key.public();
+    let transcript = session::transcript(&match side {
+        Side::Dialer => session::Hellos {
+            dialer_peer: &local_b,
+            listener_peer: &peer_b,
+            dialer_nonce: &nonce,
+            listener_nonce: &their_nonce,
+            dialer_key: &my_key,
+            listener_key: &their_key,
         },
-    )
-    .await?;
-    let (identity, their_sig) = match read_msg(reader, MAX_HANDSHAKE_FRAME_LEN).await? {
-        Some(SyncMessage::Auth {
-            identity,
-            signature,
-        }) => (identity, signature),
-        _ => bail!("peer did not prove its member identity"),
+        Side::Listener => session::Hellos {
+            dialer_peer: &peer_b,
+            listener_peer: &local_b,
+            dialer_nonce: &their_nonce,
+            listener_nonce: &nonce,
+            dialer_key: &their_key,
+            listener_key: &my_key,
+        },
+    });
+
+    let slots = node.reveal_slots(&session_key, &transcript, side);
+    drop(session_key);
+    write_msg(writer, &SyncMessage::Reveal { slots }).await?;
+    let their_slots = match read_msg(reader, MAX_HANDSHAKE_FRAME_LEN).await? {
+        Some(SyncMessage::Reveal { slots }) => slots,
+        _ => bail!("peer did not send its reveal"),
     };
-    if !session::verify_auth(&identity, &their_sig, &transcript, side.other(), &matched) {
-        bail!("peer's member signature does not verify");
-    }
-    Ok(Some(Shared {
-        groups: matched.into_iter().collect(),
-        identity,
-    }))
+    let shared = node.open_reveals(&their_key, &transcript, side.other(), &their_slots);
+    tracing::debug!(%peer, shared = shared.len(), "session handshake done");
+    Ok(shared)
 }
 
 async fn receive_loop<R>(
     node: &Arc<Node>,
-    groups: &BTreeSet<GroupId>,
-    peer: &PublicIdentity,
+    groups: &Shared,
     link: &Link,
     reader: &mut R,
 ) -> anyhow::Result<()>
@@ -201,7 +211,10 @@ where
     let mut last_resend: HashMap<GroupId, Instant> = HashMap::new();
     while let Some(msg) = read_msg::<_, SyncMessage>(reader, MAX_FRAME_LEN).await? {
         match msg {
-            SyncMessage::Have { group_id, heads } if groups.contains(&group_id) => {
+            SyncMessage::Have { group_id, heads } => {
+                let Some(peer) = groups.get(&group_id) else {
+                    continue;
+                };
                 let vv = heads
                     .into_iter()
                     .map(|e| (e.author, (e.seq, e.hash)))
@@ -220,9 +233,14 @@ where
                 group_id,
                 seq,
                 hash,
-            } if groups.contains(&group_id) => {
+            } => {
+                let Some(peer) = groups.get(&group_id) else {
+                    continue;
+                };
+                let Ok(me) = node.member_keys(&group_id).map(|k| k.member_id()) else {
+                    continue;
+                };
                 // The peer wants our own log only: treat every other author as up to date.
-                let me = node.member_id();
                 let mut vv = node.version_vector(&group_id);
                 if node.standing(&group_id, peer) == Standing::Member {
                     node.note_peer_has(&group_id, &VersionVector::from([(me, (seq, hash))]));
@@ -235,7 +253,10 @@ where
             SyncMessage::Envelopes {
                 group_id,
                 envelopes,
-            } if groups.contains(&group_id) => {
+            } => {
+                let Some(peer) = groups.get(&group_id) else {
+                    continue;
+                };
                 let standing = node.standing(&group_id, peer);
                 // From a peer no longer a member in our view, only its own log is taken.
                 // From one not yet known here everything is, checked like any envelope:
@@ -273,9 +294,8 @@ where
                     link.wake.notify_one();
                 }
             }
-            // Anything else (a group not proved in this session, a late handshake message)
-            // is ignored rather than trusted.
-            _ => {}
+            // A late handshake message is ignored rather than trusted.
+            SyncMessage::Hello { .. } | SyncMessage::Reveal { .. } => {}
         }
     }
     Ok(())
@@ -283,8 +303,7 @@ where
 
 async fn push_loop<W>(
     node: Arc<Node>,
-    groups: BTreeSet<GroupId>,
-    peer: PublicIdentity,
+    groups: Shared,
     link: Link,
     mut writer: W,
 ) -> anyhow::Result<()>
@@ -301,8 +320,8 @@ where
         // before anything else is sent: a new member gets our version vector (so it
         // sends what we lack), a departed one only our head of its own log.
         let mut again = std::mem::take(&mut *lock_set(&link.resend));
-        for group_id in &groups {
-            let standing = node.standing(group_id, &peer);
+        for (group_id, peer) in &groups {
+            let standing = node.standing(group_id, peer);
             let was = told.insert(*group_id, standing);
             if was != Some(standing) {
                 if was.is_some() {
@@ -311,11 +330,11 @@ where
                 again.insert(*group_id);
             }
             if again.remove(group_id) {
-                send_have(&node, *group_id, standing, &peer, &mut writer).await?;
+                send_have(&node, *group_id, standing, peer, &mut writer).await?;
             }
         }
         let mut sent_any = false;
-        for group_id in &groups {
+        for (group_id, peer) in &groups {
             let Some(vv) = lock(&link.known).get(group_id).cloned() else {
                 continue; // their version vector has not arrived yet
             };
@@ -323,7 +342,7 @@ where
             // lock: never a group's envelopes to someone who is no longer in it.
             let batch = node.missing_for_member(
                 group_id,
-                &peer,
+                peer,
                 &vv,
                 MAX_BATCH_ENVELOPES,
                 BATCH_BYTE_BUDGET,

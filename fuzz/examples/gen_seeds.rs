@@ -10,10 +10,11 @@ use hearth_protocol::api::Role;
 use hearth_protocol::doc::{AgreementRecord, GroupDocument};
 use hearth_protocol::envelope::{Body, Envelope, Header, ZERO_HASH};
 use hearth_protocol::group::{Group, seal_snapshot};
-use hearth_protocol::identity::DeviceKeys;
+use hearth_protocol::identity::MemberKeys;
 use hearth_protocol::ids::GroupId;
 use hearth_protocol::invite::{Admission, InviteToken, JoinAccept, JoinRequest};
-use hearth_protocol::wire::{SyncMessage, VvEntry, WIRE_VERSION, encode_frame};
+use hearth_protocol::session::SLOT_LEN;
+use hearth_protocol::wire::{RevealSlot, SyncMessage, VvEntry, WIRE_VERSION, encode_frame};
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
     let dir = Path::new("corpus").join(target);
@@ -43,7 +44,7 @@ fn admission(group: &mut Group, add: &Envelope) -> Admission {
 }
 
 /// The replica of a member admitted as `admission` says.
-fn replica(keys: &DeviceKeys, admission: &Admission, log: &[Envelope]) -> Group {
+fn replica(keys: &MemberKeys, admission: &Admission, log: &[Envelope]) -> Group {
     let welcome = admission.welcome();
     let mut g =
         Group::restore(welcome.info, keys, welcome.grants, Some(&welcome.snapshot)).unwrap();
@@ -148,13 +149,10 @@ fn main() {
         SyncMessage::Hello {
             version: WIRE_VERSION,
             nonce: [1; 32],
+            key: [2; 32],
         },
-        SyncMessage::Proofs {
-            tags: vec![[2; 32]; 3],
-        },
-        SyncMessage::Auth {
-            identity: s.public(),
-            signature: [3; 64],
+        SyncMessage::Reveal {
+            slots: vec![RevealSlot([3; SLOT_LEN]); 8],
         },
         SyncMessage::Have {
             group_id: info.group_id,

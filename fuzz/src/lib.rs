@@ -7,7 +7,7 @@ use hearth_protocol::envelope::{
     self, Body, Envelope, FORMAT_VERSION, Hash, Header, Sealing, ZERO_HASH,
 };
 use hearth_protocol::group::{Access, Group, KeyGrant};
-use hearth_protocol::identity::{DeviceKeys, PublicIdentity};
+use hearth_protocol::identity::{MemberKeys, PublicIdentity};
 use hearth_protocol::ids::MemberId;
 use hearth_protocol::membership::GroupInfo;
 use std::sync::OnceLock;
@@ -48,7 +48,7 @@ impl rand_core::CryptoRng for FixedRng {}
 pub struct Fixture {
     /// creator (the only facilitator), a plain member it added (the "hostile member" of
     /// the threat model), and a stranger never added.
-    pub keys: [DeviceKeys; 3],
+    pub keys: [MemberKeys; 3],
     pub ids: [MemberId; 3],
     pub publics: [PublicIdentity; 3],
     pub info: GroupInfo,
@@ -64,7 +64,7 @@ pub struct Fixture {
 pub fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let keys = [7u8, 8, 9].map(|b| DeviceKeys::from_secret_bytes(&[b; 64]).expect("64 bytes"));
+        let keys = [7u8, 8, 9].map(|b| MemberKeys::from_secret_bytes(&[b; 64]).expect("64 bytes"));
         let mut rng = FixedRng::new(1);
         let (mut group, first_key, first) =
             Group::create(&keys[0], "Circle", "Support", &mut rng).expect("fixture group");
@@ -87,13 +87,13 @@ pub fn fixture() -> &'static Fixture {
     })
 }
 
-pub fn creator() -> &'static DeviceKeys {
+pub fn creator() -> &'static MemberKeys {
     &fixture().keys[0]
 }
-pub fn member() -> &'static DeviceKeys {
+pub fn member() -> &'static MemberKeys {
     &fixture().keys[1]
 }
-pub fn stranger() -> &'static DeviceKeys {
+pub fn stranger() -> &'static MemberKeys {
     &fixture().keys[2]
 }
 /// Epoch key for targets that have no group.
@@ -122,7 +122,7 @@ pub fn fixture_group() -> (Group, SecretKey, Vec<Envelope>) {
 /// membership operation, else the content key). A member holds these keys, so any
 /// plaintext is reachable by an insider; this lets fuzzers get past AEAD and the signature.
 pub fn seal_raw(
-    keys: &DeviceKeys,
+    keys: &MemberKeys,
     mut header: Header,
     plaintext: &[u8],
     epoch_key: &SecretKey,

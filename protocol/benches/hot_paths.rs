@@ -18,7 +18,7 @@ use hearth_protocol::envelope::{Body, Envelope};
 use hearth_protocol::group::{
     Access, Group, KeyGrant, MIN_SEGMENT_POSITIONS, VersionVector, open_snapshot, seal_snapshot,
 };
-use hearth_protocol::identity::DeviceKeys;
+use hearth_protocol::identity::MemberKeys;
 use hearth_protocol::membership::GroupInfo;
 use rand_core::OsRng;
 
@@ -32,7 +32,7 @@ const TEXT: &str = "We keep what is said here in the circle.";
 /// What a device stores to rebuild its `Group`. `Group` is not `Clone`, so benchmarks that
 /// consume one rebuild it from this in untimed setup, the way the daemon restarts.
 struct Device {
-    keys: DeviceKeys,
+    keys: MemberKeys,
     grants: Vec<KeyGrant>,
     snapshot: Option<Vec<u8>>,
 }
@@ -58,7 +58,7 @@ fn everything(group: &Group) -> Vec<Envelope> {
 }
 
 fn create() -> (Group, Device) {
-    let keys = DeviceKeys::generate(&mut OsRng);
+    let keys = MemberKeys::generate(&mut OsRng);
     let (group, key, _) = Group::create(&keys, "Circle", "Support", &mut OsRng).expect("create");
     let grants = vec![KeyGrant {
         epoch: 0,
@@ -76,7 +76,7 @@ fn create() -> (Group, Device) {
 /// What the daemon hands a joiner on admission: the current epoch's key after the add,
 /// the roster keys of every other epoch, and the snapshot.
 fn admit(by: &mut Group) -> Device {
-    let keys = DeviceKeys::generate(&mut OsRng);
+    let keys = MemberKeys::generate(&mut OsRng);
     let written = by
         .add_member(keys.public(), Role::Member, "new", NOW, &mut OsRng)
         .expect("add member");
@@ -116,7 +116,7 @@ fn record(author: &str) -> AgreementRecord {
 /// second member was admitted, which has not received them yet.
 struct CatchUp {
     writer: Group,
-    writer_keys: DeviceKeys,
+    writer_keys: MemberKeys,
     info: GroupInfo,
     receiver: Device,
     /// What the receiver already holds (the log up to its admission).
@@ -178,7 +178,7 @@ struct Plain {
 
 impl Plain {
     fn build() -> Plain {
-        let keys = DeviceKeys::generate(&mut OsRng);
+        let keys = MemberKeys::generate(&mut OsRng);
         let author = keys.member_id().to_hex();
         let mut doc = GroupDocument::new(keys.member_id().actor_id());
         doc.edit(|d| {
@@ -200,7 +200,7 @@ impl Plain {
 }
 
 fn fresh_actor() -> automerge::ActorId {
-    DeviceKeys::generate(&mut OsRng).member_id().actor_id()
+    MemberKeys::generate(&mut OsRng).member_id().actor_id()
 }
 
 /// One agreement write on a group with 1,000 agreements of history: automerge alone,
@@ -357,7 +357,7 @@ fn remove_member(c: &mut Criterion) {
     // The other members only need identities: they never act here.
     let mut victim = None;
     while facilitator.roster().len() < MEMBERS {
-        let keys = DeviceKeys::generate(&mut OsRng);
+        let keys = MemberKeys::generate(&mut OsRng);
         facilitator
             .add_member(keys.public(), Role::Member, "member", NOW, &mut OsRng)
             .expect("add member");

@@ -54,8 +54,6 @@ pub const MAX_INVITE_TTL_SECS: u64 = 7 * 24 * 60 * 60;
 /// `GET /v1/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
-    /// This device's member id (hex).
-    pub member_id: String,
     /// The multiaddrs hearthd listens on, as strings.
     pub listen_addrs: Vec<String>,
     /// Number of peers connected at the moment.

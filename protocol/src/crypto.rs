@@ -42,8 +42,10 @@ pub mod labels {
     pub const ROSTER_HISTORY_KEY: &[u8] = b"hearth v1 roster history key";
     /// HKDF info: the key that seals a snapshot of one group epoch.
     pub const SNAPSHOT_KEY: &[u8] = b"hearth v1 snapshot key";
-    /// HKDF info: the key that proves knowledge of an epoch key to a peer.
-    pub const GROUP_PROOF_KEY: &[u8] = b"hearth v1 group proof key";
+    /// HKDF info: where a peer finds the reveal slot addressed to one of its memberships.
+    pub const SESSION_REVEAL_LOOKUP: &[u8] = b"hearth v1 session reveal lookup";
+    /// HKDF info: the key that seals a reveal slot (an identity for one member only).
+    pub const SESSION_REVEAL_KEY: &[u8] = b"hearth v1 session reveal key";
     /// HKDF info: the key that seals a lockbox.
     pub const LOCKBOX_KEY: &[u8] = b"hearth v1 lockbox key";
     /// HKDF info: an invite's public lookup id.

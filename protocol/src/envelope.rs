@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::crypto::{self, SecretKey, TAG_LEN, XNONCE_LEN, labels};
-use crate::identity::{DeviceKeys, PublicIdentity};
+use crate::identity::{MemberKeys, PublicIdentity};
 use crate::ids::{GroupId, MemberId};
 use crate::membership::RosterOp;
 
@@ -236,7 +236,7 @@ impl Envelope {
     /// Seals and signs `body` under `header` (whose version is set here), with the epoch
     /// key's body key for the body's kind.
     pub fn seal(
-        keys: &DeviceKeys,
+        keys: &MemberKeys,
         mut header: Header,
         body: &Body,
         epoch_key: &SecretKey,
@@ -249,7 +249,7 @@ impl Envelope {
     /// Seals and signs a segment: `body` must be [`Body::Segment`] restating the author's
     /// positions `span.first..=header.seq`.
     pub fn seal_segment(
-        keys: &DeviceKeys,
+        keys: &MemberKeys,
         mut header: Header,
         span: Span,
         body: &Body,
@@ -261,7 +261,7 @@ impl Envelope {
     }
 
     fn seal_with(
-        keys: &DeviceKeys,
+        keys: &MemberKeys,
         header: Header,
         span: Option<Span>,
         body: &Body,
@@ -472,8 +472,8 @@ mod tests {
         }
     }
 
-    fn sample() -> (DeviceKeys, SecretKey, Envelope, Body) {
-        let keys = DeviceKeys::generate(&mut OsRng);
+    fn sample() -> (MemberKeys, SecretKey, Envelope, Body) {
+        let keys = MemberKeys::generate(&mut OsRng);
         let epoch_key = SecretKey::random(&mut OsRng);
         let body = Body::Changes {
             changes: vec![b"change".to_vec()],
@@ -514,7 +514,7 @@ mod tests {
     #[test]
     fn other_signer_and_other_key_fail() {
         let (_, epoch_key, env, _) = sample();
-        let stranger = DeviceKeys::generate(&mut OsRng);
+        let stranger = MemberKeys::generate(&mut OsRng);
         assert_eq!(
             env.verify(&stranger.public()),
             Err(EnvelopeError::BadSignature)
@@ -528,7 +528,7 @@ mod tests {
 
     #[test]
     fn plaintext_does_not_appear_in_envelope() {
-        let keys = DeviceKeys::generate(&mut OsRng);
+        let keys = MemberKeys::generate(&mut OsRng);
         let epoch_key = SecretKey::random(&mut OsRng);
         let marker = b"MARKER-plaintext-7731";
         let env = Envelope::seal(

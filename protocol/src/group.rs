@@ -22,7 +22,7 @@ use crate::api::Role;
 use crate::crypto::{SecretKey, XNONCE_LEN};
 use crate::doc::{self, AgreementRecord, DocError, GroupDoc, GroupDocument};
 use crate::envelope::{Body, Envelope, EnvelopeError, Hash, Header, Sealing, ZERO_HASH, body_key};
-use crate::identity::{DeviceKeys, PublicIdentity};
+use crate::identity::{MemberKeys, PublicIdentity};
 use crate::ids::{GroupId, MemberId};
 use crate::lockbox::Lockbox;
 use crate::membership::{
@@ -102,7 +102,8 @@ pub enum GroupError {
     #[error("{0} is already a member of this group")]
     AlreadyMember(MemberId),
     #[error(
-        "{0} was a member of this group and left or was removed; hearth cannot admit them again"
+        "that identity ({0}) left or was removed; a person who comes back joins with a new \
+         invite, which gives them a new identity in the group"
     )]
     Departed(MemberId),
     #[error("to leave the group yourself, use leave rather than remove")]
@@ -201,7 +202,7 @@ type PendingKey = (MemberId, u64, u64);
 
 pub struct Group {
     info: GroupInfo,
-    device: DeviceKeys,
+    device: MemberKeys,
     membership: Membership,
     keys: BTreeMap<u32, Vec<KeyGrant>>,
     heads: BTreeMap<MemberId, LogHead>,
@@ -249,6 +250,19 @@ pub struct Group {
     applied_upto: BTreeMap<MemberId, u64>,
     /// The snapshot this device joined with, if any: the base to rebuild the document on.
     base: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// The facilitator who admitted this device, trusted until the admission arrives.
+    introducer: Option<PublicIdentity>,
+}
+
+/// Where another membership stands in a group, in this device's view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// A member: it is sent the group.
+    Member,
+    /// It left or was removed: it is sent nothing but this device's head of its own log.
+    Departed,
+    /// Not known here as a member (its admission has not reached this device).
+    Unknown,
 }
 
 fn check_text(
@@ -272,7 +286,7 @@ impl Group {
     /// its first epoch key (which the caller must store) and its first envelope (the
     /// document's initial state), which the caller must store.
     pub fn create(
-        me: &DeviceKeys,
+        me: &MemberKeys,
         name: &str,
         purpose: &str,
         rng: &mut impl CryptoRngCore,
@@ -307,7 +321,7 @@ impl Group {
     /// Feed the stored envelopes to [`Group::ingest_stored`] afterwards.
     pub fn restore(
         info: GroupInfo,
-        me: &DeviceKeys,
+        me: &MemberKeys,
         grants: impl IntoIterator<Item = KeyGrant>,
         snapshot: Option<&[u8]>,
     ) -> Result<Group, GroupError> {
@@ -344,6 +358,7 @@ impl Group {
             withheld: BTreeMap::new(),
             applied_upto: BTreeMap::new(),
             base: snapshot.map(|b| zeroize::Zeroizing::new(b.to_vec())),
+            introducer: None,
         };
         for grant in grants {
             if matches!(grant.access, Access::Full(_)) {
@@ -408,46 +423,57 @@ impl Group {
         (current.epoch, self.full_key(current.epoch, current.op))
     }
 
-    /// The roster key of an epoch this device can read membership operations of.
-    fn roster_key(&self, epoch: u32, rotation: Option<Hash>) -> Option<SecretKey> {
-        let group = self.id();
-        self.keys.get(&epoch)?.iter().find_map(|g| {
-            (g.rotation == rotation).then(|| match &g.access {
-                Access::Full(k) => body_key(k, &group, epoch, Sealing::Roster),
-                Access::Roster(k) => k.clone(),
-            })
-        })
+    /// This device's keys in this group (its membership identity).
+    pub fn member_keys(&self) -> &MemberKeys {
+        &self.device
     }
 
-    /// What a session proves, newest first: the roster keys of epochs that took effect,
-    /// then those of keys handed to this device outside the logs (a joiner proves its
-    /// admission key before the add that started that epoch has reached it). Roster keys,
-    /// so that a member admitted later (who holds only roster keys of earlier epochs) and
-    /// a member who has not yet heard of that admission still recognise each other.
-    pub fn proof_keys(&self) -> Vec<(u32, SecretKey)> {
-        let mut out: Vec<(u32, Option<Hash>, SecretKey)> = self
-            .roster()
-            .epochs()
-            .iter()
-            .rev()
-            .filter_map(|e| self.roster_key(e.epoch, e.op).map(|k| (e.epoch, e.op, k)))
-            .collect();
-        for (epoch, rotation) in &self.outside_grants {
-            if !out.iter().any(|(e, r, _)| e == epoch && r == rotation)
-                && let Some(k) = self.roster_key(*epoch, *rotation)
-            {
-                out.push((*epoch, *rotation, k));
-            }
+    /// Trusts `facilitator` (who admitted this device) as a member until this device sees
+    /// its own admission in the logs, which the facilitator is the first to bring.
+    pub fn set_introducer(&mut self, facilitator: PublicIdentity) {
+        self.introducer = Some(facilitator);
+    }
+
+    /// Where `peer`, with exactly this identity, stands in this group in this device's view.
+    pub fn standing(&self, peer: &PublicIdentity) -> Standing {
+        let roster = self.roster();
+        let id = peer.member_id();
+        if roster.get(&id).is_some_and(|m| m.identity == *peer) {
+            Standing::Member
+        } else if roster
+            .departed()
+            .get(&id)
+            .is_some_and(|d| d.identity == *peer)
+        {
+            Standing::Departed
+        } else {
+            Standing::Unknown
         }
-        out.into_iter().map(|(e, _, k)| (e, k)).collect()
     }
 
-    /// Every roster key held, for recognising another member's session proofs.
-    pub fn recognition_keys(&self) -> Vec<(u32, SecretKey)> {
-        self.roster_history()
-            .into_iter()
-            .map(|(e, _, k)| (e, k))
-            .collect()
+    /// Whom this device reveals its identity in this group to when it meets a peer: every
+    /// member it counts as current but itself; before it sees its own admission, only the
+    /// facilitator who admitted it; once it left or was removed, no one.
+    pub fn reveal_to(&self) -> Vec<PublicIdentity> {
+        let roster = self.roster();
+        let me = self.me();
+        if roster.is_member(&me) {
+            roster
+                .members()
+                .filter(|(id, _)| **id != me)
+                .map(|(_, m)| m.identity)
+                .collect()
+        } else if roster.departed().contains_key(&me) {
+            Vec::new()
+        } else {
+            self.introducer.into_iter().collect()
+        }
+    }
+
+    /// Whether a session may share this group with `peer`: exactly when this device
+    /// revealed itself to it (see [`Group::reveal_to`]).
+    pub fn reveals_to(&self, peer: &PublicIdentity) -> bool {
+        self.reveal_to().contains(peer)
     }
 
     /// Every full epoch key held, newest epoch first (for recognising peers in a session).
@@ -1232,6 +1258,12 @@ impl Group {
 
     /// What the author's envelope after position `seq` must name as `prev`, where this
     /// device knows it (zero before the first position).
+    /// Whether this device holds `author`'s log item at `seq` with exactly that hash.
+    pub fn holds(&self, author: &MemberId, seq: u64, hash: &Hash) -> bool {
+        self.chain_hash_at(author, seq)
+            .is_some_and(|h| crate::crypto::ct_eq(&h, hash))
+    }
+
     fn chain_hash_at(&self, author: &MemberId, seq: u64) -> Option<Hash> {
         if seq == 0 {
             return Some(ZERO_HASH);
@@ -2208,7 +2240,7 @@ mod tests {
     use rand_core::OsRng;
 
     struct Device {
-        keys: DeviceKeys,
+        keys: MemberKeys,
         group: Group,
     }
 
@@ -2219,7 +2251,7 @@ mod tests {
     }
 
     fn creator() -> Device {
-        let keys = DeviceKeys::generate(&mut OsRng);
+        let keys = MemberKeys::generate(&mut OsRng);
         let (group, _, _) = Group::create(&keys, "Circle", "Support", &mut OsRng).unwrap();
         Device { keys, group }
     }
@@ -2233,7 +2265,7 @@ mod tests {
     /// `by` admits a new device, which starts from what an admission hands it (the new
     /// epoch's key, roster keys of earlier epochs, the snapshot) and then every envelope.
     fn admit(by: &mut Device, role: Role) -> Device {
-        let keys = DeviceKeys::generate(&mut OsRng);
+        let keys = MemberKeys::generate(&mut OsRng);
         let written = by
             .group
             .add_member(keys.public(), role, "new", 0, &mut OsRng)
@@ -2404,7 +2436,7 @@ mod tests {
     fn stranger_envelopes_are_not_applied() {
         let mut d = setup(1);
         // A stranger holding the epoch key (say, a leaked key) but never admitted.
-        let stranger = DeviceKeys::generate(&mut OsRng);
+        let stranger = MemberKeys::generate(&mut OsRng);
         let (epoch, key) = d[0].group.current_epoch();
         let header = Header {
             version: 0,
@@ -2453,7 +2485,7 @@ mod tests {
     /// Seals `body` as `keys`' envelope at `seq` after `prev`, under `g`'s current epoch.
     fn craft(
         g: &Group,
-        keys: &DeviceKeys,
+        keys: &MemberKeys,
         seq: u64,
         prev: Hash,
         change_head: Hash,
@@ -2548,7 +2580,7 @@ mod tests {
     fn a_write_returns_every_envelope_it_let_in() {
         let mut d = setup(0);
         let a = &mut d[0];
-        let j = DeviceKeys::generate(&mut OsRng);
+        let j = MemberKeys::generate(&mut OsRng);
         // J's first envelope arrives before J's add: it waits.
         let early = craft(
             &a.group,
@@ -2597,7 +2629,7 @@ mod tests {
         let e2 = agree(&mut d[1], "second").own;
         // The genuine seq n+1 waits for seq n; a forgery for seq n+1 then arrives.
         d[0].group.ingest(vec![e2.clone()]);
-        let forger = DeviceKeys::generate(&mut OsRng);
+        let forger = MemberKeys::generate(&mut OsRng);
         let mut forged = craft(
             &d[1].group,
             &forger,
@@ -2956,7 +2988,7 @@ mod tests {
     /// A segment signed by `keys` restating its positions `first..=last.seq`.
     fn craft_segment(
         on: &Group,
-        keys: &DeviceKeys,
+        keys: &MemberKeys,
         first: u64,
         last: &LogHead,
         change_head: Hash,
@@ -3175,7 +3207,7 @@ mod tests {
                 .is_empty()
         );
         log.extend(everything(&d[0]));
-        let observer = DeviceKeys::generate(&mut OsRng);
+        let observer = MemberKeys::generate(&mut OsRng);
         let grants = || {
             d[0].group
                 .keys
@@ -3222,7 +3254,7 @@ mod tests {
                 prop_assert!(!d[0].group.compact_own(MIN_SEGMENT_POSITIONS, true, &mut OsRng).is_empty());
                 log.extend(everything(&d[0]));
             }
-            let observer = DeviceKeys::generate(&mut OsRng);
+            let observer = MemberKeys::generate(&mut OsRng);
             let grants = || {
                 d[0].group.keys.values().flatten().cloned().collect::<Vec<_>>()
             };

@@ -1,4 +1,6 @@
-//! A device's long-term identity: an Ed25519 signing key and an X25519 agreement key.
+//! A membership's identity: an Ed25519 signing key and an X25519 agreement key, made when
+//! this device creates or joins a group and used in that group only, so that one person's
+//! identities in two groups cannot be linked.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rand_core::CryptoRngCore;
@@ -9,7 +11,7 @@ use zeroize::Zeroizing;
 use crate::crypto::labels;
 use crate::ids::MemberId;
 
-/// The public half of a device identity, as members learn it.
+/// The public half of a membership identity, as the group's members learn it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PublicIdentity {
     /// Ed25519 verifying key.
@@ -37,7 +39,7 @@ impl PublicIdentity {
         MemberId::from_signing_key(&self.signing)
     }
 
-    /// Checks an Ed25519 signature made by [`DeviceKeys::sign`] with the same `context`.
+    /// Checks an Ed25519 signature made by [`MemberKeys::sign`] with the same `context`.
     pub fn verify(
         &self,
         context: &[u8],
@@ -57,6 +59,15 @@ impl PublicIdentity {
         out[32..].copy_from_slice(&self.agreement);
         out
     }
+
+    /// The inverse of [`PublicIdentity::to_bytes`].
+    pub fn from_bytes(bytes: &[u8; 64]) -> PublicIdentity {
+        let mut signing = [0u8; 32];
+        let mut agreement = [0u8; 32];
+        signing.copy_from_slice(&bytes[..32]);
+        agreement.copy_from_slice(&bytes[32..]);
+        PublicIdentity { signing, agreement }
+    }
 }
 
 /// Context-prefixed message: `len(context) as u8 || context || message`, so no signature
@@ -69,9 +80,9 @@ fn signed_message(context: &[u8], message: &[u8]) -> Vec<u8> {
     m
 }
 
-/// A device's secret keys. Both halves are wiped on drop by their crates.
+/// A membership's secret keys. Both halves are wiped on drop by their crates.
 #[derive(Clone)]
-pub struct DeviceKeys {
+pub struct MemberKeys {
     signing: SigningKey,
     agreement: StaticSecret,
     /// Derived once: the X25519 public key costs a scalar multiplication, and every
@@ -79,26 +90,26 @@ pub struct DeviceKeys {
     public: PublicIdentity,
 }
 
-impl std::fmt::Debug for DeviceKeys {
+impl std::fmt::Debug for MemberKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DeviceKeys({})", self.public().member_id())
+        write!(f, "MemberKeys({})", self.public().member_id())
     }
 }
 
-impl DeviceKeys {
-    pub fn generate(rng: &mut impl CryptoRngCore) -> DeviceKeys {
-        DeviceKeys::from_parts(
+impl MemberKeys {
+    pub fn generate(rng: &mut impl CryptoRngCore) -> MemberKeys {
+        MemberKeys::from_parts(
             SigningKey::generate(rng),
             StaticSecret::random_from_rng(rng),
         )
     }
 
-    fn from_parts(signing: SigningKey, agreement: StaticSecret) -> DeviceKeys {
+    fn from_parts(signing: SigningKey, agreement: StaticSecret) -> MemberKeys {
         let public = PublicIdentity {
             signing: signing.verifying_key().to_bytes(),
             agreement: DhPublic::from(&agreement).to_bytes(),
         };
-        DeviceKeys {
+        MemberKeys {
             signing,
             agreement,
             public,
@@ -113,7 +124,7 @@ impl DeviceKeys {
         out
     }
 
-    pub fn from_secret_bytes(bytes: &[u8]) -> Option<DeviceKeys> {
+    pub fn from_secret_bytes(bytes: &[u8]) -> Option<MemberKeys> {
         if bytes.len() != 64 {
             return None;
         }
@@ -121,7 +132,7 @@ impl DeviceKeys {
         seed.copy_from_slice(&bytes[..32]);
         let mut dh = Zeroizing::new([0u8; 32]);
         dh.copy_from_slice(&bytes[32..]);
-        Some(DeviceKeys::from_parts(
+        Some(MemberKeys::from_parts(
             SigningKey::from_bytes(&seed),
             StaticSecret::from(*dh),
         ))
@@ -182,7 +193,7 @@ mod tests {
 
     #[test]
     fn signatures_are_bound_to_context() {
-        let keys = DeviceKeys::generate(&mut OsRng);
+        let keys = MemberKeys::generate(&mut OsRng);
         let sig = keys.sign(labels::SIG_ENVELOPE, b"msg");
         let public = keys.public();
         assert!(public.verify(labels::SIG_ENVELOPE, b"msg", &sig).is_ok());
@@ -192,17 +203,17 @@ mod tests {
 
     #[test]
     fn secret_bytes_round_trip() {
-        let keys = DeviceKeys::generate(&mut OsRng);
-        let restored = DeviceKeys::from_secret_bytes(&keys.to_secret_bytes()[..]).unwrap();
+        let keys = MemberKeys::generate(&mut OsRng);
+        let restored = MemberKeys::from_secret_bytes(&keys.to_secret_bytes()[..]).unwrap();
         assert_eq!(restored.public(), keys.public());
-        assert!(DeviceKeys::from_secret_bytes(&[0; 10]).is_none());
+        assert!(MemberKeys::from_secret_bytes(&[0; 10]).is_none());
     }
 
     #[test]
     fn safety_number_is_symmetric_and_distinct() {
-        let a = DeviceKeys::generate(&mut OsRng).public();
-        let b = DeviceKeys::generate(&mut OsRng).public();
-        let c = DeviceKeys::generate(&mut OsRng).public();
+        let a = MemberKeys::generate(&mut OsRng).public();
+        let b = MemberKeys::generate(&mut OsRng).public();
+        let c = MemberKeys::generate(&mut OsRng).public();
         let ab = safety_number(&a, &b);
         assert_eq!(ab, safety_number(&b, &a));
         assert_ne!(ab, safety_number(&a, &c));

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::{self, SecretKey, labels};
 use crate::envelope::Hash;
 use crate::group::{Access, KeyGrant};
-use crate::identity::{DeviceKeys, PublicIdentity};
+use crate::identity::{MemberKeys, PublicIdentity};
 use crate::ids::{GroupId, MemberId};
 use crate::lockbox::{Lockbox, serde_big_array};
 use crate::membership::GroupInfo;
@@ -141,7 +141,7 @@ pub struct JoinRequest {
 
 impl JoinRequest {
     pub fn new(
-        me: &DeviceKeys,
+        me: &MemberKeys,
         token: &InviteToken,
         name: &str,
         joiner_peer: &[u8],
@@ -153,7 +153,7 @@ impl JoinRequest {
     /// A request proving knowledge of an invite secret however it was agreed (a token,
     /// or a spoken-code exchange).
     pub fn with_secret(
-        me: &DeviceKeys,
+        me: &MemberKeys,
         secret: &[u8; 32],
         name: &str,
         joiner_peer: &[u8],
@@ -273,7 +273,7 @@ fn roster_history_key(epoch_key: &SecretKey, group_id: &GroupId, epoch: u32) -> 
 
 impl JoinAccept {
     pub fn new(
-        facilitator: &DeviceKeys,
+        facilitator: &MemberKeys,
         request: &JoinRequest,
         secret: &[u8; 32],
         admission: &Admission,
@@ -357,7 +357,7 @@ impl JoinAccept {
     /// exchange's secret shows it came from the daemon that held the code.
     pub fn verify_code(
         &self,
-        me: &DeviceKeys,
+        me: &MemberKeys,
         secret: &[u8; 32],
         name: &str,
         joiner_peer: &[u8],
@@ -376,7 +376,7 @@ impl JoinAccept {
     /// The joiner's check of the answer against the token it used.
     pub fn verify(
         &self,
-        me: &DeviceKeys,
+        me: &MemberKeys,
         token: &InviteToken,
         name: &str,
         joiner_peer: &[u8],
@@ -457,7 +457,7 @@ mod tests {
     use proptest::prelude::*;
     use rand_core::OsRng;
 
-    fn token_for(group: &Group, facilitator: &DeviceKeys) -> InviteToken {
+    fn token_for(group: &Group, facilitator: &MemberKeys) -> InviteToken {
         let mut secret = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut OsRng, &mut secret);
         InviteToken {
@@ -471,7 +471,7 @@ mod tests {
 
     #[test]
     fn token_text_round_trips() {
-        let a = DeviceKeys::generate(&mut OsRng);
+        let a = MemberKeys::generate(&mut OsRng);
         let (g, _, _) = Group::create(&a, "Circle", "", &mut OsRng).unwrap();
         let token = token_for(&g, &a);
         let text = token.encode();
@@ -486,8 +486,8 @@ mod tests {
 
     #[test]
     fn full_join_handshake() {
-        let a = DeviceKeys::generate(&mut OsRng);
-        let b = DeviceKeys::generate(&mut OsRng);
+        let a = MemberKeys::generate(&mut OsRng);
+        let b = MemberKeys::generate(&mut OsRng);
         let (mut g, _, _) = Group::create(&a, "Circle", "Support", &mut OsRng).unwrap();
         let token = token_for(&g, &a);
         let req = JoinRequest::new(&b, &token, "Sam", b"peer-b", b"peer-a");

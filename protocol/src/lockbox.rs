@@ -13,7 +13,7 @@ use x25519_dalek::{PublicKey as DhPublic, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::crypto::{self, SecretKey, labels};
-use crate::identity::{DeviceKeys, PublicIdentity};
+use crate::identity::{MemberKeys, PublicIdentity};
 use crate::ids::{GroupId, MemberId};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +59,7 @@ const LOCKBOXES_PER_THREAD: usize = 8;
 
 impl Lockbox {
     pub fn seal(
-        sender: &DeviceKeys,
+        sender: &MemberKeys,
         recipient: &PublicIdentity,
         group_id: GroupId,
         epoch: u32,
@@ -74,7 +74,7 @@ impl Lockbox {
     /// rotation seals one lockbox per member (two scalar multiplications and a signature
     /// each), and every member waits for all of them before it can write again.
     pub fn seal_all(
-        sender: &DeviceKeys,
+        sender: &MemberKeys,
         recipients: &[PublicIdentity],
         group_id: GroupId,
         epoch: u32,
@@ -124,7 +124,7 @@ impl Lockbox {
 
     /// `eph` is the lockbox's one-time key, used for this lockbox only.
     fn seal_with(
-        sender: &DeviceKeys,
+        sender: &MemberKeys,
         recipient: &PublicIdentity,
         group_id: GroupId,
         epoch: u32,
@@ -162,7 +162,7 @@ impl Lockbox {
     /// Checks the sender's signature, then opens the lockbox with our keys.
     pub fn open(
         &self,
-        me: &DeviceKeys,
+        me: &MemberKeys,
         sender: &PublicIdentity,
     ) -> Result<SecretKey, LockboxError> {
         if self.recipient != me.member_id() {
@@ -239,9 +239,9 @@ mod tests {
 
     #[test]
     fn recipient_opens_others_cannot() {
-        let alice = DeviceKeys::generate(&mut OsRng);
-        let bob = DeviceKeys::generate(&mut OsRng);
-        let eve = DeviceKeys::generate(&mut OsRng);
+        let alice = MemberKeys::generate(&mut OsRng);
+        let bob = MemberKeys::generate(&mut OsRng);
+        let eve = MemberKeys::generate(&mut OsRng);
         let key = SecretKey::random(&mut OsRng);
         let bx = Lockbox::seal(&alice, &bob.public(), GroupId([1; 16]), 0, &key, &mut OsRng);
         assert_eq!(bx.open(&bob, &alice.public()).unwrap(), key);
@@ -254,12 +254,12 @@ mod tests {
 
     #[test]
     fn sealing_for_many_gives_each_recipient_its_own_lockbox_in_order() {
-        let alice = DeviceKeys::generate(&mut OsRng);
+        let alice = MemberKeys::generate(&mut OsRng);
         let key = SecretKey::random(&mut OsRng);
         // Sizes around the thread split: none, one, one short of a batch, several batches.
         for n in [0, 1, LOCKBOXES_PER_THREAD - 1, 3 * LOCKBOXES_PER_THREAD + 1] {
-            let devices: Vec<DeviceKeys> =
-                (0..n).map(|_| DeviceKeys::generate(&mut OsRng)).collect();
+            let devices: Vec<MemberKeys> =
+                (0..n).map(|_| MemberKeys::generate(&mut OsRng)).collect();
             let recipients: Vec<PublicIdentity> = devices.iter().map(|d| d.public()).collect();
             let boxes =
                 Lockbox::seal_all(&alice, &recipients, GroupId([2; 16]), 7, &key, &mut OsRng);
@@ -276,8 +276,8 @@ mod tests {
 
     #[test]
     fn tampered_lockbox_is_rejected() {
-        let alice = DeviceKeys::generate(&mut OsRng);
-        let bob = DeviceKeys::generate(&mut OsRng);
+        let alice = MemberKeys::generate(&mut OsRng);
+        let bob = MemberKeys::generate(&mut OsRng);
         let key = SecretKey::random(&mut OsRng);
         let mut bx = Lockbox::seal(&alice, &bob.public(), GroupId([1; 16]), 0, &key, &mut OsRng);
         bx.epoch = 1;

@@ -8,21 +8,20 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::code::{CodeConfirm, CodeHello, CodeReply};
 use crate::envelope::Hash;
-use crate::identity::PublicIdentity;
 use crate::ids::{GroupId, MemberId};
 use crate::invite::{JoinAccept, JoinRequest};
-use crate::lockbox::serde_big_array;
+use crate::session::SLOT_LEN;
 
 /// Version of the peer protocol spoken on `/hearth/sync/1` and `/hearth/join/1`.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 /// Largest frame accepted (an envelope is at most 1 MiB; a batch is cut before 4 MiB).
 pub const MAX_FRAME_LEN: usize = 4 << 20;
 /// Most envelopes in one batch.
 pub const MAX_BATCH_ENVELOPES: usize = 512;
 /// Byte budget a sender keeps each batch under, leaving room for framing.
 pub const BATCH_BYTE_BUDGET: usize = 3 << 20;
-/// Most group proofs one peer may offer.
-pub const MAX_GROUP_PROOFS: usize = 256;
+/// Most reveal slots one peer may offer (a power of two; see `session`).
+pub const MAX_REVEAL_SLOTS: usize = 1024;
 /// Most authors in one version vector.
 pub const MAX_VV_ENTRIES: usize = 4096;
 
@@ -36,24 +35,23 @@ pub struct VvEntry {
 /// Messages of a sync session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SyncMessage {
-    /// First message each way: protocol version and a fresh nonce.
-    Hello { version: u8, nonce: [u8; 32] },
-    /// Second: one tag per group the sender is in, each recognisable only by a holder of
-    /// that group's epoch key (see `session`).
-    Proofs {
-        #[serde(deserialize_with = "bounded::vec::<_, _, MAX_GROUP_PROOFS>")]
-        tags: Vec<[u8; 32]>,
+    /// First message each way: protocol version, a fresh nonce and the sender's X25519
+    /// key for this session.
+    Hello {
+        version: u8,
+        nonce: [u8; 32],
+        key: [u8; 32],
     },
-    /// Third, only if some group matched: the sender's member identity, signed over the
-    /// transcript and the matched groups.
-    Auth {
-        identity: PublicIdentity,
-        #[serde(with = "serde_big_array")]
-        signature: [u8; 64],
+    /// Second: the sender's identity in each group, sealed for each member it counts as
+    /// current there (see `session`), padded with random slots.
+    Reveal {
+        #[serde(deserialize_with = "bounded::vec::<_, _, MAX_REVEAL_SLOTS>")]
+        slots: Vec<RevealSlot>,
     },
     /// The sender's version vector for one group.
     Have {
         group_id: GroupId,
+        #[serde(deserialize_with = "bounded::vec::<_, _, MAX_VV_ENTRIES>")]
         heads: Vec<VvEntry>,
     },
     /// Envelopes the receiver lacks (each author's in sequence order).
@@ -73,8 +71,29 @@ pub enum SyncMessage {
     },
 }
 
-/// Largest frame of the session handshake (hello, proofs, auth) and of a join request.
-pub const MAX_HANDSHAKE_FRAME_LEN: usize = 16 << 10;
+/// Largest frame of the session handshake (hello, reveal slots).
+pub const MAX_HANDSHAKE_FRAME_LEN: usize = 256 << 10;
+/// Largest frame of a join request or spoken-code step.
+pub const MAX_JOIN_FRAME_LEN: usize = 16 << 10;
+
+/// One reveal slot: fixed length, so decoding allocates nothing a peer chooses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevealSlot(pub [u8; SLOT_LEN]);
+
+impl Serialize for RevealSlot {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for RevealSlot {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RevealSlot, D::Error> {
+        let v: &[u8] = Deserialize::deserialize(d)?;
+        v.try_into()
+            .map(RevealSlot)
+            .map_err(|_| serde::de::Error::invalid_length(v.len(), &"a reveal slot"))
+    }
+}
 
 /// Lists decoded with a hard cap, enforced while decoding: a hostile peer cannot make us
 /// build a list longer than the cap, whatever length it announces.
@@ -186,7 +205,7 @@ impl Bounded for SyncMessage {
             SyncMessage::Hello { version, .. } if *version != WIRE_VERSION => {
                 Err(WireError::Version(*version))
             }
-            SyncMessage::Proofs { tags } => cap("group proofs", tags.len(), MAX_GROUP_PROOFS),
+            SyncMessage::Reveal { slots } => cap("reveal slots", slots.len(), MAX_REVEAL_SLOTS),
             SyncMessage::Have { heads, .. } => cap("log heads", heads.len(), MAX_VV_ENTRIES),
             SyncMessage::Envelopes { envelopes, .. } => {
                 cap("envelopes", envelopes.len(), MAX_BATCH_ENVELOPES)
@@ -223,6 +242,7 @@ mod tests {
         let msg = SyncMessage::Hello {
             version: WIRE_VERSION,
             nonce: [5; 32],
+            key: [6; 32],
         };
         let frame = encode_frame(&msg);
         let len = frame_len(frame[..4].try_into().unwrap()).unwrap();
@@ -245,12 +265,42 @@ mod tests {
 
     #[test]
     fn an_announced_list_longer_than_its_cap_is_refused_before_it_is_built() {
-        // Envelopes variant (4), group id, a length of 4 million, and as many empty
+        // Envelopes variant (3), group id, a length of 4 million, and as many empty
         // entries as the frame allows: refused while decoding, not after building them.
-        let mut body = vec![4u8];
+        let mut body = vec![3u8];
         body.extend_from_slice(&[0; 16]);
         body.extend_from_slice(&[0x80, 0x92, 0xf4, 0x01]); // varint 4_000_000
         body.extend(std::iter::repeat_n(0u8, MAX_FRAME_LEN - 32));
+        assert_eq!(decode::<SyncMessage>(&body), Err(WireError::Malformed));
+    }
+
+    #[test]
+    fn a_version_vector_longer_than_its_cap_is_refused_while_decoding() {
+        let entry = VvEntry {
+            author: MemberId([1; 16]),
+            seq: 1,
+            hash: [2; 32],
+        };
+        let msg = SyncMessage::Have {
+            group_id: GroupId([0; 16]),
+            heads: vec![entry; MAX_VV_ENTRIES + 1],
+        };
+        assert_eq!(
+            decode::<SyncMessage>(&encode_frame(&msg)[4..]),
+            Err(WireError::Malformed)
+        );
+    }
+
+    #[test]
+    fn reveal_slots_decode_only_at_their_exact_length() {
+        let msg = SyncMessage::Reveal {
+            slots: vec![RevealSlot([7; SLOT_LEN]); 3],
+        };
+        assert_eq!(decode::<SyncMessage>(&encode_frame(&msg)[4..]), Ok(msg));
+        // Variant 1, one slot announced one byte short.
+        let mut body = vec![1u8, 1];
+        body.extend_from_slice(&[(SLOT_LEN - 1) as u8, 1]); // varint 159
+        body.extend(std::iter::repeat_n(0u8, SLOT_LEN - 1));
         assert_eq!(decode::<SyncMessage>(&body), Err(WireError::Malformed));
     }
 
@@ -259,6 +309,7 @@ mod tests {
         let msg = SyncMessage::Hello {
             version: 9,
             nonce: [0; 32],
+            key: [0; 32],
         };
         assert_eq!(
             decode::<SyncMessage>(&encode_frame(&msg)[4..]),

@@ -240,6 +240,19 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).map_err(|e| format!("stdout is not JSON: {e}"))
     }
 
+    /// This daemon's member id in `group` (each membership has its own).
+    pub fn member_id(&self, group: &str) -> String {
+        let members = self.json(&["member", "list", group]);
+        members
+            .as_array()
+            .expect("a member list")
+            .iter()
+            .find(|m| m["you"] == true)
+            .and_then(|m| m["member_id"].as_str())
+            .expect("this daemon in its own member list")
+            .to_owned()
+    }
+
     /// Creates a group and returns its id.
     pub fn create_group(&self, name: &str) -> String {
         self.json(&["group", "create", name])["group_id"]

@@ -53,10 +53,7 @@ fn offline_member_catches_up_across_many_batches() {
     b.kill();
     b.restart();
     assert_eq!(b.agreement_texts(&group), a.agreement_texts(&group));
-    let author = a.json(&["status"])["member_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let author = a.member_id(&group);
     let mut a = a;
     a.stop();
     b.stop();

@@ -28,13 +28,6 @@ fn member_names(d: &Daemon, group: &str) -> Vec<String> {
     names
 }
 
-fn member_id(d: &Daemon) -> String {
-    d.json(&["status"])["member_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 fn join_as(facilitator: &Daemon, joiner: &Daemon, group: &str, name: &str) {
     let token = facilitator.json(&["invite", group])["token"]
         .as_str()
@@ -143,7 +136,7 @@ fn names_safety_numbers_roles_and_removal() {
     assert!(c.try_json(&["member", "remove", &group, "Ben"]).is_err());
 
     // Ben removes Cam. Cam's daemon is told nothing; A and Ben write on.
-    let c_id = member_id(&c);
+    let c_id = c.member_id(&group);
     let removed = b.json(&["member", "remove", &group, "Cam"]);
     assert_eq!(removed["member_id"], c_id.as_str());
     let new_epoch = removed["epoch"].as_u64().unwrap() as u32;
@@ -243,20 +236,27 @@ fn leaving_destroys_the_local_copy_unless_asked_to_keep_it() {
     );
 }
 
+/// Two facilitators remove each other while apart. The removal of the senior one (Ana)
+/// reaches Max first, so Max never again shares the group with Ana's device itself (a
+/// device reveals nothing to a peer it counts as removed); Ana's counter-removal reaches
+/// Max through Nia, who was with Ana, and the senior facilitator's removal wins on every
+/// device.
 #[test]
 fn two_facilitators_removing_each_other_apart_converge() {
     let tmp = tempfile::tempdir().unwrap();
     let mut a = Daemon::start("A", &tmp.path().join("a"));
     let mut f = Daemon::start("F", &tmp.path().join("f"));
     let m = Daemon::start("M", &tmp.path().join("m"));
+    let mut n = Daemon::start("N", &tmp.path().join("n"));
     let group = a.json(&["group", "create", "Circle", "--my-name", "Ana"])["group_id"]
         .as_str()
         .unwrap()
         .to_owned();
     join_as(&a, &f, &group, "Fay");
     join_as(&a, &m, &group, "Max");
+    join_as(&a, &n, &group, "Nia");
     a.json(&["member", "role", &group, "Fay", "facilitator"]);
-    for d in [&f, &m] {
+    for d in [&f, &m, &n] {
         wait_for("Fay to be a facilitator everywhere", || {
             members(d, &group)
                 .iter()
@@ -265,22 +265,29 @@ fn two_facilitators_removing_each_other_apart_converge() {
         });
     }
 
-    // Apart: with A stopped, Fay removes Ana (M hears of it).
+    // Apart: with A and N stopped, Fay removes Ana (M hears of it).
     a.stop();
+    n.stop();
     f.json(&["peer", "add", &m.addr()]);
     f.json(&["member", "remove", &group, "Ana"]);
     wait_for("M to see Ana removed", || {
-        (member_names(&m, &group) == ["Fay", "Max"]).then_some(())
+        (member_names(&m, &group) == ["Fay", "Max", "Nia"]).then_some(())
     });
-    // With F stopped, A comes back alone and removes Fay.
+    // With F stopped, A comes back with N and removes Fay.
     f.stop();
     a.restart();
+    n.restart();
+    n.json(&["peer", "add", &a.addr()]);
     a.json(&["member", "remove", &group, "Fay"]);
-    // Together again: the senior facilitator's removal wins on every device.
+    wait_for("N to see Fay removed", || {
+        (member_names(&n, &group) == ["Ana", "Max", "Nia"]).then_some(())
+    });
+    // N meets M: the senior facilitator's removal wins on every device.
+    n.json(&["peer", "add", &m.addr()]);
     a.json(&["peer", "add", &m.addr()]);
-    for d in [&a, &m] {
-        wait_for("A and M to agree", || {
-            (member_names(d, &group) == ["Ana", "Max"]).then_some(())
+    for d in [&a, &m, &n] {
+        wait_for("A, M and N to agree", || {
+            (member_names(d, &group) == ["Ana", "Max", "Nia"]).then_some(())
         });
     }
     a.json(&["agreement", "add", &group, "after the dispute"]);

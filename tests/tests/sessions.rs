@@ -4,13 +4,6 @@
 
 use hearth_tests::{Daemon, wait_for};
 
-fn member_id(d: &Daemon) -> String {
-    d.json(&["status"])["member_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 fn member_count(d: &Daemon, group: &str) -> usize {
     d.json(&["member", "list", group])
         .as_array()
@@ -49,7 +42,7 @@ fn a_removal_keeps_sessions_open_and_the_removed_member_gets_nothing_more() {
     let ended = [&a, &b, &c].map(sessions_ended);
 
     // A removes C from one group only.
-    let removed = a.json(&["member", "remove", &cut, &member_id(&c)]);
+    let removed = a.json(&["member", "remove", &cut, &c.member_id(&cut)]);
     let new_epoch = removed["epoch"].as_u64().unwrap();
     for d in [&a, &b] {
         wait_for("A and B to see C removed", || {

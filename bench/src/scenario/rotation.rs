@@ -61,8 +61,8 @@ impl Group {
         flush_page_cache()?;
         std::thread::sleep(QUIET_BEFORE_REMOVAL);
         let mut removed = self.members.pop().context("the group is empty")?;
-        let removed_id = removed.member_id();
         let group = self.group.clone();
+        let removed_id = removed.member_id(&group);
         let ms = rt.block_on(async {
             let mut watching = Vec::new();
             for m in &self.members[1..] {

@@ -9,13 +9,13 @@ use hearth_protocol::api::Role;
 use hearth_protocol::crypto::SecretKey;
 use hearth_protocol::envelope::{Body, Envelope, Header, ZERO_HASH};
 use hearth_protocol::group::{Access, Group, KeyGrant, VersionVector};
-use hearth_protocol::identity::DeviceKeys;
+use hearth_protocol::identity::MemberKeys;
 use hearth_protocol::ids::MemberId;
 use hearth_protocol::membership::RosterOp;
 use rand_core::OsRng;
 
 pub struct Device {
-    pub keys: DeviceKeys,
+    pub keys: MemberKeys,
     pub group: Group,
     /// What the daemon stores outside the logs, to simulate a restart.
     pub grants: Vec<KeyGrant>,
@@ -45,7 +45,7 @@ impl Device {
 }
 
 pub fn creator() -> Device {
-    let keys = DeviceKeys::generate(&mut OsRng);
+    let keys = MemberKeys::generate(&mut OsRng);
     let (group, k, _) = Group::create(&keys, "Circle", "Support", &mut OsRng).unwrap();
     let grants = vec![KeyGrant {
         epoch: 0,
@@ -68,7 +68,7 @@ pub fn everything(d: &Device) -> Vec<Envelope> {
 /// What the daemon's `admit` hands a joiner: the *current* epoch's key after the add, the
 /// roster keys of every other epoch, and the snapshot.
 pub fn admit(by: &mut Device, role: Role) -> Device {
-    let keys = DeviceKeys::generate(&mut OsRng);
+    let keys = MemberKeys::generate(&mut OsRng);
     let written = by
         .group
         .add_member(keys.public(), role, "new", 0, &mut OsRng)
