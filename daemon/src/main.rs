@@ -7,6 +7,8 @@ fn main() -> std::process::ExitCode {
             EnvFilter::try_from_env("HEARTH_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, never in a redirected log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = match hearthd::config::Args::parse().resolve() {
         Ok(c) => c,
