@@ -20,7 +20,7 @@ use rand_core::CryptoRngCore;
 
 use crate::api::Role;
 use crate::crypto::{SecretKey, XNONCE_LEN};
-use crate::doc::{self, AgreementRecord, DocError, GroupDoc, GroupDocument};
+use crate::doc::{self, AgreementRecord, DocError, GroupDoc, GroupDocument, Rules};
 use crate::envelope::{Body, Envelope, EnvelopeError, Hash, Header, Sealing, ZERO_HASH, body_key};
 use crate::identity::{DeviceKeys, PublicIdentity};
 use crate::ids::{GroupId, MemberId};
@@ -206,6 +206,8 @@ pub struct Group {
     keys: BTreeMap<u32, Vec<KeyGrant>>,
     heads: BTreeMap<MemberId, LogHead>,
     doc: GroupDocument,
+    /// Who may change what in `doc`: content that breaks them never counts.
+    rules: Rules,
     /// Every accepted envelope and segment, per author, by the last log position it holds
     /// (what peers may lack). A device may hold a segment beside envelopes it restates.
     logs: BTreeMap<MemberId, BTreeMap<u64, Envelope>>,
@@ -293,11 +295,9 @@ impl Group {
             access: Access::Full(epoch_key.clone()),
         };
         let mut group = Group::restore(info, me, [grant], None)?;
+        let changes = group.doc.init(name, purpose)?;
         let written = group
-            .edit(rng, |d| {
-                d.name = name.to_owned();
-                d.purpose = purpose.to_owned();
-            })?
+            .seal_changes(changes, rng)?
             .ok_or_else(|| GroupError::OwnEnvelope("initial state made no change".into()))?;
         Ok((group, epoch_key, written.own))
     }
@@ -315,9 +315,14 @@ impl Group {
             return Err(GroupError::NotAuthentic);
         }
         let actor = me.member_id().actor_id();
-        let doc = match snapshot {
-            Some(bytes) => GroupDocument::load(bytes, actor)?,
-            None => GroupDocument::new(actor),
+        let creator = info.creator.member_id();
+        let (doc, rules) = match snapshot {
+            Some(bytes) => {
+                let doc = GroupDocument::load(bytes, actor)?;
+                let rules = Rules::of_document(&creator, &doc);
+                (doc, rules)
+            }
+            None => (GroupDocument::new(actor), Rules::new(&creator)),
         };
         let mut group = Group {
             membership: Membership::new(&info),
@@ -326,6 +331,7 @@ impl Group {
             keys: BTreeMap::new(),
             heads: BTreeMap::new(),
             doc,
+            rules,
             logs: BTreeMap::new(),
             pending: BTreeMap::new(),
             pending_bytes: 0,
@@ -478,8 +484,8 @@ impl Group {
             .collect()
     }
 
-    pub fn read(&self) -> Result<GroupDoc, GroupError> {
-        Ok(self.doc.read()?)
+    pub fn read(&self) -> GroupDoc {
+        self.doc.read()
     }
 
     /// The group's name, without reading the whole document.
@@ -606,13 +612,8 @@ impl Group {
         }
         let mut raw = [0u8; 8];
         rng.fill_bytes(&mut raw);
-        let id = hex::encode(raw);
-        let record = AgreementRecord {
-            text: text.to_owned(),
-            author: self.me().to_hex(),
-            created_at: now_unix,
-        };
-        let changes = self.doc.insert_agreement(&id, &record)?;
+        let id = doc::agreement_id(&self.me(), raw);
+        let changes = self.doc.insert_agreement(&id, text, now_unix)?;
         let env = self
             .seal_changes(changes, rng)?
             .ok_or_else(|| GroupError::OwnEnvelope("agreement made no change".into()))?;
@@ -891,16 +892,6 @@ impl Group {
             .find_map(|e| self.full_key(e.epoch, e.op).map(|k| (e.epoch, k.clone())))
             .ok_or(GroupError::NoEpochKey(self.roster().current_epoch().epoch))?;
         self.append_sealed(Body::Roster(op), epoch, key, rng)
-    }
-
-    fn edit(
-        &mut self,
-        rng: &mut impl CryptoRngCore,
-        edit: impl FnOnce(&mut GroupDoc),
-    ) -> Result<Option<Written>, GroupError> {
-        self.require_member()?;
-        let changes = self.doc.edit(edit)?;
-        self.seal_changes(changes, rng)
     }
 
     /// Seals this device's new automerge changes as its next envelope (none if empty).
@@ -1453,6 +1444,15 @@ impl Group {
                 return ContentCheck::Fork;
             }
         }
+        // Positions are judged in order, as their envelopes would be: from the first that
+        // breaks the rules on, no position has effect (as after such an envelope, whose
+        // author's next changes would wait for it forever).
+        let broken = (first..)
+            .zip(&positions)
+            .find(|(seq, changes)| {
+                !self.content.contains_key(&(h.author, *seq)) && !self.rules.allow(changes)
+            })
+            .map_or(u64::MAX, |(seq, _)| seq);
         // Items wholly inside the segment are restated by it (every position checked above
         // or taken below): drop them here and from the store.
         let inside: Vec<u64> = self
@@ -1474,6 +1474,10 @@ impl Group {
         }
         for (seq, changes) in (first..).zip(positions) {
             if self.content.contains_key(&(h.author, seq)) {
+                continue;
+            }
+            if seq >= broken {
+                self.mark_ineffective(h.author, seq, out);
                 continue;
             }
             for c in &changes {
@@ -1676,6 +1680,10 @@ impl Group {
         };
         let chained = cs.windows(2).all(|w| w[1].deps().contains(&w[0].hash()));
         if resealed && !chained {
+            return ContentCheck::Bad;
+        }
+        // Not recorded as content, so nothing of it is ever applied, nor rescued.
+        if !self.rules.allow(&cs) {
             return ContentCheck::Bad;
         }
         let first = cs.first().map_or(0, |c| c.seq());
@@ -2303,7 +2311,7 @@ mod tests {
             agree(dev, &format!("agreement {i}"));
         }
         sync_all(&mut d);
-        let views: Vec<GroupDoc> = d.iter().map(|x| x.group.read().unwrap()).collect();
+        let views: Vec<GroupDoc> = d.iter().map(|x| x.group.read()).collect();
         assert_eq!(views[0].agreements.len(), 3);
         assert!(views.iter().all(|v| v == &views[0]));
         assert_eq!(d[1].group.version_vector(), d[2].group.version_vector());
@@ -2373,9 +2381,7 @@ mod tests {
         d[2].group.ingest(all);
         let mut fake_doc =
             GroupDocument::load(&d[2].group.snapshot_clone(), d[1].id().actor_id()).unwrap();
-        let fake = fake_doc
-            .edit(|g| g.purpose = "forged".into())
-            .unwrap()
+        let fake = write_agreement(&mut fake_doc, d[1].id(), "forged")
             .into_iter()
             .map(|c| c.raw_bytes().to_vec())
             .collect();
@@ -2397,7 +2403,7 @@ mod tests {
         let r = j.group.ingest(genuine.accepted.clone());
         assert_eq!(r.ineffective, 0);
         assert!(texts(&j).contains("written during the admission"));
-        assert_ne!(j.group.read().unwrap().purpose, "forged");
+        assert!(!texts(&j).contains("forged"));
     }
 
     #[test]
@@ -2472,6 +2478,19 @@ mod tests {
         Envelope::seal(keys, header, body, key.unwrap(), &mut OsRng)
     }
 
+    /// An agreement as `author`'s device writes one, in a copy of the document.
+    fn write_agreement(
+        doc: &mut GroupDocument,
+        author: MemberId,
+        text: &str,
+    ) -> Vec<automerge::Change> {
+        let id = doc::agreement_id(
+            &author,
+            rand_core::RngCore::next_u64(&mut OsRng).to_le_bytes(),
+        );
+        doc.insert_agreement(&id, text, 0).unwrap()
+    }
+
     fn next_of(d: &Device) -> (u64, Hash, Hash) {
         d.group
             .head(&d.id())
@@ -2487,9 +2506,7 @@ mod tests {
         // are attributed to A, so they must not apply.
         let mut forged_doc =
             GroupDocument::load(&d[1].group.snapshot_clone(), d[0].id().actor_id()).unwrap();
-        let changes: Vec<Vec<u8>> = forged_doc
-            .edit(|g| g.purpose = "hijacked".into())
-            .unwrap()
+        let changes: Vec<Vec<u8>> = write_agreement(&mut forged_doc, d[0].id(), "hijacked")
             .into_iter()
             .map(|c| c.raw_bytes().to_vec())
             .collect();
@@ -2509,7 +2526,7 @@ mod tests {
         let mut d = d;
         let r = d[0].group.ingest(vec![env]);
         assert_eq!(r.ineffective, 1);
-        assert_eq!(d[0].group.read().unwrap().purpose, "Support");
+        assert!(!texts(&d[0]).contains("hijacked"));
     }
 
     #[test]
@@ -2519,8 +2536,8 @@ mod tests {
         // Two different automerge changes with B's actor and the same seq.
         let mut one = GroupDocument::load(&d[0].group.snapshot_clone(), b_actor.clone()).unwrap();
         let mut two = GroupDocument::load(&d[0].group.snapshot_clone(), b_actor).unwrap();
-        let c1 = one.edit(|g| g.purpose = "one".into()).unwrap();
-        let c2 = two.edit(|g| g.purpose = "two".into()).unwrap();
+        let c1 = write_agreement(&mut one, d[1].id(), "one");
+        let c2 = write_agreement(&mut two, d[1].id(), "two");
         let raw: Vec<Vec<u8>> = c1
             .iter()
             .chain(c2.iter())
@@ -2538,9 +2555,8 @@ mod tests {
         let honest = agree(&mut d[0], "honest").own;
         let r = d[0].group.ingest(vec![hostile]);
         assert_eq!(r.ineffective, 1);
-        let view = d[0].group.read().unwrap();
-        assert_eq!(view.purpose, "Support");
         assert!(texts(&d[0]).contains("honest"));
+        assert!(!texts(&d[0]).contains("one") && !texts(&d[0]).contains("two"));
         let _ = honest;
     }
 
@@ -2859,7 +2875,7 @@ mod tests {
         let mut restarted = Group::restore(*d[0].group.info(), &d[0].keys, grants, None).unwrap();
         let r = restarted.ingest_stored(stored);
         assert_eq!((r.rejected, r.ineffective), (0, 0));
-        assert_eq!(restarted.read().unwrap(), d[0].group.read().unwrap());
+        assert_eq!(restarted.read(), d[0].group.read());
         assert_eq!(restarted.version_vector(), d[0].group.version_vector());
         // The member, which held the first segment, takes the merged one.
         let all = everything(&d[0]);
@@ -2894,10 +2910,10 @@ mod tests {
             )
             .unwrap();
             copy.ingest(everything(&d[1]));
-            let before = copy.read().unwrap();
+            let before = copy.read();
             let r = copy.ingest(bad);
             assert!(r.rejected >= 1, "flip at {at} went unnoticed");
-            assert_eq!(copy.read().unwrap(), before);
+            assert_eq!(copy.read(), before);
         }
     }
 
@@ -2988,7 +3004,6 @@ mod tests {
 
     fn texts_of(g: &Group) -> BTreeSet<String> {
         g.read()
-            .unwrap()
             .agreements
             .values()
             .map(|a| a.text.clone())
@@ -3042,7 +3057,7 @@ mod tests {
         let head = *d[1].group.head(&m).unwrap();
         let mut cs = Vec::new();
         for i in 1..=3 {
-            cs.extend(alt.edit(|s| s.name = format!("forged {i}")).unwrap());
+            cs.extend(write_agreement(&mut alt, m, &format!("forged {i}")));
         }
         let bundle = alt.bundle(cs.iter().map(|c| c.hash()).collect()).unwrap();
         let ends = cs.iter().map(|c| c.seq()).collect();
@@ -3056,12 +3071,12 @@ mod tests {
             ends,
             bundle,
         );
-        let before = d[0].group.read().unwrap();
+        let before = d[0].group.read();
         let r = d[0].group.ingest(vec![forged]);
         assert_eq!(r.forks, 1);
         assert!(r.superseded.is_empty());
-        assert_eq!(d[0].group.read().unwrap(), before);
-        assert_eq!(restarted(&d[0]).read().unwrap(), before);
+        assert_eq!(d[0].group.read(), before);
+        assert_eq!(restarted(&d[0]).read(), before);
     }
 
     #[test]
@@ -3234,10 +3249,10 @@ mod tests {
             }
             let mut reference = Group::restore(*d[0].group.info(), &observer, grants(), None).unwrap();
             reference.ingest(log.clone());
-            prop_assert_eq!(fresh.read().unwrap(), reference.read().unwrap());
+            prop_assert_eq!(fresh.read(), reference.read());
             prop_assert_eq!(fresh.version_vector(), reference.version_vector());
             let bulk = if compact { (KEEP_RECENT + MIN_SEGMENT_POSITIONS) as usize } else { 0 };
-            prop_assert_eq!(fresh.read().unwrap().agreements.len(), 6 + bulk);
+            prop_assert_eq!(fresh.read().agreements.len(), 6 + bulk);
             prop_assert!(fresh.pending.is_empty());
             prop_assert_eq!(fresh.pending_bytes, 0);
             prop_assert!(fresh.pending_per_author.is_empty());
@@ -3305,7 +3320,7 @@ mod tests {
             // Devices that can read the same content show the same document.
             for pair in current.windows(2) {
                 if pair[0].group.readable_epochs() == pair[1].group.readable_epochs() {
-                    prop_assert_eq!(pair[0].group.read().unwrap(), pair[1].group.read().unwrap());
+                    prop_assert_eq!(pair[0].group.read(), pair[1].group.read());
                 }
             }
         }
