@@ -356,6 +356,13 @@ impl GroupDocument {
     pub(crate) fn clone_saved(&self) -> Vec<u8> {
         self.doc.clone().save()
     }
+
+    /// Makes a change with raw automerge operations, as a hostile device can.
+    #[cfg(test)]
+    pub(crate) fn craft(&mut self, edit: impl FnOnce(&mut AutoCommit)) -> Vec<Change> {
+        edit(&mut self.doc);
+        self.commit()
+    }
 }
 
 #[cfg(test)]

@@ -2529,6 +2529,160 @@ mod tests {
         assert!(!texts(&d[0]).contains("hijacked"));
     }
 
+    /// `d`'s next envelope, made as a hostile device makes one: raw automerge operations
+    /// with its own actor id, in a copy of its document that has also taken `seen` in.
+    fn hostile(
+        d: &Device,
+        seen: &[automerge::Change],
+        edit: impl FnOnce(&mut automerge::AutoCommit),
+    ) -> (Envelope, Vec<automerge::Change>) {
+        let mut copy = GroupDocument::load(&d.group.snapshot_clone(), d.id().actor_id()).unwrap();
+        copy.apply(seen.to_vec()).unwrap();
+        let changes = copy.craft(edit);
+        let (seq, prev, _) = next_of(d);
+        let body = Body::Changes {
+            changes: changes.iter().map(|c| c.raw_bytes().to_vec()).collect(),
+        };
+        let head = changes.last().unwrap().hash().0;
+        (craft(&d.group, &d.keys, seq, prev, head, &body), changes)
+    }
+
+    fn container(doc: &automerge::AutoCommit) -> automerge::ObjId {
+        use automerge::ReadDoc;
+        doc.get(automerge::ROOT, "agreements").unwrap().unwrap().1
+    }
+
+    /// The agreements container and the object of the agreement `id`, in `doc`.
+    fn objects(doc: &automerge::AutoCommit, id: &str) -> (automerge::ObjId, automerge::ObjId) {
+        use automerge::ReadDoc;
+        let container = container(doc);
+        let record = doc.get(&container, id).unwrap().unwrap().1;
+        (container, record)
+    }
+
+    #[test]
+    fn every_device_shows_the_real_author_whatever_the_record_says() {
+        use automerge::transaction::Transactable;
+        let mut d = setup(2);
+        let (b, c) = (d[1].id(), d[2].id());
+        let id = doc::agreement_id(&c, [7; 8]);
+        // C writes its own agreement but names B in the `author` field.
+        let (env, _) = hostile(&d[2], &[], |doc| {
+            let container = container(doc);
+            let record = doc
+                .put_object(&container, &id, automerge::ObjType::Map)
+                .unwrap();
+            doc.put(&record, "text", "B says: phones on").unwrap();
+            doc.put(&record, "author", b.to_hex()).unwrap();
+            doc.put(&record, "created_at", 1).unwrap();
+        });
+        for dev in d.iter_mut() {
+            assert_eq!(dev.group.ingest(vec![env.clone()]).ineffective, 0);
+            assert_eq!(dev.group.agreement(&id).unwrap().author, c);
+            assert_eq!(dev.group.read().agreements[&id].author, c);
+        }
+        let joiner = admit(&mut d[0], Role::Member);
+        assert_eq!(joiner.group.agreement(&id).unwrap().author, c);
+    }
+
+    #[test]
+    fn a_member_cannot_change_anothers_records_or_the_container() {
+        use automerge::transaction::Transactable;
+        type Attack = fn(&mut automerge::AutoCommit, &str);
+        let attacks: [(&str, Attack); 4] = [
+            ("edit B's text", |doc, id| {
+                let (_, record) = objects(doc, id);
+                doc.put(&record, "text", "hijacked").unwrap();
+            }),
+            ("delete B's agreement", |doc, id| {
+                let (container, _) = objects(doc, id);
+                doc.delete(&container, id).unwrap();
+            }),
+            ("replace B's agreement", |doc, id| {
+                let (container, _) = objects(doc, id);
+                let record = doc
+                    .put_object(&container, id, automerge::ObjType::Map)
+                    .unwrap();
+                doc.put(&record, "text", "hijacked").unwrap();
+                doc.put(&record, "created_at", 1).unwrap();
+            }),
+            ("replace the agreements container", |doc, _| {
+                doc.put_object(automerge::ROOT, "agreements", automerge::ObjType::Map)
+                    .unwrap();
+            }),
+        ];
+        for (what, attack) in attacks {
+            let mut d = setup(2);
+            let (id, _) = d[1]
+                .group
+                .add_agreement("Phones away", 5, &mut OsRng)
+                .unwrap();
+            sync_all(&mut d);
+            let before = d[0].group.read();
+            let (env, _) = hostile(&d[2], &[], |doc| attack(doc, &id));
+            for dev in d.iter_mut() {
+                let r = dev.group.ingest(vec![env.clone()]);
+                assert_eq!((r.accepted.len(), r.ineffective), (1, 1), "{what}");
+                assert_eq!(dev.group.read(), before, "{what}");
+            }
+            assert_eq!(restarted(&d[0]).read(), before, "{what}");
+            // An honest member writing afterwards is unaffected, everywhere.
+            agree(&mut d[1], "We start on time");
+            sync_all(&mut d);
+            let joiner = admit(&mut d[0], Role::Member);
+            for g in d.iter().map(|x| &x.group).chain([&joiner.group]) {
+                assert_eq!(g.agreement(&id).unwrap().text, "Phones away", "{what}");
+                assert!(texts_of(g).contains("We start on time"), "{what}");
+            }
+        }
+    }
+
+    /// B, being removed, edits A's agreement; C, colluding, builds on the edit. C's
+    /// change counts, but what it depends on breaks the rules: it is never rescued, so
+    /// C's change never applies either, on any device in any order.
+    #[test]
+    fn a_change_built_on_a_forbidden_one_never_applies() {
+        use automerge::transaction::Transactable;
+        let mut d = setup(3);
+        let (id, _) = d[0]
+            .group
+            .add_agreement("Phones away", 5, &mut OsRng)
+            .unwrap();
+        sync_all(&mut d);
+        let b = d[1].id();
+        let removal = d[0].group.remove_member(b, &mut OsRng).unwrap();
+        let (edit, edit_changes) = hostile(&d[1], &[], |doc| {
+            let (_, record) = objects(doc, &id);
+            doc.put(&record, "text", "hijacked").unwrap();
+        });
+        let c = d[2].id();
+        let (on_top, _) = hostile(&d[2], &edit_changes, |doc| {
+            let (container, _) = objects(doc, &id);
+            let record = doc
+                .put_object(
+                    &container,
+                    doc::agreement_id(&c, [1; 8]),
+                    automerge::ObjType::Map,
+                )
+                .unwrap();
+            doc.put(&record, "text", "built on the edit").unwrap();
+            doc.put(&record, "created_at", 1).unwrap();
+        });
+        d[0].group.ingest(vec![edit.clone()]);
+        d[0].group.ingest(vec![on_top.clone()]);
+        d[3].group.ingest(vec![on_top]);
+        d[3].group.ingest(removal.accepted);
+        d[3].group.ingest(vec![edit]);
+        for g in [&d[0].group, &d[3].group, &restarted(&d[0])] {
+            assert_eq!(g.agreement(&id).unwrap().text, "Phones away");
+            assert!(!texts_of(g).contains("built on the edit"));
+        }
+        let honest = agree(&mut d[3], "We listen");
+        d[0].group.ingest(honest.accepted);
+        assert_eq!(texts(&d[0]), texts(&d[3]));
+        assert!(texts(&d[0]).contains("We listen"));
+    }
+
     #[test]
     fn a_members_duplicate_changes_cannot_sink_others_in_the_same_batch() {
         let mut d = setup(1);
