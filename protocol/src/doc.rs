@@ -134,10 +134,9 @@ impl Rules {
         let actor = &change.actor_id;
         let by_creator = *actor == self.creator;
         let first = by_creator && change.seq == 1;
-        let mut counter = change.start_op.get();
-        for op in &change.operations {
-            let id = counter;
-            counter += 1;
+        for (i, op) in change.operations.iter().enumerate() {
+            // Saturating: a crafted start_op near the top must not overflow (a panic).
+            let id = change.start_op.get().saturating_add(i as u64);
             // automerge retires a predecessor wherever it is, not only at the op's own
             // key: an op naming another member's op as a predecessor deletes that op.
             if op.pred.iter().any(|p| p.actor() != actor) {
@@ -510,7 +509,8 @@ mod tests {
         let mut rules = Rules::new(&member(1));
         assert!(rules.allow(&first) && rules.allow(&b_first));
         let (container, theirs) = objects(&a, &id(2, 1));
-        let attempts: Vec<(&str, Box<dyn Fn(&mut AutoCommit)>)> = vec![
+        type Attempt<'a> = Box<dyn Fn(&mut AutoCommit) + 'a>;
+        let attempts: Vec<(&str, Attempt)> = vec![
             (
                 "edit another's record",
                 Box::new(|d| d.put(&theirs, "text", "x").unwrap()),
