@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use automerge::sync::{Message, State, SyncDoc};
-use automerge::{ActorId, Automerge, ChangeHash, ReadDoc};
-use hearth_protocol::doc::{AgreementRecord, GroupDocument};
+use automerge::{Automerge, ChangeHash, ReadDoc};
+use hearth_protocol::doc::{GroupDocument, agreement_id};
+use hearth_protocol::ids::MemberId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -26,19 +27,24 @@ const MAX_FRAME: usize = 256 * 1024 * 1024;
 /// change per agreement.
 pub struct Workload {
     doc: GroupDocument,
-    author: String,
+    author: MemberId,
     next: usize,
 }
 
 impl Workload {
-    pub fn new() -> Workload {
-        let mut actor = [0u8; 32];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut actor);
-        Workload {
-            doc: GroupDocument::new(ActorId::from(actor.to_vec())),
-            author: hex::encode(actor),
+    /// The document of a group this workload's member created (so it holds the
+    /// agreements container every agreement goes in).
+    pub fn new() -> Result<Workload> {
+        let mut id = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+        let author = MemberId(id);
+        let mut doc = GroupDocument::new(author.actor_id());
+        doc.init("Circle", "")?;
+        Ok(Workload {
+            doc,
+            author,
             next: 0,
-        }
+        })
     }
 
     /// Adds one agreement worded as the hearth scenarios word theirs.
@@ -46,12 +52,9 @@ impl Workload {
         let mut id = [0u8; 8];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
         self.next += 1;
-        let record = AgreementRecord {
-            text: text.to_owned(),
-            author: self.author.clone(),
-            created_at: 1_790_000_000 + self.next as i64,
-        };
-        Ok(self.doc.insert_agreement(&hex::encode(id), &record)?)
+        let id = agreement_id(&self.author, id);
+        let created_at = 1_790_000_000 + self.next as i64;
+        Ok(self.doc.insert_agreement(&id, text, created_at)?)
     }
 
     /// The document as plain automerge.

@@ -288,7 +288,7 @@ impl Node {
         }
         let matches: Vec<GroupId> = groups
             .iter()
-            .filter(|(_, s)| s.group.read().is_ok_and(|d| d.name == text))
+            .filter(|(_, s)| s.group.name() == text)
             .map(|(id, _)| *id)
             .collect();
         match matches.as_slice() {
@@ -421,7 +421,7 @@ impl Node {
             Ok(api::Agreement {
                 id: agreement.to_owned(),
                 text: record.text,
-                author: record.author,
+                author: record.author.to_hex(),
                 created_at: record.created_at,
             })
         })
@@ -429,7 +429,7 @@ impl Node {
 
     pub fn group_detail(&self, id: &GroupId) -> Result<api::GroupDetail, NodeError> {
         self.with_slot(id, |s| {
-            let doc = s.group.read()?;
+            let doc = s.group.read();
             let members = self.member_infos(&s.group)?;
             Ok(api::GroupDetail {
                 group_id: id.to_hex(),
@@ -442,7 +442,7 @@ impl Node {
     }
 
     pub fn agreements(&self, id: &GroupId) -> Result<Vec<api::Agreement>, NodeError> {
-        self.with_slot(id, |s| Ok(agreements_of(&s.group.read()?)))
+        self.with_slot(id, |s| Ok(agreements_of(&s.group.read())))
     }
 
     pub fn add_agreement(&self, id: &GroupId, text: &str) -> Result<String, NodeError> {
@@ -1287,7 +1287,7 @@ fn agreements_of(doc: &hearth_protocol::doc::GroupDoc) -> Vec<api::Agreement> {
         .map(|(id, a)| api::Agreement {
             id: id.clone(),
             text: a.text.clone(),
-            author: a.author.clone(),
+            author: a.author.to_hex(),
             created_at: a.created_at,
         })
         .collect();

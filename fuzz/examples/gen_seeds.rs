@@ -7,7 +7,7 @@ use std::path::Path;
 
 use hearth_fuzz::{FixedRng, creator, fixed_epoch_key, fixture_group, member, record, stranger};
 use hearth_protocol::api::Role;
-use hearth_protocol::doc::{AgreementRecord, GroupDocument};
+use hearth_protocol::doc::{GroupDocument, agreement_id};
 use hearth_protocol::envelope::{Body, Envelope, Header, ZERO_HASH};
 use hearth_protocol::group::{Group, seal_snapshot};
 use hearth_protocol::identity::MemberKeys;
@@ -64,9 +64,15 @@ fn main() {
     let mut gm = replica(m, &m_admission, &log);
     let m_env = gm.add_agreement("Phones away", 1, &mut rng).unwrap().1.own;
     let m_body = body_bytes(&m_env, &key);
-    // The member renames the group, at the document level.
-    let mut dm = GroupDocument::load(&snap, m.member_id().actor_id()).unwrap();
-    let rename = dm.edit(|d| d.name = "Renamed".into()).unwrap();
+    // The member renames the group, at the document level (a change only the creator may
+    // make: a hostile member's).
+    let mut dm = automerge::AutoCommit::load(&snap)
+        .unwrap()
+        .with_actor(m.member_id().actor_id());
+    automerge::transaction::Transactable::put(&mut dm, automerge::ROOT, "name", "Renamed")
+        .unwrap();
+    let rename_hash = dm.commit().unwrap();
+    let rename = vec![dm.get_change_by_hash(&rename_hash).unwrap()];
     let rename_body = postcard::to_stdvec(&Body::Changes {
         changes: rename.iter().map(|c| c.raw_bytes().to_vec()).collect(),
     })
@@ -190,17 +196,9 @@ fn main() {
     write("snapshot", "member-doc", &dm.save());
     write("snapshot", "change-chunk", rename[0].raw_bytes());
     let mut d = GroupDocument::new(m.member_id().actor_id());
-    d.edit(|doc| {
-        doc.agreements.insert(
-            "a1".into(),
-            AgreementRecord {
-                text: "t".into(),
-                author: "x".into(),
-                created_at: 3,
-            },
-        );
-    })
-    .unwrap();
+    d.init("Circle", "").unwrap();
+    d.insert_agreement(&agreement_id(&m.member_id(), [1; 8]), "t", 3)
+        .unwrap();
     write("snapshot", "agreement-doc", &d.save());
     write(
         "snapshot",

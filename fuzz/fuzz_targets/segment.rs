@@ -13,7 +13,7 @@
 //! Invariants: no panic, the group stays readable, and its snapshot loads.
 
 use hearth_fuzz::{FixedRng, fixture, fixture_group};
-use hearth_protocol::doc::{AgreementRecord, GroupDocument};
+use hearth_protocol::doc::{GroupDocument, agreement_id};
 use hearth_protocol::envelope::{Body, Envelope, Header, Span};
 use libfuzzer_sys::fuzz_target;
 
@@ -42,12 +42,9 @@ fuzz_target!(init: std::panic::set_hook(Box::new(|_| {})), |data: &[u8]| {
         let mut hashes = Vec::new();
         let (texts, noise) = rest.split_at(rest.len().min(positions as usize * 4));
         for (i, chunk) in (0..positions).zip(texts.chunks(4).chain(std::iter::repeat(&[][..]))) {
-            let record = AgreementRecord {
-                text: format!("{i} {}", String::from_utf8_lossy(chunk)),
-                author: author.to_hex(),
-                created_at: 0,
-            };
-            let changes = doc.insert_agreement(&format!("{i:016x}"), &record).expect("insert");
+            let text = format!("{i} {}", String::from_utf8_lossy(chunk));
+            let id = agreement_id(&author, i.to_le_bytes());
+            let changes = doc.insert_agreement(&id, &text, 0).expect("insert");
             let shift = u64::from(mode & 2 != 0);
             ends.extend(changes.last().map(|c| c.seq() + shift));
             hashes.extend(changes.iter().map(automerge::Change::hash));
@@ -83,9 +80,8 @@ fuzz_target!(init: std::panic::set_hook(Box::new(|_| {})), |data: &[u8]| {
         return;
     };
     group.ingest(vec![segment]);
-    if let Err(e) = group.read() {
-        panic!("group unreadable after a segment: {e}");
-    }
+    // Reading is lenient: it must not panic, whatever was applied.
+    group.read();
     if let Err(e) = GroupDocument::load(&group.snapshot(), f.ids[0].actor_id()) {
         panic!("snapshot of the group does not load: {e}");
     }

@@ -188,7 +188,8 @@ pub struct GroupDetail {
 pub struct Agreement {
     pub id: String,
     pub text: String,
-    /// Member id (hex) of the member who proposed it.
+    /// Member id (hex) of the member who proposed it: the author of the change that made
+    /// the record (docs/protocol.md, "Who may change what").
     pub author: String,
     /// When the author wrote it, seconds since the Unix epoch by the author's clock
     /// (display only: nothing orders by it).

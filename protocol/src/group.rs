@@ -20,7 +20,7 @@ use rand_core::CryptoRngCore;
 
 use crate::api::Role;
 use crate::crypto::{SecretKey, XNONCE_LEN};
-use crate::doc::{self, AgreementRecord, DocError, GroupDoc, GroupDocument};
+use crate::doc::{self, AgreementRecord, DocError, GroupDoc, GroupDocument, Rules};
 use crate::envelope::{Body, Envelope, EnvelopeError, Hash, Header, Sealing, ZERO_HASH, body_key};
 use crate::identity::{MemberKeys, PublicIdentity};
 use crate::ids::{GroupId, MemberId};
@@ -207,6 +207,8 @@ pub struct Group {
     keys: BTreeMap<u32, Vec<KeyGrant>>,
     heads: BTreeMap<MemberId, LogHead>,
     doc: GroupDocument,
+    /// Who may change what in `doc`: content that breaks them never counts.
+    rules: Rules,
     /// Every accepted envelope and segment, per author, by the last log position it holds
     /// (what peers may lack). A device may hold a segment beside envelopes it restates.
     logs: BTreeMap<MemberId, BTreeMap<u64, Envelope>>,
@@ -307,11 +309,9 @@ impl Group {
             access: Access::Full(epoch_key.clone()),
         };
         let mut group = Group::restore(info, me, [grant], None)?;
+        let changes = group.doc.init(name, purpose)?;
         let written = group
-            .edit(rng, |d| {
-                d.name = name.to_owned();
-                d.purpose = purpose.to_owned();
-            })?
+            .seal_changes(changes, rng)?
             .ok_or_else(|| GroupError::OwnEnvelope("initial state made no change".into()))?;
         Ok((group, epoch_key, written.own))
     }
@@ -329,9 +329,14 @@ impl Group {
             return Err(GroupError::NotAuthentic);
         }
         let actor = me.member_id().actor_id();
-        let doc = match snapshot {
-            Some(bytes) => GroupDocument::load(bytes, actor)?,
-            None => GroupDocument::new(actor),
+        let creator = info.creator.member_id();
+        let (doc, rules) = match snapshot {
+            Some(bytes) => {
+                let doc = GroupDocument::load(bytes, actor)?;
+                let rules = Rules::of_document(&creator, &doc);
+                (doc, rules)
+            }
+            None => (GroupDocument::new(actor), Rules::new(&creator)),
         };
         let mut group = Group {
             membership: Membership::new(&info),
@@ -340,6 +345,7 @@ impl Group {
             keys: BTreeMap::new(),
             heads: BTreeMap::new(),
             doc,
+            rules,
             logs: BTreeMap::new(),
             pending: BTreeMap::new(),
             pending_bytes: 0,
@@ -504,8 +510,8 @@ impl Group {
             .collect()
     }
 
-    pub fn read(&self) -> Result<GroupDoc, GroupError> {
-        Ok(self.doc.read()?)
+    pub fn read(&self) -> GroupDoc {
+        self.doc.read()
     }
 
     /// The group's name, without reading the whole document.
@@ -632,13 +638,8 @@ impl Group {
         }
         let mut raw = [0u8; 8];
         rng.fill_bytes(&mut raw);
-        let id = hex::encode(raw);
-        let record = AgreementRecord {
-            text: text.to_owned(),
-            author: self.me().to_hex(),
-            created_at: now_unix,
-        };
-        let changes = self.doc.insert_agreement(&id, &record)?;
+        let id = doc::agreement_id(&self.me(), raw);
+        let changes = self.doc.insert_agreement(&id, text, now_unix)?;
         let env = self
             .seal_changes(changes, rng)?
             .ok_or_else(|| GroupError::OwnEnvelope("agreement made no change".into()))?;
@@ -917,16 +918,6 @@ impl Group {
             .find_map(|e| self.full_key(e.epoch, e.op).map(|k| (e.epoch, k.clone())))
             .ok_or(GroupError::NoEpochKey(self.roster().current_epoch().epoch))?;
         self.append_sealed(Body::Roster(op), epoch, key, rng)
-    }
-
-    fn edit(
-        &mut self,
-        rng: &mut impl CryptoRngCore,
-        edit: impl FnOnce(&mut GroupDoc),
-    ) -> Result<Option<Written>, GroupError> {
-        self.require_member()?;
-        let changes = self.doc.edit(edit)?;
-        self.seal_changes(changes, rng)
     }
 
     /// Seals this device's new automerge changes as its next envelope (none if empty).
@@ -1485,6 +1476,15 @@ impl Group {
                 return ContentCheck::Fork;
             }
         }
+        // Positions are judged in order, as their envelopes would be: from the first that
+        // breaks the rules on, no position has effect (as after such an envelope, whose
+        // author's next changes would wait for it forever).
+        let broken = (first..)
+            .zip(&positions)
+            .find(|(seq, changes)| {
+                !self.content.contains_key(&(h.author, *seq)) && !self.rules.allow(changes)
+            })
+            .map_or(u64::MAX, |(seq, _)| seq);
         // Items wholly inside the segment are restated by it (every position checked above
         // or taken below): drop them here and from the store.
         let inside: Vec<u64> = self
@@ -1506,6 +1506,10 @@ impl Group {
         }
         for (seq, changes) in (first..).zip(positions) {
             if self.content.contains_key(&(h.author, seq)) {
+                continue;
+            }
+            if seq >= broken {
+                self.mark_ineffective(h.author, seq, out);
                 continue;
             }
             for c in &changes {
@@ -1708,6 +1712,10 @@ impl Group {
         };
         let chained = cs.windows(2).all(|w| w[1].deps().contains(&w[0].hash()));
         if resealed && !chained {
+            return ContentCheck::Bad;
+        }
+        // Not recorded as content, so nothing of it is ever applied, nor rescued.
+        if !self.rules.allow(&cs) {
             return ContentCheck::Bad;
         }
         let first = cs.first().map_or(0, |c| c.seq());
@@ -2335,7 +2343,7 @@ mod tests {
             agree(dev, &format!("agreement {i}"));
         }
         sync_all(&mut d);
-        let views: Vec<GroupDoc> = d.iter().map(|x| x.group.read().unwrap()).collect();
+        let views: Vec<GroupDoc> = d.iter().map(|x| x.group.read()).collect();
         assert_eq!(views[0].agreements.len(), 3);
         assert!(views.iter().all(|v| v == &views[0]));
         assert_eq!(d[1].group.version_vector(), d[2].group.version_vector());
@@ -2405,9 +2413,7 @@ mod tests {
         d[2].group.ingest(all);
         let mut fake_doc =
             GroupDocument::load(&d[2].group.snapshot_clone(), d[1].id().actor_id()).unwrap();
-        let fake = fake_doc
-            .edit(|g| g.purpose = "forged".into())
-            .unwrap()
+        let fake = write_agreement(&mut fake_doc, d[1].id(), "forged")
             .into_iter()
             .map(|c| c.raw_bytes().to_vec())
             .collect();
@@ -2429,7 +2435,7 @@ mod tests {
         let r = j.group.ingest(genuine.accepted.clone());
         assert_eq!(r.ineffective, 0);
         assert!(texts(&j).contains("written during the admission"));
-        assert_ne!(j.group.read().unwrap().purpose, "forged");
+        assert!(!texts(&j).contains("forged"));
     }
 
     #[test]
@@ -2504,6 +2510,19 @@ mod tests {
         Envelope::seal(keys, header, body, key.unwrap(), &mut OsRng)
     }
 
+    /// An agreement as `author`'s device writes one, in a copy of the document.
+    fn write_agreement(
+        doc: &mut GroupDocument,
+        author: MemberId,
+        text: &str,
+    ) -> Vec<automerge::Change> {
+        let id = doc::agreement_id(
+            &author,
+            rand_core::RngCore::next_u64(&mut OsRng).to_le_bytes(),
+        );
+        doc.insert_agreement(&id, text, 0).unwrap()
+    }
+
     fn next_of(d: &Device) -> (u64, Hash, Hash) {
         d.group
             .head(&d.id())
@@ -2519,9 +2538,7 @@ mod tests {
         // are attributed to A, so they must not apply.
         let mut forged_doc =
             GroupDocument::load(&d[1].group.snapshot_clone(), d[0].id().actor_id()).unwrap();
-        let changes: Vec<Vec<u8>> = forged_doc
-            .edit(|g| g.purpose = "hijacked".into())
-            .unwrap()
+        let changes: Vec<Vec<u8>> = write_agreement(&mut forged_doc, d[0].id(), "hijacked")
             .into_iter()
             .map(|c| c.raw_bytes().to_vec())
             .collect();
@@ -2541,7 +2558,161 @@ mod tests {
         let mut d = d;
         let r = d[0].group.ingest(vec![env]);
         assert_eq!(r.ineffective, 1);
-        assert_eq!(d[0].group.read().unwrap().purpose, "Support");
+        assert!(!texts(&d[0]).contains("hijacked"));
+    }
+
+    /// `d`'s next envelope, made as a hostile device makes one: raw automerge operations
+    /// with its own actor id, in a copy of its document that has also taken `seen` in.
+    fn hostile(
+        d: &Device,
+        seen: &[automerge::Change],
+        edit: impl FnOnce(&mut automerge::AutoCommit),
+    ) -> (Envelope, Vec<automerge::Change>) {
+        let mut copy = GroupDocument::load(&d.group.snapshot_clone(), d.id().actor_id()).unwrap();
+        copy.apply(seen.to_vec()).unwrap();
+        let changes = copy.craft(edit);
+        let (seq, prev, _) = next_of(d);
+        let body = Body::Changes {
+            changes: changes.iter().map(|c| c.raw_bytes().to_vec()).collect(),
+        };
+        let head = changes.last().unwrap().hash().0;
+        (craft(&d.group, &d.keys, seq, prev, head, &body), changes)
+    }
+
+    fn container(doc: &automerge::AutoCommit) -> automerge::ObjId {
+        use automerge::ReadDoc;
+        doc.get(automerge::ROOT, "agreements").unwrap().unwrap().1
+    }
+
+    /// The agreements container and the object of the agreement `id`, in `doc`.
+    fn objects(doc: &automerge::AutoCommit, id: &str) -> (automerge::ObjId, automerge::ObjId) {
+        use automerge::ReadDoc;
+        let container = container(doc);
+        let record = doc.get(&container, id).unwrap().unwrap().1;
+        (container, record)
+    }
+
+    #[test]
+    fn every_device_shows_the_real_author_whatever_the_record_says() {
+        use automerge::transaction::Transactable;
+        let mut d = setup(2);
+        let (b, c) = (d[1].id(), d[2].id());
+        let id = doc::agreement_id(&c, [7; 8]);
+        // C writes its own agreement but names B in the `author` field.
+        let (env, _) = hostile(&d[2], &[], |doc| {
+            let container = container(doc);
+            let record = doc
+                .put_object(&container, &id, automerge::ObjType::Map)
+                .unwrap();
+            doc.put(&record, "text", "B says: phones on").unwrap();
+            doc.put(&record, "author", b.to_hex()).unwrap();
+            doc.put(&record, "created_at", 1).unwrap();
+        });
+        for dev in d.iter_mut() {
+            assert_eq!(dev.group.ingest(vec![env.clone()]).ineffective, 0);
+            assert_eq!(dev.group.agreement(&id).unwrap().author, c);
+            assert_eq!(dev.group.read().agreements[&id].author, c);
+        }
+        let joiner = admit(&mut d[0], Role::Member);
+        assert_eq!(joiner.group.agreement(&id).unwrap().author, c);
+    }
+
+    #[test]
+    fn a_member_cannot_change_anothers_records_or_the_container() {
+        use automerge::transaction::Transactable;
+        type Attack = fn(&mut automerge::AutoCommit, &str);
+        let attacks: [(&str, Attack); 4] = [
+            ("edit B's text", |doc, id| {
+                let (_, record) = objects(doc, id);
+                doc.put(&record, "text", "hijacked").unwrap();
+            }),
+            ("delete B's agreement", |doc, id| {
+                let (container, _) = objects(doc, id);
+                doc.delete(&container, id).unwrap();
+            }),
+            ("replace B's agreement", |doc, id| {
+                let (container, _) = objects(doc, id);
+                let record = doc
+                    .put_object(&container, id, automerge::ObjType::Map)
+                    .unwrap();
+                doc.put(&record, "text", "hijacked").unwrap();
+                doc.put(&record, "created_at", 1).unwrap();
+            }),
+            ("replace the agreements container", |doc, _| {
+                doc.put_object(automerge::ROOT, "agreements", automerge::ObjType::Map)
+                    .unwrap();
+            }),
+        ];
+        for (what, attack) in attacks {
+            let mut d = setup(2);
+            let (id, _) = d[1]
+                .group
+                .add_agreement("Phones away", 5, &mut OsRng)
+                .unwrap();
+            sync_all(&mut d);
+            let before = d[0].group.read();
+            let (env, _) = hostile(&d[2], &[], |doc| attack(doc, &id));
+            for dev in d.iter_mut() {
+                let r = dev.group.ingest(vec![env.clone()]);
+                assert_eq!((r.accepted.len(), r.ineffective), (1, 1), "{what}");
+                assert_eq!(dev.group.read(), before, "{what}");
+            }
+            assert_eq!(restarted(&d[0]).read(), before, "{what}");
+            // An honest member writing afterwards is unaffected, everywhere.
+            agree(&mut d[1], "We start on time");
+            sync_all(&mut d);
+            let joiner = admit(&mut d[0], Role::Member);
+            for g in d.iter().map(|x| &x.group).chain([&joiner.group]) {
+                assert_eq!(g.agreement(&id).unwrap().text, "Phones away", "{what}");
+                assert!(texts_of(g).contains("We start on time"), "{what}");
+            }
+        }
+    }
+
+    /// B, being removed, edits A's agreement; C, colluding, builds on the edit. C's
+    /// change counts, but what it depends on breaks the rules: it is never rescued, so
+    /// C's change never applies either, on any device in any order.
+    #[test]
+    fn a_change_built_on_a_forbidden_one_never_applies() {
+        use automerge::transaction::Transactable;
+        let mut d = setup(3);
+        let (id, _) = d[0]
+            .group
+            .add_agreement("Phones away", 5, &mut OsRng)
+            .unwrap();
+        sync_all(&mut d);
+        let b = d[1].id();
+        let removal = d[0].group.remove_member(b, &mut OsRng).unwrap();
+        let (edit, edit_changes) = hostile(&d[1], &[], |doc| {
+            let (_, record) = objects(doc, &id);
+            doc.put(&record, "text", "hijacked").unwrap();
+        });
+        let c = d[2].id();
+        let (on_top, _) = hostile(&d[2], &edit_changes, |doc| {
+            let (container, _) = objects(doc, &id);
+            let record = doc
+                .put_object(
+                    &container,
+                    doc::agreement_id(&c, [1; 8]),
+                    automerge::ObjType::Map,
+                )
+                .unwrap();
+            doc.put(&record, "text", "built on the edit").unwrap();
+            doc.put(&record, "created_at", 1).unwrap();
+        });
+        d[0].group.ingest(vec![edit.clone()]);
+        d[0].group.ingest(vec![on_top.clone()]);
+        d[3].group.ingest(vec![on_top]);
+        d[3].group.ingest(removal.accepted);
+        d[3].group.ingest(vec![edit]);
+        for g in [&d[0].group, &d[3].group, &restarted(&d[0])] {
+            assert_eq!(g.agreement(&id).unwrap().text, "Phones away");
+            assert!(!texts_of(g).contains("built on the edit"));
+        }
+        let honest = agree(&mut d[3], "We listen");
+        d[0].group.ingest(honest.accepted);
+        assert_eq!(texts(&d[0]), texts(&d[3]));
+        assert!(texts(&d[0]).contains("We listen"));
     }
 
     #[test]
@@ -2551,8 +2722,8 @@ mod tests {
         // Two different automerge changes with B's actor and the same seq.
         let mut one = GroupDocument::load(&d[0].group.snapshot_clone(), b_actor.clone()).unwrap();
         let mut two = GroupDocument::load(&d[0].group.snapshot_clone(), b_actor).unwrap();
-        let c1 = one.edit(|g| g.purpose = "one".into()).unwrap();
-        let c2 = two.edit(|g| g.purpose = "two".into()).unwrap();
+        let c1 = write_agreement(&mut one, d[1].id(), "one");
+        let c2 = write_agreement(&mut two, d[1].id(), "two");
         let raw: Vec<Vec<u8>> = c1
             .iter()
             .chain(c2.iter())
@@ -2570,9 +2741,8 @@ mod tests {
         let honest = agree(&mut d[0], "honest").own;
         let r = d[0].group.ingest(vec![hostile]);
         assert_eq!(r.ineffective, 1);
-        let view = d[0].group.read().unwrap();
-        assert_eq!(view.purpose, "Support");
         assert!(texts(&d[0]).contains("honest"));
+        assert!(!texts(&d[0]).contains("one") && !texts(&d[0]).contains("two"));
         let _ = honest;
     }
 
@@ -2891,7 +3061,7 @@ mod tests {
         let mut restarted = Group::restore(*d[0].group.info(), &d[0].keys, grants, None).unwrap();
         let r = restarted.ingest_stored(stored);
         assert_eq!((r.rejected, r.ineffective), (0, 0));
-        assert_eq!(restarted.read().unwrap(), d[0].group.read().unwrap());
+        assert_eq!(restarted.read(), d[0].group.read());
         assert_eq!(restarted.version_vector(), d[0].group.version_vector());
         // The member, which held the first segment, takes the merged one.
         let all = everything(&d[0]);
@@ -2926,10 +3096,10 @@ mod tests {
             )
             .unwrap();
             copy.ingest(everything(&d[1]));
-            let before = copy.read().unwrap();
+            let before = copy.read();
             let r = copy.ingest(bad);
             assert!(r.rejected >= 1, "flip at {at} went unnoticed");
-            assert_eq!(copy.read().unwrap(), before);
+            assert_eq!(copy.read(), before);
         }
     }
 
@@ -3020,7 +3190,6 @@ mod tests {
 
     fn texts_of(g: &Group) -> BTreeSet<String> {
         g.read()
-            .unwrap()
             .agreements
             .values()
             .map(|a| a.text.clone())
@@ -3074,7 +3243,7 @@ mod tests {
         let head = *d[1].group.head(&m).unwrap();
         let mut cs = Vec::new();
         for i in 1..=3 {
-            cs.extend(alt.edit(|s| s.name = format!("forged {i}")).unwrap());
+            cs.extend(write_agreement(&mut alt, m, &format!("forged {i}")));
         }
         let bundle = alt.bundle(cs.iter().map(|c| c.hash()).collect()).unwrap();
         let ends = cs.iter().map(|c| c.seq()).collect();
@@ -3088,12 +3257,12 @@ mod tests {
             ends,
             bundle,
         );
-        let before = d[0].group.read().unwrap();
+        let before = d[0].group.read();
         let r = d[0].group.ingest(vec![forged]);
         assert_eq!(r.forks, 1);
         assert!(r.superseded.is_empty());
-        assert_eq!(d[0].group.read().unwrap(), before);
-        assert_eq!(restarted(&d[0]).read().unwrap(), before);
+        assert_eq!(d[0].group.read(), before);
+        assert_eq!(restarted(&d[0]).read(), before);
     }
 
     #[test]
@@ -3266,10 +3435,10 @@ mod tests {
             }
             let mut reference = Group::restore(*d[0].group.info(), &observer, grants(), None).unwrap();
             reference.ingest(log.clone());
-            prop_assert_eq!(fresh.read().unwrap(), reference.read().unwrap());
+            prop_assert_eq!(fresh.read(), reference.read());
             prop_assert_eq!(fresh.version_vector(), reference.version_vector());
             let bulk = if compact { (KEEP_RECENT + MIN_SEGMENT_POSITIONS) as usize } else { 0 };
-            prop_assert_eq!(fresh.read().unwrap().agreements.len(), 6 + bulk);
+            prop_assert_eq!(fresh.read().agreements.len(), 6 + bulk);
             prop_assert!(fresh.pending.is_empty());
             prop_assert_eq!(fresh.pending_bytes, 0);
             prop_assert!(fresh.pending_per_author.is_empty());
@@ -3337,7 +3506,7 @@ mod tests {
             // Devices that can read the same content show the same document.
             for pair in current.windows(2) {
                 if pair[0].group.readable_epochs() == pair[1].group.readable_epochs() {
-                    prop_assert_eq!(pair[0].group.read().unwrap(), pair[1].group.read().unwrap());
+                    prop_assert_eq!(pair[0].group.read(), pair[1].group.read());
                 }
             }
         }

@@ -304,7 +304,7 @@ fn a_removed_member_cannot_hand_out_keys() {
 /// against the first, so it holds it back rather than show something others refused.
 #[test]
 fn an_automerge_fork_across_an_epoch_cannot_split_a_joiners_document() {
-    use hearth_protocol::doc::{AgreementRecord, GroupDocument};
+    use hearth_protocol::doc::{GroupDocument, agreement_id};
     let mut a = creator();
     let m = admit(&mut a, Role::Member);
     let mut devices = vec![a, m];
@@ -326,18 +326,14 @@ fn an_automerge_fork_across_an_epoch_cannot_split_a_joiners_document() {
     // M makes two alternative changes with the same automerge seq.
     let actor = devices[1].id().actor_id();
     let saved = devices[1].group.snapshot();
-    let rec = |t: &str| AgreementRecord {
-        text: t.into(),
-        author: String::new(),
-        created_at: 0,
-    };
+    let id = |n: u8| agreement_id(&devices[1].id(), [n; 8]);
     let c1 = GroupDocument::load(&saved, actor.clone())
         .unwrap()
-        .insert_agreement("one", &rec("seen by the old members"))
+        .insert_agreement(&id(1), "seen by the old members", 0)
         .unwrap();
     let c2 = GroupDocument::load(&saved, actor)
         .unwrap()
-        .insert_agreement("two", &rec("seen by the joiner"))
+        .insert_agreement(&id(2), "seen by the joiner", 0)
         .unwrap();
     let seal = |d: &mut Device, changes: Vec<automerge::Change>, epoch: u32, key: &SecretKey| {
         let prior = d.group.head(&d.id()).copied();

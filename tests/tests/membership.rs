@@ -77,7 +77,7 @@ fn what_the_disk_reveals(data_dir: &Path, group: &str) -> (Vec<u32>, Vec<String>
                 }
             }
         }
-        plaintexts.push(format!("{:?}", s.group.read().unwrap()));
+        plaintexts.push(format!("{:?}", s.group.read()));
         Ok((readable, plaintexts))
     })
     .expect("the group is on disk")

@@ -32,7 +32,7 @@ pub fn text(i: usize) -> String {
 
 /// The same history as plain automerge: one change per agreement, worded alike.
 pub fn as_automerge(changes: usize) -> Result<automerge::Automerge> {
-    let mut work = crate::baseline::Workload::new();
+    let mut work = crate::baseline::Workload::new()?;
     for i in 0..changes {
         work.add(&text(i))?;
     }

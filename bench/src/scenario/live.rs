@@ -44,7 +44,7 @@ pub fn hearth(root: &Path, edits: usize, rt: &tokio::runtime::Runtime) -> Result
 
 /// Latency of each edit in the baseline, in milliseconds.
 pub fn baseline(edits: usize, rt: &tokio::runtime::Runtime) -> Result<Vec<f64>> {
-    let mut work = Workload::new();
+    let mut work = Workload::new()?;
     rt.block_on(async {
         let mut peer = Peer::start().await?;
         let mut doc = work.automerge()?;

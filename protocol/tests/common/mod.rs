@@ -153,7 +153,6 @@ pub fn forge_roster(d: &mut Device, op: RosterOp, epoch_key: Option<(u32, Secret
 pub fn texts(d: &Device) -> BTreeSet<String> {
     d.group
         .read()
-        .unwrap()
         .agreements
         .values()
         .map(|a| a.text.clone())
