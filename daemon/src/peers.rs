@@ -33,8 +33,21 @@ fn load(store: &Store) -> Result<Vec<Remembered>, StoreError> {
     let Some(raw) = store.get(Table::Peers, PEERS_KEY)? else {
         return Ok(Vec::new());
     };
-    // An unreadable list (an older layout) is dropped rather than guessed at.
-    Ok(postcard::from_bytes(&raw).unwrap_or_default())
+    if let Ok(list) = postcard::from_bytes(&raw) {
+        return Ok(list);
+    }
+    // Stores from before addresses belonged to memberships kept a plain list: each
+    // address starts again as unproven.
+    let plain: Vec<Vec<u8>> = postcard::from_bytes(&raw).unwrap_or_default();
+    let now = now_unix();
+    Ok(plain
+        .into_iter()
+        .map(|addr| Remembered {
+            addr,
+            added_at: now,
+            reaches: Vec::new(),
+        })
+        .collect())
 }
 
 fn save(store: &Store, list: &[Remembered]) -> Result<(), StoreError> {
@@ -92,7 +105,9 @@ pub fn current(node: &Node) -> Result<Vec<Multiaddr>, StoreError> {
     let before = list.clone();
     let now = now_unix();
     for r in &mut list {
-        r.reaches.retain(|(g, m)| node.is_current_member(g, m));
+        // Both memberships must last: the peer's, and this device's own in that group.
+        r.reaches
+            .retain(|(g, m)| node.is_in(g) && node.is_current_member(g, m));
     }
     list.retain(|r| {
         let proven = before
@@ -149,5 +164,20 @@ mod tests {
         assert_eq!(current(&node).unwrap(), vec![kept.clone()]);
         node.forget_group(&group).unwrap();
         assert!(current(&node).unwrap().is_empty());
+    }
+
+    #[test]
+    fn addresses_remembered_by_an_older_store_are_kept_as_unproven() {
+        let tmp = tempfile::tempdir().unwrap();
+        let node = Node::open(Store::open(tmp.path()).unwrap()).unwrap();
+        let old: Vec<Vec<u8>> = vec![addr(1).to_vec(), addr(2).to_vec()];
+        node.store()
+            .write(vec![WriteOp::Put {
+                table: Table::Peers,
+                key: PEERS_KEY.to_vec(),
+                value: crate::records::encode(&old),
+            }])
+            .unwrap();
+        assert_eq!(current(&node).unwrap(), vec![addr(1), addr(2)]);
     }
 }

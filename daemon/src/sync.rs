@@ -139,7 +139,7 @@ type Shared = BTreeMap<GroupId, PublicIdentity>;
 /// The handshake: the groups where each side revealed itself to the other (none if the two
 /// have nothing in common, or the peer is no one this device counts as a member).
 async fn handshake<R, W>(
-    node: &Node,
+    node: &Arc<Node>,
     local: PeerId,
     peer: PeerId,
     side: Side,
@@ -187,14 +187,24 @@ where
         },
     });
 
-    let slots = node.reveal_slots(&session_key, &transcript, side);
-    drop(session_key);
+    // One X25519 per (group, member), and the opening below one per group: off the async
+    // workers, like every other piece of per-peer crypto.
+    let worker = node.clone();
+    let slots =
+        tokio::task::spawn_blocking(move || worker.reveal_slots(&session_key, &transcript, side))
+            .await
+            .context("reveal worker failed")?;
     write_msg(writer, &SyncMessage::Reveal { slots }).await?;
     let their_slots = match read_msg(reader, MAX_HANDSHAKE_FRAME_LEN).await? {
         Some(SyncMessage::Reveal { slots }) => slots,
         _ => bail!("peer did not send its reveal"),
     };
-    let shared = node.open_reveals(&their_key, &transcript, side.other(), &their_slots);
+    let worker = node.clone();
+    let shared = tokio::task::spawn_blocking(move || {
+        worker.open_reveals(&their_key, &transcript, side.other(), &their_slots)
+    })
+    .await
+    .context("reveal worker failed")?;
     tracing::debug!(%peer, shared = shared.len(), "session handshake done");
     Ok(shared)
 }
@@ -259,8 +269,9 @@ where
                 };
                 let standing = node.standing(&group_id, peer);
                 // From a peer no longer a member in our view, only its own log is taken.
-                // From one not yet known here everything is, checked like any envelope:
-                // it holds the group's key, and its logs may bring its own admission.
+                // From one not yet known here (the facilitator who admitted this device,
+                // before the admission arrived) everything is, checked like any envelope:
+                // its logs bring the admission.
                 let own_only = standing == Standing::Departed;
                 let decoded: Vec<Envelope> = envelopes
                     .into_iter()
