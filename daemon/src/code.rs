@@ -256,7 +256,7 @@ async fn attempt(
     let joining = crate::join::accepted(&accept, keys, |a, k| {
         a.verify_code(k, secret.invite_secret(), name, &local, &remote)
     })?;
-    if node.is_in(&joining.welcome.info.group_id) {
+    if node.sees_self_in(&joining.welcome.info.group_id) {
         return Err(NodeError::Conflict(
             "this device is already a member of that group".into(),
         ));

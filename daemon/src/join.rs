@@ -102,7 +102,7 @@ pub async fn join(
             "the invite has expired; ask the facilitator for a new one".into(),
         ));
     }
-    if node.is_in(&token.group_id) {
+    if node.sees_self_in(&token.group_id) {
         return Err(NodeError::Conflict(
             "this device is already a member of that group".into(),
         ));

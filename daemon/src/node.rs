@@ -540,12 +540,13 @@ impl Node {
         facilitator: PublicIdentity,
     ) -> Result<GroupId, NodeError> {
         let id = welcome.info.group_id;
-        if self.is_in(&id) {
+        if self.sees_self_in(&id) {
             return Err(NodeError::Conflict(
                 "this device is already a member of that group".into(),
             ));
         }
-        // A copy kept from a membership that ended gives way to the new membership.
+        // A copy kept from a membership that ended, or one whose admission never arrived,
+        // gives way to the new membership.
         if self.has_group(&id) {
             self.forget_group(&id)?;
         }
@@ -1185,12 +1186,11 @@ impl Node {
         }
         if slots.len() > MAX_REVEAL_SLOTS {
             tracing::warn!(
-                slots = slots.len(),
-                "more members in all groups than one session can reveal to; some are left out"
+                "more members in all groups than one session can reveal to; a random \
+                 {MAX_REVEAL_SLOTS} of them are revealed to"
             );
-            slots.truncate(MAX_REVEAL_SLOTS);
         }
-        session::pad_slots(&mut slots, &mut OsRng);
+        session::pad_slots(&mut slots, MAX_REVEAL_SLOTS, &mut OsRng);
         slots.into_iter().map(RevealSlot).collect()
     }
 

@@ -5,8 +5,9 @@
 //! An address belongs to the memberships it was proven to reach: once a session through it
 //! shares groups, it is kept for those (group, member) pairs and forgotten when each has
 //! ended (the group is left, or that member left or was removed), so a device does not go
-//! on calling a former member. An address that reached a daemon sharing nothing is
-//! forgotten at once; one that never answered, after [`UNPROVEN_TTL_SECS`].
+//! on calling a former member. An address never proven is forgotten once
+//! [`UNPROVEN_MISSES`] sessions through it shared nothing (one may come before the peer
+//! has heard of an admission), or after [`UNPROVEN_TTL_SECS`].
 
 use hearth_protocol::ids::{GroupId, MemberId};
 use libp2p::Multiaddr;
@@ -20,6 +21,8 @@ const PEERS_KEY: &[u8] = b"peers";
 const MAX_REMEMBERED: usize = 64;
 /// How long an address that has not yet reached a fellow member is tried (7 days).
 pub const UNPROVEN_TTL_SECS: u64 = 7 * 24 * 60 * 60;
+/// Sessions sharing nothing after which an address never proven is forgotten.
+pub const UNPROVEN_MISSES: u8 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Remembered {
@@ -27,6 +30,8 @@ struct Remembered {
     added_at: u64,
     /// The memberships a session through this address shared.
     reaches: Vec<(GroupId, MemberId)>,
+    /// Sessions in a row through it that shared nothing, while it was never proven.
+    misses: u8,
 }
 
 fn load(store: &Store) -> Result<Vec<Remembered>, StoreError> {
@@ -46,6 +51,7 @@ fn load(store: &Store) -> Result<Vec<Remembered>, StoreError> {
             addr,
             added_at: now,
             reaches: Vec::new(),
+            misses: 0,
         })
         .collect())
 }
@@ -66,6 +72,7 @@ pub fn remember(store: &Store, addr: &Multiaddr) -> Result<(), StoreError> {
         addr: addr.to_vec(),
         added_at: now_unix(),
         reaches: Vec::new(),
+        misses: 0,
     });
     if list.len() > MAX_REMEMBERED {
         list.drain(..list.len() - MAX_REMEMBERED);
@@ -75,7 +82,7 @@ pub fn remember(store: &Store, addr: &Multiaddr) -> Result<(), StoreError> {
 
 /// Records what a session through `addrs` shared: each remembered address among them now
 /// belongs to those memberships, or, if the session shared nothing and the address was
-/// never proven, is forgotten.
+/// never proven, counts a miss (and is forgotten after [`UNPROVEN_MISSES`]).
 pub fn settle(
     store: &Store,
     addrs: &[Multiaddr],
@@ -84,14 +91,17 @@ pub fn settle(
     let mut list = load(store)?;
     let before = list.clone();
     let through = |r: &Remembered| addrs.iter().any(|a| a.to_vec() == r.addr);
-    list.retain(|r| !(through(r) && shared.is_empty() && r.reaches.is_empty()));
     for r in list.iter_mut().filter(|r| through(r)) {
+        if shared.is_empty() && r.reaches.is_empty() {
+            r.misses = r.misses.saturating_add(1);
+        }
         for pair in shared {
             if !r.reaches.contains(pair) {
                 r.reaches.push(*pair);
             }
         }
     }
+    list.retain(|r| !r.reaches.is_empty() || r.misses < UNPROVEN_MISSES);
     if list != before {
         save(store, &list)?;
     }
@@ -152,7 +162,15 @@ mod tests {
         // Unproven addresses are dialled until they are proven or turn out to share nothing.
         assert_eq!(current(&node).unwrap().len(), 3);
         settle(node.store(), std::slice::from_ref(&kept), &[(group, me)]).unwrap();
+        for _ in 1..UNPROVEN_MISSES {
+            settle(node.store(), std::slice::from_ref(&gone), &[]).unwrap();
+        }
+        assert_eq!(current(&node).unwrap().len(), 3);
         settle(node.store(), std::slice::from_ref(&gone), &[]).unwrap();
+        // Sessions through a proven address that share nothing do not make it forgotten.
+        for _ in 0..UNPROVEN_MISSES {
+            settle(node.store(), std::slice::from_ref(&kept), &[]).unwrap();
+        }
         assert_eq!(current(&node).unwrap(), vec![kept.clone(), silent.clone()]);
         // An address proven for a membership that is not (or no longer) current is dropped.
         settle(

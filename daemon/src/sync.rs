@@ -33,6 +33,9 @@ use crate::node::{Node, Standing};
 use crate::peering::Peering;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// A session that shared nothing closes after this many milliseconds, plus up to the
+/// second number more, at random.
+const NOTHING_SHARED_WAIT_MS: (u64, u64) = (200, 500);
 
 type Known = Arc<Mutex<HashMap<GroupId, VersionVector>>>;
 /// Groups whose version vector should be sent to the peer again.
@@ -88,6 +91,9 @@ pub async fn run(
     .context("handshake timed out")??;
     settle_addresses(&node, net, peer, &groups).await;
     if groups.is_empty() {
+        // How long opening the peer's slots took must not tell it whether one was for us.
+        let wait = NOTHING_SHARED_WAIT_MS.0 + OsRng.next_u64() % NOTHING_SHARED_WAIT_MS.1;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
         tracing::debug!(%peer, "no shared group; closing session");
         return Ok(Outcome::Nothing);
     }

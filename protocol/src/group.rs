@@ -35,8 +35,20 @@ pub const MAX_PENDING: usize = 50_000;
 pub const MAX_PENDING_BYTES: usize = 64 << 20;
 /// Most envelopes held back for one author.
 pub const MAX_PENDING_PER_AUTHOR: usize = 10_000;
-/// Most envelopes held back for an author not (yet) known to be a member.
+/// Most envelopes held back for an author that is not a member here: not (yet) known to
+/// be one, or departed.
 pub const MAX_PENDING_PER_UNKNOWN_AUTHOR: usize = 1_000;
+/// Most envelopes, and bytes, held back for all such authors together: identities are
+/// free to make, and however many a stranger or a former member makes, members'
+/// out-of-order envelopes keep the rest of the buffer.
+pub const MAX_PENDING_OUTSIDERS: usize = 2_000;
+pub const MAX_PENDING_OUTSIDER_BYTES: usize = 8 << 20;
+/// How far past its cut a departed author's log grows on this device: far enough for the
+/// acts concurrent with its departure that can undo it (a senior facilitator's
+/// counter-removal), and no further, so a former member cannot make others store and
+/// forward without end. What lies beyond waits (bounded above) until the departure is
+/// undone, if ever.
+pub const MAX_PAST_CUT: u64 = 64;
 /// Most different re-sealings of one envelope kept while none checks out.
 pub const MAX_RESEAL_CANDIDATES: usize = 4;
 /// Most operations of an author past its cut that this device takes keys from.
@@ -216,8 +228,8 @@ pub struct Group {
     /// its last position can both wait here (either may be what continues the log).
     pending: BTreeMap<PendingKey, Envelope>,
     pending_bytes: usize,
-    /// How many envelopes of each author wait in `pending`.
-    pending_per_author: BTreeMap<MemberId, usize>,
+    /// How many envelopes, and bytes, of each author wait in `pending`.
+    pending_per_author: BTreeMap<MemberId, (usize, usize)>,
     /// Authors whose logs are frozen on this device, with the first seq whose content is
     /// excluded: caught signing two different envelopes for one place in their log (a
     /// fork), or sending changes that crash automerge.
@@ -1100,21 +1112,33 @@ impl Group {
             // otherwise evict the genuine one.
             return;
         }
-        let is_known = self.membership.known(&h.author).is_some();
-        let author_count = self.pending_per_author.get(&h.author).copied().unwrap_or(0);
-        // Only the one envelope at the next position may bypass the bounds; a segment never
-        // does (any number of them could claim to continue the log).
-        let in_order = is_known && env.span().is_none() && h.seq == known + 1;
-        let over = self.pending_bytes + env.as_bytes().len() > MAX_PENDING_BYTES
+        let is_member = self.roster().is_member(&h.author);
+        let size = env.as_bytes().len();
+        let (author_count, _) = self
+            .pending_per_author
+            .get(&h.author)
+            .copied()
+            .unwrap_or_default();
+        // Only a member's one envelope at the next position may bypass the bounds; a
+        // segment never does (any number of them could claim to continue the log).
+        let in_order = is_member && env.span().is_none() && h.seq == known + 1;
+        let over = self.pending_bytes + size > MAX_PENDING_BYTES
             || self.pending.len() >= MAX_PENDING
             || author_count >= MAX_PENDING_PER_AUTHOR
-            || (!is_known && author_count >= MAX_PENDING_PER_UNKNOWN_AUTHOR);
+            || (!is_member && {
+                let (count, bytes) = self.pending_of_outsiders();
+                author_count >= MAX_PENDING_PER_UNKNOWN_AUTHOR
+                    || count >= MAX_PENDING_OUTSIDERS
+                    || bytes + size > MAX_PENDING_OUTSIDER_BYTES
+            });
         if capped && over && !in_order {
             out.refused += 1;
             return;
         }
-        self.pending_bytes += env.as_bytes().len();
-        *self.pending_per_author.entry(h.author).or_default() += 1;
+        self.pending_bytes += size;
+        let entry = self.pending_per_author.entry(h.author).or_default();
+        entry.0 += 1;
+        entry.1 += size;
         self.pending.insert(key, env);
     }
 
@@ -1157,15 +1181,26 @@ impl Group {
 
     fn take_pending(&mut self, key: &PendingKey) -> Option<Envelope> {
         let env = self.pending.remove(key)?;
-        self.pending_bytes -= env.as_bytes().len();
+        let size = env.as_bytes().len();
+        self.pending_bytes -= size;
         let author = env.header().author;
-        if let Some(n) = self.pending_per_author.get_mut(&author) {
+        if let Some((n, bytes)) = self.pending_per_author.get_mut(&author) {
             *n -= 1;
+            *bytes -= size;
             if *n == 0 {
                 self.pending_per_author.remove(&author);
             }
         }
         Some(env)
+    }
+
+    /// Envelopes and bytes waiting from authors that are not members here.
+    fn pending_of_outsiders(&self) -> (usize, usize) {
+        let roster = self.roster();
+        self.pending_per_author
+            .iter()
+            .filter(|(a, _)| !roster.is_member(a))
+            .fold((0, 0), |(n, b), (_, (an, ab))| (n + an, b + ab))
     }
 
     /// Removes from `pending` the longest run of `author`'s envelopes and segments that
@@ -1190,6 +1225,11 @@ impl Group {
         let mut reached = head.map_or(0, |h| h.seq);
         let mut prev = head.map_or(ZERO_HASH, |h| h.hash);
         let mut run = Vec::new();
+        let limit = self
+            .roster()
+            .departed()
+            .get(&author)
+            .map_or(u64::MAX, |d| d.cut.saturating_add(MAX_PAST_CUT));
         // The envelope at the next position, or a segment that spans it.
         while let Some((key, first, stated_prev)) = self
             .pending
@@ -1197,6 +1237,9 @@ impl Group {
             .find(|(_, e)| e.first() <= reached + 1)
             .map(|(k, e)| (*k, e.first(), e.header().prev))
         {
+            if key.1 > limit {
+                break;
+            }
             // A segment may start inside what this device holds (it restates envelopes
             // held one by one here): it must then continue the item ending before it.
             let expected = if first == reached + 1 {
@@ -2871,6 +2914,80 @@ mod tests {
         assert!(a.contains("C's agreement after seeing B's"));
         assert!(a.contains("B's concurrent agreement"));
         assert_eq!(a, texts(&d[2]));
+    }
+
+    /// A removed member that goes on writing cannot make others store and forward its log
+    /// without end: past its cut, a device takes in only a bounded stretch of it.
+    #[test]
+    fn a_removed_members_log_grows_only_a_bounded_stretch_past_its_cut() {
+        let mut d = setup(2);
+        let b_id = d[1].id();
+        let removal = d[0].group.remove_member(b_id, &mut OsRng).unwrap();
+        let cut = d[0].group.roster().departed()[&b_id].cut;
+        // B, unaware, writes on: far more than the stretch.
+        let mut late = Vec::new();
+        for i in 0..(MAX_PAST_CUT + 40) {
+            late.extend(agree(&mut d[1], &format!("late {i}")).accepted);
+        }
+        for dev in [0, 2] {
+            if dev == 2 {
+                d[2].group.ingest(removal.accepted.clone());
+            }
+            d[dev].group.ingest(late.clone());
+            let head = d[dev].group.head(&b_id).map_or(0, |h| h.seq);
+            assert_eq!(head, cut + MAX_PAST_CUT, "device {dev}");
+        }
+        // Nor is more of it forwarded.
+        let forwarded = d[0]
+            .group
+            .missing_for(&VersionVector::new(), usize::MAX, usize::MAX)
+            .into_iter()
+            .filter(|e| e.header().author == b_id && e.header().seq > cut)
+            .count() as u64;
+        assert_eq!(forwarded, MAX_PAST_CUT);
+        // What waits beyond it is bounded like any outsider's.
+        assert!(d[0].group.pending_of_outsiders().0 <= MAX_PENDING_PER_UNKNOWN_AUTHOR);
+    }
+
+    /// Identities are free: however many a stranger makes, what waits for them together
+    /// stays bounded, and a member's out-of-order envelopes still find room.
+    #[test]
+    fn fresh_identities_cannot_fill_the_buffer_members_need() {
+        let mut d = setup(2);
+        let (epoch, key) = d[0].group.current_epoch();
+        let key = key.unwrap().clone();
+        let mut flood = Vec::new();
+        for _ in 0..(MAX_PENDING_OUTSIDERS / 100 + 5) {
+            let stranger = MemberKeys::generate(&mut OsRng);
+            for seq in 2..102u64 {
+                let header = Header {
+                    version: 0,
+                    group_id: d[0].group.id(),
+                    epoch,
+                    author: stranger.member_id(),
+                    seq,
+                    prev: [seq as u8; 32],
+                    change_head: ZERO_HASH,
+                };
+                let body = Body::Changes {
+                    changes: vec![vec![0; 2048]],
+                };
+                flood.push(Envelope::seal(&stranger, header, &body, &key, &mut OsRng));
+            }
+        }
+        let r = d[0].group.ingest(flood);
+        assert!(r.accepted.is_empty());
+        assert!(r.refused > 0);
+        let (count, bytes) = d[0].group.pending_of_outsiders();
+        assert!(count <= MAX_PENDING_OUTSIDERS, "{count}");
+        assert!(bytes <= MAX_PENDING_OUTSIDER_BYTES, "{bytes}");
+        // B's second write arrives before its first: it waits, and both then apply.
+        let first = agree(&mut d[1], "first");
+        let second = agree(&mut d[1], "second");
+        let r = d[0].group.ingest(second.accepted.clone());
+        assert_eq!(r.refused, 0);
+        d[0].group.ingest(first.accepted.clone());
+        assert!(texts(&d[0]).contains("first") && texts(&d[0]).contains("second"));
     }
 
     #[test]

@@ -194,19 +194,26 @@ pub fn seal_reveals(
         .collect()
 }
 
-/// Pads `slots` with random ones to a power of two (at least [`MIN_SLOTS`]) and shuffles
-/// them, so neither their number nor their order tells which groups they belong to.
-pub fn pad_slots(slots: &mut Vec<[u8; SLOT_LEN]>, rng: &mut impl CryptoRngCore) {
-    let target = slots.len().max(MIN_SLOTS).next_power_of_two();
+/// Keeps a random `max` of `slots` if there are more, pads them with random ones to a power
+/// of two (at least [`MIN_SLOTS`], at most `max`) and shuffles them, so neither their
+/// number nor their order tells which groups they belong to.
+pub fn pad_slots(slots: &mut Vec<[u8; SLOT_LEN]>, max: usize, rng: &mut impl CryptoRngCore) {
+    shuffle(slots, rng);
+    slots.truncate(max);
+    let target = slots.len().max(MIN_SLOTS).next_power_of_two().min(max);
     while slots.len() < target {
         let mut filler = [0u8; SLOT_LEN];
         rng.fill_bytes(&mut filler);
         slots.push(filler);
     }
-    // Fisher-Yates with the caller's generator.
-    for i in (1..slots.len()).rev() {
+    shuffle(slots, rng);
+}
+
+/// Fisher-Yates with the caller's generator.
+fn shuffle<T>(items: &mut [T], rng: &mut impl CryptoRngCore) {
+    for i in (1..items.len()).rev() {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        slots.swap(i, j);
+        items.swap(i, j);
     }
 }
 
@@ -326,7 +333,7 @@ mod tests {
             Side::Dialer,
             &[bob.public()],
         );
-        pad_slots(&mut slots, &mut OsRng);
+        pad_slots(&mut slots, 1024, &mut OsRng);
         assert_eq!(slots.len(), MIN_SLOTS);
         let opener = |who: &MemberKeys, group: &GroupId, t: &[u8; 32], side: Side| {
             Opener::new(who, group, &p.dialer.public(), t, side).unwrap()
@@ -422,10 +429,14 @@ mod tests {
     #[test]
     fn padding_hides_the_count_within_a_power_of_two() {
         let mut slots = vec![[0u8; SLOT_LEN]; 9];
-        pad_slots(&mut slots, &mut OsRng);
+        pad_slots(&mut slots, 1024, &mut OsRng);
         assert_eq!(slots.len(), 16);
         let mut none = Vec::new();
-        pad_slots(&mut none, &mut OsRng);
+        pad_slots(&mut none, 1024, &mut OsRng);
         assert_eq!(none.len(), MIN_SLOTS);
+        // Past the cap, a random subset is kept: every slot is as likely to stay.
+        let mut many: Vec<[u8; SLOT_LEN]> = (0..40u8).map(|i| [i; SLOT_LEN]).collect();
+        pad_slots(&mut many, 32, &mut OsRng);
+        assert_eq!(many.len(), 32);
     }
 }
