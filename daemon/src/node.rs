@@ -1320,17 +1320,24 @@ mod tests {
             .unwrap();
     }
 
+    /// `b` joins `group` of `a` by an invite with id `invite_id`, as `join::settle_in` would
+    /// store it (before any sync); returns its new membership keys.
+    fn join(a: &Node, b: &Node, group: &GroupId, invite_id: [u8; 16]) -> MemberKeys {
+        invite(a, group, invite_id, now_unix() + 60);
+        let keys = MemberKeys::generate(&mut OsRng);
+        let (admission, _) = a.admit(&invite_id, |_| true, keys.public(), "B").unwrap();
+        let facilitator = a.member_keys(group).unwrap().public();
+        b.install_joined(admission.welcome(), &keys, facilitator)
+            .unwrap();
+        keys
+    }
+
     /// A facilitator node with a group, and a member node that joined it and synced.
     fn pair(tmp: &std::path::Path) -> (Node, Node, GroupId) {
         let a = node(&tmp.join("a"));
         let b = node(&tmp.join("b"));
         let group = a.create_group("Circle", "", None).unwrap();
-        invite(&a, &group, [1; 16], now_unix() + 60);
-        let keys = MemberKeys::generate(&mut OsRng);
-        let (admission, _) = a.admit(&[1; 16], |_| true, keys.public(), "B").unwrap();
-        let facilitator = a.member_keys(&group).unwrap().public();
-        b.install_joined(admission.welcome(), &keys, facilitator)
-            .unwrap();
+        join(&a, &b, &group, [1; 16]);
         // The joiner and its facilitator recognise each other before the joiner's own
         // admission has reached it by sync.
         assert_recognise_each_other(&a, &b, group);
@@ -1499,12 +1506,7 @@ mod tests {
 
         a.remove_member(&group, &in_group.member_id()).unwrap();
         b.forget_group(&group).unwrap();
-        invite(&a, &group, [7; 16], now_unix() + 60);
-        let keys = MemberKeys::generate(&mut OsRng);
-        let (admission, _) = a.admit(&[7; 16], |_| true, keys.public(), "B").unwrap();
-        let facilitator = a.member_keys(&group).unwrap().public();
-        b.install_joined(admission.welcome(), &keys, facilitator)
-            .unwrap();
+        let keys = join(&a, &b, &group, [7; 16]);
         let all = a.missing(&group, &VersionVector::new(), usize::MAX, usize::MAX);
         b.ingest(&group, all).unwrap();
         assert!(b.sees_self_in(&group));
