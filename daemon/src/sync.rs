@@ -392,9 +392,9 @@ where
     }
 }
 
-/// Announces the peer's standing in one group: to a member, our version vector; to a peer
-/// that left or was removed, only our head of its own log; to one not known here as a
-/// member, nothing.
+/// Announces the peer's standing in one group: to a member, and to the facilitator who
+/// admitted us before our admission arrived, our version vector; to a peer that left or
+/// was removed, only our head of its own log; to one not known here as a member, nothing.
 async fn send_have<W>(
     node: &Node,
     group_id: GroupId,
@@ -407,6 +407,9 @@ where
 {
     match standing {
         Standing::Unknown => Ok(()),
+        // Only our version vector, so the facilitator who admitted us sends what we lack
+        // (our admission first of all); `missing_for_member` sends it nothing.
+        Standing::Introducer => send_vv(node, group_id, writer).await,
         Standing::Departed => {
             let (seq, hash) = node
                 .version_vector(&group_id)
@@ -423,15 +426,21 @@ where
             )
             .await
         }
-        Standing::Member => {
-            let heads = node
-                .version_vector(&group_id)
-                .into_iter()
-                .map(|(author, (seq, hash))| VvEntry { author, seq, hash })
-                .collect();
-            write_msg(writer, &SyncMessage::Have { group_id, heads }).await
-        }
+        Standing::Member => send_vv(node, group_id, writer).await,
     }
+}
+
+/// Sends our version vector of one group.
+async fn send_vv<W>(node: &Node, group_id: GroupId, writer: &mut W) -> anyhow::Result<()>
+where
+    W: futures::AsyncWrite + Unpin,
+{
+    let heads = node
+        .version_vector(&group_id)
+        .into_iter()
+        .map(|(author, (seq, hash))| VvEntry { author, seq, hash })
+        .collect();
+    write_msg(writer, &SyncMessage::Have { group_id, heads }).await
 }
 
 fn lock_set(resend: &Resend) -> std::sync::MutexGuard<'_, BTreeSet<GroupId>> {

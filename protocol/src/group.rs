@@ -275,6 +275,9 @@ pub enum Standing {
     Member,
     /// It left or was removed: it is sent nothing but this device's head of its own log.
     Departed,
+    /// The facilitator who admitted this device, before the admission has reached it: it
+    /// is told what this device holds (so it sends what is lacking), and sent nothing.
+    Introducer,
     /// Not known here as a member (its admission has not reached this device).
     Unknown,
 }
@@ -464,6 +467,8 @@ impl Group {
             .is_some_and(|d| d.identity == *peer)
         {
             Standing::Departed
+        } else if self.introducer == Some(*peer) && !roster.is_member(&self.me()) {
+            Standing::Introducer
         } else {
             Standing::Unknown
         }
