@@ -110,20 +110,21 @@ pub async fn serve(
             return Err(anyhow!("peer sent no join request after the code exchange"));
         }
     };
-    let joined = (request.identity.member_id(), request.name.clone());
-    if let Err(e) = answer_request(node.clone(), net, peer, stream, request).await {
-        node.set_code_state(channel, CodeState::Failed, None);
-        return Err(e);
+    match answer_request(node.clone(), net, peer, stream, request).await {
+        Ok(Some(joiner)) => {
+            let joined = (joiner.identity.member_id(), joiner.name);
+            node.set_code_state(channel, CodeState::Joined, Some(joined));
+            Ok(())
+        }
+        Ok(None) => {
+            node.set_code_state(channel, CodeState::Failed, None);
+            Ok(())
+        }
+        Err(e) => {
+            node.set_code_state(channel, CodeState::Failed, None);
+            Err(e)
+        }
     }
-    let admitted = node
-        .with_slot(&group, |s| Ok(s.group.roster().is_member(&joined.0)))
-        .unwrap_or(false);
-    if admitted {
-        node.set_code_state(channel, CodeState::Joined, Some(joined));
-    } else {
-        node.set_code_state(channel, CodeState::Failed, None);
-    }
-    Ok(())
 }
 
 /// What one attempt with one peer came to.
@@ -227,7 +228,14 @@ async fn attempt(
     let remote = peer.to_bytes();
     // A membership identity of its own, so this group cannot be linked to others.
     let keys = MemberKeys::generate(&mut OsRng);
-    let request = JoinRequest::with_secret(&keys, secret.invite_secret(), name, &local, &remote);
+    let request = JoinRequest::with_secret(
+        &keys,
+        secret.invite_secret(),
+        name,
+        &local,
+        &remote,
+        &mut OsRng,
+    );
     write_msg(&mut stream, &JoinMessage::Request(request))
         .await
         .map_err(unreachable)?;

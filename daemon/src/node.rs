@@ -15,7 +15,7 @@ use hearth_protocol::group::{
 };
 use hearth_protocol::identity::{MemberKeys, PublicIdentity, safety_number};
 use hearth_protocol::ids::{GroupId, MemberId};
-use hearth_protocol::invite::Admission;
+use hearth_protocol::invite::{Admission, Joiner};
 use hearth_protocol::session::{self, SessionKey, Side};
 use hearth_protocol::wire::{MAX_REVEAL_SLOTS, RevealSlot};
 use rand_core::OsRng;
@@ -471,10 +471,8 @@ impl Node {
     pub fn admit(
         &self,
         invite_id: &[u8; 16],
-        proves: impl FnOnce(&records::InviteRecord) -> bool,
-        member: PublicIdentity,
-        name: &str,
-    ) -> Result<(Admission, records::InviteRecord), NodeError> {
+        proves: impl FnOnce(&records::InviteRecord) -> Option<Joiner>,
+    ) -> Result<(Admission, records::InviteRecord, Joiner), NodeError> {
         let mut groups = self.lock();
         let burn = WriteOp::Delete {
             table: Table::Invites,
@@ -485,11 +483,18 @@ impl Node {
         };
         let record: records::InviteRecord = postcard::from_bytes(&raw)
             .map_err(|_| NodeError::Internal("a stored invite is malformed".into()))?;
-        if record.expires_at <= now_unix() || !proves(&record) {
+        let joiner = (record.expires_at > now_unix())
+            .then(|| proves(&record))
+            .flatten();
+        let Some(joiner) = joiner else {
             self.store.write(vec![burn])?;
             return Err(NodeError::Forbidden(
                 "expired invite or failed proof".into(),
             ));
+        };
+        if let Err(e) = crate::join::check_name(&joiner.name) {
+            self.store.write(vec![burn])?;
+            return Err(e);
         }
         let id = record.group_id;
         let slot = groups
@@ -498,7 +503,7 @@ impl Node {
         let now = i64::try_from(now_unix()).unwrap_or(i64::MAX);
         let written = slot
             .group
-            .add_member(member, Role::Member, name, now, &mut OsRng)?;
+            .add_member(joiner.identity, Role::Member, &joiner.name, now, &mut OsRng)?;
         // The newcomer gets exactly the key its own admission started, and only if that
         // admission took effect (never the key of an epoch from before it).
         let add = written.own.hash();
@@ -528,7 +533,7 @@ impl Node {
         self.commit_own(&mut groups, &id, written, vec![burn])?;
         drop(groups);
         self.bump_rosters();
-        Ok((admission, record))
+        Ok((admission, record, joiner))
     }
 
     /// Stores a group this device has just joined with the membership keys `keys`, trusting
@@ -1304,6 +1309,14 @@ mod tests {
         Node::open(Store::open(dir).unwrap()).unwrap()
     }
 
+    /// A joiner as a verified join request names it.
+    fn joiner(identity: PublicIdentity, name: &str) -> Option<Joiner> {
+        Some(Joiner {
+            identity,
+            name: name.into(),
+        })
+    }
+
     /// Stores an invite as `join::create_invite` would, without the network.
     fn invite(a: &Node, group: &GroupId, id: [u8; 16], expires_at: u64) {
         let record = records::InviteRecord {
@@ -1327,7 +1340,7 @@ mod tests {
         let group = a.create_group("Circle", "", None).unwrap();
         invite(&a, &group, [1; 16], now_unix() + 60);
         let keys = MemberKeys::generate(&mut OsRng);
-        let (admission, _) = a.admit(&[1; 16], |_| true, keys.public(), "B").unwrap();
+        let (admission, _, _) = a.admit(&[1; 16], |_| joiner(keys.public(), "B")).unwrap();
         let facilitator = a.member_keys(&group).unwrap().public();
         b.install_joined(admission.welcome(), &keys, facilitator)
             .unwrap();
@@ -1374,16 +1387,16 @@ mod tests {
         let c = MemberKeys::generate(&mut OsRng).public();
         // The invite that admitted b is gone.
         assert!(matches!(
-            a.admit(&[1; 16], |_| true, c, "C"),
+            a.admit(&[1; 16], |_| joiner(c, "C")),
             Err(NodeError::Forbidden(_))
         ));
         // A wrong proof burns a live invite: the right one afterwards fails too.
         invite(&a, &group, [2; 16], now_unix() + 60);
-        assert!(a.admit(&[2; 16], |_| false, c, "C").is_err());
-        assert!(a.admit(&[2; 16], |_| true, c, "C").is_err());
+        assert!(a.admit(&[2; 16], |_| None).is_err());
+        assert!(a.admit(&[2; 16], |_| joiner(c, "C")).is_err());
         // An expired invite admits nobody.
         invite(&a, &group, [3; 16], now_unix() - 1);
-        assert!(a.admit(&[3; 16], |_| true, c, "C").is_err());
+        assert!(a.admit(&[3; 16], |_| joiner(c, "C")).is_err());
         assert_eq!(a.group_detail(&group).unwrap().members.len(), 2);
     }
 
@@ -1448,7 +1461,7 @@ mod tests {
         for i in 0..12u8 {
             invite(&a, &group, [10 + i; 16], now_unix() + 60);
             let newcomer = MemberKeys::generate(&mut OsRng).public();
-            a.admit(&[10 + i; 16], |_| true, newcomer, "N").unwrap();
+            a.admit(&[10 + i; 16], |_| joiner(newcomer, "N")).unwrap();
         }
         let (behind, ahead) = (
             b.with_slot(&group, |s| Ok(s.group.current_epoch().0))
@@ -1501,7 +1514,7 @@ mod tests {
         b.forget_group(&group).unwrap();
         invite(&a, &group, [7; 16], now_unix() + 60);
         let keys = MemberKeys::generate(&mut OsRng);
-        let (admission, _) = a.admit(&[7; 16], |_| true, keys.public(), "B").unwrap();
+        let (admission, _, _) = a.admit(&[7; 16], |_| joiner(keys.public(), "B")).unwrap();
         let facilitator = a.member_keys(&group).unwrap().public();
         b.install_joined(admission.welcome(), &keys, facilitator)
             .unwrap();
