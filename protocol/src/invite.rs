@@ -29,7 +29,9 @@ pub const MAX_ADDR_LEN: usize = 256;
 pub const MAX_SNAPSHOT_LEN: usize = 3 << 20;
 
 /// An invite token. Its `secret` is wiped when the token is dropped.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+#[derive(
+    Clone, PartialEq, Eq, Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop,
+)]
 pub struct InviteToken {
     #[zeroize(skip)]
     pub group_id: GroupId,
@@ -132,12 +134,10 @@ fn join_request_key(secret: &[u8; 32]) -> SecretKey {
 /// A short handle by which a facilitator names an open invite (`hearth invite list`,
 /// `withdraw`): 4 bytes under a label of its own, so showing it reveals nothing of the
 /// secret and cannot be used to find or burn the invite (its lookup id is another
-/// derivation).
-pub fn invite_handle(secret: &[u8; 32]) -> [u8; 4] {
+/// derivation). Shown as 8 lowercase hex digits.
+pub fn invite_handle(secret: &[u8; 32]) -> String {
     let k = crypto::derive_key(secret, &[labels::INVITE_HANDLE]);
-    let mut h = [0u8; 4];
-    h.copy_from_slice(&k.expose()[..4]);
-    h
+    hex::encode(&k.expose()[..4])
 }
 
 /// Associated data of a sealed join request: the invite id and both connection peer ids,
@@ -597,10 +597,18 @@ mod tests {
         let other = JoinRequest::new(&a, &token, "Someone else", b"peer-b", b"peer-a", &mut OsRng);
         let mut swapped = req.clone();
         swapped.sealed = other.sealed.clone();
-        assert!(swapped.verify(&token.secret, b"peer-b", b"peer-a").is_none());
+        assert!(
+            swapped
+                .verify(&token.secret, b"peer-b", b"peer-a")
+                .is_none()
+        );
         let mut flipped = req.clone();
         flipped.sealed[30] ^= 1;
-        assert!(flipped.verify(&token.secret, b"peer-b", b"peer-a").is_none());
+        assert!(
+            flipped
+                .verify(&token.secret, b"peer-b", b"peer-a")
+                .is_none()
+        );
         let written = g
             .add_member(joiner.identity, Role::Member, &joiner.name, 0, &mut OsRng)
             .unwrap();
@@ -659,8 +667,14 @@ mod tests {
         let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
         assert!(!contains(name.as_bytes()), "the name travels in the clear");
         let id = b.public();
-        assert!(!contains(&id.signing), "the signing key travels in the clear");
-        assert!(!contains(&id.agreement), "the agreement key travels in the clear");
+        assert!(
+            !contains(&id.signing),
+            "the signing key travels in the clear"
+        );
+        assert!(
+            !contains(&id.agreement),
+            "the agreement key travels in the clear"
+        );
         assert!(!contains(b.member_id().as_bytes()));
         // Only the secret opens it.
         assert!(req.verify(&token.secret, b"peer-b", b"peer-a").is_some());
@@ -668,7 +682,12 @@ mod tests {
         let long = "\u{1F600}".repeat(crate::membership::MAX_NAME_LEN);
         let req = JoinRequest::new(&b, &token, &long, b"peer-b", b"peer-a", &mut OsRng);
         assert!(req.sealed.len() <= MAX_SEALED_REQUEST_LEN);
-        assert_eq!(req.verify(&token.secret, b"peer-b", b"peer-a").unwrap().name, long);
+        assert_eq!(
+            req.verify(&token.secret, b"peer-b", b"peer-a")
+                .unwrap()
+                .name,
+            long
+        );
     }
 
     #[test]
@@ -680,7 +699,8 @@ mod tests {
         assert!(!format!("{token:?}").contains("171"), "{token:?}");
         assert!(!format!("{token:?}").to_lowercase().contains("abab"));
         let handle = invite_handle(&token.secret);
-        assert_ne!(&token.invite_id()[..4], &handle[..]);
+        assert_eq!(handle.len(), 8);
+        assert!(!hex::encode(token.invite_id()).contains(&handle));
     }
 
     proptest! {
