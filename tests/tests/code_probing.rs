@@ -83,7 +83,9 @@ async fn probe_once(net: &NetHandle, f: PeerId, channel: u16, confirm: bool) -> 
     let then = if confirm {
         let (_, c) = joiner.confirm(&reply.0).unwrap();
         assert!(send(&mut stream, &JoinMessage::CodeConfirm(c)).await);
-        let answer = read(&mut stream).await.map_or("closed".into(), |(m, _)| kind(&m));
+        let answer = read(&mut stream)
+            .await
+            .map_or("closed".into(), |(m, _)| kind(&m));
         // Wait for F to end the stream, so the next probe is not turned away as a second
         // stream of the same peer.
         let mut rest = Vec::new();
