@@ -244,7 +244,7 @@ impl Codes {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub fn entries(&self) -> usize {
         self.entries.len()
     }
 }
@@ -282,16 +282,9 @@ enum Key {
 /// Token buckets: each key may start [`Limiter::BURST`] code exchanges at once, then one
 /// every [`Limiter::EVERY`]. An exchange needs a token from its peer's bucket and from
 /// its origin's.
+#[derive(Default)]
 pub struct Limiter {
     buckets: HashMap<Key, (f64, Instant)>,
-}
-
-impl Default for Limiter {
-    fn default() -> Self {
-        Limiter {
-            buckets: HashMap::new(),
-        }
-    }
 }
 
 impl Limiter {
@@ -421,9 +414,9 @@ mod tests {
         );
         // Outcomes are kept a while for whoever waits, then forgotten.
         codes.prune(100 + KEEP_OUTCOME_SECS);
-        assert_eq!(codes.len(), 1);
+        assert_eq!(codes.entries(), 1);
         codes.prune(300 + KEEP_OUTCOME_SECS);
-        assert_eq!(codes.len(), 0);
+        assert_eq!(codes.entries(), 0);
     }
 
     #[test]

@@ -330,7 +330,6 @@ fn admit(
     };
     let accept = JoinAccept::new(
         &node.member_keys(&record.group_id)?,
-        request,
         &joiner,
         &record.secret,
         &admission,

@@ -1507,6 +1507,7 @@ mod tests {
     /// A joiner as a verified join request names it.
     fn joiner(identity: PublicIdentity, name: &str) -> Option<Joiner> {
         Some(Joiner {
+            invite_id: [0; 16],
             identity,
             name: name.into(),
         })

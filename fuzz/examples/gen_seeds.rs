@@ -143,12 +143,12 @@ fn main() {
     };
     let req = JoinRequest::new(s, &token, "stranger", b"peer-s", b"peer-c", &mut rng);
     let joiner = Joiner {
+        invite_id: req.invite_id,
         identity: s.public(),
         name: "stranger".into(),
     };
     let accept = JoinAccept::new(
         creator(),
-        &req,
         &joiner,
         &token.secret,
         &s_admission,

@@ -167,6 +167,8 @@ struct RequestBody {
 /// Who asks to join, as the facilitator reads it from a request it verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Joiner {
+    /// The invite the request was made with.
+    pub invite_id: [u8; 16],
     pub identity: PublicIdentity,
     /// The name the joiner asks to be shown by (may be empty).
     pub name: String,
@@ -277,7 +279,8 @@ impl JoinRequest {
                 .identity
                 .verify(labels::SIG_JOIN_REQUEST, &t, &self.signature)
                 .is_ok();
-        proven.then(|| Joiner {
+        proven.then_some(Joiner {
+            invite_id: self.invite_id,
             identity: body.identity,
             name: body.name,
         })
@@ -369,7 +372,6 @@ fn roster_history_key(epoch_key: &SecretKey, group_id: &GroupId, epoch: u32) -> 
 impl JoinAccept {
     pub fn new(
         facilitator: &MemberKeys,
-        request: &JoinRequest,
         joiner: &Joiner,
         secret: &[u8; 32],
         admission: &Admission,
@@ -422,7 +424,7 @@ impl JoinAccept {
             signature: [0; 64],
         };
         let t = join_transcript(
-            &request.invite_id,
+            &joiner.invite_id,
             joiner_peer,
             facilitator_peer,
             &joiner.identity,
@@ -624,7 +626,6 @@ mod tests {
         };
         let accept = JoinAccept::new(
             &a,
-            &req,
             &joiner,
             &token.secret,
             &admission,
