@@ -73,11 +73,15 @@ pub enum Command {
     #[command(subcommand)]
     Agreement(AgreementCommand),
     /// Create a one-time invite for someone to join a group: a token to hand over, or with
-    /// --code a short code to say aloud to someone in the same room
+    /// --code a short code to say aloud to someone in the same room. `hearth invite list
+    /// GROUP` and `hearth invite withdraw GROUP ID` show and withdraw the open ones
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Invite {
+        #[command(subcommand)]
+        manage: Option<InviteCommand>,
         /// The group: its id or its (unique) name
-        #[arg(value_parser = NonEmptyStringValueParser::new())]
-        group: String,
+        #[arg(value_parser = NonEmptyStringValueParser::new(), required = true)]
+        group: Option<String>,
         /// How long the invite stays valid: `900` (seconds), `90s`, `15m`, `2h`, `1d`. A token:
         /// at most `7d` [default: 15m]. A code: at most `1h` [default: 10m]
         #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
@@ -124,6 +128,28 @@ pub enum Command {
     /// Connect to peers and list connected ones
     #[command(subcommand)]
     Peer(PeerCommand),
+}
+
+/// `hearth invite list|withdraw`: the open invites of a group.
+#[derive(Debug, Subcommand)]
+pub enum InviteCommand {
+    /// List a group's open invites (tokens and spoken codes) and when each expires; the
+    /// secrets themselves are not shown again
+    List {
+        /// The group: its id or its (unique) name
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        group: String,
+    },
+    /// Withdraw an open invite, so that nobody can join with it any more
+    Withdraw {
+        /// The group: its id or its (unique) name
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        group: String,
+        /// The invite's id, as `hearth invite list` shows it: 8 hex digits for a token, the
+        /// number for a spoken code
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -278,12 +304,48 @@ mod tests {
                 code,
                 no_wait,
                 no_qr,
+                manage: None,
             } => {
-                assert_eq!(group, "Thursday circle");
+                assert_eq!(group.as_deref(), Some("Thursday circle"));
                 assert_eq!(ttl, Some(7200));
                 assert_eq!((code, no_wait, no_qr), (false, false, false));
             }
             other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn invite_list_and_withdraw_parse() {
+        match parse(&["invite", "list", "Thursday circle"])
+            .unwrap()
+            .command
+        {
+            Command::Invite {
+                manage: Some(InviteCommand::List { group }),
+                group: None,
+                ..
+            } => assert_eq!(group, "Thursday circle"),
+            other => panic!("parsed as {other:?}"),
+        }
+        match parse(&["invite", "withdraw", "g", "3f9a0c12"])
+            .unwrap()
+            .command
+        {
+            Command::Invite {
+                manage: Some(InviteCommand::Withdraw { group, id }),
+                ..
+            } => assert_eq!((group.as_str(), id.as_str()), ("g", "3f9a0c12")),
+            other => panic!("parsed as {other:?}"),
+        }
+        for args in [
+            &["invite"][..],
+            &["invite", "list"],
+            &["invite", "withdraw", "g"],
+            &["invite", "withdraw", "g", ""],
+            &["invite", "list", "g", "--code"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
         }
     }
 

@@ -45,17 +45,26 @@ pub fn client_timeout(wait: u64) -> Duration {
 /// `ask(wait)` makes one request asking hearthd to wait up to `wait` seconds and returns
 /// its answer; `now()` is the time in seconds since the Unix epoch. Errors from `ask` end
 /// the loop as they are.
+///
+/// hearthd also answers early when a code attempt with another number was refused while
+/// the code is open; `on_attempts(n)` is then called with the new total before asking again.
 pub fn wait_until_used(
     created: &CodeCreated,
     mut now: impl FnMut() -> u64,
     mut ask: impl FnMut(u64) -> Result<Value>,
+    mut on_attempts: impl FnMut(u32),
 ) -> Result<(Value, CodeStatus)> {
+    let mut seen = 0;
     for _ in 0..MAX_ROUNDS {
         let answer = ask(wait_secs(created.expires_at, now()))?;
         let status: CodeStatus = serde_json::from_value(answer.clone()).context(
             "hearthd's answer about the code does not have the shape this hearth expects \
              (are hearth and hearthd the same version?)",
         )?;
+        if status.other_attempts > seen {
+            seen = status.other_attempts;
+            on_attempts(seen);
+        }
         if status.state != CodeState::Open {
             return Ok((answer, status));
         }
@@ -67,6 +76,21 @@ pub fn wait_until_used(
         "hearthd still says the code is open although it expired at {} (UTC); stopped \
          waiting. Check with `hearth member list` whether the person joined",
         crate::render::utc(i64::try_from(created.expires_at).unwrap_or(i64::MAX))
+    )
+}
+
+/// The warning `hearth invite --code` prints (on stderr) while it waits, when hearthd has
+/// refused `count` code attempts with other numbers since the code was made.
+pub fn other_attempts_warning(count: u32) -> String {
+    let times = if count == 1 {
+        "once".to_owned()
+    } else {
+        format!("{count} times")
+    };
+    format!(
+        "hearth: warning: a code with another number was tried on this device ({times} so \
+         far). Your code still works. If nobody nearby is joining another group right now, \
+         someone may be trying codes: watch who joins, and compare safety numbers."
     )
 }
 
@@ -102,6 +126,10 @@ pub fn outcome(group: &str, status: &CodeStatus) -> Result<String> {
                 "The code matched, but the other device did not finish joining, so the code \
                  is used up. Make a new one: {again}"
             ),
+        ),
+        CodeState::Withdrawn => (
+            CodeState::Withdrawn,
+            format!("The code was withdrawn, so it no longer works. Make a new one: {again}"),
         ),
         CodeState::Open => (
             CodeState::Open,
@@ -180,8 +208,33 @@ mod tests {
                 clock.set(clock.get() + elapsed.min(wait));
                 answers.next().context("asked once too often")
             },
+            |_| {},
         );
         (result, waits)
+    }
+
+    #[test]
+    fn attempts_with_other_numbers_are_reported_once_each_and_the_wait_goes_on() {
+        let answers = vec![
+            json!({"state": "open", "other_attempts": 1}),
+            json!({"state": "open", "other_attempts": 1}),
+            json!({"state": "open", "other_attempts": 3}),
+            json!({"state": "joined", "member_id": ID, "name": "Sam", "other_attempts": 3}),
+        ];
+        let mut answers = answers.into_iter();
+        let mut reported = Vec::new();
+        let (_, status) = wait_until_used(
+            &created(1_600),
+            || 1_000,
+            |_| answers.next().context("asked once too often"),
+            |n| reported.push(n),
+        )
+        .unwrap();
+        assert_eq!(status.state, CodeState::Joined);
+        assert_eq!(reported, [1, 3]);
+        assert!(other_attempts_warning(1).contains("once so far"));
+        assert!(other_attempts_warning(3).contains("3 times"));
+        assert!(other_attempts_warning(1).contains("Your code still works"));
     }
 
     #[test]
@@ -298,8 +351,13 @@ mod tests {
         assert!(message.contains("does not have the shape"), "{message}");
 
         let clock = Cell::new(0);
-        let err =
-            wait_until_used(&created(600), || clock.get(), |_| bail!("socket gone")).unwrap_err();
+        let err = wait_until_used(
+            &created(600),
+            || clock.get(),
+            |_| bail!("socket gone"),
+            |_| {},
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "socket gone");
     }
 
@@ -309,6 +367,7 @@ mod tests {
             state: CodeState::Joined,
             member_id: Some("ab\u{1b}[2J".into()),
             name: Some("Sam\u{202e}".into()),
+            other_attempts: 0,
         };
         let text = outcome("g", &status).unwrap();
         assert!(
@@ -322,6 +381,7 @@ mod tests {
                     state: CodeState::Expired,
                     member_id: None,
                     name: None,
+                    other_attempts: 0,
                 }
             )
             .unwrap_err()

@@ -2,18 +2,21 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use hearth_protocol::api::{
     API_PREFIX, AddAgreement, AddPeer, Agreement, AgreementAdded, CodeCreated, CreateCode,
-    CreateGroup, CreateInvite, GroupCreated, GroupDetail, GroupSummary, InviteCreated, Join,
-    Joined, Leave, Left, MemberInfo, MemberRemoved, Peer, PeerAdded, SafetyNumber, SetRole, Status,
+    CreateGroup, CreateInvite, GroupCreated, GroupDetail, GroupSummary, InviteCreated, InviteList,
+    InviteWithdrawn, Join, Joined, Leave, Left, MemberInfo, MemberRemoved, Peer, PeerAdded,
+    SafetyNumber, SetRole, Status,
 };
 use hyper::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::cli::{AgreementCommand, Command, GroupCommand, MemberCommand, PeerCommand};
+use crate::cli::{
+    AgreementCommand, Command, GroupCommand, InviteCommand, MemberCommand, PeerCommand,
+};
 use crate::path::encode_segment;
 use crate::render;
 
@@ -70,7 +73,24 @@ pub fn api_call(command: &Command) -> Result<ApiCall> {
             get(group_path(group, Some("agreements")))
         }
         Command::Invite {
-            group,
+            manage: Some(InviteCommand::List { group }),
+            ..
+        } => get(group_path(group, Some("invites"))),
+        Command::Invite {
+            manage: Some(InviteCommand::Withdraw { group, id }),
+            ..
+        } => ApiCall {
+            method: Method::DELETE,
+            path: format!(
+                "{}/{}",
+                group_path(group, Some("invites")),
+                encode_segment(id)
+            ),
+            body: None,
+        },
+        Command::Invite { group: None, .. } => bail!("`hearth invite` needs a group"),
+        Command::Invite {
+            group: Some(group),
             ttl,
             code: false,
             ..
@@ -79,7 +99,7 @@ pub fn api_call(command: &Command) -> Result<ApiCall> {
             &CreateInvite { ttl_secs: *ttl },
         )?,
         Command::Invite {
-            group,
+            group: Some(group),
             ttl,
             code: true,
             ..
@@ -152,7 +172,8 @@ pub fn code_status_call(group: &str, channel: u16, wait: u64) -> ApiCall {
 pub fn waits_for_code(command: &Command) -> Option<&str> {
     match command {
         Command::Invite {
-            group,
+            manage: None,
+            group: Some(group),
             code: true,
             no_wait: false,
             ..
@@ -168,6 +189,7 @@ pub fn shows_qr(command: &Command, json: bool, stdout_is_terminal: bool) -> bool
     matches!(
         command,
         Command::Invite {
+            manage: None,
             code: false,
             no_qr: false,
             ..
@@ -180,7 +202,14 @@ pub fn shows_qr(command: &Command, json: bool, stdout_is_terminal: bool) -> bool
 /// whose output is JSON lines (the code now, what became of it later), one compact
 /// document a line.
 pub fn json(command: &Command, answer: &Value) -> Result<String> {
-    let mut json = if matches!(command, Command::Invite { code: true, .. }) {
+    let mut json = if matches!(
+        command,
+        Command::Invite {
+            manage: None,
+            code: true,
+            ..
+        }
+    ) {
         serde_json::to_string(answer)
     } else {
         serde_json::to_string_pretty(answer)
@@ -249,10 +278,21 @@ pub fn human(
             i64::try_from(now).unwrap_or(i64::MAX),
         ),
         Command::Invite {
-            group, code: false, ..
+            manage: Some(InviteCommand::List { group }),
+            ..
+        } => render::invite_list(group, &decode::<InviteList>(answer, &what)?, now),
+        Command::Invite {
+            manage: Some(InviteCommand::Withdraw { group, .. }),
+            ..
+        } => render::invite_withdrawn(group, &decode::<InviteWithdrawn>(answer, &what)?),
+        Command::Invite { group: None, .. } => bail!("`hearth invite` needs a group"),
+        Command::Invite {
+            group: Some(group),
+            code: false,
+            ..
         } => render::invite(group, &decode::<InviteCreated>(answer, &what)?, now, qr),
         Command::Invite {
-            group,
+            group: Some(group),
             code: true,
             no_wait,
             ..
@@ -419,7 +459,8 @@ mod tests {
             ),
             (
                 Command::Invite {
-                    group: g(),
+                    manage: None,
+                    group: Some(g()),
                     ttl: Some(7200),
                     code: false,
                     no_wait: false,
@@ -431,7 +472,8 @@ mod tests {
             ),
             (
                 Command::Invite {
-                    group: "abc".into(),
+                    manage: None,
+                    group: Some("abc".into()),
                     ttl: None,
                     code: false,
                     no_wait: false,
@@ -440,6 +482,35 @@ mod tests {
                 Method::POST,
                 "/v1/groups/abc/invites",
                 Some(json!({"ttl_secs": null})),
+            ),
+            (
+                Command::Invite {
+                    manage: Some(InviteCommand::List { group: g() }),
+                    group: None,
+                    ttl: None,
+                    code: false,
+                    no_wait: false,
+                    no_qr: false,
+                },
+                Method::GET,
+                "/v1/groups/Thursday%20circle%2F2/invites",
+                None,
+            ),
+            (
+                Command::Invite {
+                    manage: Some(InviteCommand::Withdraw {
+                        group: g(),
+                        id: "3f9a/0c12".into(),
+                    }),
+                    group: None,
+                    ttl: None,
+                    code: false,
+                    no_wait: false,
+                    no_qr: false,
+                },
+                Method::DELETE,
+                "/v1/groups/Thursday%20circle%2F2/invites/3f9a%2F0c12",
+                None,
             ),
             (
                 invite_code(&g(), Some(1800), false),
@@ -680,7 +751,8 @@ mod tests {
 
     fn invite_token(group: &str, no_qr: bool) -> Command {
         Command::Invite {
-            group: group.into(),
+            manage: None,
+            group: Some(group.into()),
             ttl: None,
             code: false,
             no_wait: false,
@@ -690,7 +762,8 @@ mod tests {
 
     fn invite_code(group: &str, ttl: Option<u64>, no_wait: bool) -> Command {
         Command::Invite {
-            group: group.into(),
+            manage: None,
+            group: Some(group.into()),
             ttl,
             code: true,
             no_wait,

@@ -160,11 +160,23 @@ fn wait_for_code(
     out: &mut impl Write,
     now: impl FnMut() -> u64,
 ) -> Result<()> {
-    let (answer, status) = code::wait_until_used(created, now, |wait| {
-        let call = commands::code_status_call(group, created.channel, wait);
-        let client = Client::new(socket.to_owned(), code::client_timeout(wait));
-        runtime.block_on(client.call(call.method, &call.path, None))
-    })?;
+    let (answer, status) = code::wait_until_used(
+        created,
+        now,
+        |wait| {
+            let call = commands::code_status_call(group, created.channel, wait);
+            let client = Client::new(socket.to_owned(), code::client_timeout(wait));
+            runtime.block_on(client.call(call.method, &call.path, None))
+        },
+        |count| {
+            // stderr, with or without --json: the JSON lines on stdout stay as documented.
+            let _ = writeln!(
+                io::stderr().lock(),
+                "{}",
+                code::other_attempts_warning(count)
+            );
+        },
+    )?;
     let outcome = code::outcome(group, &status);
     if json {
         let mut line = serde_json::to_string(&answer).context("encoding the answer")?;

@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 
 use hearth_protocol::api::{
     Agreement, AgreementAdded, CodeCreated, GroupCreated, GroupDetail, GroupSummary, InviteCreated,
-    Joined, Left, MemberInfo, MemberRemoved, Peer, PeerAdded, Role, SafetyNumber, Status,
+    InviteKind, InviteList, InviteWithdrawn, Joined, Left, MemberInfo, MemberRemoved, Peer,
+    PeerAdded, Role, SafetyNumber, Status,
 };
 
 use crate::qr;
@@ -143,6 +144,56 @@ pub fn invite(group: &str, invite: &InviteCreated, now: u64, qr: bool) -> String
          or anywhere else. Whoever holds it can join the group."
     );
     out
+}
+
+/// `hearth invite list GROUP`: the open invites, soonest to expire first, by their ids.
+/// `group` is as the user typed it (for the commands suggested).
+pub fn invite_list(group: &str, list: &InviteList, now: u64) -> String {
+    let name = clean(&list.group_name);
+    let typed = clean(&shell_word(group));
+    if list.invites.is_empty() {
+        return format!(
+            "\"{name}\" has no open invites. Make one with `hearth invite {typed}` (a token) \
+             or `hearth invite {typed} --code` (a code to say aloud).\n"
+        );
+    }
+    let rows: Vec<Vec<String>> = list
+        .invites
+        .iter()
+        .map(|i| {
+            let kind = match i.kind {
+                InviteKind::Token => "token",
+                InviteKind::Code => "spoken code",
+            };
+            let expires = if i.expires_at > now {
+                format!("in {}", in_words(i.expires_at - now))
+            } else {
+                "now".to_owned()
+            };
+            vec![clean(&i.id), kind.to_owned(), expires]
+        })
+        .collect();
+    let mut out = format!("Open invites for \"{name}\":\n\n");
+    out += &table(&["ID", "KIND", "EXPIRES"], &rows);
+    let _ = writeln!(
+        out,
+        "\nEach works once. To stop one from working: hearth invite withdraw {typed} ID"
+    );
+    out
+}
+
+/// `hearth invite withdraw GROUP ID`: what was withdrawn, and what now.
+pub fn invite_withdrawn(group: &str, withdrawn: &InviteWithdrawn) -> String {
+    let what = match withdrawn.kind {
+        InviteKind::Token => format!("The invite token {}", clean(&withdrawn.id)),
+        InviteKind::Code => format!("Spoken code number {}", clean(&withdrawn.id)),
+    };
+    format!(
+        "{what} for \"{}\" is withdrawn: nobody can join with it any more. To invite \
+         someone, make a new one: hearth invite {}\n",
+        clean(&withdrawn.group_name),
+        clean(&shell_word(group))
+    )
 }
 
 /// `hearth invite GROUP --code`: the spoken code, large and alone, how long it works, what
@@ -575,6 +626,60 @@ mod tests {
             author: A.into(),
             created_at,
         }
+    }
+
+    #[test]
+    fn invite_lists_name_the_group_and_say_what_to_do_next() {
+        let list = InviteList {
+            group_id: "0123456789abcdef0123456789abcdef".into(),
+            group_name: "Thursday circle".into(),
+            invites: vec![
+                hearth_protocol::api::OpenInvite {
+                    id: "3f9a0c12".into(),
+                    kind: InviteKind::Token,
+                    expires_at: 1_090,
+                },
+                hearth_protocol::api::OpenInvite {
+                    id: "4".into(),
+                    kind: InviteKind::Code,
+                    expires_at: 1_600,
+                },
+            ],
+        };
+        let text = invite_list("0123456789abcdef0123456789abcdef", &list, 1_000);
+        assert!(
+            text.starts_with("Open invites for \"Thursday circle\":"),
+            "{text}"
+        );
+        assert!(text.contains("3f9a0c12  token"), "{text}");
+        assert!(text.contains("spoken code"), "{text}");
+        assert!(text.contains("in 2 minutes"), "{text}");
+        assert!(text.contains("hearth invite withdraw 0123456789abcdef0123456789abcdef ID"));
+        let empty = InviteList {
+            invites: Vec::new(),
+            ..list
+        };
+        let text = invite_list("Thursday circle", &empty, 1_000);
+        assert!(
+            text.contains("\"Thursday circle\" has no open invites"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hearth invite 'Thursday circle' --code"),
+            "{text}"
+        );
+        let withdrawn = InviteWithdrawn {
+            group_id: "0123".into(),
+            group_name: "Thursday circle".into(),
+            id: "4".into(),
+            kind: InviteKind::Code,
+        };
+        let text = invite_withdrawn("Thursday circle", &withdrawn);
+        assert!(text.starts_with("Spoken code number 4 for \"Thursday circle\" is withdrawn"));
+        assert!(
+            text.contains("make a new one: hearth invite 'Thursday circle'"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .context("starting networking")?;
 
     peering::redial_remembered(node.clone(), net.clone());
+    let purger = tokio::spawn(purge_invites(node.clone()));
     let peering = Peering::default();
     let router_task = tokio::spawn(route_events(
         node.clone(),
@@ -71,6 +72,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     tracing::info!("shutting down");
     router_task.abort();
+    purger.abort();
     net.shutdown().await;
     let compacting = node.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || compacting.store().compact_file()).await {
@@ -80,6 +82,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("could not remove the API socket: {e}");
     }
     served.context("serving the local API")
+}
+
+/// How often expired invites and codes are deleted (they are also at start, and whenever
+/// invites are made, listed or withdrawn).
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn purge_invites(node: std::sync::Arc<Node>) {
+    let mut tick = tokio::time::interval(PURGE_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let worker = node.clone();
+        match tokio::task::spawn_blocking(move || worker.purge_invites()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::debug!(count = n, "deleted expired invites"),
+            Ok(Err(e)) => tracing::warn!("deleting expired invites failed: {e}"),
+            Err(e) => tracing::warn!("the invite purge worker failed: {e}"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -47,6 +47,7 @@ impl From<NodeError> for Failure {
             NodeError::AmbiguousGroup(_) => (StatusCode::CONFLICT, "ambiguous_group"),
             NodeError::MemberNotFound(_) => (StatusCode::NOT_FOUND, "member_not_found"),
             NodeError::AgreementNotFound(_) => (StatusCode::NOT_FOUND, "agreement_not_found"),
+            NodeError::InviteNotFound(_) => (StatusCode::NOT_FOUND, "invite_not_found"),
             NodeError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             NodeError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             NodeError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
@@ -104,7 +105,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/groups/{group}/agreements/{id}", get(show_agreement))
         .route(
             "/v1/groups/{group}/invites",
-            axum::routing::post(create_invite),
+            get(list_invites).post(create_invite),
+        )
+        .route(
+            "/v1/groups/{group}/invites/{id}",
+            axum::routing::delete(withdraw_invite),
         )
         .route("/v1/groups/{group}/codes", axum::routing::post(create_code))
         .route("/v1/groups/{group}/codes/{channel}", get(code_status))
@@ -244,6 +249,26 @@ async fn create_invite(
     let id = s.node.resolve_group(&group)?;
     let ttl = req.ttl_secs.unwrap_or(api::DEFAULT_INVITE_TTL_SECS);
     Ok(Json(join::create_invite(&s.node, &s.net, &id, ttl).await?))
+}
+
+async fn list_invites(
+    State(s): State<AppState>,
+    UrlPath(group): UrlPath<String>,
+) -> Answer<api::InviteList> {
+    let id = s.node.resolve_group(&group)?;
+    let node = s.node.clone();
+    Ok(Json(blocking(move || node.list_invites(&id)).await?))
+}
+
+async fn withdraw_invite(
+    State(s): State<AppState>,
+    UrlPath((group, invite)): UrlPath<(String, String)>,
+) -> Answer<api::InviteWithdrawn> {
+    let id = s.node.resolve_group(&group)?;
+    let node = s.node.clone();
+    Ok(Json(
+        blocking(move || node.withdraw_invite(&id, &invite)).await?,
+    ))
 }
 
 async fn create_code(

@@ -7,7 +7,7 @@ use anyhow::{Context, anyhow};
 use hearth_protocol::api::{self, InviteCreated};
 use hearth_protocol::identity::{MemberKeys, PublicIdentity};
 use hearth_protocol::ids::GroupId;
-use hearth_protocol::invite::{InviteError, InviteToken, JoinAccept, JoinRequest, Welcome};
+use hearth_protocol::invite::{InviteError, InviteToken, JoinAccept, JoinRequest, Joiner, Welcome};
 use hearth_protocol::wire::{JoinMessage, MAX_FRAME_LEN, MAX_JOIN_FRAME_LEN};
 use libp2p::{Multiaddr, PeerId};
 use rand_core::{OsRng, RngCore};
@@ -37,11 +37,8 @@ pub async fn create_invite(
             api::MAX_INVITE_TTL_SECS / 86_400
         )));
     }
-    if !node.is_facilitator(group) {
-        return Err(NodeError::Forbidden(
-            "only a facilitator of this group can invite; ask one of them".into(),
-        ));
-    }
+    node.check_can_invite(group)?;
+    node.purge_invites()?;
     let addrs: Vec<String> = net
         .listen_addrs()
         .await
@@ -215,7 +212,7 @@ async fn request_join(
     let remote = peer.to_bytes();
     // A membership identity of its own, so this group cannot be linked to others.
     let keys = MemberKeys::generate(&mut OsRng);
-    let request = JoinRequest::new(&keys, token, name, &local, &remote);
+    let request = JoinRequest::new(&keys, token, name, &local, &remote, &mut OsRng);
     write_msg(&mut stream, &JoinMessage::Request(request))
         .await
         .map_err(unreachable)?;
@@ -257,32 +254,62 @@ pub async fn serve(
         }
         _ => return Err(anyhow!("peer sent no join request")),
     };
-    answer_request(node, net, peer, stream, request).await
+    answer_request(node, net, peer, stream, request)
+        .await
+        .map(drop)
 }
 
-/// Answers a join request (after a token, or after a spoken-code exchange) and closes.
+/// Answers a join request made with a token, and closes. Returns who was admitted, if
+/// anyone.
 pub(crate) async fn answer_request(
+    node: Arc<Node>,
+    net: NetHandle,
+    peer: PeerId,
+    stream: libp2p::Stream,
+    request: JoinRequest,
+) -> anyhow::Result<Option<Joiner>> {
+    answer(node, net, peer, stream, request, None).await
+}
+
+/// Answers the join request that follows a matched spoken code, whose exchange agreed
+/// `secret` for `group`, and closes.
+pub(crate) async fn answer_code_request(
+    node: Arc<Node>,
+    net: NetHandle,
+    peer: PeerId,
+    stream: libp2p::Stream,
+    request: JoinRequest,
+    group: GroupId,
+    secret: zeroize::Zeroizing<[u8; 32]>,
+) -> anyhow::Result<Option<Joiner>> {
+    answer(node, net, peer, stream, request, Some((group, secret))).await
+}
+
+async fn answer(
     node: Arc<Node>,
     net: NetHandle,
     peer: PeerId,
     mut stream: libp2p::Stream,
     request: JoinRequest,
-) -> anyhow::Result<()> {
+    code: Option<(GroupId, zeroize::Zeroizing<[u8; 32]>)>,
+) -> anyhow::Result<Option<Joiner>> {
     // The admission writes (fsync) and saves the document: off the async workers.
     let worker = (node.clone(), net.clone());
-    let admitted = tokio::task::spawn_blocking(move || admit(&worker.0, &worker.1, peer, &request))
-        .await
-        .context("admission worker failed")?;
-    let answer = match admitted {
-        Ok(accept) => JoinMessage::Accept(Box::new(accept)),
+    let admitted = tokio::task::spawn_blocking(move || {
+        admit(&worker.0, &worker.1, peer, &request, code.as_ref())
+    })
+    .await
+    .context("admission worker failed")?;
+    let (answer, joiner) = match admitted {
+        Ok((accept, joiner)) => (JoinMessage::Accept(Box::new(accept)), Some(joiner)),
         Err(e) => {
             tracing::info!(%peer, "refused a join request: {e}");
-            JoinMessage::Reject
+            (JoinMessage::Reject, None)
         }
     };
     write_msg(&mut stream, &answer).await?;
     futures::AsyncWriteExt::close(&mut stream).await.ok();
-    Ok(())
+    Ok(joiner)
 }
 
 fn admit(
@@ -290,23 +317,25 @@ fn admit(
     net: &NetHandle,
     peer: PeerId,
     request: &JoinRequest,
-) -> Result<JoinAccept, NodeError> {
-    let joiner = peer.to_bytes();
+    code: Option<&(GroupId, zeroize::Zeroizing<[u8; 32]>)>,
+) -> Result<(JoinAccept, Joiner), NodeError> {
+    let joiner_peer = peer.to_bytes();
     let local = net.local_peer_id().to_bytes();
-    check_name(&request.name)?;
-    let (admission, record) = node.admit(
-        &request.invite_id,
-        |invite| request.verify(&invite.secret, &joiner, &local),
-        request.identity,
-        &request.name,
-    )?;
-    Ok(JoinAccept::new(
+    let proves = |invite: &crate::records::InviteRecord| {
+        request.verify(&invite.secret, &joiner_peer, &local)
+    };
+    let (admission, record, joiner) = match code {
+        Some((group, secret)) => node.admit_by_code(group, secret, proves)?,
+        None => node.admit(&request.invite_id, proves)?,
+    };
+    let accept = JoinAccept::new(
         &node.member_keys(&record.group_id)?,
-        request,
+        &joiner,
         &record.secret,
         &admission,
-        &joiner,
+        &joiner_peer,
         &local,
         &mut OsRng,
-    ))
+    );
+    Ok((accept, joiner))
 }

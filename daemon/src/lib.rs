@@ -2,6 +2,7 @@
 //! encrypted storage, libp2p networking, the sync engine and the local API.
 
 pub mod code;
+pub mod codes;
 pub mod config;
 pub mod daemon;
 mod frame;

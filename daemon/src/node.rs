@@ -15,7 +15,7 @@ use hearth_protocol::group::{
 };
 use hearth_protocol::identity::{MemberKeys, PublicIdentity, safety_number};
 use hearth_protocol::ids::{GroupId, MemberId};
-use hearth_protocol::invite::Admission;
+use hearth_protocol::invite::{Admission, Joiner};
 use hearth_protocol::session::{self, SessionKey, Side};
 use hearth_protocol::wire::{MAX_REVEAL_SLOTS, RevealSlot};
 use rand_core::OsRng;
@@ -34,6 +34,8 @@ pub enum NodeError {
     MemberNotFound(String),
     #[error("{0}; `hearth agreement list GROUP` shows the agreements this device has")]
     AgreementNotFound(String),
+    #[error("{0}")]
+    InviteNotFound(String),
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -93,8 +95,11 @@ pub struct Node {
     /// Bumped when an entry of `acks` advances (a departure waits on it). Separate from
     /// `changed`: every version vector a peer sends would otherwise wake every session.
     acks_changed: watch::Sender<u64>,
-    /// What became of the spoken codes this daemon made since it started, by channel.
-    code_states: Mutex<BTreeMap<u16, CodeEntry>>,
+    /// The spoken codes this daemon made (the open ones are also in the store), and what
+    /// became of them.
+    codes: Mutex<crate::codes::Codes>,
+    /// Rations spoken-code exchanges per peer and per network origin.
+    code_limiter: Mutex<crate::codes::Limiter>,
 }
 
 /// Group change events held for a slow `/v1/events` client before it is told to resync.
@@ -121,7 +126,8 @@ impl Node {
             rosters_changed: watch::channel(0).0,
             acks: Mutex::new(BTreeMap::new()),
             acks_changed: watch::channel(0).0,
-            code_states: Mutex::new(BTreeMap::new()),
+            codes: Mutex::new(crate::codes::Codes::default()),
+            code_limiter: Mutex::new(crate::codes::Limiter::default()),
         };
         for key in node.store.scan_keys(Table::Groups, &[])? {
             let alias: Option<[u8; 16]> = key.as_slice().try_into().ok();
@@ -151,7 +157,202 @@ impl Node {
                 key: LEGACY_IDENTITY_KEY.to_vec(),
             }])?;
         }
+        node.restore_codes()?;
+        node.purge_invites()?;
         Ok(node)
+    }
+
+    /// Takes the open spoken codes kept in the store back into memory.
+    fn restore_codes(&self) -> Result<(), NodeError> {
+        let now = now_unix();
+        let mut codes = self.codes();
+        for (_, raw) in self.store.scan(Table::Invites, b"code")? {
+            let Ok(record) = postcard::from_bytes::<records::CodeRecord>(&raw) else {
+                continue;
+            };
+            let Ok(code) = SpokenCode::from_parts(record.channel, record.words) else {
+                continue;
+            };
+            if record.expires_at > now {
+                codes.restore(record.group_id, &code, record.expires_at);
+            }
+        }
+        Ok(())
+    }
+
+    fn codes(&self) -> std::sync::MutexGuard<'_, crate::codes::Codes> {
+        self.codes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Deletes expired invites and spoken codes (and any of a group this device no longer
+    /// holds) from the store, and forgets the words of expired codes. Runs at start, every
+    /// minute, and whenever invites are made, listed or withdrawn.
+    pub fn purge_invites(&self) -> Result<usize, NodeError> {
+        let now = now_unix();
+        self.codes().prune(now);
+        let groups = self.lock();
+        let mut ops = Vec::new();
+        for (key, raw) in self.store.scan(Table::Invites, &[])? {
+            let keep = if key.starts_with(b"code") {
+                postcard::from_bytes::<records::CodeRecord>(&raw)
+                    .is_ok_and(|c| c.expires_at > now && groups.contains_key(&c.group_id))
+            } else {
+                postcard::from_bytes::<records::InviteRecord>(&raw)
+                    .is_ok_and(|i| i.expires_at > now && groups.contains_key(&i.group_id))
+            };
+            if !keep {
+                ops.push(WriteOp::Delete {
+                    table: Table::Invites,
+                    key: key.to_vec(),
+                });
+            }
+        }
+        let purged = ops.len();
+        if purged > 0 {
+            self.store.write(ops)?;
+        }
+        Ok(purged)
+    }
+
+    /// The open invites (tokens and spoken codes) of `group`, soonest to expire first.
+    pub fn list_invites(&self, group: &GroupId) -> Result<api::InviteList, NodeError> {
+        self.check_can_invite(group)?;
+        self.purge_invites()?;
+        let now = now_unix();
+        let mut out = Vec::new();
+        for (key, raw) in self.store.scan(Table::Invites, &[])? {
+            if key.starts_with(b"code") {
+                continue;
+            }
+            let Ok(record) = postcard::from_bytes::<records::InviteRecord>(&raw) else {
+                continue;
+            };
+            if record.group_id != *group || record.expires_at <= now {
+                continue;
+            }
+            out.push(api::OpenInvite {
+                id: hearth_protocol::invite::invite_handle(&record.secret),
+                kind: api::InviteKind::Token,
+                expires_at: record.expires_at,
+            });
+        }
+        for (channel, expires_at) in self.codes().open_of(group, now) {
+            out.push(api::OpenInvite {
+                id: channel.to_string(),
+                kind: api::InviteKind::Code,
+                expires_at,
+            });
+        }
+        out.sort_by(|a, b| (a.expires_at, &a.id).cmp(&(b.expires_at, &b.id)));
+        Ok(api::InviteList {
+            group_id: group.to_hex(),
+            group_name: self.group_name(group)?,
+            invites: out,
+        })
+    }
+
+    fn group_name(&self, group: &GroupId) -> Result<String, NodeError> {
+        self.with_slot(group, |s| Ok(s.group.name()))
+    }
+
+    /// Withdraws the open invite `id` of `group` (a token's handle or a code's number), so
+    /// nobody can join with it any more.
+    pub fn withdraw_invite(
+        &self,
+        group: &GroupId,
+        id: &str,
+    ) -> Result<api::InviteWithdrawn, NodeError> {
+        self.check_can_invite(group)?;
+        self.purge_invites()?;
+        let id = id.trim().to_ascii_lowercase();
+        let now = now_unix();
+        let not_found = || {
+            NodeError::InviteNotFound(format!(
+                "no open invite {id:?} in this group (it may have been used, withdrawn or                  have expired)"
+            ))
+        };
+        if let Ok(channel) = id.parse::<u16>()
+            && id.len() <= 3
+        {
+            let _groups = self.lock();
+            if !self.codes().withdraw(group, channel, now) {
+                return Err(not_found());
+            }
+            self.store.write(vec![WriteOp::Delete {
+                table: Table::Invites,
+                key: records::code_key(channel),
+            }])?;
+            self.bump();
+            drop(_groups);
+            return Ok(api::InviteWithdrawn {
+                group_id: group.to_hex(),
+                group_name: self.group_name(group)?,
+                id,
+                kind: api::InviteKind::Code,
+            });
+        }
+        let _groups = self.lock();
+        let mut matches = Vec::new();
+        for (key, raw) in self.store.scan(Table::Invites, &[])? {
+            if key.starts_with(b"code") {
+                continue;
+            }
+            let Ok(record) = postcard::from_bytes::<records::InviteRecord>(&raw) else {
+                continue;
+            };
+            if record.group_id == *group
+                && hearth_protocol::invite::invite_handle(&record.secret) == id
+            {
+                matches.push(key);
+            }
+        }
+        match matches.as_slice() {
+            [] => Err(not_found()),
+            [key] => {
+                self.store.write(vec![WriteOp::Delete {
+                    table: Table::Invites,
+                    key: key.clone(),
+                }])?;
+                drop(_groups);
+                Ok(api::InviteWithdrawn {
+                    group_id: group.to_hex(),
+                    group_name: self.group_name(group)?,
+                    id,
+                    kind: api::InviteKind::Token,
+                })
+            }
+            _ => {
+                // Two open tokens whose 32-bit handles collide: withdraw both, say so.
+                let ops = matches
+                    .iter()
+                    .map(|key| WriteOp::Delete {
+                        table: Table::Invites,
+                        key: key.clone(),
+                    })
+                    .collect();
+                self.store.write(ops)?;
+                drop(_groups);
+                Ok(api::InviteWithdrawn {
+                    group_id: group.to_hex(),
+                    group_name: self.group_name(group)?,
+                    id,
+                    kind: api::InviteKind::Token,
+                })
+            }
+        }
+    }
+
+    /// Only a facilitator of a group this device holds may make, list or withdraw invites.
+    pub fn check_can_invite(&self, group: &GroupId) -> Result<(), NodeError> {
+        if !self.has_group(group) {
+            return Err(NodeError::GroupNotFound(group.to_hex()));
+        }
+        if !self.is_facilitator(group) {
+            return Err(NodeError::Forbidden(
+                "only a facilitator of this group can invite; ask one of them".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Rewrites a group record from a store that kept one identity for every group, giving
@@ -471,11 +672,9 @@ impl Node {
     pub fn admit(
         &self,
         invite_id: &[u8; 16],
-        proves: impl FnOnce(&records::InviteRecord) -> bool,
-        member: PublicIdentity,
-        name: &str,
-    ) -> Result<(Admission, records::InviteRecord), NodeError> {
-        let mut groups = self.lock();
+        proves: impl FnOnce(&records::InviteRecord) -> Option<Joiner>,
+    ) -> Result<(Admission, records::InviteRecord, Joiner), NodeError> {
+        let groups = self.lock();
         let burn = WriteOp::Delete {
             table: Table::Invites,
             key: invite_id.to_vec(),
@@ -485,26 +684,65 @@ impl Node {
         };
         let record: records::InviteRecord = postcard::from_bytes(&raw)
             .map_err(|_| NodeError::Internal("a stored invite is malformed".into()))?;
-        if record.expires_at <= now_unix() || !proves(&record) {
-            self.store.write(vec![burn])?;
+        self.admit_locked(groups, record, vec![burn], proves)
+    }
+
+    /// Admits the joiner of a spoken-code exchange whose code matched: `secret` is what
+    /// the exchange agreed, kept in memory only (the code registry already made sure the
+    /// code admits at most one exchange).
+    pub fn admit_by_code(
+        &self,
+        group: &GroupId,
+        secret: &[u8; 32],
+        proves: impl FnOnce(&records::InviteRecord) -> Option<Joiner>,
+    ) -> Result<(Admission, records::InviteRecord, Joiner), NodeError> {
+        let groups = self.lock();
+        let record = records::InviteRecord {
+            group_id: *group,
+            secret: *secret,
+            expires_at: now_unix().saturating_add(crate::join::JOIN_TIMEOUT.as_secs()),
+        };
+        self.admit_locked(groups, record, Vec::new(), proves)
+    }
+
+    fn admit_locked(
+        &self,
+        mut groups: std::sync::MutexGuard<'_, BTreeMap<GroupId, Slot>>,
+        record: records::InviteRecord,
+        burn: Vec<WriteOp>,
+        proves: impl FnOnce(&records::InviteRecord) -> Option<Joiner>,
+    ) -> Result<(Admission, records::InviteRecord, Joiner), NodeError> {
+        let joiner = (record.expires_at > now_unix())
+            .then(|| proves(&record))
+            .flatten();
+        let Some(joiner) = joiner else {
+            if !burn.is_empty() {
+                self.store.write(burn)?;
+            }
             return Err(NodeError::Forbidden(
                 "expired invite or failed proof".into(),
             ));
+        };
+        if let Err(e) = crate::join::check_name(&joiner.name) {
+            if !burn.is_empty() {
+                self.store.write(burn)?;
+            }
+            return Err(e);
         }
         let id = record.group_id;
         let slot = groups
             .get_mut(&id)
             .ok_or_else(|| NodeError::GroupNotFound(id.to_hex()))?;
         let now = i64::try_from(now_unix()).unwrap_or(i64::MAX);
-        let written = slot
-            .group
-            .add_member(member, Role::Member, name, now, &mut OsRng)?;
+        let written =
+            slot.group
+                .add_member(joiner.identity, Role::Member, &joiner.name, now, &mut OsRng)?;
         // The newcomer gets exactly the key its own admission started, and only if that
         // admission took effect (never the key of an epoch from before it).
         let add = written.own.hash();
         let admitted = slot.group.roster().is_effective(&add);
         let Some((epoch, epoch_key)) = slot.group.rotation_key(&add).filter(|_| admitted) else {
-            self.commit_own(&mut groups, &id, written, vec![burn])?;
+            self.commit_own(&mut groups, &id, written, burn)?;
             return Err(NodeError::Conflict(
                 "the admission was written but has not taken effect (the membership is \
                  changing concurrently); make a new invite once it has settled"
@@ -525,10 +763,10 @@ impl Node {
             roster_history,
             snapshot: zeroize::Zeroizing::new(slot.group.snapshot()),
         };
-        self.commit_own(&mut groups, &id, written, vec![burn])?;
+        self.commit_own(&mut groups, &id, written, burn)?;
         drop(groups);
         self.bump_rosters();
-        Ok((admission, record))
+        Ok((admission, record, joiner))
     }
 
     /// Stores a group this device has just joined with the membership keys `keys`, trusting
@@ -810,6 +1048,7 @@ impl Node {
             }
         }
         self.store.write(ops)?;
+        self.codes().forget_group(id);
         self.store
             .shred_group_key(&records::group_alias(&self.store, id))?;
         groups.remove(id);
@@ -855,50 +1094,32 @@ impl Node {
                 api::MAX_CODE_TTL_SECS / 60
             )));
         }
-        if !self.is_facilitator(group) {
-            return Err(NodeError::Forbidden(
-                "only a facilitator of this group can invite; ask one of them".into(),
-            ));
-        }
-        let open: std::collections::BTreeSet<Vec<u8>> = self
-            .store
-            .scan(Table::Invites, b"code")?
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        let code = loop {
-            let code = SpokenCode::generate(&mut OsRng);
-            if !open.contains(&records::code_key(code.channel())) {
-                break code;
-            }
+        self.check_can_invite(group)?;
+        self.purge_invites()?;
+        let now = now_unix();
+        let expires_at = now.saturating_add(ttl_secs);
+        let mut codes = self.codes();
+        let Some(code) = codes.open(*group, expires_at, now, &mut OsRng) else {
+            return Err(NodeError::Conflict(format!(
+                "every code number (1 to {}) holds an open code; withdraw some with \
+                 `hearth invite withdraw`, or wait for them to expire",
+                hearth_protocol::code::MAX_CHANNEL
+            )));
         };
-        let expires_at = now_unix().saturating_add(ttl_secs);
         let record = records::CodeRecord {
             group_id: *group,
             channel: code.channel(),
             words: *code.words(),
             expires_at,
         };
-        self.store.write(vec![WriteOp::Put {
+        if let Err(e) = self.store.write(vec![WriteOp::Put {
             table: Table::Invites,
             key: records::code_key(code.channel()),
             value: records::encode(&record),
-        }])?;
-        self.code_states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                code.channel(),
-                CodeEntry {
-                    group: *group,
-                    expires_at,
-                    status: api::CodeStatus {
-                        state: api::CodeState::Open,
-                        member_id: None,
-                        name: None,
-                    },
-                },
-            );
+        }]) {
+            codes.finish(code.channel(), api::CodeState::Failed, None);
+            return Err(e.into());
+        }
         Ok(api::CodeCreated {
             code: code.to_string(),
             channel: code.channel(),
@@ -906,90 +1127,76 @@ impl Node {
         })
     }
 
-    /// Takes (and so burns) the open code on `channel`, if there is one and it has not
-    /// expired. Any attempt uses the code up, whatever its outcome.
-    pub fn take_code(&self, channel: u16) -> Result<Option<records::CodeRecord>, NodeError> {
+    /// The live code on `channel`, if any, for an exchange starting now. A hello changes
+    /// nothing: only a checked confirmation uses a code up.
+    pub fn code_at_hello(&self, channel: u16) -> Option<crate::codes::Live> {
+        self.codes().at_hello(channel, now_unix())
+    }
+
+    /// Records the check of a confirmation on `channel` (see [`crate::codes::Codes::checked`]).
+    /// Memory only, so the answer goes out after the same work whatever the outcome; the
+    /// caller then calls [`Node::drop_code_record`] for a used or burnt code.
+    pub fn code_checked(
+        &self,
+        channel: u16,
+        generation: Option<u64>,
+        matched: bool,
+    ) -> crate::codes::Checked {
+        let checked = self
+            .codes()
+            .checked(channel, generation, matched, now_unix());
+        // Whoever waits on a code hears of a burn, or of an attempt on another number.
+        if !matches!(checked, crate::codes::Checked::Matched(_)) {
+            self.bump();
+        }
+        checked
+    }
+
+    /// Deletes the stored record of the code on `channel` (used or burnt).
+    pub fn drop_code_record(&self, channel: u16) -> Result<(), NodeError> {
         let _groups = self.lock();
         let key = records::code_key(channel);
-        let Some(raw) = self.store.get(Table::Invites, &key)? else {
-            return Ok(None);
-        };
+        // A new code may have been made on the channel since: keep that one.
+        if self.codes().at_hello(channel, now_unix()).is_some() {
+            return Ok(());
+        }
         self.store.write(vec![WriteOp::Delete {
             table: Table::Invites,
             key,
         }])?;
-        let record: records::CodeRecord = postcard::from_bytes(&raw)
-            .map_err(|_| NodeError::Internal("a stored code is malformed".into()))?;
-        if record.expires_at <= now_unix() {
-            return Ok(None);
-        }
-        Ok(Some(record))
+        Ok(())
     }
 
-    /// Records what became of the code on `channel` (for whoever waits on it).
+    /// Whether a spoken-code exchange from `peer` at `origin` may start now.
+    pub fn code_attempt_allowed(&self, peer: &[u8], origin: Option<crate::codes::Origin>) -> bool {
+        self.code_limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow(peer, origin, std::time::Instant::now())
+    }
+
+    /// Records how a join that a matched code began ended (for whoever waits on it).
     pub fn set_code_state(
         &self,
         channel: u16,
         state: api::CodeState,
         joined: Option<(MemberId, String)>,
     ) {
-        if let Some(entry) = self
-            .code_states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&channel)
-        {
-            entry.status = api::CodeStatus {
-                state,
-                member_id: joined.as_ref().map(|(m, _)| m.to_hex()),
-                name: joined.map(|(_, n)| n),
-            };
-        }
+        self.codes()
+            .finish(channel, state, joined.map(|(m, n)| (m.to_hex(), n)));
         self.bump();
     }
 
     /// What became of a code this daemon made for `group`.
     pub fn code_status(&self, group: &GroupId, channel: u16) -> Result<api::CodeStatus, NodeError> {
-        let states = self.code_states.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(entry) = states.get(&channel).filter(|e| e.group == *group) else {
-            return Err(NodeError::Invalid(format!(
-                "this daemon made no spoken code {channel} for that group since it started"
-            )));
-        };
-        if entry.status.state == api::CodeState::Open && entry.expires_at <= now_unix() {
-            return Ok(api::CodeStatus {
-                state: api::CodeState::Expired,
-                member_id: None,
-                name: None,
-            });
-        }
-        Ok(entry.status.clone())
-    }
-
-    /// Whether this daemon made a code on `channel` since it started that can no longer be
-    /// used (joined, burnt or expired).
-    pub fn code_gone(&self, channel: u16) -> bool {
-        self.code_states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&channel)
-            .is_some_and(|e| e.status.state != api::CodeState::Open || e.expires_at <= now_unix())
-    }
-
-    /// After a spoken-code exchange agreed `secret`, files it as a one-time invite for the
-    /// join request that follows on the same stream.
-    pub fn stage_code_invite(&self, group: &GroupId, secret: &[u8; 32]) -> Result<(), NodeError> {
-        let record = records::InviteRecord {
-            group_id: *group,
-            secret: *secret,
-            expires_at: now_unix().saturating_add(crate::join::JOIN_TIMEOUT.as_secs()),
-        };
-        self.store.write(vec![WriteOp::Put {
-            table: Table::Invites,
-            key: hearth_protocol::invite::invite_id(secret).to_vec(),
-            value: records::encode(&record),
-        }])?;
-        Ok(())
+        self.codes()
+            .status(group, channel, now_unix())
+            .ok_or_else(|| {
+                NodeError::Invalid(format!(
+                    "this daemon has no spoken code {channel} for that group (it may have \
+                     ended over an hour ago)"
+                ))
+            })
     }
 
     /// Whether this device holds group `id` at all.
@@ -1265,13 +1472,6 @@ impl Node {
     }
 }
 
-/// A spoken code this daemon made: its group, expiry and what became of it.
-struct CodeEntry {
-    group: GroupId,
-    expires_at: u64,
-    status: api::CodeStatus,
-}
-
 /// What [`Node::ingest`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Ingest {
@@ -1304,6 +1504,15 @@ mod tests {
         Node::open(Store::open(dir).unwrap()).unwrap()
     }
 
+    /// A joiner as a verified join request names it.
+    fn joiner(identity: PublicIdentity, name: &str) -> Option<Joiner> {
+        Some(Joiner {
+            invite_id: [0; 16],
+            identity,
+            name: name.into(),
+        })
+    }
+
     /// Stores an invite as `join::create_invite` would, without the network.
     fn invite(a: &Node, group: &GroupId, id: [u8; 16], expires_at: u64) {
         let record = records::InviteRecord {
@@ -1325,11 +1534,130 @@ mod tests {
     fn join(a: &Node, b: &Node, group: &GroupId, invite_id: [u8; 16]) -> MemberKeys {
         invite(a, group, invite_id, now_unix() + 60);
         let keys = MemberKeys::generate(&mut OsRng);
-        let (admission, _) = a.admit(&invite_id, |_| true, keys.public(), "B").unwrap();
+        let (admission, _, _) = a.admit(&invite_id, |_| joiner(keys.public(), "B")).unwrap();
         let facilitator = a.member_keys(group).unwrap().public();
         b.install_joined(admission.welcome(), &keys, facilitator)
             .unwrap();
         keys
+    }
+
+    /// Stale codes on every channel (as a daemon that ran for a long time left them)
+    /// used to make `open_code` search for a free channel for ever.
+    #[test]
+    fn stale_codes_are_purged_and_never_stop_a_new_code() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = node(&tmp.path().join("a"));
+        let group = a.create_group("Circle", "", None).unwrap();
+        let ops = (1..=hearth_protocol::code::MAX_CHANNEL)
+            .map(|c| WriteOp::Put {
+                table: Table::Invites,
+                key: records::code_key(c),
+                value: records::encode(&records::CodeRecord {
+                    group_id: group,
+                    channel: c,
+                    words: [1, 2, 3],
+                    expires_at: now_unix() - 1,
+                }),
+            })
+            .collect();
+        a.store().write(ops).unwrap();
+        invite(&a, &group, [9; 16], now_unix() - 1);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let a = std::sync::Arc::new(a);
+        let worker = a.clone();
+        std::thread::spawn(move || tx.send(worker.open_code(&group, 60).map(|c| c.channel)));
+        let made = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("open_code must not search for ever")
+            .unwrap();
+        // Everything stale is gone from the store; only the new code is left.
+        let left = a.store().scan(Table::Invites, &[]).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0, records::code_key(made));
+    }
+
+    #[test]
+    fn invites_can_be_listed_and_withdrawn_and_a_withdrawn_invite_admits_nobody() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = node(&tmp.path().join("a"));
+        let group = a.create_group("Circle", "", None).unwrap();
+        invite(&a, &group, [1; 16], now_unix() + 60);
+        invite(&a, &group, [2; 16], now_unix() - 1);
+        let code = a.open_code(&group, 600).unwrap();
+        let listed = a.list_invites(&group).unwrap();
+        assert_eq!(listed.group_name, "Circle");
+        let list = listed.invites;
+        assert_eq!(list.len(), 2, "{list:?}");
+        let token = list
+            .iter()
+            .find(|i| i.kind == api::InviteKind::Token)
+            .unwrap();
+        assert_eq!(token.id, hearth_protocol::invite::invite_handle(&[5; 32]));
+        let spoken = list
+            .iter()
+            .find(|i| i.kind == api::InviteKind::Code)
+            .unwrap();
+        assert_eq!(spoken.id, code.channel.to_string());
+        // The expired one was purged from the store.
+        assert!(a.store().get(Table::Invites, &[2; 16]).unwrap().is_none());
+
+        let withdrawn = a.withdraw_invite(&group, &token.id.to_uppercase()).unwrap();
+        assert_eq!(withdrawn.kind, api::InviteKind::Token);
+        let keys = MemberKeys::generate(&mut OsRng);
+        assert!(a.admit(&[1; 16], |_| joiner(keys.public(), "B")).is_err());
+        a.withdraw_invite(&group, &spoken.id).unwrap();
+        assert!(a.code_at_hello(code.channel).is_none());
+        assert_eq!(
+            a.code_status(&group, code.channel).unwrap().state,
+            api::CodeState::Withdrawn
+        );
+        assert!(a.list_invites(&group).unwrap().invites.is_empty());
+        assert!(matches!(
+            a.withdraw_invite(&group, &spoken.id),
+            Err(NodeError::InviteNotFound(_))
+        ));
+        assert!(a.store().scan(Table::Invites, &[]).unwrap().is_empty());
+    }
+
+    /// A hello names a channel and tests nothing: any number of them leave the code open;
+    /// the first checked wrong confirmation burns it, and its record goes from the store.
+    #[test]
+    fn only_a_checked_wrong_guess_burns_a_code_and_it_survives_a_restart_until_then() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a");
+        let a = node(&dir);
+        let group = a.create_group("Circle", "", None).unwrap();
+        let code = a.open_code(&group, 600).unwrap();
+        let c = code.channel;
+        for _ in 0..50 {
+            assert!(a.code_at_hello(c).is_some());
+        }
+        drop(a);
+        let a = node(&dir);
+        let live = a
+            .code_at_hello(c)
+            .expect("the open code survives a restart");
+        assert_eq!(live.code.to_string(), code.code);
+        assert_eq!(
+            a.code_status(&group, c).unwrap().state,
+            api::CodeState::Open
+        );
+        let other = if c == 1 { 2 } else { 1 };
+        assert_eq!(
+            a.code_checked(other, None, false),
+            crate::codes::Checked::NoCode
+        );
+        assert_eq!(a.code_status(&group, c).unwrap().other_attempts, 1);
+        assert_eq!(
+            a.code_checked(c, Some(live.generation), false),
+            crate::codes::Checked::Burnt
+        );
+        a.drop_code_record(c).unwrap();
+        assert_eq!(
+            a.code_status(&group, c).unwrap().state,
+            api::CodeState::WrongCode
+        );
+        assert!(a.store().scan(Table::Invites, b"code").unwrap().is_empty());
     }
 
     /// A facilitator node with a group, and a member node that joined it and synced.
@@ -1381,16 +1709,16 @@ mod tests {
         let c = MemberKeys::generate(&mut OsRng).public();
         // The invite that admitted b is gone.
         assert!(matches!(
-            a.admit(&[1; 16], |_| true, c, "C"),
+            a.admit(&[1; 16], |_| joiner(c, "C")),
             Err(NodeError::Forbidden(_))
         ));
         // A wrong proof burns a live invite: the right one afterwards fails too.
         invite(&a, &group, [2; 16], now_unix() + 60);
-        assert!(a.admit(&[2; 16], |_| false, c, "C").is_err());
-        assert!(a.admit(&[2; 16], |_| true, c, "C").is_err());
+        assert!(a.admit(&[2; 16], |_| None).is_err());
+        assert!(a.admit(&[2; 16], |_| joiner(c, "C")).is_err());
         // An expired invite admits nobody.
         invite(&a, &group, [3; 16], now_unix() - 1);
-        assert!(a.admit(&[3; 16], |_| true, c, "C").is_err());
+        assert!(a.admit(&[3; 16], |_| joiner(c, "C")).is_err());
         assert_eq!(a.group_detail(&group).unwrap().members.len(), 2);
     }
 
@@ -1455,7 +1783,7 @@ mod tests {
         for i in 0..12u8 {
             invite(&a, &group, [10 + i; 16], now_unix() + 60);
             let newcomer = MemberKeys::generate(&mut OsRng).public();
-            a.admit(&[10 + i; 16], |_| true, newcomer, "N").unwrap();
+            a.admit(&[10 + i; 16], |_| joiner(newcomer, "N")).unwrap();
         }
         let (behind, ahead) = (
             b.with_slot(&group, |s| Ok(s.group.current_epoch().0))

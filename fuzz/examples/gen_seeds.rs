@@ -12,7 +12,7 @@ use hearth_protocol::envelope::{Body, Envelope, Header, ZERO_HASH};
 use hearth_protocol::group::{Group, seal_snapshot};
 use hearth_protocol::identity::MemberKeys;
 use hearth_protocol::ids::GroupId;
-use hearth_protocol::invite::{Admission, InviteToken, JoinAccept, JoinRequest};
+use hearth_protocol::invite::{Admission, InviteToken, JoinAccept, JoinRequest, Joiner};
 use hearth_protocol::session::SLOT_LEN;
 use hearth_protocol::wire::{RevealSlot, SyncMessage, VvEntry, WIRE_VERSION, encode_frame};
 
@@ -141,10 +141,15 @@ fn main() {
         expires_at: 1_900_000_000,
         addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
     };
-    let req = JoinRequest::new(s, &token, "stranger", b"peer-s", b"peer-c");
+    let req = JoinRequest::new(s, &token, "stranger", b"peer-s", b"peer-c", &mut rng);
+    let joiner = Joiner {
+        invite_id: req.invite_id,
+        identity: s.public(),
+        name: "stranger".into(),
+    };
     let accept = JoinAccept::new(
         creator(),
-        &req,
+        &joiner,
         &token.secret,
         &s_admission,
         b"peer-s",

@@ -4,12 +4,14 @@
 //! whoever is on the network, before anything is authenticated. The same bytes go to all
 //! three. Nothing may panic; a parsed code survives display → parse; a decoded message
 //! has exactly the SPAKE2 length and re-encodes to an equal message; the facilitator
-//! answers a hello only with a reply or `Malformed` / `OtherChannel`.
+//! answers a hello only with a reply or `Malformed` / `OtherChannel`, and the decoy (no
+//! code on the channel) answers exactly when the real code does, with a reply of the same
+//! length, and never accepts a confirmation a real code refused.
 
 use hearth_fuzz::FixedRng;
 use hearth_protocol::code::{
-    CodeConfirm, CodeError, CodeFacilitator, CodeHello, CodeJoiner, CodeReply, SPAKE_MSG_LEN,
-    SpokenCode,
+    CodeAccepted, CodeConfirm, CodeError, CodeFacilitator, CodeHello, CodeJoiner, CodeReply,
+    SPAKE_MSG_LEN, SpokenCode,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -28,14 +30,19 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(hello.spake.len(), SPAKE_MSG_LEN);
         let again: CodeHello = postcard::from_bytes(&postcard::to_stdvec(&hello).unwrap()).unwrap();
         assert_eq!(again, hello);
+        let decoy = CodeFacilitator::respond_decoy(&hello, &mut FixedRng::new(3));
         match CodeFacilitator::respond(&fixed_code(), &hello, &mut FixedRng::new(1)) {
             Ok((facilitator, reply)) => {
                 assert_eq!(reply.spake.len(), SPAKE_MSG_LEN);
+                let (decoy, decoy_reply) = decoy.expect("the decoy answers whatever a code answers");
+                assert_eq!(decoy_reply.spake.len(), reply.spake.len());
                 if let Ok(confirm) = postcard::from_bytes::<CodeConfirm>(rest) {
                     let _ = facilitator.finish(&confirm);
+                    let _ = decoy.finish(&confirm);
                 }
             }
-            Err(CodeError::Malformed | CodeError::OtherChannel { .. }) => {}
+            Err(CodeError::Malformed) => assert!(decoy.is_err()),
+            Err(CodeError::OtherChannel { .. }) => {}
             Err(e) => panic!("respond failed with {e:?}"),
         }
     }
@@ -46,6 +53,10 @@ fuzz_target!(|data: &[u8]| {
         let again: CodeReply = postcard::from_bytes(&postcard::to_stdvec(&reply).unwrap()).unwrap();
         assert_eq!(again, reply);
         let (joiner, _hello) = CodeJoiner::start(&fixed_code(), &mut FixedRng::new(2));
-        let _ = joiner.finish(&reply);
+        if let Ok((joiner, _confirm)) = joiner.confirm(&reply)
+            && let Ok(accepted) = postcard::from_bytes::<CodeAccepted>(data)
+        {
+            let _ = joiner.finish(&accepted);
+        }
     }
 });

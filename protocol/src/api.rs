@@ -21,6 +21,8 @@
 //! | PUT    | /v1/groups/{group}/members/{member}/role | [`SetRole`]  | [`MemberInfo`]         |
 //! | DELETE | /v1/groups/{group}/members/{member} |                    | [`MemberRemoved`]      |
 //! | POST   | /v1/groups/{group}/leave          | [`Leave`]            | [`Left`]               |
+//! | GET    | /v1/groups/{group}/invites        |                      | [`InviteList`]         |
+//! | DELETE | /v1/groups/{group}/invites/{id}   |                      | [`InviteWithdrawn`]    |
 //! | POST   | /v1/groups/{group}/codes          | [`CreateCode`]       | [`CodeCreated`]        |
 //! | GET    | /v1/groups/{group}/codes/{channel}?wait=SECS |           | [`CodeStatus`]         |
 //! | POST   | /v1/join                          | [`Join`]             | [`Joined`]             |
@@ -256,6 +258,8 @@ pub enum CodeState {
     /// The code matched, but the joiner's device did not finish joining (it went away or
     /// timed out): it is used up.
     Failed,
+    /// A facilitator withdrew it (`hearth invite withdraw`).
+    Withdrawn,
 }
 
 /// `GET /v1/groups/{group}/codes/{channel}`.
@@ -267,6 +271,49 @@ pub struct CodeStatus {
     pub member_id: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
+    /// Code attempts with other numbers that this daemon refused while this code was open
+    /// (another facilitator's joiner nearby, or someone trying numbers). They do not touch
+    /// this code.
+    #[serde(default)]
+    pub other_attempts: u32,
+}
+
+/// Which kind of invite an [`OpenInvite`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InviteKind {
+    Token,
+    Code,
+}
+
+/// `GET /v1/groups/{group}/invites`: one open invite. Neither the token nor the code's
+/// words are shown again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenInvite {
+    /// What names it in `DELETE .../invites/{id}`: for a token, a handle of 8 hex digits
+    /// (derived from its secret under a label of its own, so it reveals nothing of it);
+    /// for a spoken code, its number.
+    pub id: String,
+    pub kind: InviteKind,
+    /// Expiry, seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+/// `GET /v1/groups/{group}/invites`: a group's open invites, soonest to expire first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteList {
+    pub group_id: String,
+    pub group_name: String,
+    pub invites: Vec<OpenInvite>,
+}
+
+/// `DELETE /v1/groups/{group}/invites/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteWithdrawn {
+    pub group_id: String,
+    pub group_name: String,
+    pub id: String,
+    pub kind: InviteKind,
 }
 
 /// `POST /v1/join`.

@@ -8,16 +8,21 @@
 //! invite token's secret (see [`crate::invite`]).
 //!
 //! ```text
-//! J -> F  CodeHello   { channel, spake = SPAKE2 message A (33 bytes) }
-//! F -> J  CodeReply   { spake = SPAKE2 message B (33 bytes), confirm = HMAC(k_F, T) }
-//! J -> F  CodeConfirm { confirm = HMAC(k_J, T) }
+//! J -> F  CodeHello    { channel, spake = SPAKE2 message A (33 bytes) }
+//! F -> J  CodeReply    { spake = SPAKE2 message B (33 bytes) }
+//! J -> F  CodeConfirm  { confirm = HMAC(k_J, T) }
+//! F -> J  CodeAccepted { confirm = HMAC(k_F, T) }      (or Reject)
 //!         T = channel u16 || message A || message B
 //! ```
 //!
 //! SPAKE2 lets neither an eavesdropper nor an active attacker test guesses offline: each
-//! exchange tests exactly one guess. The facilitator's daemon therefore treats a code as
-//! spent as soon as [`CodeFacilitator::respond`] has answered a hello, whatever happens
-//! next; see [`SpokenCode`] for why three words are then enough.
+//! exchange tests exactly one guess, and the joiner confirms first, so a guess is tested
+//! only when the facilitator checks a [`CodeConfirm`] ([`CodeFacilitator::finish`]).
+//! A hello alone (message B is a uniformly random point whatever the password) tells the
+//! asker nothing, so the facilitator's daemon can answer every hello alike, with a decoy
+//! password on channels where it has no code ([`CodeFacilitator::respond_decoy`]), and
+//! burn a code only on a checked wrong confirmation; see [`SpokenCode`] for why three
+//! words are then enough.
 //!
 //! Sans-IO: callers move the messages (postcard) and own the code's lifetime and expiry.
 
@@ -72,9 +77,11 @@ fn word_index(word: &str) -> Option<u8> {
 /// Only the words are secret: 3 words of 256 give 24 bits. That is enough because nobody
 /// can test guesses offline. SPAKE2 gives an eavesdropper nothing to test a guess
 /// against, and an active attacker learns from one exchange only whether its one guess
-/// was right; the facilitator's daemon burns the code after one exchange, right or
-/// wrong, and it expires within minutes anyway. A stranger on the network trying its
-/// luck therefore wins with probability 1 in 16,777,216 per code the facilitator makes
+/// was right, and only once the facilitator has checked its confirmation; the
+/// facilitator's daemon burns the code at the first confirmation that does not match
+/// (and tests no other exchange's guess against it after that), and it expires within
+/// minutes anyway. A stranger on the network trying its luck therefore wins with
+/// probability 1 in 16,777,216 per code the facilitator makes
 /// (two words would be 1 in 65,536, too close over the life of a group that makes many
 /// codes; four would be harder to say and hear right). The channel number adds no
 /// secrecy: it travels in the clear so the facilitator's daemon can find the code.
@@ -251,20 +258,28 @@ pub struct CodeHello {
     pub spake: Vec<u8>,
 }
 
-/// Second message, facilitator to joiner.
+/// Second message, facilitator to joiner. It carries no confirmation: message B alone
+/// tests no guess, so answering a hello costs the code nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CodeReply {
     /// SPAKE2 message B; decoding refuses any length but [`SPAKE_MSG_LEN`].
     #[serde(with = "spake_msg")]
     pub spake: Vec<u8>,
-    /// The facilitator's key confirmation.
-    pub confirm: [u8; CONFIRM_LEN],
 }
 
-/// Third message, joiner to facilitator.
+/// Third message, joiner to facilitator: the joiner's key confirmation, which is where
+/// its guess is tested.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CodeConfirm {
     /// The joiner's key confirmation.
+    pub confirm: [u8; CONFIRM_LEN],
+}
+
+/// Fourth message, facilitator to joiner, only after the joiner's confirmation matched:
+/// the facilitator's key confirmation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeAccepted {
+    /// The facilitator's key confirmation.
     pub confirm: [u8; CONFIRM_LEN],
 }
 
@@ -422,24 +437,32 @@ impl CodeJoiner {
         self.channel
     }
 
-    /// Checks the facilitator's confirmation. On success, send the [`CodeConfirm`] and use
-    /// the secret; on [`CodeError::WrongCode`], tell the person the code did not match.
-    pub fn finish(self, reply: &CodeReply) -> Result<(CodeConfirm, CodeSecret), CodeError> {
+    /// Takes the facilitator's reply: send the [`CodeConfirm`], then check the answer with
+    /// [`CodeJoinerConfirmed::finish`]. `Malformed` if the reply is not a SPAKE2 message
+    /// from the facilitator's side.
+    pub fn confirm(
+        self,
+        reply: &CodeReply,
+    ) -> Result<(CodeJoinerConfirmed, CodeConfirm), CodeError> {
         let keys = self.derive(reply)?;
-        if !crypto::ct_eq(&keys.facilitator_confirm, &reply.confirm) {
-            return Err(CodeError::WrongCode);
-        }
+        let confirm = CodeConfirm {
+            confirm: *keys.joiner_confirm,
+        };
         Ok((
-            CodeConfirm {
-                confirm: *keys.joiner_confirm,
+            CodeJoinerConfirmed {
+                expected: Zeroizing::new(keys.facilitator_confirm),
+                secret: CodeSecret(keys.secret),
             },
-            CodeSecret(keys.secret),
+            confirm,
         ))
     }
 
     /// The keys this joiner derives from a reply, before any check.
     fn derive(self, reply: &CodeReply) -> Result<Keys, CodeError> {
         let reply_msg = spake_array(&reply.spake)?;
+        if reply_msg[0] != b'B' {
+            return Err(CodeError::Malformed);
+        }
         let spake_key = Zeroizing::new(
             self.spake
                 .finish(&reply_msg)
@@ -454,9 +477,33 @@ impl CodeJoiner {
     }
 }
 
+/// The joiner's side, after sending [`CodeConfirm`]: waits for [`CodeAccepted`].
+pub struct CodeJoinerConfirmed {
+    expected: Zeroizing<[u8; CONFIRM_LEN]>,
+    secret: CodeSecret,
+}
+
+impl fmt::Debug for CodeJoinerConfirmed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CodeJoinerConfirmed(..)")
+    }
+}
+
+impl CodeJoinerConfirmed {
+    /// Checks the facilitator's confirmation (in constant time); on success both sides
+    /// hold the same secret. `WrongCode` if it does not match.
+    pub fn finish(self, accepted: &CodeAccepted) -> Result<CodeSecret, CodeError> {
+        if !crypto::ct_eq(&self.expected[..], &accepted.confirm) {
+            return Err(CodeError::WrongCode);
+        }
+        Ok(self.secret)
+    }
+}
+
 /// The facilitator's side, between sending [`CodeReply`] and receiving [`CodeConfirm`].
 pub struct CodeFacilitator {
     expected: Zeroizing<[u8; CONFIRM_LEN]>,
+    confirm: [u8; CONFIRM_LEN],
     secret: CodeSecret,
 }
 
@@ -469,9 +516,9 @@ impl fmt::Debug for CodeFacilitator {
 impl CodeFacilitator {
     /// Answers a joiner's hello for `code`; send the reply.
     ///
-    /// Once this returns `Ok` the code is spent, whatever happens next: the joiner has
-    /// had its one guess (a joiner that stops answering is treated like a wrong code).
-    /// On `Malformed` or `OtherChannel` no guess was tested.
+    /// The reply tests no guess (message B is a uniformly random point whatever the
+    /// password): the guess is tested only in [`CodeFacilitator::finish`].
+    /// On `Malformed` or `OtherChannel` nothing was computed.
     pub fn respond(
         code: &SpokenCode,
         hello: &CodeHello,
@@ -483,7 +530,37 @@ impl CodeFacilitator {
                 got: hello.channel,
             });
         }
+        Self::respond_with(code, hello, rng)
+    }
+
+    /// Answers a hello on a channel where this side holds no code, exactly as
+    /// [`CodeFacilitator::respond`] would (the same work, a reply of the same shape), with
+    /// a random password: whoever asks cannot tell whether a code exists there. The
+    /// caller must refuse the confirmation whatever [`CodeFacilitator::finish`] says (a
+    /// joiner matching the random words, 1 in 2^24, must not be let in).
+    pub fn respond_decoy(
+        hello: &CodeHello,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(CodeFacilitator, CodeReply), CodeError> {
+        let mut words = [0u8; CODE_WORDS];
+        rng.fill_bytes(&mut words);
+        // Any channel number, even outside 1..=999: the decoy answers whatever was asked.
+        let decoy = SpokenCode {
+            channel: hello.channel,
+            words,
+        };
+        Self::respond_with(&decoy, hello, rng)
+    }
+
+    fn respond_with(
+        code: &SpokenCode,
+        hello: &CodeHello,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(CodeFacilitator, CodeReply), CodeError> {
         let hello_msg = spake_array(&hello.spake)?;
+        if hello_msg[0] != b'A' {
+            return Err(CodeError::Malformed);
+        }
         let (id_a, id_b) = spake_ids(code.channel);
         let password = code.password();
         let (spake, msg) = Spake2::<Ed25519Group>::start_b_with_rng(
@@ -495,23 +572,28 @@ impl CodeFacilitator {
         let reply_msg = spake_array(&msg).expect("SPAKE2 Ed25519 messages are 33 bytes");
         let spake_key = Zeroizing::new(spake.finish(&hello_msg).map_err(|_| CodeError::Malformed)?);
         let keys = Keys::derive(&spake_key, code.channel, &hello_msg, &reply_msg);
-        let reply = CodeReply {
-            spake: msg,
-            confirm: keys.facilitator_confirm,
-        };
+        let reply = CodeReply { spake: msg };
         let facilitator = CodeFacilitator {
             expected: keys.joiner_confirm,
+            confirm: keys.facilitator_confirm,
             secret: CodeSecret(keys.secret),
         };
         Ok((facilitator, reply))
     }
 
-    /// Checks the joiner's confirmation; on success both sides hold the same secret.
-    pub fn finish(self, confirm: &CodeConfirm) -> Result<CodeSecret, CodeError> {
+    /// Checks the joiner's confirmation in constant time: this is where the joiner's one
+    /// guess is tested. On success send the [`CodeAccepted`]; both sides then hold the
+    /// same secret. `WrongCode` otherwise.
+    pub fn finish(self, confirm: &CodeConfirm) -> Result<(CodeSecret, CodeAccepted), CodeError> {
         if !crypto::ct_eq(&self.expected[..], &confirm.confirm) {
             return Err(CodeError::WrongCode);
         }
-        Ok(self.secret)
+        Ok((
+            self.secret,
+            CodeAccepted {
+                confirm: self.confirm,
+            },
+        ))
     }
 }
 
@@ -530,39 +612,37 @@ mod tests {
         code(4, ["lantern", "orchard", "meadow"])
     }
 
-    type Joined = Result<(CodeConfirm, CodeSecret), CodeError>;
-    type Admitted = Result<CodeSecret, CodeError>;
+    type Admitted = Result<(CodeSecret, CodeAccepted), CodeError>;
 
-    /// Runs a whole exchange; returns what each side ended with (the facilitator's
-    /// `None` if the joiner refused and sent no confirmation).
+    /// Runs a whole exchange; returns what the facilitator's check of the joiner's
+    /// confirmation came to and, if it accepted, what the joiner made of its answer.
     fn exchange(
         joiner_code: &SpokenCode,
         facilitator_code: &SpokenCode,
-    ) -> (Joined, Option<Admitted>) {
+    ) -> (Admitted, Option<Result<CodeSecret, CodeError>>) {
         let (joiner, hello) = CodeJoiner::start(joiner_code, &mut OsRng);
         let (facilitator, reply) =
             CodeFacilitator::respond(facilitator_code, &hello, &mut OsRng).expect("responds");
-        let joined = joiner.finish(&reply);
-        let admitted = joined.as_ref().ok().map(|(c, _)| facilitator.finish(c));
-        (joined, admitted)
+        let (joiner, confirm) = joiner.confirm(&reply).expect("a well-formed reply");
+        let admitted = facilitator.finish(&confirm);
+        let joined = admitted.as_ref().ok().map(|(_, a)| joiner.finish(a));
+        (admitted, joined)
     }
 
     #[test]
     fn right_code_gives_both_sides_the_same_secret() {
-        let (joined, admitted) = exchange(&example(), &example());
-        let (_, joiner_secret) = joined.expect("joiner accepts");
-        let facilitator_secret = admitted
-            .expect("confirm sent")
-            .expect("facilitator accepts");
+        let (admitted, joined) = exchange(&example(), &example());
+        let (facilitator_secret, _) = admitted.expect("facilitator accepts");
+        let joiner_secret = joined.expect("answer sent").expect("joiner accepts");
         assert_eq!(joiner_secret, facilitator_secret);
         assert_ne!(joiner_secret.invite_secret(), &[0u8; 32]);
         // Fresh randomness each time: two exchanges with one code end in different secrets.
         let (again, _) = exchange(&example(), &example());
-        assert_ne!(again.unwrap().1, joiner_secret);
+        assert_ne!(again.unwrap().0, joiner_secret);
     }
 
     #[test]
-    fn any_wrong_word_is_wrong_code_on_both_sides() {
+    fn any_wrong_word_is_wrong_code_at_the_facilitator() {
         let right = example();
         for position in 0..CODE_WORDS {
             for delta in [1u8, 128, 255] {
@@ -570,26 +650,22 @@ mod tests {
                 words[position] = words[position].wrapping_add(delta);
                 let wrong = SpokenCode::from_parts(right.channel(), words).unwrap();
                 for (j, f) in [(&wrong, &right), (&right, &wrong)] {
-                    // The joiner refuses the facilitator's confirmation.
-                    let (joined, admitted) = exchange(j, f);
-                    assert_eq!(joined.unwrap_err(), CodeError::WrongCode);
-                    assert!(admitted.is_none());
+                    // The facilitator refuses the joiner's confirmation, so the joiner is
+                    // sent no confirmation of its own.
+                    let (admitted, joined) = exchange(j, f);
+                    assert_eq!(admitted.unwrap_err(), CodeError::WrongCode);
+                    assert!(joined.is_none());
 
-                    // A joiner that skips its check (an attacker) and sends its
-                    // confirmation anyway is refused by the facilitator, and the secrets
-                    // the two sides derived differ.
+                    // A facilitator that skips its check (an impostor) and answers with its
+                    // confirmation anyway is refused by the joiner.
                     let (joiner, hello) = CodeJoiner::start(j, &mut OsRng);
                     let (facilitator, reply) =
                         CodeFacilitator::respond(f, &hello, &mut OsRng).unwrap();
-                    let joiner_keys = joiner.derive(&reply).unwrap();
-                    assert_ne!(joiner_keys.secret, facilitator.secret.0);
-                    let confirm = CodeConfirm {
-                        confirm: *joiner_keys.joiner_confirm,
+                    let (joiner, _) = joiner.confirm(&reply).unwrap();
+                    let accepted = CodeAccepted {
+                        confirm: facilitator.confirm,
                     };
-                    assert_eq!(
-                        facilitator.finish(&confirm).unwrap_err(),
-                        CodeError::WrongCode
-                    );
+                    assert_eq!(joiner.finish(&accepted).unwrap_err(), CodeError::WrongCode);
                 }
             }
         }
@@ -597,16 +673,70 @@ mod tests {
 
     #[test]
     fn facilitator_refuses_a_made_up_confirmation() {
-        let (_joiner, hello) = CodeJoiner::start(&example(), &mut OsRng);
+        let (joiner, hello) = CodeJoiner::start(&example(), &mut OsRng);
         let (facilitator, reply) =
             CodeFacilitator::respond(&example(), &hello, &mut OsRng).unwrap();
+        let (_, confirm) = joiner.confirm(&reply).unwrap();
         // Not even the facilitator's own confirmation (the directions have distinct keys).
         let echoed = CodeConfirm {
-            confirm: reply.confirm,
+            confirm: facilitator.confirm,
         };
+        assert_ne!(echoed, confirm);
         assert_eq!(
             facilitator.finish(&echoed).unwrap_err(),
             CodeError::WrongCode
+        );
+    }
+
+    /// A channel with no code is answered with a decoy: a reply of the same shape, and a
+    /// confirmation that never matches the joiner's, whatever its words.
+    #[test]
+    fn a_decoy_answers_like_a_code_and_never_matches() {
+        for channel in [4u16, 0, 1000, u16::MAX] {
+            let code = SpokenCode {
+                channel,
+                words: *example().words(),
+            };
+            let (joiner, hello) = CodeJoiner::start(&code, &mut OsRng);
+            let (decoy, reply) = CodeFacilitator::respond_decoy(&hello, &mut OsRng).unwrap();
+            let (real, real_reply) =
+                CodeFacilitator::respond_with(&code, &hello, &mut OsRng).unwrap();
+            let encoded = postcard::to_stdvec(&reply).unwrap();
+            assert_eq!(
+                encoded.len(),
+                postcard::to_stdvec(&real_reply).unwrap().len()
+            );
+            assert_eq!(reply.spake[0], real_reply.spake[0]);
+            let (_, confirm) = joiner.confirm(&reply).unwrap();
+            assert_eq!(decoy.finish(&confirm).unwrap_err(), CodeError::WrongCode);
+            drop(real);
+        }
+        // Malformed hellos are refused by the decoy exactly as by a real code.
+        let hello = CodeHello {
+            channel: 4,
+            spake: vec![b'B'; SPAKE_MSG_LEN],
+        };
+        assert_eq!(
+            CodeFacilitator::respond_decoy(&hello, &mut OsRng).unwrap_err(),
+            CodeError::Malformed
+        );
+        assert_eq!(
+            CodeFacilitator::respond(&example(), &hello, &mut OsRng).unwrap_err(),
+            CodeError::Malformed
+        );
+    }
+
+    /// The reply alone lets the joiner test nothing: its SPAKE2 point is uniformly random
+    /// whatever the password, so the joiner's derived confirmation is all it can offer,
+    /// and only the facilitator's check tests it. Here: replies made with different
+    /// passwords for the same hello carry no confirmation at all (only the point).
+    #[test]
+    fn a_reply_carries_nothing_to_test_a_guess_against() {
+        let (_, hello) = CodeJoiner::start(&example(), &mut OsRng);
+        let (_, reply) = CodeFacilitator::respond(&example(), &hello, &mut OsRng).unwrap();
+        assert_eq!(
+            postcard::to_stdvec(&reply).unwrap().len(),
+            1 + SPAKE_MSG_LEN
         );
     }
 
@@ -616,8 +746,12 @@ mod tests {
         let other = SpokenCode::from_parts(5, *example().words()).unwrap();
         let (joiner, mut hello) = CodeJoiner::start(&example(), &mut OsRng);
         hello.channel = 5;
-        let (_, reply) = CodeFacilitator::respond(&other, &hello, &mut OsRng).unwrap();
-        assert_eq!(joiner.finish(&reply).unwrap_err(), CodeError::WrongCode);
+        let (facilitator, reply) = CodeFacilitator::respond(&other, &hello, &mut OsRng).unwrap();
+        let (_, confirm) = joiner.confirm(&reply).unwrap();
+        assert_eq!(
+            facilitator.finish(&confirm).unwrap_err(),
+            CodeError::WrongCode
+        );
 
         // A hello for another channel than the code handed in is refused before any work.
         let (_, hello) = CodeJoiner::start(&example(), &mut OsRng);
@@ -631,11 +765,14 @@ mod tests {
     }
 
     #[test]
-    fn tampered_reply_confirmation_is_wrong_code() {
+    fn tampered_answer_confirmation_is_wrong_code() {
         let (joiner, hello) = CodeJoiner::start(&example(), &mut OsRng);
-        let (_, mut reply) = CodeFacilitator::respond(&example(), &hello, &mut OsRng).unwrap();
-        reply.confirm[0] ^= 1;
-        assert_eq!(joiner.finish(&reply).unwrap_err(), CodeError::WrongCode);
+        let (facilitator, reply) =
+            CodeFacilitator::respond(&example(), &hello, &mut OsRng).unwrap();
+        let (joiner, confirm) = joiner.confirm(&reply).unwrap();
+        let (_, mut accepted) = facilitator.finish(&confirm).unwrap();
+        accepted.confirm[0] ^= 1;
+        assert_eq!(joiner.finish(&accepted).unwrap_err(), CodeError::WrongCode);
     }
 
     #[test]
@@ -664,15 +801,13 @@ mod tests {
         let (joiner, _) = CodeJoiner::start(&example(), &mut OsRng);
         let bad = CodeReply {
             spake: hello.spake.clone(), // side A, not B
-            confirm: [0; CONFIRM_LEN],
         };
-        assert_eq!(joiner.finish(&bad).unwrap_err(), CodeError::Malformed);
+        assert_eq!(joiner.confirm(&bad).unwrap_err(), CodeError::Malformed);
         let (joiner, _) = CodeJoiner::start(&example(), &mut OsRng);
         let short = CodeReply {
             spake: vec![b'B'; 32],
-            confirm: [0; CONFIRM_LEN],
         };
-        assert_eq!(joiner.finish(&short).unwrap_err(), CodeError::Malformed);
+        assert_eq!(joiner.confirm(&short).unwrap_err(), CodeError::Malformed);
     }
 
     #[test]
@@ -680,16 +815,19 @@ mod tests {
         let (joiner, hello) = CodeJoiner::start(&example(), &mut OsRng);
         let (facilitator, reply) =
             CodeFacilitator::respond(&example(), &hello, &mut OsRng).unwrap();
-        let (confirm, _) = joiner.finish(&reply).unwrap();
-        facilitator.finish(&confirm).unwrap();
+        let (joiner, confirm) = joiner.confirm(&reply).unwrap();
+        let (_, accepted) = facilitator.finish(&confirm).unwrap();
+        joiner.finish(&accepted).unwrap();
 
         let hello_bytes = postcard::to_stdvec(&hello).unwrap();
         let reply_bytes = postcard::to_stdvec(&reply).unwrap();
         let confirm_bytes = postcard::to_stdvec(&confirm).unwrap();
+        let accepted_bytes = postcard::to_stdvec(&accepted).unwrap();
         // channel 4 is a 1-byte varint (128..=999 take 2), then length 33 and the bytes.
         assert_eq!(hello_bytes.len(), 1 + 1 + SPAKE_MSG_LEN);
-        assert_eq!(reply_bytes.len(), 1 + SPAKE_MSG_LEN + CONFIRM_LEN);
+        assert_eq!(reply_bytes.len(), 1 + SPAKE_MSG_LEN);
         assert_eq!(confirm_bytes.len(), CONFIRM_LEN);
+        assert_eq!(accepted_bytes.len(), CONFIRM_LEN);
         let big = CodeHello {
             channel: MAX_CHANNEL,
             spake: hello.spake.clone(),
@@ -710,6 +848,10 @@ mod tests {
         assert_eq!(
             postcard::from_bytes::<CodeConfirm>(&confirm_bytes).unwrap(),
             confirm
+        );
+        assert_eq!(
+            postcard::from_bytes::<CodeAccepted>(&accepted_bytes).unwrap(),
+            accepted
         );
 
         // Other lengths are refused while decoding.
@@ -740,8 +882,8 @@ mod tests {
 
     #[test]
     fn secrets_and_codes_do_not_print() {
-        let (joined, _) = exchange(&example(), &example());
-        let (_, secret) = joined.unwrap();
+        let (admitted, _) = exchange(&example(), &example());
+        let (secret, _) = admitted.unwrap();
         assert_eq!(format!("{secret:?}"), "CodeSecret(..)");
         let shown = format!("{:?}", example());
         assert!(!shown.contains("lantern"), "{shown}");

@@ -52,6 +52,11 @@ pub mod labels {
     pub const INVITE_ID: &[u8] = b"hearth v1 invite id";
     /// HKDF info: the key that proves knowledge of an invite secret.
     pub const INVITE_MAC_KEY: &[u8] = b"hearth v1 invite mac key";
+    /// HKDF info: the key that seals who asks to join (identity and name) in a join
+    /// request.
+    pub const JOIN_REQUEST_KEY: &[u8] = b"hearth v1 join request key";
+    /// HKDF info: the short handle a facilitator sees an open invite by.
+    pub const INVITE_HANDLE: &[u8] = b"hearth v1 invite handle";
     /// HKDF info: the key of the facilitator's confirmation in a spoken-code exchange.
     pub const CODE_FACILITATOR_CONFIRM_KEY: &[u8] = b"hearth v1 code facilitator confirm key";
     /// HKDF info: the key of the joiner's confirmation in a spoken-code exchange.

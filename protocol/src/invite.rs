@@ -28,9 +28,14 @@ pub const MAX_ADDR_LEN: usize = 256;
 /// Largest sealed snapshot a joiner accepts in one join answer.
 pub const MAX_SNAPSHOT_LEN: usize = 3 << 20;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An invite token. Its `secret` is wiped when the token is dropped.
+#[derive(
+    Clone, PartialEq, Eq, Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop,
+)]
 pub struct InviteToken {
+    #[zeroize(skip)]
     pub group_id: GroupId,
+    #[zeroize(skip)]
     pub facilitator: MemberId,
     pub secret: [u8; 32],
     /// Seconds since the Unix epoch.
@@ -61,6 +66,17 @@ pub enum InviteError {
     Snapshot,
     #[error("the membership keys in the answer do not open")]
     RosterKeys,
+}
+
+impl std::fmt::Debug for InviteToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InviteToken")
+            .field("group_id", &self.group_id)
+            .field("facilitator", &self.facilitator)
+            .field("expires_at", &self.expires_at)
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
 }
 
 impl InviteToken {
@@ -109,6 +125,55 @@ fn invite_mac_key(secret: &[u8; 32]) -> SecretKey {
     crypto::derive_key(secret, &[labels::INVITE_MAC_KEY])
 }
 
+/// The key that seals a join request's identity and name: only a holder of the invite
+/// secret (the facilitator's daemon) reads who is asking to join.
+fn join_request_key(secret: &[u8; 32]) -> SecretKey {
+    crypto::derive_key(secret, &[labels::JOIN_REQUEST_KEY])
+}
+
+/// A short handle by which a facilitator names an open invite (`hearth invite list`,
+/// `withdraw`): 4 bytes under a label of its own, so showing it reveals nothing of the
+/// secret and cannot be used to find or burn the invite (its lookup id is another
+/// derivation). Shown as 8 lowercase hex digits.
+pub fn invite_handle(secret: &[u8; 32]) -> String {
+    let k = crypto::derive_key(secret, &[labels::INVITE_HANDLE]);
+    hex::encode(&k.expose()[..4])
+}
+
+/// Associated data of a sealed join request: the invite id and both connection peer ids,
+/// so a sealed body cannot be moved to another request or connection.
+fn join_request_aad(invite_id: &[u8; 16], joiner_peer: &[u8], facilitator_peer: &[u8]) -> Vec<u8> {
+    let mut aad = invite_id.to_vec();
+    for part in [joiner_peer, facilitator_peer] {
+        aad.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        aad.extend_from_slice(part);
+    }
+    aad
+}
+
+/// Longest sealed body of a join request: a nonce, the identity (64 bytes), a name of at
+/// most [`crate::membership::MAX_NAME_LEN`] characters (4 bytes each at most), postcard
+/// lengths and the AEAD tag.
+pub const MAX_SEALED_REQUEST_LEN: usize =
+    crypto::XNONCE_LEN + 64 + 2 + 4 * crate::membership::MAX_NAME_LEN + crypto::TAG_LEN;
+
+/// What a join request carries sealed.
+#[derive(Serialize, Deserialize)]
+struct RequestBody {
+    identity: PublicIdentity,
+    name: String,
+}
+
+/// Who asks to join, as the facilitator reads it from a request it verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joiner {
+    /// The invite the request was made with.
+    pub invite_id: [u8; 16],
+    pub identity: PublicIdentity,
+    /// The name the joiner asks to be shown by (may be empty).
+    pub name: String,
+}
+
 /// What both sides of a join bind their proofs to.
 fn join_transcript(
     invite_id: &[u8; 16],
@@ -127,12 +192,15 @@ fn join_transcript(
     *h.finalize().as_bytes()
 }
 
+/// A join request. Who asks (identity and name) travels sealed under a key derived from
+/// the invite secret, so that someone between joiner and facilitator who lacks the secret
+/// (the token names no transport peer id) learns only the invite id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinRequest {
     pub invite_id: [u8; 16],
-    pub identity: PublicIdentity,
-    /// The name the joiner asks to be shown by (may be empty).
-    pub name: String,
+    /// `nonce || XChaCha20-Poly1305(join request key, postcard {identity, name},
+    /// aad = invite_id || u64 len || pid_J || u64 len || pid_F)`.
+    pub sealed: Vec<u8>,
     /// HMAC under the invite's MAC key over the transcript.
     pub proof: [u8; 32],
     #[serde(with = "serde_big_array")]
@@ -146,8 +214,9 @@ impl JoinRequest {
         name: &str,
         joiner_peer: &[u8],
         facilitator_peer: &[u8],
+        rng: &mut impl CryptoRngCore,
     ) -> JoinRequest {
-        JoinRequest::with_secret(me, &token.secret, name, joiner_peer, facilitator_peer)
+        JoinRequest::with_secret(me, &token.secret, name, joiner_peer, facilitator_peer, rng)
     }
 
     /// A request proving knowledge of an invite secret however it was agreed (a token,
@@ -158,34 +227,63 @@ impl JoinRequest {
         name: &str,
         joiner_peer: &[u8],
         facilitator_peer: &[u8],
+        rng: &mut impl CryptoRngCore,
     ) -> JoinRequest {
         let id = invite_id(secret);
         let identity = me.public();
         let t = join_transcript(&id, joiner_peer, facilitator_peer, &identity, name);
+        let body = zeroize::Zeroizing::new(
+            postcard::to_stdvec(&RequestBody {
+                identity,
+                name: name.to_owned(),
+            })
+            .expect("serialising in memory cannot fail"),
+        );
+        let aad = join_request_aad(&id, joiner_peer, facilitator_peer);
+        let (nonce, ct) = crypto::seal(&join_request_key(secret), &aad, &body, rng);
         JoinRequest {
             invite_id: id,
-            identity,
-            name: name.to_owned(),
+            sealed: [nonce.as_slice(), &ct].concat(),
             proof: crypto::mac(&invite_mac_key(secret), &[b"request", &t]),
             signature: me.sign(labels::SIG_JOIN_REQUEST, &t),
         }
     }
 
-    /// The facilitator's check, given the secret of the invite named by `invite_id`.
-    pub fn verify(&self, secret: &[u8; 32], joiner_peer: &[u8], facilitator_peer: &[u8]) -> bool {
+    /// The facilitator's check, given the secret of the invite named by `invite_id`:
+    /// opens who is asking and checks the proof of the secret and the joiner's signature.
+    /// `None` if anything fails (the caller burns the invite).
+    pub fn verify(
+        &self,
+        secret: &[u8; 32],
+        joiner_peer: &[u8],
+        facilitator_peer: &[u8],
+    ) -> Option<Joiner> {
+        if self.sealed.len() > MAX_SEALED_REQUEST_LEN {
+            return None;
+        }
+        let (nonce, ct) = self.sealed.split_at_checked(crypto::XNONCE_LEN)?;
+        let nonce: [u8; crypto::XNONCE_LEN] = nonce.try_into().ok()?;
+        let aad = join_request_aad(&self.invite_id, joiner_peer, facilitator_peer);
+        let plain = crypto::open(&join_request_key(secret), &aad, &nonce, ct).ok()?;
+        let body: RequestBody = postcard::from_bytes(&plain).ok()?;
         let t = join_transcript(
             &self.invite_id,
             joiner_peer,
             facilitator_peer,
-            &self.identity,
-            &self.name,
+            &body.identity,
+            &body.name,
         );
         let expected = crypto::mac(&invite_mac_key(secret), &[b"request", &t]);
-        crypto::ct_eq(&expected, &self.proof)
-            && self
+        let proven = crypto::ct_eq(&expected, &self.proof)
+            && body
                 .identity
                 .verify(labels::SIG_JOIN_REQUEST, &t, &self.signature)
-                .is_ok()
+                .is_ok();
+        proven.then_some(Joiner {
+            invite_id: self.invite_id,
+            identity: body.identity,
+            name: body.name,
+        })
     }
 }
 
@@ -274,7 +372,7 @@ fn roster_history_key(epoch_key: &SecretKey, group_id: &GroupId, epoch: u32) -> 
 impl JoinAccept {
     pub fn new(
         facilitator: &MemberKeys,
-        request: &JoinRequest,
+        joiner: &Joiner,
         secret: &[u8; 32],
         admission: &Admission,
         joiner_peer: &[u8],
@@ -292,7 +390,7 @@ impl JoinAccept {
         let (info, epoch) = (*info, *epoch);
         let lockbox = Lockbox::seal(
             facilitator,
-            &request.identity,
+            &joiner.identity,
             info.group_id,
             epoch,
             epoch_key,
@@ -326,11 +424,11 @@ impl JoinAccept {
             signature: [0; 64],
         };
         let t = join_transcript(
-            &request.invite_id,
+            &joiner.invite_id,
             joiner_peer,
             facilitator_peer,
-            &request.identity,
-            &request.name,
+            &joiner.identity,
+            &joiner.name,
         );
         let c = accept.content_hash();
         accept.proof = crypto::mac(&invite_mac_key(secret), &[b"accept", &t, &c]);
@@ -490,17 +588,31 @@ mod tests {
         let b = MemberKeys::generate(&mut OsRng);
         let (mut g, _, _) = Group::create(&a, "Circle", "Support", &mut OsRng).unwrap();
         let token = token_for(&g, &a);
-        let req = JoinRequest::new(&b, &token, "Sam", b"peer-b", b"peer-a");
-        assert!(req.verify(&token.secret, b"peer-b", b"peer-a"));
+        let req = JoinRequest::new(&b, &token, "Sam", b"peer-b", b"peer-a", &mut OsRng);
+        let joiner = req.verify(&token.secret, b"peer-b", b"peer-a").unwrap();
+        assert_eq!(joiner.identity, b.public());
+        assert_eq!(joiner.name, "Sam");
         // Relayed through another connection: the peer ids differ, so it fails.
-        assert!(!req.verify(&token.secret, b"peer-x", b"peer-a"));
-        assert!(!req.verify(&[0; 32], b"peer-b", b"peer-a"));
-        // A name changed on the way breaks the proof too.
-        let mut renamed = req.clone();
-        renamed.name = "Someone else".into();
-        assert!(!renamed.verify(&token.secret, b"peer-b", b"peer-a"));
+        assert!(req.verify(&token.secret, b"peer-x", b"peer-a").is_none());
+        assert!(req.verify(&[0; 32], b"peer-b", b"peer-a").is_none());
+        // A sealed body moved to another request (another name or identity) fails too.
+        let other = JoinRequest::new(&a, &token, "Someone else", b"peer-b", b"peer-a", &mut OsRng);
+        let mut swapped = req.clone();
+        swapped.sealed = other.sealed.clone();
+        assert!(
+            swapped
+                .verify(&token.secret, b"peer-b", b"peer-a")
+                .is_none()
+        );
+        let mut flipped = req.clone();
+        flipped.sealed[30] ^= 1;
+        assert!(
+            flipped
+                .verify(&token.secret, b"peer-b", b"peer-a")
+                .is_none()
+        );
         let written = g
-            .add_member(req.identity, Role::Member, &req.name, 0, &mut OsRng)
+            .add_member(joiner.identity, Role::Member, &joiner.name, 0, &mut OsRng)
             .unwrap();
         let (epoch, key) = g.current_epoch();
         let key = key.unwrap().clone();
@@ -514,7 +626,7 @@ mod tests {
         };
         let accept = JoinAccept::new(
             &a,
-            &req,
+            &joiner,
             &token.secret,
             &admission,
             b"peer-b",
@@ -539,6 +651,57 @@ mod tests {
             accept.verify(&b, &other, "Sam", b"peer-b", b"peer-a"),
             Err(InviteError::BadProof)
         ));
+    }
+
+    /// Someone between joiner and facilitator without the invite secret (the token names
+    /// no transport peer id) must not learn who is joining: neither the name nor the
+    /// identity appears in the request's bytes.
+    #[test]
+    fn a_join_request_hides_who_asks_from_whoever_lacks_the_secret() {
+        let a = MemberKeys::generate(&mut OsRng);
+        let b = MemberKeys::generate(&mut OsRng);
+        let (g, _, _) = Group::create(&a, "Circle", "", &mut OsRng).unwrap();
+        let token = token_for(&g, &a);
+        let name = "Samira-NAME-MARKER";
+        let req = JoinRequest::new(&b, &token, name, b"peer-b", b"peer-a", &mut OsRng);
+        let bytes = postcard::to_stdvec(&crate::wire::JoinMessage::Request(req.clone())).unwrap();
+        let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert!(!contains(name.as_bytes()), "the name travels in the clear");
+        let id = b.public();
+        assert!(
+            !contains(&id.signing),
+            "the signing key travels in the clear"
+        );
+        assert!(
+            !contains(&id.agreement),
+            "the agreement key travels in the clear"
+        );
+        assert!(!contains(b.member_id().as_bytes()));
+        // Only the secret opens it.
+        assert!(req.verify(&token.secret, b"peer-b", b"peer-a").is_some());
+        // A name of the longest allowed length, in 4-byte characters, still fits the cap.
+        let long = "\u{1F600}".repeat(crate::membership::MAX_NAME_LEN);
+        let req = JoinRequest::new(&b, &token, &long, b"peer-b", b"peer-a", &mut OsRng);
+        assert!(req.sealed.len() <= MAX_SEALED_REQUEST_LEN);
+        assert_eq!(
+            req.verify(&token.secret, b"peer-b", b"peer-a")
+                .unwrap()
+                .name,
+            long
+        );
+    }
+
+    #[test]
+    fn tokens_do_not_print_their_secret_and_handles_differ_from_ids() {
+        let a = MemberKeys::generate(&mut OsRng);
+        let (g, _, _) = Group::create(&a, "Circle", "", &mut OsRng).unwrap();
+        let mut token = token_for(&g, &a);
+        token.secret = [0xab; 32];
+        assert!(!format!("{token:?}").contains("171"), "{token:?}");
+        assert!(!format!("{token:?}").to_lowercase().contains("abab"));
+        let handle = invite_handle(&token.secret);
+        assert_eq!(handle.len(), 8);
+        assert!(!hex::encode(token.invite_id()).contains(&handle));
     }
 
     proptest! {

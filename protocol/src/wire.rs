@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::code::{CodeConfirm, CodeHello, CodeReply};
+use crate::code::{CodeAccepted, CodeConfirm, CodeHello, CodeReply};
 use crate::envelope::Hash;
 use crate::ids::{GroupId, MemberId};
 use crate::invite::{JoinAccept, JoinRequest};
@@ -148,9 +148,9 @@ pub enum JoinMessage {
     CodeHello(CodeHello),
     CodeReply(CodeReply),
     CodeConfirm(CodeConfirm),
-    /// The daemon made a code on that channel, but it was used, burnt or has expired: the
-    /// joiner can stop looking and ask for a new one.
-    CodeGone,
+    /// The joiner's confirmation matched: the facilitator's confirmation. (A mismatch, on
+    /// any channel, with or without a code there, is answered `Reject`.)
+    CodeAccepted(CodeAccepted),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
