@@ -11,6 +11,11 @@
 //!   the caller asks for, plus peers discovered over mDNS (when enabled).
 //! - hearth's own protocols ([`SYNC_PROTOCOL`], [`JOIN_PROTOCOL`]) run over raw libp2p streams
 //!   (`libp2p-stream`); inbound streams arrive as [`NetEvent::InboundStream`].
+//! - Nothing a stranger receives names hearth or lists our addresses: there is no identify
+//!   (the only libp2p protocols spoken are ping and our two streams, under generic names).
+//!   Whether a peer is one to keep is decided above this layer (a shared group); the daemon
+//!   drops the others with [`NetHandle::drop_stranger`], and this layer then no longer dials
+//!   them when mDNS reports them, until [`NetHandle::forgive_strangers`].
 //!
 //! Event ordering: all events (including inbound streams) are produced by the swarm task in
 //! the order it observes them, so a peer's `Connected` is always delivered before any
@@ -21,7 +26,7 @@
 //!
 //! Nothing here logs stream payloads; logging is at `debug` (connection lifecycle) or `trace`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -35,8 +40,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, Stream, StreamProtocol, Swarm, Transport as _, connection_limits, identify,
-    mdns, noise, ping, tcp, yamux,
+    Multiaddr, PeerId, Stream, StreamProtocol, Swarm, Transport as _, connection_limits, mdns,
+    noise, ping, tcp, yamux,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, trace, warn};
@@ -44,16 +49,11 @@ use tracing::{debug, trace, warn};
 #[cfg(test)]
 mod tests;
 
-/// hearth's sync protocol (one stream per sync session).
-pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/1");
-/// hearth's join protocol (invite redemption).
-pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/join/1");
-/// Protocol version announced via identify. Peers announcing something that does not start
-/// with [`HEARTH_ID_PREFIX`] are not hearth daemons and get disconnected.
-pub const IDENTIFY_PROTOCOL_VERSION: &str = "/hearth/id/1";
-const HEARTH_ID_PREFIX: &str = "/hearth/id/";
-/// Agent version announced via identify: deliberately carries no version number.
-const AGENT_VERSION: &str = "hearthd";
+/// hearth's sync protocol (one stream per sync session). The name is generic on purpose:
+/// multistream-select tells anyone who asks (`ls`) which protocols a node speaks.
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/sync/1");
+/// hearth's join protocol (invite redemption, spoken codes); generic like [`SYNC_PROTOCOL`].
+pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/join/1");
 
 /// Connections with no open stream are closed after this long.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -140,6 +140,11 @@ enum Command {
     Peers {
         reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>>,
     },
+    DropStranger {
+        peer: PeerId,
+    },
+    ForgiveStrangers,
+    ReachDiscovered,
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -256,6 +261,28 @@ impl NetHandle {
         }
     }
 
+    /// Closes every connection to `peer`, a peer that shares nothing with us, and no longer
+    /// dials it (by this run's peer id, or any address it was reached or announced at)
+    /// when mDNS reports it, until [`NetHandle::forgive_strangers`]. Inbound connections
+    /// from it are still accepted (and judged again by the caller).
+    pub async fn drop_stranger(&self, peer: PeerId) {
+        let _ = self.commands.send(Command::DropStranger { peer }).await;
+    }
+
+    /// Forgets every dropped stranger and dials again the peers mDNS has reported that are
+    /// not connected (a change of this device's groups or memberships may have made one of
+    /// them a fellow member).
+    pub async fn forgive_strangers(&self) {
+        let _ = self.commands.send(Command::ForgiveStrangers).await;
+    }
+
+    /// Dials every peer mDNS has reported that is not connected, dropped strangers
+    /// included, without forgiving them (the member asked for it: joining by spoken code
+    /// looks for the facilitator's daemon among them).
+    pub async fn reach_discovered(&self) {
+        let _ = self.commands.send(Command::ReachDiscovered).await;
+    }
+
     /// Stops the swarm task (used on shutdown): closes all connections and listeners, ends the
     /// event channel. Resolves once the swarm has been dropped. Idempotent.
     pub async fn shutdown(&self) {
@@ -266,7 +293,6 @@ impl NetHandle {
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     limits: connection_limits::Behaviour,
-    identify: identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
     stream: libp2p_stream::Behaviour,
@@ -310,10 +336,6 @@ fn build_swarm(enable_mdns: bool) -> anyhow::Result<Swarm<Behaviour>> {
                 .with_max_established_per_peer(Some(MAX_ESTABLISHED_PER_PEER));
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
                 limits: connection_limits::Behaviour::new(limits),
-                identify: identify::Behaviour::new(
-                    identify::Config::new(IDENTIFY_PROTOCOL_VERSION.to_string(), key.public())
-                        .with_agent_version(AGENT_VERSION.to_string()),
-                ),
                 ping: ping::Behaviour::default(),
                 mdns: Toggle::from(mdns),
                 stream: libp2p_stream::Behaviour::new(),
@@ -376,6 +398,9 @@ pub async fn start(config: NetConfig) -> anyhow::Result<(NetHandle, mpsc::Receiv
         backlog: VecDeque::new(),
         mdns_dials: HashMap::new(),
         mdns_redials: Vec::new(),
+        discovered: HashMap::new(),
+        strangers: HashSet::new(),
+        stranger_addrs: HashSet::new(),
     };
     driver.wait_for_listeners(waiting, any_wildcard).await?;
     debug!(peer = %local_peer_id, addrs = ?driver.swarm.listeners().collect::<Vec<_>>(), "network started");
@@ -406,7 +431,17 @@ struct Driver {
     mdns_dials: HashMap<ConnectionId, (PeerId, Vec<Multiaddr>, u32)>,
     /// mDNS peers to dial again, and when.
     mdns_redials: Vec<(tokio::time::Instant, PeerId, Vec<Multiaddr>, u32)>,
+    /// What mDNS currently reports: each peer with its announced addresses.
+    discovered: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Peers dropped as strangers in this run, and the addresses they were reached or
+    /// announced at: mDNS reports of them are not dialled.
+    strangers: HashSet<PeerId>,
+    stranger_addrs: HashSet<Multiaddr>,
 }
+
+/// Most peers remembered from mDNS and as dropped strangers (a flood of fake mDNS answers
+/// must not grow memory without bound; past this the oldest knowledge is simply cleared).
+const MAX_REMEMBERED_PEERS: usize = 1024;
 
 /// How often a failed dial to a peer found by mDNS is tried again: mDNS reports a peer
 /// only once per record lifetime (minutes), so one lost dial (say, both sides dialling at
@@ -598,6 +633,26 @@ impl Driver {
                     .collect();
                 let _ = reply.send(peers);
             }
+            Command::DropStranger { peer } => {
+                if self.strangers.len() >= MAX_REMEMBERED_PEERS {
+                    self.strangers.clear();
+                    self.stranger_addrs.clear();
+                }
+                self.strangers.insert(peer);
+                let reached = self.connections.get(&peer).into_iter().flatten();
+                let announced = self.discovered.get(&peer).into_iter().flatten();
+                for addr in reached.map(|(_, a)| a).chain(announced) {
+                    self.stranger_addrs.insert(addr.clone());
+                }
+                self.mdns_redials.retain(|r| r.1 != peer);
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::ForgiveStrangers => {
+                self.strangers.clear();
+                self.stranger_addrs.clear();
+                self.dial_discovered();
+            }
+            Command::ReachDiscovered => self.dial_discovered(),
             Command::Shutdown { reply } => {
                 // Handled in run(); kept for exhaustiveness.
                 let _ = reply.send(());
@@ -730,24 +785,16 @@ impl Driver {
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => self.on_mdns_discovered(found),
             BehaviourEvent::Mdns(mdns::Event::Expired(gone)) => {
                 for (peer, addr) in gone {
-                    trace!(%peer, %addr, "mDNS record expired");
+                    trace!(peer = %short(&peer), "mDNS record expired");
+                    let addr = without_p2p(&addr);
+                    if let Some(addrs) = self.discovered.get_mut(&peer) {
+                        addrs.retain(|a| *a != addr);
+                        if addrs.is_empty() {
+                            self.discovered.remove(&peer);
+                        }
+                    }
                 }
             }
-            BehaviourEvent::Identify(identify::Event::Received {
-                peer_id,
-                info,
-                connection_id,
-            }) => {
-                if info.protocol_version.starts_with(HEARTH_ID_PREFIX) {
-                    trace!(peer = %peer_id, connection = %connection_id, version = %info.protocol_version, "identified hearth peer");
-                } else {
-                    // Most likely an unrelated libp2p node found via mDNS (the mDNS service
-                    // name is shared by all libp2p applications).
-                    debug!(peer = %peer_id, "disconnecting non-hearth peer");
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
-                }
-            }
-            BehaviourEvent::Identify(event) => trace!(?event, "identify"),
             BehaviourEvent::Ping(event) => {
                 trace!(peer = %event.peer, rtt = ?event.result.as_ref().ok(), "ping")
             }
@@ -756,7 +803,25 @@ impl Driver {
         }
     }
 
-    /// Dials each newly discovered peer once per discovery, unless already connected/dialing.
+    /// Whether `peer` (announced at `addrs`) was dropped as a stranger in this run.
+    fn is_stranger(&self, peer: &PeerId, addrs: &[Multiaddr]) -> bool {
+        self.strangers.contains(peer) || addrs.iter().any(|a| self.stranger_addrs.contains(a))
+    }
+
+    /// Dials every peer mDNS reports that is not connected, strangers included.
+    fn dial_discovered(&mut self) {
+        let found: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .discovered
+            .iter()
+            .map(|(p, a)| (*p, a.clone()))
+            .collect();
+        for (peer, addrs) in found {
+            self.dial_mdns_peer(peer, addrs, 1);
+        }
+    }
+
+    /// Dials each newly discovered peer once per discovery, unless already connected/dialing
+    /// or dropped as a stranger.
     fn on_mdns_discovered(&mut self, found: Vec<(PeerId, Multiaddr)>) {
         let local = *self.swarm.local_peer_id();
         let mut by_peer: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
@@ -770,8 +835,21 @@ impl Driver {
                 addrs.push(addr);
             }
         }
+        if self.discovered.len() >= MAX_REMEMBERED_PEERS {
+            self.discovered.clear();
+        }
         for (peer, addrs) in by_peer {
-            debug!(%peer, ?addrs, "mDNS discovered peer");
+            let known = self.discovered.entry(peer).or_default();
+            for addr in &addrs {
+                if !known.contains(addr) {
+                    known.push(addr.clone());
+                }
+            }
+            if self.is_stranger(&peer, &addrs) {
+                trace!(peer = %short(&peer), "mDNS reported a dropped stranger; not dialing");
+                continue;
+            }
+            debug!(peer = %short(&peer), "mDNS discovered peer");
             self.dial_mdns_peer(peer, addrs, 1);
         }
     }
@@ -807,7 +885,10 @@ impl Driver {
             .partition(|r| r.0 <= now);
         self.mdns_redials = later;
         for (_, peer, addrs, attempt) in due {
-            debug!(%peer, attempt, "dialing a peer found by mDNS again");
+            if self.is_stranger(&peer, &addrs) {
+                continue;
+            }
+            debug!(peer = %short(&peer), attempt, "dialing a peer found by mDNS again");
             self.dial_mdns_peer(peer, addrs, attempt);
         }
     }
@@ -863,6 +944,23 @@ fn check_dialable(addr: &Multiaddr, local: Option<&PeerId>) -> anyhow::Result<()
         bail!("cannot dial {addr}: that is our own peer id");
     }
     Ok(())
+}
+
+/// A peer id shortened for logs: its last 6 base58 characters (ids are ephemeral anyway,
+/// but a full id in a log links that log to a capture of the network).
+pub fn short(peer: &PeerId) -> ShortPeer {
+    ShortPeer(*peer)
+}
+
+/// See [`short`].
+pub struct ShortPeer(PeerId);
+
+impl std::fmt::Display for ShortPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.0.to_base58();
+        let tail = text.get(text.len().saturating_sub(6)..).unwrap_or("");
+        write!(f, "…{tail}")
+    }
 }
 
 /// The peer id in a trailing `/p2p/` component, if any.
