@@ -141,6 +141,8 @@ pub async fn join(
     code: &SpokenCode,
     name: &str,
 ) -> Result<GroupId, NodeError> {
+    // Daemons met earlier and dropped for sharing no group are among those to ask.
+    net.reach_discovered().await;
     let mut tried: BTreeSet<PeerId> = BTreeSet::new();
     let deadline = tokio::time::Instant::now() + DISCOVERY_TIMEOUT;
     loop {
@@ -175,6 +177,8 @@ async fn attempt(
     code: &SpokenCode,
     name: &str,
 ) -> Result<Attempt, NodeError> {
+    // An exchange under way: the peer is not dropped as a stranger meanwhile.
+    let _exchange = peering.exchange(peer);
     let unreachable = |e: anyhow::Error| NodeError::Unreachable(format!("{e:#}"));
     let step = |what: &'static str| {
         move |_| NodeError::Unreachable(format!("the other daemon did not answer in time ({what})"))

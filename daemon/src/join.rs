@@ -128,6 +128,8 @@ pub async fn join(
              facilitator's hearthd is running and reachable from here"
         )));
     };
+    // A join under way: the facilitator's daemon is not dropped as a stranger meanwhile.
+    let _exchange = peering.exchange(peer);
     let joining = tokio::time::timeout(JOIN_TIMEOUT, request_join(&net, peer, &token, name))
         .await
         .map_err(|_| {
@@ -245,7 +247,7 @@ pub async fn serve(
     mut stream: libp2p::Stream,
 ) -> anyhow::Result<()> {
     let request = match tokio::time::timeout(
-        JOIN_TIMEOUT,
+        crate::sync::FIRST_FRAME_TIMEOUT,
         read_msg::<_, JoinMessage>(&mut stream, MAX_JOIN_FRAME_LEN),
     )
     .await

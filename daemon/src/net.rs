@@ -46,8 +46,11 @@ use libp2p::{
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, trace, warn};
 
+mod ip_limits;
 #[cfg(test)]
 mod tests;
+
+pub use ip_limits::{IP_LIMITS, LOOPBACK_LIMITS, Limits, limits_for};
 
 /// hearth's sync protocol (one stream per sync session). The name is generic on purpose:
 /// multistream-select tells anyone who asks (`ls`) which protocols a node speaks.
@@ -100,6 +103,8 @@ pub enum NetEvent {
     /// A remote opened a stream for one of our protocols.
     InboundStream {
         peer: PeerId,
+        /// The remote IP address of (one of) the peer's connections, if known.
+        ip: Option<IpAddr>,
         protocol: StreamProtocol,
         stream: Stream,
     },
@@ -292,6 +297,7 @@ impl NetHandle {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    ip_limits: ip_limits::Behaviour,
     limits: connection_limits::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
@@ -335,6 +341,7 @@ fn build_swarm(enable_mdns: bool) -> anyhow::Result<Swarm<Behaviour>> {
                 .with_max_established(Some(MAX_ESTABLISHED_TOTAL))
                 .with_max_established_per_peer(Some(MAX_ESTABLISHED_PER_PEER));
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
+                ip_limits: ip_limits::Behaviour::default(),
                 limits: connection_limits::Behaviour::new(limits),
                 ping: ping::Behaviour::default(),
                 mdns: Toggle::from(mdns),
@@ -553,8 +560,13 @@ impl Driver {
                     self.on_swarm_event(event);
                 }
                 Some((peer, protocol, stream)) = incoming.next(), if poll_network => {
-                    debug!(%peer, %protocol, "inbound stream");
-                    self.push(NetEvent::InboundStream { peer, protocol, stream });
+                    trace!(peer = %short(&peer), %protocol, "inbound stream");
+                    let ip = self
+                        .connections
+                        .get(&peer)
+                        .and_then(|c| c.first())
+                        .and_then(|(_, addr)| ip_limits::ip_of(addr));
+                    self.push(NetEvent::InboundStream { peer, ip, protocol, stream });
                 }
                 () = sleep_until_some(next_redial) => self.redial_mdns_due(),
             }
@@ -798,7 +810,7 @@ impl Driver {
             BehaviourEvent::Ping(event) => {
                 trace!(peer = %event.peer, rtt = ?event.result.as_ref().ok(), "ping")
             }
-            BehaviourEvent::Limits(never) => match never {},
+            BehaviourEvent::Limits(never) | BehaviourEvent::IpLimits(never) => match never {},
             BehaviourEvent::Stream(()) => {}
         }
     }

@@ -32,7 +32,11 @@ use crate::net::NetHandle;
 use crate::node::{Node, Standing};
 use crate::peering::Peering;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The whole handshake must be done in this long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The peer's `Hello` must arrive in this long: a stream that sends nothing gives its
+/// slot back quickly (see the daemon's stream limits).
+pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Known = Arc<Mutex<HashMap<GroupId, VersionVector>>>;
 /// Groups whose version vector should be sent to the peer again.
@@ -73,6 +77,9 @@ pub async fn run(
     side: Side,
 ) -> anyhow::Result<Outcome> {
     let (mut reader, mut writer) = stream.split();
+    // Until the handshake is done the peer is not dropped as a stranger; then what it
+    // found decides (see `peering`).
+    let exchange = peering.exchange(peer);
     let groups = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         handshake(
@@ -86,6 +93,8 @@ pub async fn run(
     )
     .await
     .context("handshake timed out")??;
+    peering.handshake_done(&peer, !groups.is_empty());
+    drop(exchange);
     settle_addresses(&node, net, peer, &groups).await;
     if groups.is_empty() {
         tracing::debug!(%peer, "no shared group; closing session");
@@ -162,7 +171,13 @@ where
         },
     )
     .await?;
-    let (their_nonce, their_key) = match read_msg(reader, MAX_HANDSHAKE_FRAME_LEN).await? {
+    let hello = tokio::time::timeout(
+        FIRST_FRAME_TIMEOUT,
+        read_msg(reader, MAX_HANDSHAKE_FRAME_LEN),
+    )
+    .await
+    .context("the peer sent no hello in time")??;
+    let (their_nonce, their_key) = match hello {
         Some(SyncMessage::Hello { nonce, key, .. }) => (nonce, key),
         _ => bail!("peer did not start with hello"),
     };

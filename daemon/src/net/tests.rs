@@ -65,6 +65,7 @@ async fn wait_inbound(
             peer,
             protocol,
             stream,
+            ..
         } => Some((peer, protocol, stream)),
         _ => None,
     })
