@@ -86,8 +86,10 @@ async fn stranger(ip: &str) -> Swarm<StrangerBehaviour> {
         })
         .unwrap()
         .with_behaviour(|key| StrangerBehaviour {
+            // The version string hearth daemons once sent, as a stranger spoofing it would:
+            // a string proves nothing.
             identify: identify::Behaviour::new(identify::Config::new(
-                "/ipfs/0.1.0".into(),
+                "/hearth/id/1".into(),
                 key.public(),
             )),
             ping: ping::Behaviour::default(),
