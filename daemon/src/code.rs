@@ -86,7 +86,7 @@ pub async fn serve(
         Err(_) => {
             node.set_code_state(channel, CodeState::WrongCode, None);
             write_msg(&mut stream, &JoinMessage::Reject).await?;
-            tracing::info!(%peer, "a spoken code was tried with the wrong words; it is burnt");
+            tracing::info!("a spoken code was tried with the wrong words; it is burnt");
             return Ok(());
         }
     };
@@ -154,7 +154,9 @@ pub async fn join(
                 Ok(Attempt::Joined(group)) => return Ok(group),
                 Ok(Attempt::NotHere) => {}
                 Err(e @ (NodeError::Forbidden(_) | NodeError::Conflict(_))) => return Err(e),
-                Err(e) => tracing::debug!(%peer, "code attempt failed: {e}"),
+                Err(e) => {
+                    tracing::debug!(peer = %crate::net::short(&peer), "code attempt failed: {e}")
+                }
             }
         }
         if tokio::time::Instant::now() >= deadline {

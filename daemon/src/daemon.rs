@@ -44,15 +44,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         events,
     ));
 
+    // Where it listens is no business of a log someone else may read (the API's `status`
+    // says it to the member); at debug it is there for a developer.
     let addrs: Vec<String> = net
         .listen_addrs()
         .await
         .iter()
         .map(|a| a.to_string())
         .collect();
+    tracing::debug!(listen = ?addrs, "listening");
     tracing::info!(
         socket = %config.socket.display(),
-        listen = ?addrs,
+        listen_addrs = addrs.len(),
         mdns = config.mdns,
         "hearthd ready"
     );
@@ -235,7 +238,7 @@ async fn route_events(
                 }
                 if protocol == SYNC_PROTOCOL {
                     let Some(pass) = sessions.enter(peer, ip, SESSIONS) else {
-                        tracing::debug!(%peer, "refused a sync stream over the limit");
+                        tracing::debug!(peer = %short(&peer), "refused a sync stream over the limit");
                         continue;
                     };
                     let peering = peering.clone();
@@ -244,12 +247,12 @@ async fn route_events(
                         let _pass = pass;
                         let session = sync::run(node, &peering, &net, peer, stream, Side::Listener);
                         if let Err(e) = session.await {
-                            tracing::debug!(%peer, "sync session failed: {e:#}");
+                            tracing::debug!(peer = %short(&peer), "sync session failed: {e:#}");
                         }
                     });
                 } else if protocol == JOIN_PROTOCOL {
                     let Some(pass) = joins.enter(peer, ip, JOINS) else {
-                        tracing::debug!(%peer, "refused a join stream over the limit");
+                        tracing::debug!(peer = %short(&peer), "refused a join stream over the limit");
                         continue;
                     };
                     let net = net.clone();
@@ -257,7 +260,7 @@ async fn route_events(
                     tokio::spawn(async move {
                         let (_pass, _exchange) = (pass, exchange);
                         if let Err(e) = join::serve(node, net, peer, stream).await {
-                            tracing::debug!(%peer, "join stream failed: {e:#}");
+                            tracing::debug!(peer = %short(&peer), "join stream failed: {e:#}");
                         }
                     });
                 }

@@ -278,7 +278,7 @@ pub(crate) async fn answer_request(
     let answer = match admitted {
         Ok(accept) => JoinMessage::Accept(Box::new(accept)),
         Err(e) => {
-            tracing::info!(%peer, "refused a join request: {e}");
+            tracing::debug!(peer = %crate::net::short(&peer), "refused a join request: {e}");
             JoinMessage::Reject
         }
     };

@@ -244,23 +244,27 @@ impl NetHandle {
         // Each clone gets its own guaranteed slot in libp2p-stream's channels, so concurrent
         // callers never wait on each other here.
         let mut control = self.control.clone();
-        trace!(%peer, %protocol, "opening stream");
+        trace!(peer = %short(&peer), %protocol, "opening stream");
         match tokio::time::timeout(timeout, control.open_stream(peer, protocol.clone())).await {
             Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(p))) => {
-                Err(anyhow!("peer {peer} does not support protocol {p}"))
-            }
+            Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(p))) => Err(anyhow!(
+                "peer {} does not support protocol {p}",
+                short(&peer)
+            )),
             Ok(Err(libp2p_stream::OpenStreamError::Io(e))) => Err(anyhow!(
-                "could not open a {protocol} stream to {peer}: {}",
+                "could not open a {protocol} stream to peer {}: {}",
+                short(&peer),
                 error_chain(&e)
             )),
             Ok(Err(e)) => Err(anyhow!(
-                "could not open a {protocol} stream to {peer}: {}",
+                "could not open a {protocol} stream to peer {}: {}",
+                short(&peer),
                 error_chain(&e)
             )),
             Err(_) => Err(anyhow!(
-                "opening a {protocol} stream to {peer} timed out after {} \
+                "opening a {protocol} stream to peer {} timed out after {} \
                  (peer not connected and not dialable, or unresponsive)",
+                short(&peer),
                 fmt_duration(timeout)
             )),
         }
@@ -410,7 +414,7 @@ pub async fn start(config: NetConfig) -> anyhow::Result<(NetHandle, mpsc::Receiv
         stranger_addrs: HashSet::new(),
     };
     driver.wait_for_listeners(waiting, any_wildcard).await?;
-    debug!(peer = %local_peer_id, addrs = ?driver.swarm.listeners().collect::<Vec<_>>(), "network started");
+    debug!(peer = %short(&local_peer_id), addrs = ?driver.swarm.listeners().collect::<Vec<_>>(), "network started");
 
     let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let (commands, commands_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
@@ -577,7 +581,7 @@ impl Driver {
         };
         let local = *self.swarm.local_peer_id();
         drop(self);
-        debug!(peer = %local, "network stopped");
+        debug!(peer = %short(&local), "network stopped");
         if let Some(reply) = shutdown_reply {
             let _ = reply.send(());
         }
@@ -698,7 +702,7 @@ impl Driver {
                 self.mdns_dials.remove(&connection_id);
                 let remote = without_p2p(endpoint.get_remote_address());
                 debug!(
-                    peer = %peer_id,
+                    peer = %short(&peer_id),
                     connection = %connection_id,
                     %remote,
                     outbound = matches!(endpoint, ConnectedPoint::Dialer { .. }),
@@ -723,7 +727,7 @@ impl Driver {
                 ..
             } => {
                 debug!(
-                    peer = %peer_id,
+                    peer = %short(&peer_id),
                     connection = %connection_id,
                     cause = cause.as_ref().map(|c| error_chain(c)),
                     "connection closed"
@@ -745,7 +749,7 @@ impl Driver {
                 error,
             } => {
                 let reason = describe_dial_error(&error);
-                debug!(peer = ?peer_id, connection = %connection_id, %reason, "outgoing connection failed");
+                debug!(peer = ?peer_id.as_ref().map(|p| short(p).to_string()), connection = %connection_id, %reason, "outgoing connection failed");
                 if let Some((peer, addrs, attempt)) = self.mdns_dials.remove(&connection_id)
                     && attempt < MDNS_DIAL_ATTEMPTS
                 {
@@ -782,7 +786,8 @@ impl Driver {
                 addresses, reason, ..
             } => match reason {
                 Ok(()) => debug!(?addresses, "listener closed"),
-                Err(e) => warn!(?addresses, error = %error_chain(&e), "listener failed"),
+                // Warnings carry no address (they are seen at the default log level).
+                Err(e) => warn!(error = %error_chain(&e), "listener failed"),
             },
             SwarmEvent::ListenerError { error, .. } => {
                 warn!(error = %error_chain(&error), "listener error");
@@ -885,7 +890,7 @@ impl Driver {
                 self.mdns_dials.insert(connection, (peer, addrs, attempt));
             }
             Err(e) => {
-                debug!(%peer, reason = %describe_dial_error(&e), "not dialing discovered peer")
+                debug!(peer = %short(&peer), reason = %describe_dial_error(&e), "not dialing discovered peer")
             }
         }
     }
@@ -1046,7 +1051,10 @@ fn describe_dial_error(error: &DialError) -> String {
         }
         DialError::Denied { cause } => format!("denied locally: {}", error_chain(cause)),
         DialError::WrongPeerId { obtained, .. } => {
-            format!("the remote is peer {obtained}, not the one in the address")
+            format!(
+                "the remote is peer {}, not the one in the address",
+                short(obtained)
+            )
         }
         DialError::NoAddresses => {
             "no usable address (is it one of our own listen addresses?)".to_string()

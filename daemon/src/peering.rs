@@ -335,7 +335,7 @@ pub fn supervise(
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(%peer, "sync session failed: {e:#}");
+                    tracing::debug!(peer = %short(&peer), "sync session failed: {e:#}");
                     failures = failures.saturating_add(1);
                     failure_backoff(failures)
                 }

@@ -28,7 +28,7 @@ use rand_core::{OsRng, RngCore};
 use tokio::sync::Notify;
 
 use crate::frame::{read_msg, write_msg};
-use crate::net::NetHandle;
+use crate::net::{NetHandle, short};
 use crate::node::{Node, Standing};
 use crate::peering::Peering;
 
@@ -97,10 +97,10 @@ pub async fn run(
     drop(exchange);
     settle_addresses(&node, net, peer, &groups).await;
     if groups.is_empty() {
-        tracing::debug!(%peer, "no shared group; closing session");
+        tracing::debug!(peer = %short(&peer), "no shared group; closing session");
         return Ok(Outcome::Nothing);
     }
-    tracing::debug!(%peer, groups = groups.len(), "sync session established");
+    tracing::debug!(peer = %short(&peer), groups = groups.len(), "sync session established");
     let _running = peering.running(peer);
 
     let link = Link::default();
@@ -116,7 +116,7 @@ pub async fn run(
         r = &mut push => r.context("push task failed")?,
     };
     push.abort();
-    tracing::debug!(%peer, "sync session ended");
+    tracing::debug!(peer = %short(&peer), "sync session ended");
     result.map(|()| Outcome::Synced)
 }
 
@@ -220,7 +220,7 @@ where
     })
     .await
     .context("reveal worker failed")?;
-    tracing::debug!(%peer, shared = shared.len(), "session handshake done");
+    tracing::debug!(peer = %short(&peer), shared = shared.len(), "session handshake done");
     Ok(shared)
 }
 
@@ -351,7 +351,7 @@ where
             let was = told.insert(*group_id, standing);
             if was != Some(standing) {
                 if was.is_some() {
-                    tracing::debug!(group = %group_id, ?standing, "a peer's standing changed");
+                    tracing::debug!(?standing, "a peer's standing changed");
                 }
                 again.insert(*group_id);
             }
