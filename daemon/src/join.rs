@@ -1,4 +1,4 @@
-//! Invites and the join protocol, on both sides of `/hearth/join/1`.
+//! Invites and the join protocol, on both sides of `/join/1`.
 
 use std::sync::Arc;
 use std::time::Duration;

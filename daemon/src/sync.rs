@@ -1,4 +1,4 @@
-//! A sync session with one peer, on one long-lived `/hearth/sync/1` stream.
+//! A sync session with one peer, on one long-lived `/sync/1` stream.
 //!
 //! Handshake (see `hearth_protocol::session`): nonces and session keys, then each side's
 //! identity in each group, sealed for the members it counts as current there.
