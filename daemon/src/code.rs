@@ -132,17 +132,16 @@ pub async fn serve(
             write_msg(&mut stream, &JoinMessage::Reject).await?;
             futures::AsyncWriteExt::close(&mut stream).await.ok();
             if checked == Checked::Burnt {
-                tracing::info!(
-                    %peer,
-                    channel,
-                    "a spoken code was tried with the wrong words; it is burnt"
-                );
+                tracing::info!("a spoken code was tried with the wrong words; it is burnt");
                 let worker = node.clone();
                 tokio::task::spawn_blocking(move || worker.drop_code_record(channel))
                     .await
                     .context("code worker failed")??;
             } else {
-                tracing::info!(%peer, channel, "refused a code attempt that matched no open code");
+                tracing::debug!(
+                    peer = %crate::net::short(&peer),
+                    "refused a code attempt that matched no open code"
+                );
             }
             return Ok(());
         }
@@ -205,6 +204,8 @@ pub async fn join(
     code: &SpokenCode,
     name: &str,
 ) -> Result<GroupId, NodeError> {
+    // Daemons met earlier and dropped for sharing no group are among those to ask.
+    net.reach_discovered().await;
     // Peers asked, and when they may be asked again (never, once the code did not match).
     let mut asked: BTreeMap<PeerId, Option<tokio::time::Instant>> = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + DISCOVERY_TIMEOUT;
@@ -232,7 +233,7 @@ pub async fn join(
                 }
                 Err(e @ (NodeError::Forbidden(_) | NodeError::Conflict(_))) => return Err(e),
                 Err(e) => {
-                    tracing::debug!(%peer, "code attempt failed: {e}");
+                    tracing::debug!(peer = %crate::net::short(&peer), "code attempt failed: {e}");
                     asked.insert(peer, Some(now + RETRY_AFTER));
                 }
             }
@@ -260,6 +261,8 @@ async fn attempt(
     code: &SpokenCode,
     name: &str,
 ) -> Result<Attempt, NodeError> {
+    // An exchange under way: the peer is not dropped as a stranger meanwhile.
+    let _exchange = peering.exchange(peer);
     let unreachable = |e: anyhow::Error| NodeError::Unreachable(format!("{e:#}"));
     let step = |what: &'static str| {
         move |_| NodeError::Unreachable(format!("the other daemon did not answer in time ({what})"))
@@ -310,7 +313,7 @@ async fn attempt(
         Ok(secret) => secret,
         Err(CodeError::WrongCode) => {
             // It claimed to accept the code without proving it knew it: not the facilitator.
-            tracing::warn!(%peer, "a peer accepted the code without knowing it");
+            tracing::warn!("a peer accepted the code without knowing it");
             return Ok(Attempt::NoMatch);
         }
         Err(e) => {

@@ -11,7 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
 use crate::http::{self, AppState};
-use crate::net::{self, JOIN_PROTOCOL, NetConfig, NetEvent, NetHandle, SYNC_PROTOCOL};
+use crate::net::{self, JOIN_PROTOCOL, NetConfig, NetEvent, NetHandle, SYNC_PROTOCOL, short};
 use crate::node::Node;
 use crate::peering::Peering;
 use crate::store::Store;
@@ -36,6 +36,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     peering::redial_remembered(node.clone(), net.clone());
     let purger = tokio::spawn(purge_invites(node.clone()));
+    peering::forgive_on_change(node.clone(), net.clone());
     let peering = Peering::default();
     let router_task = tokio::spawn(route_events(
         node.clone(),
@@ -44,15 +45,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         events,
     ));
 
+    // Where it listens is no business of a log someone else may read (the API's `status`
+    // says it to the member); at debug it is there for a developer.
     let addrs: Vec<String> = net
         .listen_addrs()
         .await
         .iter()
         .map(|a| a.to_string())
         .collect();
+    tracing::debug!(listen = ?addrs, "listening");
     tracing::info!(
         socket = %config.socket.display(),
-        listen = ?addrs,
+        listen_addrs = addrs.len(),
         mdns = config.mdns,
         "hearthd ready"
     );
@@ -118,50 +122,101 @@ async fn shutdown_signal() {
     }
 }
 
-/// Inbound sync sessions one peer may hold at once (a joiner briefly holds two: the one
-/// that found no shared group yet, and the one after joining).
-const MAX_SESSIONS_PER_PEER: usize = 2;
-/// Inbound sync sessions in all.
-const MAX_SESSIONS: usize = 64;
-/// Join requests being answered at once, from any peer.
-const MAX_JOINS: usize = 4;
+/// How many streams of one kind may be served at once: per peer, per remote IP address and
+/// in all. Peer ids cost nothing to make, so the limit per address is what keeps one host
+/// from taking every slot; streams that send nothing are dropped within seconds (the first
+/// frame's timeout), so slots come free again quickly.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    per_peer: usize,
+    per_ip: usize,
+    total: usize,
+}
 
-/// Counts streams per peer and in all, so no one can make the daemon run unbounded tasks.
+/// Inbound sync sessions (a joiner briefly holds two with its facilitator: the one that
+/// found no shared group yet, and the one after joining).
+const SESSIONS: Limit = Limit {
+    per_peer: 2,
+    per_ip: 4,
+    total: 64,
+};
+/// Join requests being answered at once.
+const JOINS: Limit = Limit {
+    per_peer: 1,
+    per_ip: 1,
+    total: 4,
+};
+
+impl Limit {
+    /// The limit for one address: the shared loopback addresses (`127.0.0.1`, `::1`),
+    /// where tests and benchmarks run many daemons, are bounded by the total only (see
+    /// `net::LOOPBACK_LIMITS`).
+    fn per_ip(&self, ip: std::net::IpAddr) -> usize {
+        if net::limits_for(ip) == net::LOOPBACK_LIMITS {
+            self.total
+        } else {
+            self.per_ip
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    per_peer: HashMap<PeerId, usize>,
+    per_ip: HashMap<std::net::IpAddr, usize>,
+    all: usize,
+}
+
+/// Counts streams per peer, per address and in all, so no one can make the daemon run
+/// unbounded tasks or keep others out.
 #[derive(Clone, Default)]
-struct Gate(Arc<std::sync::Mutex<(HashMap<PeerId, usize>, usize)>>);
+struct Gate(Arc<std::sync::Mutex<Counts>>);
 
 struct Pass {
     gate: Gate,
     peer: PeerId,
+    ip: Option<std::net::IpAddr>,
+}
+
+fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(c) = map.get_mut(key) {
+        *c -= 1;
+        if *c == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 impl Gate {
-    fn enter(&self, peer: PeerId, per_peer: usize, total: usize) -> Option<Pass> {
-        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (per, all) = &mut *state;
-        if *all >= total || per.get(&peer).is_some_and(|c| *c >= per_peer) {
+    fn enter(&self, peer: PeerId, ip: Option<std::net::IpAddr>, limit: Limit) -> Option<Pass> {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let full = |n: Option<&usize>, max: usize| n.is_some_and(|n| *n >= max);
+        if counts.all >= limit.total
+            || full(counts.per_peer.get(&peer), limit.per_peer)
+            || ip.is_some_and(|ip| full(counts.per_ip.get(&ip), limit.per_ip(ip)))
+        {
             return None;
         }
-        let count = per.entry(peer).or_default();
-        *count += 1;
-        *all += 1;
+        *counts.per_peer.entry(peer).or_default() += 1;
+        if let Some(ip) = ip {
+            *counts.per_ip.entry(ip).or_default() += 1;
+        }
+        counts.all += 1;
         Some(Pass {
             gate: self.clone(),
             peer,
+            ip,
         })
     }
 }
 
 impl Drop for Pass {
     fn drop(&mut self) {
-        let mut state = self.gate.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (per, all) = &mut *state;
-        *all -= 1;
-        if let Some(c) = per.get_mut(&self.peer) {
-            *c -= 1;
-            if *c == 0 {
-                per.remove(&self.peer);
-            }
+        let mut counts = self.gate.0.lock().unwrap_or_else(|p| p.into_inner());
+        counts.all -= 1;
+        decrement(&mut counts.per_peer, &self.peer);
+        if let Some(ip) = self.ip {
+            decrement(&mut counts.per_ip, &ip);
         }
     }
 }
@@ -181,6 +236,7 @@ async fn route_events(
     while let Some(event) = events.recv().await {
         match event {
             NetEvent::Connected { peer } => {
+                peering::watch_strangers(net.clone(), peering.clone(), peer);
                 // One supervisor per peer (`supervise` refuses a second): a peer that
                 // reconnects quickly must not pile them up.
                 if local.to_bytes() < peer.to_bytes()
@@ -192,14 +248,18 @@ async fn route_events(
             }
             NetEvent::InboundStream {
                 peer,
+                ip,
                 protocol,
                 stream,
             } => {
                 let node = node.clone();
+                if !peering.may_open(&peer) {
+                    tracing::debug!(peer = %short(&peer), "refused a stream from a stranger past its window");
+                    continue;
+                }
                 if protocol == SYNC_PROTOCOL {
-                    let Some(pass) = sessions.enter(peer, MAX_SESSIONS_PER_PEER, MAX_SESSIONS)
-                    else {
-                        tracing::debug!(%peer, "refused a sync stream over the limit");
+                    let Some(pass) = sessions.enter(peer, ip, SESSIONS) else {
+                        tracing::debug!(peer = %short(&peer), "refused a sync stream over the limit");
                         continue;
                     };
                     let peering = peering.clone();
@@ -208,24 +268,26 @@ async fn route_events(
                         let _pass = pass;
                         let session = sync::run(node, &peering, &net, peer, stream, Side::Listener);
                         if let Err(e) = session.await {
-                            tracing::debug!(%peer, "sync session failed: {e:#}");
+                            tracing::debug!(peer = %short(&peer), "sync session failed: {e:#}");
                         }
                     });
                 } else if protocol == JOIN_PROTOCOL {
-                    let Some(pass) = joins.enter(peer, 1, MAX_JOINS) else {
-                        tracing::debug!(%peer, "refused a join stream over the limit");
+                    let Some(pass) = joins.enter(peer, ip, JOINS) else {
+                        tracing::debug!(peer = %short(&peer), "refused a join stream over the limit");
                         continue;
                     };
                     let net = net.clone();
+                    let exchange = peering.exchange(peer);
                     tokio::spawn(async move {
-                        let _pass = pass;
+                        let (_pass, _exchange) = (pass, exchange);
                         if let Err(e) = join::serve(node, net, peer, stream).await {
-                            tracing::debug!(%peer, "join stream failed: {e:#}");
+                            tracing::debug!(peer = %short(&peer), "join stream failed: {e:#}");
                         }
                     });
                 }
             }
             NetEvent::Disconnected { peer } => {
+                peering.disconnected(&peer);
                 if let Some(handle) = supervisors.remove(&peer) {
                     handle.abort();
                 }

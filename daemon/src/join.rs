@@ -1,4 +1,4 @@
-//! Invites and the join protocol, on both sides of `/hearth/join/1`.
+//! Invites and the join protocol, on both sides of `/join/1`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,6 +125,8 @@ pub async fn join(
              facilitator's hearthd is running and reachable from here"
         )));
     };
+    // A join under way: the facilitator's daemon is not dropped as a stranger meanwhile.
+    let _exchange = peering.exchange(peer);
     let joining = tokio::time::timeout(JOIN_TIMEOUT, request_join(&net, peer, &token, name))
         .await
         .map_err(|_| {
@@ -242,7 +244,7 @@ pub async fn serve(
     mut stream: libp2p::Stream,
 ) -> anyhow::Result<()> {
     let request = match tokio::time::timeout(
-        JOIN_TIMEOUT,
+        crate::sync::FIRST_FRAME_TIMEOUT,
         read_msg::<_, JoinMessage>(&mut stream, MAX_JOIN_FRAME_LEN),
     )
     .await
@@ -303,7 +305,7 @@ async fn answer(
     let (answer, joiner) = match admitted {
         Ok((accept, joiner)) => (JoinMessage::Accept(Box::new(accept)), Some(joiner)),
         Err(e) => {
-            tracing::info!(%peer, "refused a join request: {e}");
+            tracing::debug!(peer = %crate::net::short(&peer), "refused a join request: {e}");
             (JoinMessage::Reject, None)
         }
     };

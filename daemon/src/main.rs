@@ -1,11 +1,21 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// What hearthd logs unless `HEARTH_LOG` says otherwise: its own lines at `info` (which
+/// carry no address, peer, member or group id), and only warnings and errors of the crates
+/// it uses, whose `info` lines name addresses (libp2p's mDNS logs every peer it finds, with
+/// its IP address and port). mDNS is silenced entirely: even its errors name this device's
+/// own interface addresses.
+pub const DEFAULT_LOG_FILTER: &str = "warn,hearthd=info,libp2p_mdns=off";
+
 fn main() -> std::process::ExitCode {
+    let filter = std::env::var("HEARTH_LOG")
+        .ok()
+        .filter(|f| !f.trim().is_empty())
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(DEFAULT_LOG_FILTER));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("HEARTH_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colour codes only for a terminal, never in a redirected log file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -11,6 +11,11 @@
 //!   the caller asks for, plus peers discovered over mDNS (when enabled).
 //! - hearth's own protocols ([`SYNC_PROTOCOL`], [`JOIN_PROTOCOL`]) run over raw libp2p streams
 //!   (`libp2p-stream`); inbound streams arrive as [`NetEvent::InboundStream`].
+//! - Nothing a stranger receives names hearth or lists our addresses: there is no identify
+//!   (the only libp2p protocols spoken are ping and our two streams, under generic names).
+//!   Whether a peer is one to keep is decided above this layer (a shared group); the daemon
+//!   drops the others with [`NetHandle::drop_stranger`], and this layer then no longer dials
+//!   them when mDNS reports them, until [`NetHandle::forgive_strangers`].
 //!
 //! Event ordering: all events (including inbound streams) are produced by the swarm task in
 //! the order it observes them, so a peer's `Connected` is always delivered before any
@@ -21,7 +26,7 @@
 //!
 //! Nothing here logs stream payloads; logging is at `debug` (connection lifecycle) or `trace`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -35,25 +40,23 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, Stream, StreamProtocol, Swarm, Transport as _, connection_limits, identify,
-    mdns, noise, ping, tcp, yamux,
+    Multiaddr, PeerId, Stream, StreamProtocol, Swarm, Transport as _, connection_limits, mdns,
+    noise, ping, tcp, yamux,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, trace, warn};
 
+mod ip_limits;
 #[cfg(test)]
 mod tests;
 
-/// hearth's sync protocol (one stream per sync session).
-pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/sync/1");
-/// hearth's join protocol (invite redemption).
-pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/join/1");
-/// Protocol version announced via identify. Peers announcing something that does not start
-/// with [`HEARTH_ID_PREFIX`] are not hearth daemons and get disconnected.
-pub const IDENTIFY_PROTOCOL_VERSION: &str = "/hearth/id/1";
-const HEARTH_ID_PREFIX: &str = "/hearth/id/";
-/// Agent version announced via identify: deliberately carries no version number.
-const AGENT_VERSION: &str = "hearthd";
+pub use ip_limits::{IP_LIMITS, LOOPBACK_LIMITS, Limits, limits_for};
+
+/// hearth's sync protocol (one stream per sync session). The name is generic on purpose:
+/// multistream-select tells anyone who asks (`ls`) which protocols a node speaks.
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/sync/1");
+/// hearth's join protocol (invite redemption, spoken codes); generic like [`SYNC_PROTOCOL`].
+pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/join/1");
 
 /// Connections with no open stream are closed after this long.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -100,6 +103,8 @@ pub enum NetEvent {
     /// A remote opened a stream for one of our protocols.
     InboundStream {
         peer: PeerId,
+        /// The remote IP address of (one of) the peer's connections, if known.
+        ip: Option<IpAddr>,
         protocol: StreamProtocol,
         stream: Stream,
     },
@@ -140,6 +145,11 @@ enum Command {
     Peers {
         reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>>,
     },
+    DropStranger {
+        peer: PeerId,
+    },
+    ForgiveStrangers,
+    ReachDiscovered,
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -234,26 +244,52 @@ impl NetHandle {
         // Each clone gets its own guaranteed slot in libp2p-stream's channels, so concurrent
         // callers never wait on each other here.
         let mut control = self.control.clone();
-        trace!(%peer, %protocol, "opening stream");
+        trace!(peer = %short(&peer), %protocol, "opening stream");
         match tokio::time::timeout(timeout, control.open_stream(peer, protocol.clone())).await {
             Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(p))) => {
-                Err(anyhow!("peer {peer} does not support protocol {p}"))
-            }
+            Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(p))) => Err(anyhow!(
+                "peer {} does not support protocol {p}",
+                short(&peer)
+            )),
             Ok(Err(libp2p_stream::OpenStreamError::Io(e))) => Err(anyhow!(
-                "could not open a {protocol} stream to {peer}: {}",
+                "could not open a {protocol} stream to peer {}: {}",
+                short(&peer),
                 error_chain(&e)
             )),
             Ok(Err(e)) => Err(anyhow!(
-                "could not open a {protocol} stream to {peer}: {}",
+                "could not open a {protocol} stream to peer {}: {}",
+                short(&peer),
                 error_chain(&e)
             )),
             Err(_) => Err(anyhow!(
-                "opening a {protocol} stream to {peer} timed out after {} \
+                "opening a {protocol} stream to peer {} timed out after {} \
                  (peer not connected and not dialable, or unresponsive)",
+                short(&peer),
                 fmt_duration(timeout)
             )),
         }
+    }
+
+    /// Closes every connection to `peer`, a peer that shares nothing with us, and no longer
+    /// dials it (by this run's peer id, or any address it was reached or announced at)
+    /// when mDNS reports it, until [`NetHandle::forgive_strangers`]. Inbound connections
+    /// from it are still accepted (and judged again by the caller).
+    pub async fn drop_stranger(&self, peer: PeerId) {
+        let _ = self.commands.send(Command::DropStranger { peer }).await;
+    }
+
+    /// Forgets every dropped stranger and dials again the peers mDNS has reported that are
+    /// not connected (a change of this device's groups or memberships may have made one of
+    /// them a fellow member).
+    pub async fn forgive_strangers(&self) {
+        let _ = self.commands.send(Command::ForgiveStrangers).await;
+    }
+
+    /// Dials every peer mDNS has reported that is not connected, dropped strangers
+    /// included, without forgiving them (the member asked for it: joining by spoken code
+    /// looks for the facilitator's daemon among them).
+    pub async fn reach_discovered(&self) {
+        let _ = self.commands.send(Command::ReachDiscovered).await;
     }
 
     /// Stops the swarm task (used on shutdown): closes all connections and listeners, ends the
@@ -265,8 +301,8 @@ impl NetHandle {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    ip_limits: ip_limits::Behaviour,
     limits: connection_limits::Behaviour,
-    identify: identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
     stream: libp2p_stream::Behaviour,
@@ -309,11 +345,8 @@ fn build_swarm(enable_mdns: bool) -> anyhow::Result<Swarm<Behaviour>> {
                 .with_max_established(Some(MAX_ESTABLISHED_TOTAL))
                 .with_max_established_per_peer(Some(MAX_ESTABLISHED_PER_PEER));
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
+                ip_limits: ip_limits::Behaviour::default(),
                 limits: connection_limits::Behaviour::new(limits),
-                identify: identify::Behaviour::new(
-                    identify::Config::new(IDENTIFY_PROTOCOL_VERSION.to_string(), key.public())
-                        .with_agent_version(AGENT_VERSION.to_string()),
-                ),
                 ping: ping::Behaviour::default(),
                 mdns: Toggle::from(mdns),
                 stream: libp2p_stream::Behaviour::new(),
@@ -376,9 +409,12 @@ pub async fn start(config: NetConfig) -> anyhow::Result<(NetHandle, mpsc::Receiv
         backlog: VecDeque::new(),
         mdns_dials: HashMap::new(),
         mdns_redials: Vec::new(),
+        discovered: HashMap::new(),
+        strangers: HashSet::new(),
+        stranger_addrs: HashSet::new(),
     };
     driver.wait_for_listeners(waiting, any_wildcard).await?;
-    debug!(peer = %local_peer_id, addrs = ?driver.swarm.listeners().collect::<Vec<_>>(), "network started");
+    debug!(peer = %short(&local_peer_id), addrs = ?driver.swarm.listeners().collect::<Vec<_>>(), "network started");
 
     let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let (commands, commands_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
@@ -406,7 +442,17 @@ struct Driver {
     mdns_dials: HashMap<ConnectionId, (PeerId, Vec<Multiaddr>, u32)>,
     /// mDNS peers to dial again, and when.
     mdns_redials: Vec<(tokio::time::Instant, PeerId, Vec<Multiaddr>, u32)>,
+    /// What mDNS currently reports: each peer with its announced addresses.
+    discovered: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Peers dropped as strangers in this run, and the addresses they were reached or
+    /// announced at: mDNS reports of them are not dialled.
+    strangers: HashSet<PeerId>,
+    stranger_addrs: HashSet<Multiaddr>,
 }
+
+/// Most peers remembered from mDNS and as dropped strangers (a flood of fake mDNS answers
+/// must not grow memory without bound; past this the oldest knowledge is simply cleared).
+const MAX_REMEMBERED_PEERS: usize = 1024;
 
 /// How often a failed dial to a peer found by mDNS is tried again: mDNS reports a peer
 /// only once per record lifetime (minutes), so one lost dial (say, both sides dialling at
@@ -518,8 +564,13 @@ impl Driver {
                     self.on_swarm_event(event);
                 }
                 Some((peer, protocol, stream)) = incoming.next(), if poll_network => {
-                    debug!(%peer, %protocol, "inbound stream");
-                    self.push(NetEvent::InboundStream { peer, protocol, stream });
+                    trace!(peer = %short(&peer), %protocol, "inbound stream");
+                    let ip = self
+                        .connections
+                        .get(&peer)
+                        .and_then(|c| c.first())
+                        .and_then(|(_, addr)| ip_limits::ip_of(addr));
+                    self.push(NetEvent::InboundStream { peer, ip, protocol, stream });
                 }
                 () = sleep_until_some(next_redial) => self.redial_mdns_due(),
             }
@@ -530,7 +581,7 @@ impl Driver {
         };
         let local = *self.swarm.local_peer_id();
         drop(self);
-        debug!(peer = %local, "network stopped");
+        debug!(peer = %short(&local), "network stopped");
         if let Some(reply) = shutdown_reply {
             let _ = reply.send(());
         }
@@ -598,6 +649,26 @@ impl Driver {
                     .collect();
                 let _ = reply.send(peers);
             }
+            Command::DropStranger { peer } => {
+                if self.strangers.len() >= MAX_REMEMBERED_PEERS {
+                    self.strangers.clear();
+                    self.stranger_addrs.clear();
+                }
+                self.strangers.insert(peer);
+                let reached = self.connections.get(&peer).into_iter().flatten();
+                let announced = self.discovered.get(&peer).into_iter().flatten();
+                for addr in reached.map(|(_, a)| a).chain(announced) {
+                    self.stranger_addrs.insert(addr.clone());
+                }
+                self.mdns_redials.retain(|r| r.1 != peer);
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::ForgiveStrangers => {
+                self.strangers.clear();
+                self.stranger_addrs.clear();
+                self.dial_discovered();
+            }
+            Command::ReachDiscovered => self.dial_discovered(),
             Command::Shutdown { reply } => {
                 // Handled in run(); kept for exhaustiveness.
                 let _ = reply.send(());
@@ -631,7 +702,7 @@ impl Driver {
                 self.mdns_dials.remove(&connection_id);
                 let remote = without_p2p(endpoint.get_remote_address());
                 debug!(
-                    peer = %peer_id,
+                    peer = %short(&peer_id),
                     connection = %connection_id,
                     %remote,
                     outbound = matches!(endpoint, ConnectedPoint::Dialer { .. }),
@@ -656,7 +727,7 @@ impl Driver {
                 ..
             } => {
                 debug!(
-                    peer = %peer_id,
+                    peer = %short(&peer_id),
                     connection = %connection_id,
                     cause = cause.as_ref().map(|c| error_chain(c)),
                     "connection closed"
@@ -678,7 +749,7 @@ impl Driver {
                 error,
             } => {
                 let reason = describe_dial_error(&error);
-                debug!(peer = ?peer_id, connection = %connection_id, %reason, "outgoing connection failed");
+                debug!(peer = ?peer_id.as_ref().map(|p| short(p).to_string()), connection = %connection_id, %reason, "outgoing connection failed");
                 if let Some((peer, addrs, attempt)) = self.mdns_dials.remove(&connection_id)
                     && attempt < MDNS_DIAL_ATTEMPTS
                 {
@@ -715,7 +786,8 @@ impl Driver {
                 addresses, reason, ..
             } => match reason {
                 Ok(()) => debug!(?addresses, "listener closed"),
-                Err(e) => warn!(?addresses, error = %error_chain(&e), "listener failed"),
+                // Warnings carry no address (they are seen at the default log level).
+                Err(e) => warn!(error = %error_chain(&e), "listener failed"),
             },
             SwarmEvent::ListenerError { error, .. } => {
                 warn!(error = %error_chain(&error), "listener error");
@@ -730,33 +802,43 @@ impl Driver {
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => self.on_mdns_discovered(found),
             BehaviourEvent::Mdns(mdns::Event::Expired(gone)) => {
                 for (peer, addr) in gone {
-                    trace!(%peer, %addr, "mDNS record expired");
+                    trace!(peer = %short(&peer), "mDNS record expired");
+                    let addr = without_p2p(&addr);
+                    if let Some(addrs) = self.discovered.get_mut(&peer) {
+                        addrs.retain(|a| *a != addr);
+                        if addrs.is_empty() {
+                            self.discovered.remove(&peer);
+                        }
+                    }
                 }
             }
-            BehaviourEvent::Identify(identify::Event::Received {
-                peer_id,
-                info,
-                connection_id,
-            }) => {
-                if info.protocol_version.starts_with(HEARTH_ID_PREFIX) {
-                    trace!(peer = %peer_id, connection = %connection_id, version = %info.protocol_version, "identified hearth peer");
-                } else {
-                    // Most likely an unrelated libp2p node found via mDNS (the mDNS service
-                    // name is shared by all libp2p applications).
-                    debug!(peer = %peer_id, "disconnecting non-hearth peer");
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
-                }
-            }
-            BehaviourEvent::Identify(event) => trace!(?event, "identify"),
             BehaviourEvent::Ping(event) => {
                 trace!(peer = %event.peer, rtt = ?event.result.as_ref().ok(), "ping")
             }
-            BehaviourEvent::Limits(never) => match never {},
+            BehaviourEvent::Limits(never) | BehaviourEvent::IpLimits(never) => match never {},
             BehaviourEvent::Stream(()) => {}
         }
     }
 
-    /// Dials each newly discovered peer once per discovery, unless already connected/dialing.
+    /// Whether `peer` (announced at `addrs`) was dropped as a stranger in this run.
+    fn is_stranger(&self, peer: &PeerId, addrs: &[Multiaddr]) -> bool {
+        self.strangers.contains(peer) || addrs.iter().any(|a| self.stranger_addrs.contains(a))
+    }
+
+    /// Dials every peer mDNS reports that is not connected, strangers included.
+    fn dial_discovered(&mut self) {
+        let found: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .discovered
+            .iter()
+            .map(|(p, a)| (*p, a.clone()))
+            .collect();
+        for (peer, addrs) in found {
+            self.dial_mdns_peer(peer, addrs, 1);
+        }
+    }
+
+    /// Dials each newly discovered peer once per discovery, unless already connected/dialing
+    /// or dropped as a stranger.
     fn on_mdns_discovered(&mut self, found: Vec<(PeerId, Multiaddr)>) {
         let local = *self.swarm.local_peer_id();
         let mut by_peer: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
@@ -770,8 +852,21 @@ impl Driver {
                 addrs.push(addr);
             }
         }
+        if self.discovered.len() >= MAX_REMEMBERED_PEERS {
+            self.discovered.clear();
+        }
         for (peer, addrs) in by_peer {
-            debug!(%peer, ?addrs, "mDNS discovered peer");
+            let known = self.discovered.entry(peer).or_default();
+            for addr in &addrs {
+                if !known.contains(addr) {
+                    known.push(addr.clone());
+                }
+            }
+            if self.is_stranger(&peer, &addrs) {
+                trace!(peer = %short(&peer), "mDNS reported a dropped stranger; not dialing");
+                continue;
+            }
+            debug!(peer = %short(&peer), "mDNS discovered peer");
             self.dial_mdns_peer(peer, addrs, 1);
         }
     }
@@ -795,7 +890,7 @@ impl Driver {
                 self.mdns_dials.insert(connection, (peer, addrs, attempt));
             }
             Err(e) => {
-                debug!(%peer, reason = %describe_dial_error(&e), "not dialing discovered peer")
+                debug!(peer = %short(&peer), reason = %describe_dial_error(&e), "not dialing discovered peer")
             }
         }
     }
@@ -807,7 +902,10 @@ impl Driver {
             .partition(|r| r.0 <= now);
         self.mdns_redials = later;
         for (_, peer, addrs, attempt) in due {
-            debug!(%peer, attempt, "dialing a peer found by mDNS again");
+            if self.is_stranger(&peer, &addrs) {
+                continue;
+            }
+            debug!(peer = %short(&peer), attempt, "dialing a peer found by mDNS again");
             self.dial_mdns_peer(peer, addrs, attempt);
         }
     }
@@ -863,6 +961,23 @@ fn check_dialable(addr: &Multiaddr, local: Option<&PeerId>) -> anyhow::Result<()
         bail!("cannot dial {addr}: that is our own peer id");
     }
     Ok(())
+}
+
+/// A peer id shortened for logs: its last 6 base58 characters (ids are ephemeral anyway,
+/// but a full id in a log links that log to a capture of the network).
+pub fn short(peer: &PeerId) -> ShortPeer {
+    ShortPeer(*peer)
+}
+
+/// See [`short`].
+pub struct ShortPeer(PeerId);
+
+impl std::fmt::Display for ShortPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.0.to_base58();
+        let tail = text.get(text.len().saturating_sub(6)..).unwrap_or("");
+        write!(f, "…{tail}")
+    }
 }
 
 /// The peer id in a trailing `/p2p/` component, if any.
@@ -936,7 +1051,10 @@ fn describe_dial_error(error: &DialError) -> String {
         }
         DialError::Denied { cause } => format!("denied locally: {}", error_chain(cause)),
         DialError::WrongPeerId { obtained, .. } => {
-            format!("the remote is peer {obtained}, not the one in the address")
+            format!(
+                "the remote is peer {}, not the one in the address",
+                short(obtained)
+            )
         }
         DialError::NoAddresses => {
             "no usable address (is it one of our own listen addresses?)".to_string()

@@ -1,14 +1,24 @@
 //! Keeping in touch with peers: one supervised sync session per peer this daemon is
-//! responsible for, and redialling the addresses the member added.
+//! responsible for, redialling the addresses the member added, and dropping strangers.
+//!
+//! **Strangers.** A connected peer is on probation until a sync session with it shares a
+//! group. It may open streams during its window ([`STRANGER_GRACE`] after it connected,
+//! or [`AFTER_EXCHANGE`] after a join exchange with it ended, never past
+//! [`MAX_PROBATION`]); once the window has passed and no sync handshake or join exchange
+//! with it is under way, it is disconnected and not dialled again on mDNS's word (see
+//! `net`). A peer that was proven and then shares nothing in a later handshake (it left
+//! or was removed) is on probation again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use hearth_protocol::session::Side;
 use libp2p::PeerId;
 
-use crate::net::{NetHandle, SYNC_PROTOCOL};
+use crate::net::{NetHandle, SYNC_PROTOCOL, short};
 use crate::node::Node;
 use crate::sync::Outcome;
 use crate::{peers, sync};
@@ -29,6 +39,51 @@ pub struct Peering {
 struct PeeringState {
     supervised: HashSet<PeerId>,
     running: HashMap<PeerId, usize>,
+    /// Every connected peer's probation.
+    probation: HashMap<PeerId, Probation>,
+    /// Numbers each connection's probation, so a watcher ends with its connection.
+    generation: u64,
+}
+
+/// A connected peer has this long to share a group in a sync session (or to start a join
+/// exchange) before it is dropped as a stranger.
+pub const STRANGER_GRACE: Duration = Duration::from_secs(10);
+/// After a join exchange with a peer ends, it has this long to open the sync session
+/// that proves the membership it was just given.
+pub const AFTER_EXCHANGE: Duration = Duration::from_secs(5);
+/// However many exchanges it starts, a peer that shares no group opens no stream later
+/// than this after it connected.
+pub const MAX_PROBATION: Duration = Duration::from_secs(60);
+/// How often a connected peer's probation is looked at once its first window has passed.
+const PROBATION_CHECK: Duration = Duration::from_millis(500);
+
+struct Probation {
+    generation: u64,
+    since: Instant,
+    /// A sync handshake with it shared a group (and none since shared nothing).
+    proven: bool,
+    /// Sync handshakes and join exchanges with it under way (either side's).
+    busy: usize,
+    last_exchange: Option<Instant>,
+}
+
+impl Probation {
+    fn window_end(&self) -> Instant {
+        let after = self.last_exchange.map(|t| t + AFTER_EXCHANGE);
+        (self.since + STRANGER_GRACE)
+            .max(after.unwrap_or(self.since))
+            .min(self.since + MAX_PROBATION)
+    }
+}
+
+/// What a peer's probation says now.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Proven, or still in its window, or an exchange with it is under way.
+    Keep,
+    Stranger,
+    /// Disconnected (or connected again since: another watcher looks after it).
+    Gone,
 }
 
 impl Default for Peering {
@@ -57,6 +112,127 @@ impl Peering {
     fn is_running(&self, peer: &PeerId) -> bool {
         self.lock().running.contains_key(peer)
     }
+
+    /// Starts `peer`'s probation (its first connection was just made) and returns the
+    /// generation [`watch_strangers`] follows.
+    fn connected(&self, peer: PeerId) -> u64 {
+        let mut state = self.lock();
+        state.generation += 1;
+        let generation = state.generation;
+        state.probation.insert(
+            peer,
+            Probation {
+                generation,
+                since: Instant::now(),
+                proven: false,
+                busy: 0,
+                last_exchange: None,
+            },
+        );
+        generation
+    }
+
+    /// `peer`'s last connection closed.
+    pub fn disconnected(&self, peer: &PeerId) {
+        self.lock().probation.remove(peer);
+    }
+
+    /// Records what a sync handshake with `peer` found: a shared group proves it; nothing
+    /// shared puts it back on probation.
+    pub fn handshake_done(&self, peer: &PeerId, shared: bool) {
+        if let Some(p) = self.lock().probation.get_mut(peer) {
+            p.proven = shared;
+        }
+    }
+
+    /// Counts a sync handshake or join exchange with `peer` as under way until the guard
+    /// is dropped: meanwhile the peer is not dropped as a stranger.
+    pub fn exchange(&self, peer: PeerId) -> Exchange {
+        if let Some(p) = self.lock().probation.get_mut(&peer) {
+            p.busy += 1;
+        }
+        Exchange {
+            peering: self.clone(),
+            peer,
+        }
+    }
+
+    /// Whether `peer` may open a stream now: proven, or within its window (or an exchange
+    /// with it is under way, within [`MAX_PROBATION`]).
+    pub fn may_open(&self, peer: &PeerId) -> bool {
+        let state = self.lock();
+        let Some(p) = state.probation.get(peer) else {
+            return false;
+        };
+        let now = Instant::now();
+        p.proven || (now < p.since + MAX_PROBATION && (p.busy > 0 || now < p.window_end()))
+    }
+
+    fn verdict(&self, peer: &PeerId, generation: u64) -> Verdict {
+        let state = self.lock();
+        match state.probation.get(peer) {
+            Some(p) if p.generation == generation => {
+                let now = Instant::now();
+                if p.proven || p.busy > 0 || now < p.window_end() {
+                    Verdict::Keep
+                } else {
+                    Verdict::Stranger
+                }
+            }
+            _ => Verdict::Gone,
+        }
+    }
+}
+
+/// A sync handshake or join exchange under way (see [`Peering::exchange`]).
+pub struct Exchange {
+    peering: Peering,
+    peer: PeerId,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if let Some(p) = self.peering.lock().probation.get_mut(&self.peer) {
+            p.busy = p.busy.saturating_sub(1);
+            p.last_exchange = Some(Instant::now());
+        }
+    }
+}
+
+/// Puts a newly connected peer on probation and watches it for as long as it stays
+/// connected: once it is a stranger (see the module docs) it is dropped.
+pub fn watch_strangers(net: NetHandle, peering: Peering, peer: PeerId) {
+    let generation = peering.connected(peer);
+    tokio::spawn(async move {
+        tokio::time::sleep(STRANGER_GRACE).await;
+        loop {
+            match peering.verdict(&peer, generation) {
+                Verdict::Keep => tokio::time::sleep(PROBATION_CHECK).await,
+                Verdict::Gone => return,
+                Verdict::Stranger => {
+                    tracing::debug!(peer = %short(&peer), "no shared group; dropping the peer");
+                    net.drop_stranger(peer).await;
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// Forgives dropped strangers whenever this device's groups or any roster change: one of
+/// them may be a fellow member now.
+pub fn forgive_on_change(node: Arc<Node>, net: NetHandle) {
+    let mut groups = node.subscribe_groups();
+    let mut rosters = node.subscribe_rosters();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = groups.changed() => if r.is_err() { return },
+                r = rosters.changed() => if r.is_err() { return },
+            }
+            net.forgive_strangers().await;
+        }
+    });
 }
 
 /// A session counted as running (see [`Peering::running`]).
@@ -159,7 +335,7 @@ pub fn supervise(
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(%peer, "sync session failed: {e:#}");
+                    tracing::debug!(peer = %short(&peer), "sync session failed: {e:#}");
                     failures = failures.saturating_add(1);
                     failure_backoff(failures)
                 }

@@ -1,4 +1,4 @@
-//! A sync session with one peer, on one long-lived `/hearth/sync/1` stream.
+//! A sync session with one peer, on one long-lived `/sync/1` stream.
 //!
 //! Handshake (see `hearth_protocol::session`): nonces and session keys, then each side's
 //! identity in each group, sealed for the members it counts as current there.
@@ -28,11 +28,15 @@ use rand_core::{OsRng, RngCore};
 use tokio::sync::Notify;
 
 use crate::frame::{read_msg, write_msg};
-use crate::net::NetHandle;
+use crate::net::{NetHandle, short};
 use crate::node::{Node, Standing};
 use crate::peering::Peering;
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The whole handshake must be done in this long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The peer's `Hello` must arrive in this long: a stream that sends nothing gives its
+/// slot back quickly (see the daemon's stream limits).
+pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 /// A session that shared nothing closes after this many milliseconds, plus up to the
 /// second number more, at random.
 const NOTHING_SHARED_WAIT_MS: (u64, u64) = (200, 500);
@@ -76,6 +80,9 @@ pub async fn run(
     side: Side,
 ) -> anyhow::Result<Outcome> {
     let (mut reader, mut writer) = stream.split();
+    // Until the handshake is done the peer is not dropped as a stranger; then what it
+    // found decides (see `peering`).
+    let exchange = peering.exchange(peer);
     let groups = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         handshake(
@@ -89,15 +96,17 @@ pub async fn run(
     )
     .await
     .context("handshake timed out")??;
+    peering.handshake_done(&peer, !groups.is_empty());
+    drop(exchange);
     settle_addresses(&node, net, peer, &groups).await;
     if groups.is_empty() {
         // How long opening the peer's slots took must not tell it whether one was for us.
         let wait = NOTHING_SHARED_WAIT_MS.0 + OsRng.next_u64() % NOTHING_SHARED_WAIT_MS.1;
         tokio::time::sleep(Duration::from_millis(wait)).await;
-        tracing::debug!(%peer, "no shared group; closing session");
+        tracing::debug!(peer = %short(&peer), "no shared group; closing session");
         return Ok(Outcome::Nothing);
     }
-    tracing::debug!(%peer, groups = groups.len(), "sync session established");
+    tracing::debug!(peer = %short(&peer), groups = groups.len(), "sync session established");
     let _running = peering.running(peer);
 
     let link = Link::default();
@@ -113,7 +122,7 @@ pub async fn run(
         r = &mut push => r.context("push task failed")?,
     };
     push.abort();
-    tracing::debug!(%peer, "sync session ended");
+    tracing::debug!(peer = %short(&peer), "sync session ended");
     result.map(|()| Outcome::Synced)
 }
 
@@ -168,7 +177,13 @@ where
         },
     )
     .await?;
-    let (their_nonce, their_key) = match read_msg(reader, MAX_HANDSHAKE_FRAME_LEN).await? {
+    let hello = tokio::time::timeout(
+        FIRST_FRAME_TIMEOUT,
+        read_msg(reader, MAX_HANDSHAKE_FRAME_LEN),
+    )
+    .await
+    .context("the peer sent no hello in time")??;
+    let (their_nonce, their_key) = match hello {
         Some(SyncMessage::Hello { nonce, key, .. }) => (nonce, key),
         _ => bail!("peer did not start with hello"),
     };
@@ -211,7 +226,7 @@ where
     })
     .await
     .context("reveal worker failed")?;
-    tracing::debug!(%peer, shared = shared.len(), "session handshake done");
+    tracing::debug!(peer = %short(&peer), shared = shared.len(), "session handshake done");
     Ok(shared)
 }
 
@@ -342,7 +357,7 @@ where
             let was = told.insert(*group_id, standing);
             if was != Some(standing) {
                 if was.is_some() {
-                    tracing::debug!(group = %group_id, ?standing, "a peer's standing changed");
+                    tracing::debug!(?standing, "a peer's standing changed");
                 }
                 again.insert(*group_id);
             }

@@ -1,5 +1,5 @@
 #![no_main]
-//! Every frame a peer sends on `/hearth/sync/1` and `/hearth/join/1` goes through
+//! Every frame a peer sends on `/sync/1` and `/join/1` goes through
 //! `wire::frame_len` (the 4-byte prefix, checked before allocating) and then
 //! `wire::decode`, before any authentication. Neither may panic; whatever decodes must
 //! re-encode to an equal message; and envelopes in a batch are decoded as the daemon does.

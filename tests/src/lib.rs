@@ -101,7 +101,8 @@ pub struct Launch {
     pub wrapper: Vec<OsString>,
     /// hearthd's network flags (`--listen`, `--no-mdns`).
     pub net_args: Vec<String>,
-    /// What hearthd logs (`HEARTH_LOG`): debug for tests, quieter for measurements.
+    /// What hearthd logs (`HEARTH_LOG`): debug for tests, quieter for measurements; empty
+    /// to leave `HEARTH_LOG` unset, so hearthd logs what it does by default.
     pub log_filter: String,
 }
 
@@ -169,13 +170,17 @@ impl Daemon {
             }
             None => Command::new(bin("hearthd")),
         };
+        if self.launch.log_filter.is_empty() {
+            command.env_remove("HEARTH_LOG");
+        } else {
+            command.env("HEARTH_LOG", &self.launch.log_filter);
+        }
         let child = command
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--socket")
             .arg(&self.socket)
             .args(&self.launch.net_args)
-            .env("HEARTH_LOG", &self.launch.log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,6 +1,7 @@
 //! mDNS between daemons in separate network namespaces on a private bridge: they find and
 //! connect to each other with no `peer add`, and a daemon whose namespace is off the bridge
-//! finds nobody until it is put on it.
+//! finds nobody until it is put on it. Daemons that share no group are dropped within
+//! seconds and not dialled again, while members stay connected.
 //!
 //! Needs root and iproute2; skips (with the reason printed) where the test network cannot
 //! be made.
@@ -15,6 +16,8 @@ use hearth_tests::netns::TestNet;
 
 /// Generous: discovery normally takes well under a second.
 const DEADLINE: Duration = Duration::from_secs(30);
+/// How long a dropped stranger must stay apart: several of mDNS's probes and answers.
+const APART_FOR: Duration = Duration::from_secs(15);
 /// How long the off-bridge daemon must keep seeing nobody: its first three mDNS queries go
 /// out within 1.5 s of its start (libp2p-mdns probes at 0, 0.5, 1.5, 3.5 s ...).
 const ALONE_FOR: Duration = Duration::from_secs(2);
@@ -136,6 +139,11 @@ fn daemons_on_the_bridge_find_each_other_over_mdns_and_no_one_else() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // a and b become fellow members (b dials the address in a's invite), so they stay
+    // connected; c shares no group with anyone.
+    let group = a.create_group("Circle");
+    a.invite(&b, &group);
+
     // The same daemon, its namespace now on the bridge, finds both (a restart starts its
     // mDNS queries afresh instead of waiting for its next backed-off one).
     net.attach(2).expect("put member 2 on the bridge");
@@ -156,4 +164,19 @@ fn daemons_on_the_bridge_find_each_other_over_mdns_and_no_one_else() {
         "all three connected {:?} after c restarted on the bridge",
         c_restarted.elapsed()
     );
+
+    // c shares no group: it is dropped on both sides and, though mDNS keeps reporting it,
+    // not dialled again; a and b stay connected.
+    wait_for_peers(
+        "c to be dropped as a stranger",
+        true,
+        &[(&a, vec![ip_b]), (&b, vec![ip_a]), (&c, vec![])],
+    );
+    let dropped = Instant::now();
+    while dropped.elapsed() < APART_FOR {
+        assert_eq!(peer_ips(&c), Some(vec![]), "c was dialled again");
+        assert_eq!(peer_ips(&a), Some(vec![ip_b]), "a sees someone besides b");
+        assert_eq!(peer_ips(&b), Some(vec![ip_a]), "b sees someone besides a");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -65,6 +65,7 @@ async fn wait_inbound(
             peer,
             protocol,
             stream,
+            ..
         } => Some((peer, protocol, stream)),
         _ => None,
     })
@@ -363,12 +364,14 @@ async fn slow_consumer_does_not_block_commands() {
     }
 }
 
+/// A bare libp2p node (think: anyone on the network with a libp2p tool) that asks for
+/// identify: it learns no agent, no protocol version, no protocol list and no address,
+/// because identify is not spoken at all.
 #[tokio::test]
-async fn non_hearth_peers_are_disconnected_after_identify() {
+async fn identify_tells_a_stranger_nothing() {
     use libp2p::swarm::SwarmEvent;
     let (a, mut a_rx) = node().await;
-    // A plain libp2p node (think: an IPFS node found via mDNS) with a foreign identify version.
-    let mut foreign = libp2p::SwarmBuilder::with_new_identity()
+    let mut stranger = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
             libp2p::tcp::Config::default(),
@@ -385,26 +388,57 @@ async fn non_hearth_peers_are_disconnected_after_identify() {
         .unwrap()
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
-    let foreign_id = *foreign.local_peer_id();
-    foreign.dial(first_addr(&a).await).unwrap();
-    tokio::time::timeout(WAIT, async {
+    let a_addr = first_addr(&a).await;
+    stranger.dial(a_addr.clone()).unwrap();
+    let mut received = Vec::new();
+    let outcome = tokio::time::timeout(WAIT, async {
         loop {
-            if let SwarmEvent::ConnectionClosed { peer_id, .. } = foreign.select_next_some().await
-                && peer_id == a.local_peer_id()
-            {
-                break;
+            match stranger.select_next_some().await {
+                SwarmEvent::Behaviour(libp2p::identify::Event::Received { info, .. }) => {
+                    received.push(format!("{info:?}"));
+                }
+                SwarmEvent::Behaviour(libp2p::identify::Event::Error { error, .. }) => {
+                    break error.to_string();
+                }
+                _ => {}
             }
         }
     })
     .await
-    .expect("hearth node closes the connection");
-    wait_connected(&mut a_rx, foreign_id).await;
+    .expect("the identify request is answered one way or another");
+    wait_connected(&mut a_rx, *stranger.local_peer_id()).await;
+    assert!(received.is_empty(), "identify answered: {received:?}");
+    let told = outcome.to_lowercase();
+    assert!(!told.contains("hearth"), "{outcome}");
+    assert!(!told.contains("127.0.0.1"), "{outcome}");
+}
+
+#[tokio::test]
+async fn a_dropped_stranger_is_disconnected() {
+    let ((a, mut a_rx), (b, mut b_rx)) = connected_pair().await;
+    a.drop_stranger(b.local_peer_id()).await;
     wait_for(&mut a_rx, |e| match e {
-        NetEvent::Disconnected { peer } if peer == foreign_id => Some(()),
+        NetEvent::Disconnected { peer } if peer == b.local_peer_id() => Some(()),
+        _ => None,
+    })
+    .await;
+    wait_for(&mut b_rx, |e| match e {
+        NetEvent::Disconnected { peer } if peer == a.local_peer_id() => Some(()),
         _ => None,
     })
     .await;
     assert!(a.peers().await.is_empty());
+}
+
+#[test]
+fn peer_ids_in_logs_are_short() {
+    let peer = libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id();
+    let full = peer.to_base58();
+    let shown = short(&peer).to_string();
+    assert!(shown.chars().count() <= 7, "{shown}");
+    assert!(full.ends_with(shown.trim_start_matches('…')));
 }
 
 #[tokio::test]
