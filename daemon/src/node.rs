@@ -83,8 +83,9 @@ pub struct Node {
     changed: watch::Sender<u64>,
     /// Which group's content or membership changed, for clients following `/v1/events`.
     group_events: broadcast::Sender<GroupId>,
-    /// Bumped whenever this device joins, creates or forgets a group: sessions then
-    /// restart so their handshake covers exactly the groups it holds.
+    /// Bumped whenever this device joins, creates or forgets a group, or counts someone new
+    /// as a member of one: sessions then restart so their handshake covers exactly what it
+    /// can share.
     groups_changed: watch::Sender<u64>,
     /// Bumped whenever a group's membership changes. Live sessions do not restart on it
     /// (they re-check the peer's standing before every batch); a supervisor that found
@@ -1230,6 +1231,7 @@ impl Node {
         let Some(slot) = groups.get_mut(id) else {
             return Ok(Ingest::default());
         };
+        let revealed_to = slot.group.reveal_to();
         let result = slot.group.ingest(envelopes);
         if result.rejected > 0 || result.ineffective > 0 {
             tracing::warn!(
@@ -1248,6 +1250,13 @@ impl Node {
         if result.roster_changed {
             accepted.extend(self.maintain(&mut slot.group));
         }
+        // Someone this device now counts as a member may be connected already, in a session
+        // that could not share the group with them: sessions start again.
+        let widened = slot
+            .group
+            .reveal_to()
+            .iter()
+            .any(|p| !revealed_to.contains(p));
         if !accepted.is_empty() {
             // Content a member this device admitted cannot read (written concurrently with
             // the admission) is re-sealed for it.
@@ -1261,6 +1270,9 @@ impl Node {
             drop(groups);
             if result.roster_changed {
                 self.bump_rosters();
+            }
+            if widened {
+                self.bump_groups();
             }
             return Ok(Ingest {
                 accepted: 0,
@@ -1287,6 +1299,9 @@ impl Node {
         self.bump_group(id);
         if result.roster_changed {
             self.bump_rosters();
+        }
+        if widened {
+            self.bump_groups();
         }
         Ok(Ingest {
             accepted: accepted.len(),
