@@ -236,7 +236,7 @@ async fn route_events(
     while let Some(event) = events.recv().await {
         match event {
             NetEvent::Connected { peer } => {
-                peering::watch_strangers(net.clone(), peering.clone(), peer);
+                peering::watch_strangers(node.clone(), net.clone(), peering.clone(), peer);
                 // One supervisor per peer (`supervise` refuses a second): a peer that
                 // reconnects quickly must not pile them up.
                 if local.to_bytes() < peer.to_bytes()

@@ -2,11 +2,11 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 /// What hearthd logs unless `HEARTH_LOG` says otherwise: its own lines at `info` (which
-/// carry no address, peer, member or group id), and only warnings and errors of the crates
-/// it uses, whose `info` lines name addresses (libp2p's mDNS logs every peer it finds, with
-/// its IP address and port). mDNS is silenced entirely: even its errors name this device's
-/// own interface addresses.
-pub const DEFAULT_LOG_FILTER: &str = "warn,hearthd=info,libp2p_mdns=off";
+/// carry no address, peer, member or group id), and nothing of the crates it uses. Their
+/// lines name addresses (libp2p's mDNS logs every peer it finds, with its IP address and
+/// port; even its errors name this device's interfaces), and a stranger can make them
+/// write warnings at will, which would leave a timeline of its visits.
+pub const DEFAULT_LOG_FILTER: &str = "off,hearthd=info";
 
 fn main() -> std::process::ExitCode {
     let filter = std::env::var("HEARTH_LOG")

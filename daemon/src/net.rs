@@ -444,11 +444,14 @@ struct Driver {
     mdns_redials: Vec<(tokio::time::Instant, PeerId, Vec<Multiaddr>, u32)>,
     /// What mDNS currently reports: each peer with its announced addresses.
     discovered: HashMap<PeerId, Vec<Multiaddr>>,
-    /// Peers dropped as strangers in this run, and the addresses they were reached or
-    /// announced at: mDNS reports of them are not dialled.
+    /// Peers dropped as strangers in this run, and the addresses they were reached at:
+    /// mDNS reports of them are not dialled.
     strangers: HashSet<PeerId>,
     stranger_addrs: HashSet<Multiaddr>,
 }
+
+/// Most addresses remembered for one peer found by mDNS.
+const MAX_ADDRS_PER_PEER: usize = 16;
 
 /// Most peers remembered from mDNS and as dropped strangers (a flood of fake mDNS answers
 /// must not grow memory without bound; past this the oldest knowledge is simply cleared).
@@ -655,9 +658,9 @@ impl Driver {
                     self.stranger_addrs.clear();
                 }
                 self.strangers.insert(peer);
-                let reached = self.connections.get(&peer).into_iter().flatten();
-                let announced = self.discovered.get(&peer).into_iter().flatten();
-                for addr in reached.map(|(_, a)| a).chain(announced) {
+                // Only where it was really reached: an announcement can name anyone's
+                // address, and would keep members from dialling each other.
+                for (_, addr) in self.connections.get(&peer).into_iter().flatten() {
                     self.stranger_addrs.insert(addr.clone());
                 }
                 self.mdns_redials.retain(|r| r.1 != peer);
@@ -858,7 +861,7 @@ impl Driver {
         for (peer, addrs) in by_peer {
             let known = self.discovered.entry(peer).or_default();
             for addr in &addrs {
-                if !known.contains(addr) {
+                if !known.contains(addr) && known.len() < MAX_ADDRS_PER_PEER {
                     known.push(addr.clone());
                 }
             }

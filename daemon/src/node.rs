@@ -83,10 +83,12 @@ pub struct Node {
     changed: watch::Sender<u64>,
     /// Which group's content or membership changed, for clients following `/v1/events`.
     group_events: broadcast::Sender<GroupId>,
-    /// Bumped whenever this device joins, creates or forgets a group, or counts someone new
-    /// as a member of one: sessions then restart so their handshake covers exactly what it
-    /// can share.
+    /// Bumped whenever this device joins, creates or forgets a group: sessions then
+    /// restart so their handshake covers exactly the groups it holds.
     groups_changed: watch::Sender<u64>,
+    /// A group in which this device now counts someone new as a member: sessions that do
+    /// not share it restart, as the peer may be that member.
+    widened: broadcast::Sender<GroupId>,
     /// Bumped whenever a group's membership changes. Live sessions do not restart on it
     /// (they re-check the peer's standing before every batch); a supervisor that found
     /// nothing in common with a peer tries again at once, as the peer may now count.
@@ -124,6 +126,7 @@ impl Node {
             changed: watch::channel(0).0,
             group_events: broadcast::channel(GROUP_EVENTS_BUFFER).0,
             groups_changed: watch::channel(0).0,
+            widened: broadcast::channel(GROUP_EVENTS_BUFFER).0,
             rosters_changed: watch::channel(0).0,
             acks: Mutex::new(BTreeMap::new()),
             acks_changed: watch::channel(0).0,
@@ -447,6 +450,19 @@ impl Node {
 
     pub fn subscribe_rosters(&self) -> watch::Receiver<u64> {
         self.rosters_changed.subscribe()
+    }
+
+    /// Groups in which this device counts someone new as a member, as that happens.
+    pub fn subscribe_widened(&self) -> broadcast::Receiver<GroupId> {
+        self.widened.subscribe()
+    }
+
+    /// Changes whenever what this device could share with a peer may have changed (its
+    /// groups, or a membership in one).
+    pub fn view_version(&self) -> u64 {
+        self.groups_changed
+            .borrow()
+            .wrapping_add(*self.rosters_changed.borrow())
     }
 
     fn bump_groups(&self) {
@@ -1272,7 +1288,8 @@ impl Node {
                 self.bump_rosters();
             }
             if widened {
-                self.bump_groups();
+                // No session listening is not an error.
+                let _ = self.widened.send(*id);
             }
             return Ok(Ingest {
                 accepted: 0,
@@ -1301,7 +1318,8 @@ impl Node {
             self.bump_rosters();
         }
         if widened {
-            self.bump_groups();
+            // No session listening is not an error.
+            let _ = self.widened.send(*id);
         }
         Ok(Ingest {
             accepted: accepted.len(),

@@ -65,6 +65,10 @@ struct Probation {
     /// Sync handshakes and join exchanges with it under way (either side's).
     busy: usize,
     last_exchange: Option<Instant>,
+    /// This device's view (`Node::view_version`) when a handshake with it last shared
+    /// nothing: if the view has changed since, the peer may be one to share with now, and
+    /// is not dropped before another handshake has had its chance.
+    nothing_shared_at: Option<u64>,
 }
 
 impl Probation {
@@ -127,6 +131,7 @@ impl Peering {
                 proven: false,
                 busy: 0,
                 last_exchange: None,
+                nothing_shared_at: None,
             },
         );
         generation
@@ -137,11 +142,17 @@ impl Peering {
         self.lock().probation.remove(peer);
     }
 
-    /// Records what a sync handshake with `peer` found: a shared group proves it; nothing
-    /// shared puts it back on probation.
-    pub fn handshake_done(&self, peer: &PeerId, shared: bool) {
+    /// Records what a sync handshake with `peer` found, in this device's view `view`: a
+    /// shared group proves it; nothing shared puts it back on probation, with a window
+    /// of its own from now.
+    pub fn handshake_done(&self, peer: &PeerId, shared: bool, view: u64) {
         if let Some(p) = self.lock().probation.get_mut(peer) {
+            if p.proven && !shared {
+                p.since = Instant::now();
+                p.last_exchange = None;
+            }
             p.proven = shared;
+            p.nothing_shared_at = (!shared).then_some(view);
         }
     }
 
@@ -168,12 +179,14 @@ impl Peering {
         p.proven || (now < p.since + MAX_PROBATION && (p.busy > 0 || now < p.window_end()))
     }
 
-    fn verdict(&self, peer: &PeerId, generation: u64) -> Verdict {
+    fn verdict(&self, peer: &PeerId, generation: u64, view: u64) -> Verdict {
         let state = self.lock();
         match state.probation.get(peer) {
             Some(p) if p.generation == generation => {
                 let now = Instant::now();
-                if p.proven || p.busy > 0 || now < p.window_end() {
+                let view_changed =
+                    now < p.since + MAX_PROBATION && p.nothing_shared_at.is_some_and(|v| v != view);
+                if p.proven || p.busy > 0 || now < p.window_end() || view_changed {
                     Verdict::Keep
                 } else {
                     Verdict::Stranger
@@ -201,12 +214,12 @@ impl Drop for Exchange {
 
 /// Puts a newly connected peer on probation and watches it for as long as it stays
 /// connected: once it is a stranger (see the module docs) it is dropped.
-pub fn watch_strangers(net: NetHandle, peering: Peering, peer: PeerId) {
+pub fn watch_strangers(node: Arc<Node>, net: NetHandle, peering: Peering, peer: PeerId) {
     let generation = peering.connected(peer);
     tokio::spawn(async move {
         tokio::time::sleep(STRANGER_GRACE).await;
         loop {
-            match peering.verdict(&peer, generation) {
+            match peering.verdict(&peer, generation, node.view_version()) {
                 Verdict::Keep => tokio::time::sleep(PROBATION_CHECK).await,
                 Verdict::Gone => return,
                 Verdict::Stranger => {
@@ -405,5 +418,37 @@ mod tests {
         assert!(failure_backoff(5) < IDLE_RETRY);
         assert_eq!(failure_backoff(8), IDLE_RETRY);
         assert_eq!(failure_backoff(u32::MAX), IDLE_RETRY);
+    }
+
+    /// A peer whose handshake shared nothing is a stranger once its window has passed,
+    /// unless this device's view changed since (it may have just heard of the peer's
+    /// admission): then the next handshake decides, within the overall bound.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_is_not_dropped_while_a_changed_view_awaits_a_handshake() {
+        let peering = Peering::default();
+        let peer = PeerId::random();
+        let generation = peering.connected(peer);
+        peering.handshake_done(&peer, false, 1);
+        tokio::time::advance(STRANGER_GRACE + Duration::from_secs(1)).await;
+        assert_eq!(peering.verdict(&peer, generation, 1), Verdict::Stranger);
+        assert_eq!(peering.verdict(&peer, generation, 2), Verdict::Keep);
+        tokio::time::advance(MAX_PROBATION).await;
+        assert_eq!(peering.verdict(&peer, generation, 2), Verdict::Stranger);
+    }
+
+    /// A proven peer that a later handshake shares nothing with gets a window of its own,
+    /// not what is left of the one it had when it connected.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_put_back_on_probation_gets_a_fresh_window() {
+        let peering = Peering::default();
+        let peer = PeerId::random();
+        let generation = peering.connected(peer);
+        peering.handshake_done(&peer, true, 1);
+        tokio::time::advance(MAX_PROBATION * 2).await;
+        assert_eq!(peering.verdict(&peer, generation, 1), Verdict::Keep);
+        peering.handshake_done(&peer, false, 1);
+        assert_eq!(peering.verdict(&peer, generation, 1), Verdict::Keep);
+        tokio::time::advance(STRANGER_GRACE + Duration::from_secs(1)).await;
+        assert_eq!(peering.verdict(&peer, generation, 1), Verdict::Stranger);
     }
 }

@@ -83,6 +83,8 @@ pub async fn run(
     // Until the handshake is done the peer is not dropped as a stranger; then what it
     // found decides (see `peering`).
     let exchange = peering.exchange(peer);
+    // What this device could share as the handshake begins (see `peering`).
+    let view = node.view_version();
     let groups = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         handshake(
@@ -96,7 +98,7 @@ pub async fn run(
     )
     .await
     .context("handshake timed out")??;
-    peering.handshake_done(&peer, !groups.is_empty());
+    peering.handshake_done(&peer, !groups.is_empty(), view);
     drop(exchange);
     settle_addresses(&node, net, peer, &groups).await;
     if groups.is_empty() {
@@ -344,6 +346,7 @@ where
 {
     let mut changed = node.subscribe();
     let mut groups_changed = node.subscribe_groups();
+    let mut widened = node.subscribe_widened();
     // The peer's standing per group as last announced to it (by `Have` or `HaveOwn`).
     let mut told: HashMap<GroupId, Standing> = HashMap::new();
     loop {
@@ -403,6 +406,12 @@ where
             r = changed.changed() => if r.is_err() { return Ok(()) },
             () = link.wake.notified() => {}
             _ = groups_changed.changed() => return Ok(()),
+            // Someone new counts as a member of a group this session does not share: the
+            // peer may be them, so a fresh handshake is due. (Missed notices restart too.)
+            w = widened.recv() => match w {
+                Ok(group) if groups.contains_key(&group) => {}
+                _ => return Ok(()),
+            },
         }
     }
 }

@@ -57,11 +57,16 @@ pub fn limits_for(ip: IpAddr) -> Limits {
     }
 }
 
-/// The IP address at the start of `addr`, if any.
+/// The origin limits count `addr` under: its IPv4 address, or its IPv6 address's /64
+/// (a host is handed a whole /64 and can take any address in it), `::1` as itself.
 pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     match addr.iter().next() {
         Some(Protocol::Ip4(ip)) => Some(ip.into()),
-        Some(Protocol::Ip6(ip)) => Some(ip.into()),
+        Some(Protocol::Ip6(ip)) if ip == Ipv6Addr::LOCALHOST => Some(ip.into()),
+        Some(Protocol::Ip6(ip)) => {
+            let prefix = u128::from(ip) & !((1u128 << 64) - 1);
+            Some(IpAddr::V6(Ipv6Addr::from(prefix)))
+        }
         _ => None,
     }
 }
@@ -195,5 +200,15 @@ mod tests {
         assert_eq!(limits_for("127.0.0.2".parse().unwrap()), IP_LIMITS);
         assert_eq!(limits_for("192.168.1.20".parse().unwrap()), IP_LIMITS);
         const { assert!(IP_LIMITS.established < LOOPBACK_LIMITS.established) };
+    }
+
+    #[test]
+    fn every_address_of_one_ipv6_64_counts_as_one_origin() {
+        let at = |a: &str| ip_of(&a.parse::<Multiaddr>().unwrap());
+        let one = at("/ip6/2001:db8:1:2::7/tcp/4001");
+        assert_eq!(one, at("/ip6/2001:db8:1:2:ffff:1:2:3/tcp/9"));
+        assert_ne!(one, at("/ip6/2001:db8:1:3::7/tcp/4001"));
+        assert_eq!(at("/ip6/::1/tcp/1"), Some("::1".parse().unwrap()));
+        assert_ne!(at("/ip4/10.0.0.1/tcp/1"), at("/ip4/10.0.0.2/tcp/1"));
     }
 }
