@@ -184,7 +184,7 @@ async fn stall(ip: String, target: Multiaddr, sync: usize, joins: usize) {
                 let Some(peer) = peer else { continue };
                 while open_sync < sync || open_joins < joins {
                     let is_sync = open_sync < sync;
-                    let protocol = if is_sync { "/sync/1" } else { "/join/1" };
+                    let protocol = if is_sync { "/sync/1" } else { "/join/2" };
                     let opening = control.open_stream(peer, StreamProtocol::new(protocol));
                     let Ok(Ok(mut stream)) =
                         tokio::time::timeout(Duration::from_millis(500), opening).await
