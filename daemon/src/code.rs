@@ -190,6 +190,12 @@ pub async fn serve(
             return Ok(());
         }
     };
+    // However this task ends from here on, the join does not stay "under way".
+    let _unfinished = Unfinished {
+        node: node.clone(),
+        channel,
+        generation,
+    };
     let worker = node.clone();
     tokio::task::spawn_blocking(move || worker.drop_code_record(channel))
         .await
@@ -254,6 +260,19 @@ pub async fn serve(
             failed(&node);
             Err(e)
         }
+    }
+}
+
+/// Ends a matched code's join as `failed` when its task ends without recording an outcome.
+struct Unfinished {
+    node: Arc<Node>,
+    channel: u16,
+    generation: u64,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        self.node.fail_pending_code(self.channel, self.generation);
     }
 }
 

@@ -341,6 +341,24 @@ impl Codes {
         }
     }
 
+    /// Ends a join of the code on `channel` (of `generation`) that is still under way as
+    /// `failed`; whether it was under way. For joins whose task ended early.
+    pub fn fail_if_pending(&mut self, channel: u16, generation: u64) -> bool {
+        match self.entries.get_mut(&channel) {
+            Some(e)
+                if e.generation == generation
+                    && matches!(
+                        e.status.state,
+                        api::CodeState::Joining | api::CodeState::AwaitingApproval
+                    ) =>
+            {
+                e.status.state = api::CodeState::Failed;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The generation of the code on `channel`, if any (for [`Codes::finish`] right after
     /// making it).
     pub fn generation(&self, channel: u16) -> Option<u64> {
@@ -647,6 +665,8 @@ mod tests {
         );
         // While its join is under way the channel is not given to a new code.
         assert!(!codes.free_channels(150).contains(&c));
+        assert!(codes.fail_if_pending(c, old));
+        assert!(!codes.fail_if_pending(c, old), "once");
         codes.finish(c, old, api::CodeState::Failed, None);
         // A new code on the channel (forced here: drawn until it lands there).
         let new = loop {

@@ -1244,6 +1244,14 @@ impl Node {
         self.bump();
     }
 
+    /// Ends a join of the code on `channel` that is still under way as `failed` (its task
+    /// ended early: an error, or the daemon stopping).
+    pub fn fail_pending_code(&self, channel: u16, generation: u64) {
+        if self.codes().fail_if_pending(channel, generation) {
+            self.bump();
+        }
+    }
+
     /// What became of a code this daemon made for `group`.
     pub fn code_status(&self, group: &GroupId, channel: u16) -> Result<api::CodeStatus, NodeError> {
         self.codes()
