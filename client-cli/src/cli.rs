@@ -74,7 +74,9 @@ pub enum Command {
     Agreement(AgreementCommand),
     /// Create a one-time invite for someone to join a group: a token to hand over, or with
     /// --code a short code to say aloud to someone in the same room. `hearth invite list
-    /// GROUP` and `hearth invite withdraw GROUP ID` show and withdraw the open ones
+    /// GROUP` and `hearth invite withdraw GROUP ID` show and withdraw the open ones, and
+    /// `hearth invite approve GROUP NUMBER` lets in someone who used a code. A group named
+    /// `list`, `withdraw` or `approve` is named by its id here
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Invite {
         #[command(subcommand)]
@@ -130,7 +132,7 @@ pub enum Command {
     Peer(PeerCommand),
 }
 
-/// `hearth invite list|withdraw`: the open invites of a group.
+/// `hearth invite list|withdraw|approve`: the open invites of a group.
 #[derive(Debug, Subcommand)]
 pub enum InviteCommand {
     /// List a group's open invites (tokens and spoken codes) and when each expires; the
@@ -139,6 +141,24 @@ pub enum InviteCommand {
         /// The group: its id or its (unique) name
         #[arg(value_parser = NonEmptyStringValueParser::new())]
         group: String,
+    },
+    /// Let in (or with --deny turn away) the person whose device matched a spoken code and
+    /// now waits for your approval (`hearth invite GROUP --code` asks you itself on a
+    /// terminal; this is for `--no-wait`, `--json` and scripts)
+    Approve {
+        /// The group: its id or its (unique) name
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        group: String,
+        /// The code's number (the first part of the code)
+        #[arg(value_parser = clap::value_parser!(u16).range(1..=999))]
+        number: u16,
+        /// Turn them away instead: nobody joins, and the code is used up
+        #[arg(long)]
+        deny: bool,
+        /// Decide only if this is the member id of the person waiting (as `hearth invite
+        /// GROUP --code --json` or the API showed it)
+        #[arg(long, value_name = "MEMBER_ID")]
+        member: Option<String>,
     },
     /// Withdraw an open invite, so that nobody can join with it any more
     Withdraw {
@@ -346,6 +366,37 @@ mod tests {
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn invite_approve_parses() {
+        match parse(&["invite", "approve", "g", "4", "--member", "ab12"])
+            .unwrap()
+            .command
+        {
+            Command::Invite {
+                manage:
+                    Some(InviteCommand::Approve {
+                        group,
+                        number,
+                        deny,
+                        member,
+                    }),
+                ..
+            } => assert_eq!(
+                (group.as_str(), number, deny, member.as_deref()),
+                ("g", 4, false, Some("ab12"))
+            ),
+            other => panic!("{other:?}"),
+        }
+        for args in [
+            &["invite", "approve", "g"][..],
+            &["invite", "approve", "g", "0"],
+            &["invite", "approve", "g", "1000"],
+            &["invite", "approve", "g", "x"],
+        ] {
+            assert_eq!(parse(args).unwrap_err().exit_code(), 2, "{args:?}");
         }
     }
 

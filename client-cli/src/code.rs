@@ -1,14 +1,19 @@
-//! `hearth invite GROUP --code`: after the code is shown, wait until it is used or expires.
+//! `hearth invite GROUP --code`: after the code is shown, wait until it is used or expires,
+//! and let the facilitator approve the person whose device matched it.
 //!
 //! The waiting is a loop of long polls (`GET /v1/groups/{group}/codes/{channel}?wait=SECS`):
-//! hearthd answers as soon as the code is no longer `open`, or when the wait runs out. The
-//! loop is written against a function that makes one request, so it is tested without a
-//! socket.
+//! hearthd answers as soon as the code is no longer `open` (or a code attempt was refused
+//! meanwhile), or when the wait runs out. While a join is under way (`joining`,
+//! `awaiting_approval`) hearthd answers at once and the loop asks again every second. The
+//! loop is written against a [`Waiter`] that makes the requests, tells the time and talks
+//! to the person, so it is tested without a socket or a terminal.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use hearth_protocol::api::{CodeCreated, CodeState, CodeStatus, MAX_CODE_WAIT_SECS};
+use hearth_protocol::api::{
+    CODE_APPROVAL_SECS, CodeCreated, CodeState, CodeStatus, MAX_CODE_WAIT_SECS,
+};
 use serde_json::Value;
 
 use crate::render::{clean, shell_word};
@@ -18,12 +23,18 @@ use crate::render::{clean, shell_word};
 pub const GRACE_SECS: u64 = 5;
 /// How much longer than the wait it asked hearthd for the client waits for an answer.
 pub const CLIENT_SLACK: Duration = Duration::from_secs(10);
-/// A code hearthd still calls `open` this long after it expired is reported as an error
-/// rather than waited on for ever.
+/// A code hearthd still calls `open` this long after it expired (or a join still under
+/// way this long after hearthd's hold should have ended) is reported as an error rather
+/// than waited on for ever.
 const LATE_SECS: u64 = 60;
-/// At most this many requests; a hearthd that answers every wait at once, with `open`,
-/// is an error too. Two or three suffice: the first wait covers the whole lifetime.
-const MAX_ROUNDS: u32 = 100;
+/// At most this many answers in a row that change nothing while the code is open; a
+/// hearthd that answers every wait at once, with `open`, is an error too. Two or three
+/// suffice: the first wait covers the whole lifetime. Answers that bring news (another
+/// refused attempt) do not count.
+const MAX_IDLE_ROUNDS: u32 = 100;
+/// Warnings about attempts are combined: at most one this often (and one at the end with
+/// the totals, if they grew since).
+pub const WARN_EVERY_SECS: u64 = 30;
 
 /// How long to ask hearthd to wait, in seconds, for a code expiring at `expires_at`, at
 /// `now` (both seconds since the Unix epoch): the rest of its life and a little more.
@@ -39,58 +50,164 @@ pub fn client_timeout(wait: u64) -> Duration {
     Duration::from_secs(wait) + CLIENT_SLACK
 }
 
-/// Asks about the code until it is no longer open, and returns the last answer, both as
-/// hearthd sent it (for `--json`) and decoded.
-///
-/// `ask(wait)` makes one request asking hearthd to wait up to `wait` seconds and returns
-/// its answer; `now()` is the time in seconds since the Unix epoch. Errors from `ask` end
-/// the loop as they are.
-///
-/// hearthd also answers early when a code attempt with another number was refused while
-/// the code is open; `on_attempts(n)` is then called with the new total before asking again.
-pub fn wait_until_used(
-    created: &CodeCreated,
-    mut now: impl FnMut() -> u64,
-    mut ask: impl FnMut(u64) -> Result<Value>,
-    mut on_attempts: impl FnMut(u32),
-) -> Result<(Value, CodeStatus)> {
-    let mut seen = 0;
-    for _ in 0..MAX_ROUNDS {
-        let answer = ask(wait_secs(created.expires_at, now()))?;
+/// What the wait loop needs from the world.
+pub trait Waiter {
+    /// Seconds since the Unix epoch.
+    fn now(&mut self) -> u64;
+    /// One request asking hearthd to wait up to `wait` seconds; its answer.
+    fn ask(&mut self, wait: u64) -> Result<Value>;
+    /// Waits a moment before asking again about a join under way.
+    fn pause(&mut self);
+    /// Tells the person that code attempts were refused or wrong guesses checked:
+    /// `other` attempts with other numbers, `wrong` wrong guesses at this code (totals).
+    fn warn(&mut self, other: u32, wrong: u32);
+    /// Someone's device matched the code and waits for the facilitator's approval
+    /// (`status` says who): ask the person, or tell them how to decide. Called once per
+    /// person waiting.
+    fn decide(&mut self, status: &CodeStatus) -> Result<()>;
+}
+
+/// Asks about the code until it has come to something (joined, declined, burnt,
+/// expired...), and returns the last answer, both as hearthd sent it (for `--json`) and
+/// decoded. Errors from the waiter end the loop as they are.
+pub fn wait_until_used(created: &CodeCreated, w: &mut impl Waiter) -> Result<(Value, CodeStatus)> {
+    let mut last = None;
+    let mut idle = 0u32;
+    let mut reported = (0u32, 0u32);
+    let mut reported_at: Option<u64> = None;
+    let mut decided_for: Option<Option<String>> = None;
+    let mut held_since: Option<u64> = None;
+    loop {
+        let now = w.now();
+        let answer = w.ask(wait_secs(created.expires_at, now))?;
         let status: CodeStatus = serde_json::from_value(answer.clone()).context(
             "hearthd's answer about the code does not have the shape this hearth expects \
              (are hearth and hearthd the same version?)",
         )?;
-        if status.other_attempts > seen {
-            seen = status.other_attempts;
-            on_attempts(seen);
-        }
-        if status.state != CodeState::Open {
+        let now = w.now();
+        let key = (status.state, status.other_attempts, status.wrong_attempts);
+        idle = if last == Some(key) { idle + 1 } else { 0 };
+        last = Some(key);
+        let counts = (status.other_attempts, status.wrong_attempts);
+        let grew = counts.0 > reported.0 || counts.1 > reported.1;
+        if !status.state.pending() {
+            if grew {
+                w.warn(counts.0, counts.1);
+            }
             return Ok((answer, status));
         }
-        if now() >= created.expires_at.saturating_add(LATE_SECS) {
-            break;
+        if grew && reported_at.is_none_or(|t| now >= t.saturating_add(WARN_EVERY_SECS)) {
+            w.warn(counts.0, counts.1);
+            reported = counts;
+            reported_at = Some(now);
+        }
+        match status.state {
+            CodeState::Joining | CodeState::AwaitingApproval => {
+                let since = *held_since.get_or_insert(now);
+                if now > since + CODE_APPROVAL_SECS + LATE_SECS {
+                    bail!(
+                        "hearthd still says a join with the code is under way, long after it \
+                         should have ended; stopped waiting. Check with `hearth member list` \
+                         whether the person joined"
+                    );
+                }
+                if status.state == CodeState::AwaitingApproval
+                    && decided_for.as_ref() != Some(&status.member_id)
+                {
+                    decided_for = Some(status.member_id.clone());
+                    w.decide(&status)?;
+                }
+                w.pause();
+            }
+            _ => {
+                if idle >= MAX_IDLE_ROUNDS || now >= created.expires_at.saturating_add(LATE_SECS) {
+                    bail!(
+                        "hearthd still says the code is open although it expired at {} (UTC); \
+                         stopped waiting. Check with `hearth member list` whether the person \
+                         joined",
+                        crate::render::utc(i64::try_from(created.expires_at).unwrap_or(i64::MAX))
+                    );
+                }
+            }
         }
     }
-    bail!(
-        "hearthd still says the code is open although it expired at {} (UTC); stopped \
-         waiting. Check with `hearth member list` whether the person joined",
-        crate::render::utc(i64::try_from(created.expires_at).unwrap_or(i64::MAX))
+}
+
+/// The warning `hearth invite --code` prints (on stderr) while it waits: `other` code
+/// attempts with other numbers refused on this device, `wrong` wrong guesses at this code,
+/// since it was made.
+pub fn attempts_warning(other: u32, wrong: u32) -> String {
+    let times = |n: u32| {
+        if n == 1 {
+            "once".to_owned()
+        } else {
+            format!("{n} times")
+        }
+    };
+    let mut parts = Vec::new();
+    if wrong > 0 {
+        parts.push(format!(
+            "this code was tried with wrong words {} so far (the third wrong try from \
+             different devices uses it up)",
+            times(wrong)
+        ));
+    }
+    if other > 0 {
+        parts.push(format!(
+            "a code with another number was tried on this device {} so far",
+            times(other)
+        ));
+    }
+    format!(
+        "hearth: warning: {}. If nobody nearby is joining another group right now, someone \
+         may be trying codes: let in only the person you gave the code to, and compare \
+         safety numbers.",
+        parts.join("; and ")
     )
 }
 
-/// The warning `hearth invite --code` prints (on stderr) while it waits, when hearthd has
-/// refused `count` code attempts with other numbers since the code was made.
-pub fn other_attempts_warning(count: u32) -> String {
-    let times = if count == 1 {
-        "once".to_owned()
-    } else {
-        format!("{count} times")
+/// The question `hearth invite --code` asks on a terminal when someone's device matched
+/// the code, and the hint it prints elsewhere.
+pub fn approval_question(group: &str, channel: u16, status: &CodeStatus) -> String {
+    let who = match status.name.as_deref().map(str::trim) {
+        Some(name) if !name.is_empty() => format!("\"{}\"", clean(name)),
+        _ => "someone who gave no name".to_owned(),
     };
+    let number = status
+        .safety_number
+        .as_deref()
+        .map(|n| {
+            format!(
+                " Safety number (compare it with them once they are in): {}.",
+                clean(n)
+            )
+        })
+        .unwrap_or_default();
+    let _ = (group, channel);
     format!(
-        "hearth: warning: a code with another number was tried on this device ({times} so \
-         far). Your code still works. If nobody nearby is joining another group right now, \
-         someone may be trying codes: watch who joins, and compare safety numbers."
+        "A device that knows the code asks to join as {who}.{number} Let them in only if it is \
+         the person you gave the code to and their device says it is waiting for you. Let \
+         them in? [y/N] "
+    )
+}
+
+/// What `hearth invite --code` prints when it cannot ask (no terminal, or `--json`).
+pub fn approval_hint(group: &str, channel: u16, status: &CodeStatus) -> String {
+    let who = match status.name.as_deref().map(str::trim) {
+        Some(name) if !name.is_empty() => format!("\"{}\"", clean(name)),
+        _ => "someone who gave no name".to_owned(),
+    };
+    let group = clean(&shell_word(group));
+    let member = status
+        .member_id
+        .as_deref()
+        .map(|m| format!(" --member {}", clean(m)))
+        .unwrap_or_default();
+    format!(
+        "hearth: a device that knows the code asks to join as {who}. Nobody is let in \
+         without your approval: hearth invite approve {group} {channel}{member} (or add \
+         --deny to turn them away; they are turned away by themselves after {} minutes).",
+        CODE_APPROVAL_SECS / 60
     )
 }
 
@@ -112,8 +229,8 @@ pub fn outcome(group: &str, status: &CodeStatus) -> Result<String> {
         CodeState::WrongCode => (
             CodeState::WrongCode,
             format!(
-                "Someone tried the code with the wrong words, so it no longer works. Make a \
-                 new one: {again}"
+                "The code was tried with the wrong words too often, so it no longer works. \
+                 Make a new one: {again}"
             ),
         ),
         CodeState::Expired => (
@@ -131,10 +248,18 @@ pub fn outcome(group: &str, status: &CodeStatus) -> Result<String> {
             CodeState::Withdrawn,
             format!("The code was withdrawn, so it no longer works. Make a new one: {again}"),
         ),
-        CodeState::Open => (
-            CodeState::Open,
+        CodeState::Declined => (
+            CodeState::Declined,
             format!(
-                "The code is still open; hearthd stopped waiting early. Make a new one: {again}"
+                "Nobody was let in: the join was turned away, or not approved in time. The \
+                 code is used up. Make a new one: {again}"
+            ),
+        ),
+        state @ (CodeState::Open | CodeState::Joining | CodeState::AwaitingApproval) => (
+            state,
+            format!(
+                "The code is still {}; hearthd stopped waiting early. Make a new one: {again}",
+                state.as_str().replace('_', " ")
             ),
         ),
     };
@@ -173,7 +298,6 @@ mod tests {
     use super::*;
     use crate::error::{EXIT_FAILURE, exit_code};
     use serde_json::json;
-    use std::cell::Cell;
 
     const ID: &str = "fedcba9876543210fedcba9876543210";
 
@@ -189,52 +313,140 @@ mod tests {
         json!({"state": "open"})
     }
 
-    /// Runs the loop against canned answers, with a clock that `ask` moves forward by
-    /// `elapsed` seconds per request. Returns the result and the waits asked for.
+    /// A waiter with canned answers and a clock that each request moves forward by
+    /// `elapsed` seconds (at most the wait asked for).
+    struct Canned {
+        clock: u64,
+        elapsed: u64,
+        answers: std::vec::IntoIter<Value>,
+        waits: Vec<u64>,
+        warned: Vec<(u32, u32)>,
+        decided: Vec<CodeStatus>,
+        pauses: u32,
+    }
+
+    impl Canned {
+        fn new(start: u64, answers: Vec<Value>, elapsed: u64) -> Canned {
+            Canned {
+                clock: start,
+                elapsed,
+                answers: answers.into_iter(),
+                waits: Vec::new(),
+                warned: Vec::new(),
+                decided: Vec::new(),
+                pauses: 0,
+            }
+        }
+    }
+
+    impl Waiter for Canned {
+        fn now(&mut self) -> u64 {
+            self.clock
+        }
+        fn ask(&mut self, wait: u64) -> Result<Value> {
+            self.waits.push(wait);
+            self.clock += self.elapsed.min(wait);
+            self.answers.next().context("asked once too often")
+        }
+        fn pause(&mut self) {
+            self.pauses += 1;
+            self.clock += 1;
+        }
+        fn warn(&mut self, other: u32, wrong: u32) {
+            self.warned.push((other, wrong));
+        }
+        fn decide(&mut self, status: &CodeStatus) -> Result<()> {
+            self.decided.push(status.clone());
+            Ok(())
+        }
+    }
+
+    /// Runs the loop against canned answers. Returns the result and the waits asked for.
     fn run(
         expires_at: u64,
         start: u64,
         answers: Vec<Value>,
         elapsed: u64,
     ) -> (Result<(Value, CodeStatus)>, Vec<u64>) {
-        let clock = Cell::new(start);
-        let mut answers = answers.into_iter();
-        let mut waits = Vec::new();
-        let result = wait_until_used(
-            &created(expires_at),
-            || clock.get(),
-            |wait| {
-                waits.push(wait);
-                clock.set(clock.get() + elapsed.min(wait));
-                answers.next().context("asked once too often")
-            },
-            |_| {},
-        );
-        (result, waits)
+        let mut w = Canned::new(start, answers, elapsed);
+        let result = wait_until_used(&created(expires_at), &mut w);
+        (result, w.waits)
     }
 
     #[test]
-    fn attempts_with_other_numbers_are_reported_once_each_and_the_wait_goes_on() {
+    fn attempts_are_reported_combined_and_the_wait_goes_on() {
         let answers = vec![
             json!({"state": "open", "other_attempts": 1}),
             json!({"state": "open", "other_attempts": 1}),
             json!({"state": "open", "other_attempts": 3}),
             json!({"state": "joined", "member_id": ID, "name": "Sam", "other_attempts": 3}),
         ];
-        let mut answers = answers.into_iter();
-        let mut reported = Vec::new();
-        let (_, status) = wait_until_used(
-            &created(1_600),
-            || 1_000,
-            |_| answers.next().context("asked once too often"),
-            |n| reported.push(n),
-        )
-        .unwrap();
+        let mut w = Canned::new(1_000, answers, 0);
+        let (_, status) = wait_until_used(&created(1_600), &mut w).unwrap();
         assert_eq!(status.state, CodeState::Joined);
-        assert_eq!(reported, [1, 3]);
-        assert!(other_attempts_warning(1).contains("once so far"));
-        assert!(other_attempts_warning(3).contains("3 times"));
-        assert!(other_attempts_warning(1).contains("Your code still works"));
+        // The first at once; the rest within the same half minute combined, at the end.
+        assert_eq!(w.warned, [(1, 0), (3, 0)]);
+        assert!(attempts_warning(1, 0).contains("once so far"));
+        assert!(attempts_warning(3, 0).contains("3 times"));
+        assert!(attempts_warning(0, 2).contains("wrong words 2 times"));
+        let both = attempts_warning(4, 1);
+        assert!(
+            both.contains("wrong words once") && both.contains("4 times"),
+            "{both}"
+        );
+    }
+
+    /// Many probes on other numbers, each ending a wait round at once, neither end the
+    /// wait with a false error nor flood the screen with warnings.
+    #[test]
+    fn a_hundred_probes_neither_end_the_wait_nor_flood_the_screen() {
+        let mut answers: Vec<Value> = (1..=250)
+            .map(|n| json!({"state": "open", "other_attempts": n}))
+            .collect();
+        answers.push(
+            json!({"state": "joined", "member_id": ID, "name": "Sam", "other_attempts": 250}),
+        );
+        // A probe every 2 seconds.
+        let mut w = Canned::new(1_000, answers, 2);
+        let (_, status) = wait_until_used(&created(1_600), &mut w).unwrap();
+        assert_eq!(status.state, CodeState::Joined);
+        assert!(w.warned.len() <= 20, "{} warnings", w.warned.len());
+        assert_eq!(w.warned.last(), Some(&(250, 0)));
+    }
+
+    /// A matched code's join is held for approval: the loop asks the person once, waits
+    /// while the join is under way, and ends with what was decided.
+    #[test]
+    fn a_join_held_for_approval_is_asked_about_once() {
+        let held = json!({"state": "awaiting_approval", "member_id": ID, "name": "Sam",
+                          "safety_number": "12345 67890"});
+        let answers = vec![
+            open(),
+            json!({"state": "joining"}),
+            held.clone(),
+            held.clone(),
+            held,
+            json!({"state": "joined", "member_id": ID, "name": "Sam"}),
+        ];
+        let mut w = Canned::new(1_000, answers, 0);
+        let (_, status) = wait_until_used(&created(1_600), &mut w).unwrap();
+        assert_eq!(status.state, CodeState::Joined);
+        assert_eq!(w.decided.len(), 1);
+        assert_eq!(w.decided[0].safety_number.as_deref(), Some("12345 67890"));
+        assert!(w.pauses >= 4);
+        let declined = json!({"state": "declined"});
+        let (result, _) = run(1_600, 1_000, vec![declined], 0);
+        let err = outcome("g", &result.unwrap().1).unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<CodeNotUsed>().unwrap().state,
+            CodeState::Declined
+        );
+        let text = approval_hint("g", 4, &w.decided[0]);
+        assert!(
+            text.contains(&format!("hearth invite approve g 4 --member {ID}")),
+            "{text}"
+        );
+        assert!(approval_question("g", 4, &w.decided[0]).contains("[y/N]"));
     }
 
     #[test]
@@ -298,8 +510,8 @@ mod tests {
         assert_eq!(exit_code(&err), EXIT_FAILURE);
         assert_eq!(
             err.to_string(),
-            "Someone tried the code with the wrong words, so it no longer works. Make a new \
-             one: hearth invite 'Thursday circle' --code"
+            "The code was tried with the wrong words too often, so it no longer works. Make a \
+             new one: hearth invite 'Thursday circle' --code"
         );
         assert_eq!(
             err.downcast_ref::<CodeNotUsed>().unwrap().state,
@@ -341,7 +553,7 @@ mod tests {
         // Nor does a hearthd that answers at once, for ever, keep hearth busy for ever.
         let (result, waits) = run(1_600, 1_000, vec![open(); 1000], 0);
         assert!(result.is_err());
-        assert_eq!(waits.len(), MAX_ROUNDS as usize);
+        assert_eq!(waits.len(), MAX_IDLE_ROUNDS as usize + 1);
     }
 
     #[test]
@@ -350,14 +562,21 @@ mod tests {
         let message = format!("{:#}", result.unwrap_err());
         assert!(message.contains("does not have the shape"), "{message}");
 
-        let clock = Cell::new(0);
-        let err = wait_until_used(
-            &created(600),
-            || clock.get(),
-            |_| bail!("socket gone"),
-            |_| {},
-        )
-        .unwrap_err();
+        struct Gone;
+        impl Waiter for Gone {
+            fn now(&mut self) -> u64 {
+                0
+            }
+            fn ask(&mut self, _: u64) -> Result<Value> {
+                bail!("socket gone")
+            }
+            fn pause(&mut self) {}
+            fn warn(&mut self, _: u32, _: u32) {}
+            fn decide(&mut self, _: &CodeStatus) -> Result<()> {
+                Ok(())
+            }
+        }
+        let err = wait_until_used(&created(600), &mut Gone).unwrap_err();
         assert_eq!(err.to_string(), "socket gone");
     }
 
@@ -367,7 +586,9 @@ mod tests {
             state: CodeState::Joined,
             member_id: Some("ab\u{1b}[2J".into()),
             name: Some("Sam\u{202e}".into()),
+            safety_number: None,
             other_attempts: 0,
+            wrong_attempts: 0,
         };
         let text = outcome("g", &status).unwrap();
         assert!(
@@ -381,7 +602,9 @@ mod tests {
                     state: CodeState::Expired,
                     member_id: None,
                     name: None,
+                    safety_number: None,
                     other_attempts: 0,
+                    wrong_attempts: 0,
                 }
             )
             .unwrap_err()

@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use hearth_protocol::api::{
-    API_PREFIX, AddAgreement, AddPeer, Agreement, AgreementAdded, CodeCreated, CreateCode,
-    CreateGroup, CreateInvite, GroupCreated, GroupDetail, GroupSummary, InviteCreated, InviteList,
-    InviteWithdrawn, Join, Joined, Leave, Left, MemberInfo, MemberRemoved, Peer, PeerAdded,
-    SafetyNumber, SetRole, Status,
+    API_PREFIX, AddAgreement, AddPeer, Agreement, AgreementAdded, CodeApproval, CodeCreated,
+    CodeStatus, CreateCode, CreateGroup, CreateInvite, GroupCreated, GroupDetail, GroupSummary,
+    InviteCreated, InviteList, InviteWithdrawn, Join, Joined, Leave, Left, MemberInfo,
+    MemberRemoved, Peer, PeerAdded, SafetyNumber, SetRole, Status,
 };
 use hyper::Method;
 use serde::Serialize;
@@ -21,13 +21,16 @@ use crate::path::encode_segment;
 use crate::render;
 
 /// How long to wait for most answers: they are local reads and writes.
-const TIMEOUT: Duration = Duration::from_secs(60);
+pub const TIMEOUT: Duration = Duration::from_secs(60);
 /// Joining dials the facilitator over the network and waits for its welcome, so it gets
 /// longer than hearthd's own steps need, to see hearthd's error rather than ours. With a
 /// spoken code, hearthd first searches the local network for up to 20 s and gives each
 /// daemon it finds up to 15 s to answer; then the join takes up to 30 s and the first sync
 /// up to 20 s. Token joins dial for up to 10 s per address instead of searching.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(180);
+/// A join by spoken code waits for the facilitator's approval (up to
+/// `CODE_APPROVAL_SECS`) after finding their device (up to 20 s), and then for the
+/// admission to arrive.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(hearth_protocol::api::CODE_APPROVAL_SECS + 120);
 /// Leaving waits up to 15 s for another member's device to confirm it has the departure,
 /// then destroys the copy. Giving up early would cut that short, so wait well past it.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -88,6 +91,16 @@ pub fn api_call(command: &Command) -> Result<ApiCall> {
             ),
             body: None,
         },
+        Command::Invite {
+            manage:
+                Some(InviteCommand::Approve {
+                    group,
+                    number,
+                    deny,
+                    member,
+                }),
+            ..
+        } => code_approval_call(group, *number, !deny, member.as_deref())?,
         Command::Invite { group: None, .. } => bail!("`hearth invite` needs a group"),
         Command::Invite {
             group: Some(group),
@@ -165,6 +178,23 @@ pub fn code_status_call(group: &str, channel: u16, wait: u64) -> ApiCall {
         "{}?wait={wait}",
         group_path(group, Some(&format!("codes/{channel}")))
     ))
+}
+
+/// The request that approves (or declines) the join held on spoken code `channel` of
+/// `group`, if the person waiting is `member` (when given).
+pub fn code_approval_call(
+    group: &str,
+    channel: u16,
+    approve: bool,
+    member: Option<&str>,
+) -> Result<ApiCall> {
+    post(
+        group_path(group, Some(&format!("codes/{channel}/approval"))),
+        &CodeApproval {
+            approve,
+            member_id: member.map(str::to_owned),
+        },
+    )
 }
 
 /// The group whose spoken code hearth waits on after showing it: `invite --code` without
@@ -285,6 +315,10 @@ pub fn human(
             manage: Some(InviteCommand::Withdraw { group, .. }),
             ..
         } => render::invite_withdrawn(group, &decode::<InviteWithdrawn>(answer, &what)?),
+        Command::Invite {
+            manage: Some(InviteCommand::Approve { group, deny, .. }),
+            ..
+        } => render::code_decided(group, !deny, &decode::<CodeStatus>(answer, &what)?),
         Command::Invite { group: None, .. } => bail!("`hearth invite` needs a group"),
         Command::Invite {
             group: Some(group),
@@ -886,16 +920,16 @@ mod tests {
              \x20   4-lantern-orchard-meadow\n\
              \n\
              They run: hearth join 4-lantern-orchard-meadow\n\
-             Waiting for them to join... (Ctrl-C stops waiting; the code stays valid until it \
-             expires)\n"
+             Waiting for their device... You will be asked to let them in. (Ctrl-C stops \
+             waiting; the code stays valid until it expires)\n"
         );
         let no_wait = invite_code("Thursday circle", None, true);
         let out = human(&no_wait, &call, answer, 1_000, true).unwrap();
         assert!(!out.contains("Waiting"), "{out}");
         assert!(
             out.ends_with(
-                "The code stays valid until it expires. To see whether they joined: hearth \
-                 member list 'Thursday circle'\n"
+                "The code stays valid until it expires. When their device has found yours, it \
+                 waits for you to let them in: hearth invite approve 'Thursday circle' 4\n"
             ),
             "{out}"
         );

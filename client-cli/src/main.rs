@@ -149,8 +149,9 @@ fn write_out(out: &mut impl Write, output: &str) -> Result<Written> {
 }
 
 /// `hearth invite GROUP --code`, once the code is shown: waits until it is used or expires,
-/// then prints the outcome (with `--json`, hearthd's last answer as a second JSON line).
-/// Exits with 0 when someone joined, else with 1. `out` is stdout; `now` the clock.
+/// asking the facilitator to approve whoever's device matched it, then prints the outcome
+/// (with `--json`, hearthd's last answer as a second JSON line). Exits with 0 when
+/// someone joined, else with 1. `out` is stdout; `now` the clock.
 fn wait_for_code(
     runtime: &tokio::runtime::Runtime,
     socket: &std::path::Path,
@@ -160,23 +161,17 @@ fn wait_for_code(
     out: &mut impl Write,
     now: impl FnMut() -> u64,
 ) -> Result<()> {
-    let (answer, status) = code::wait_until_used(
-        created,
+    let mut waiter = CliWaiter {
+        runtime,
+        socket,
+        group,
+        channel: created.channel,
+        // The question is asked only on a terminal, and never with --json (whose output
+        // is for programs): otherwise the way to decide is printed instead.
+        ask: !json && io::stdin().is_terminal(),
         now,
-        |wait| {
-            let call = commands::code_status_call(group, created.channel, wait);
-            let client = Client::new(socket.to_owned(), code::client_timeout(wait));
-            runtime.block_on(client.call(call.method, &call.path, None))
-        },
-        |count| {
-            // stderr, with or without --json: the JSON lines on stdout stay as documented.
-            let _ = writeln!(
-                io::stderr().lock(),
-                "{}",
-                code::other_attempts_warning(count)
-            );
-        },
-    )?;
+    };
+    let (answer, status) = code::wait_until_used(created, &mut waiter)?;
     let outcome = code::outcome(group, &status);
     if json {
         let mut line = serde_json::to_string(&answer).context("encoding the answer")?;
@@ -186,6 +181,66 @@ fn wait_for_code(
         outcome.map(drop)
     } else {
         write_out(out, &outcome?)?;
+        Ok(())
+    }
+}
+
+/// The CLI's side of [`code::wait_until_used`]: requests over the socket, messages on
+/// stderr (with or without --json: the JSON lines on stdout stay as documented).
+struct CliWaiter<'a, N> {
+    runtime: &'a tokio::runtime::Runtime,
+    socket: &'a std::path::Path,
+    group: &'a str,
+    channel: u16,
+    ask: bool,
+    now: N,
+}
+
+impl<N: FnMut() -> u64> code::Waiter for CliWaiter<'_, N> {
+    fn now(&mut self) -> u64 {
+        (self.now)()
+    }
+
+    fn ask(&mut self, wait: u64) -> Result<serde_json::Value> {
+        let call = commands::code_status_call(self.group, self.channel, wait);
+        let client = Client::new(self.socket.to_owned(), code::client_timeout(wait));
+        self.runtime
+            .block_on(client.call(call.method, &call.path, None))
+    }
+
+    fn pause(&mut self) {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+
+    fn warn(&mut self, other: u32, wrong: u32) {
+        let _ = writeln!(
+            io::stderr().lock(),
+            "{}",
+            code::attempts_warning(other, wrong)
+        );
+    }
+
+    fn decide(&mut self, status: &hearth_protocol::api::CodeStatus) -> Result<()> {
+        if !self.ask {
+            let hint = code::approval_hint(self.group, self.channel, status);
+            let _ = writeln!(io::stderr().lock(), "{hint}");
+            return Ok(());
+        }
+        let question = code::approval_question(self.group, self.channel, status);
+        let approve = match confirm::ask(&question, io::stdin().lock(), io::stderr().lock()) {
+            Ok(()) => true,
+            Err(e) if e.downcast_ref::<error::Declined>().is_some() => false,
+            Err(e) => return Err(e),
+        };
+        let call = commands::code_approval_call(
+            self.group,
+            self.channel,
+            approve,
+            status.member_id.as_deref(),
+        )?;
+        let client = Client::new(self.socket.to_owned(), commands::TIMEOUT);
+        self.runtime
+            .block_on(client.call(call.method, &call.path, call.body.as_ref()))?;
         Ok(())
     }
 }

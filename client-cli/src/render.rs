@@ -7,9 +7,9 @@
 use std::fmt::Write as _;
 
 use hearth_protocol::api::{
-    Agreement, AgreementAdded, CodeCreated, GroupCreated, GroupDetail, GroupSummary, InviteCreated,
-    InviteKind, InviteList, InviteWithdrawn, Joined, Left, MemberInfo, MemberRemoved, Peer,
-    PeerAdded, Role, SafetyNumber, Status,
+    Agreement, AgreementAdded, CodeCreated, CodeStatus, GroupCreated, GroupDetail, GroupSummary,
+    InviteCreated, InviteKind, InviteList, InviteWithdrawn, Joined, Left, MemberInfo,
+    MemberRemoved, Peer, PeerAdded, Role, SafetyNumber, Status,
 };
 
 use crate::qr;
@@ -211,17 +211,40 @@ pub fn code(group: &str, created: &CodeCreated, now: u64, waiting: bool) -> Stri
         clean(group),
     );
     if waiting {
-        out += "Waiting for them to join... (Ctrl-C stops waiting; the code stays valid until \
-                it expires)\n";
+        out += "Waiting for their device... You will be asked to let them in. (Ctrl-C stops \
+                waiting; the code stays valid until it expires)\n";
     } else {
         let _ = writeln!(
             out,
-            "The code stays valid until it expires. To see whether they joined: hearth member \
-             list {}",
-            clean(&shell_word(group))
+            "The code stays valid until it expires. When their device has found yours, it \
+             waits for you to let them in: hearth invite approve {} {}",
+            clean(&shell_word(group)),
+            created.channel
         );
     }
     out
+}
+
+/// `hearth invite approve`: what was decided about the join held on a code.
+pub fn code_decided(group: &str, approved: bool, status: &CodeStatus) -> String {
+    let who = match status.name.as_deref().map(str::trim) {
+        Some(name) if !name.is_empty() => format!("\"{}\"", clean(name)),
+        _ => "the person (no name given)".to_owned(),
+    };
+    if approved {
+        let mut out = format!("Letting {who} into \"{}\".", clean(group));
+        if let Some(number) = &status.safety_number {
+            let _ = write!(
+                out,
+                " Once they are in, compare the safety number with them, face to face: {}",
+                clean(number)
+            );
+        }
+        out.push('\n');
+        out
+    } else {
+        format!("Turned {who} away; nobody joined with that code.\n",)
+    }
 }
 
 pub fn joined(joined: &Joined) -> String {

@@ -140,11 +140,13 @@ const SESSIONS: Limit = Limit {
     per_ip: 4,
     total: 64,
 };
-/// Join requests being answered at once.
+/// Join requests being answered at once. When all are taken, a new join stream makes room
+/// by dropping the oldest one whose peer has not yet sent what it must send promptly (see
+/// [`Gate::enter`]), so streams kept open and silent cannot keep a joiner out.
 const JOINS: Limit = Limit {
     per_peer: 1,
     per_ip: 1,
-    total: 4,
+    total: 8,
 };
 
 impl Limit {
@@ -160,11 +162,37 @@ impl Limit {
     }
 }
 
+/// One stream holding a slot.
+struct Slot {
+    peer: PeerId,
+    ip: Option<std::net::IpAddr>,
+    /// Whether its peer has sent what it must send promptly; until then it may be
+    /// dropped to make room.
+    settled: bool,
+    /// Told when the slot was taken from it.
+    evicted: Arc<tokio::sync::Notify>,
+}
+
 #[derive(Default)]
 struct Counts {
     per_peer: HashMap<PeerId, usize>,
     per_ip: HashMap<std::net::IpAddr, usize>,
     all: usize,
+    /// The streams holding slots, by the order they came in.
+    slots: std::collections::BTreeMap<u64, Slot>,
+    next: u64,
+}
+
+impl Counts {
+    fn release(&mut self, id: u64) -> Option<Slot> {
+        let slot = self.slots.remove(&id)?;
+        self.all -= 1;
+        decrement(&mut self.per_peer, &slot.peer);
+        if let Some(ip) = slot.ip {
+            decrement(&mut self.per_ip, &ip);
+        }
+        Some(slot)
+    }
 }
 
 /// Counts streams per peer, per address and in all, so no one can make the daemon run
@@ -174,8 +202,8 @@ struct Gate(Arc<std::sync::Mutex<Counts>>);
 
 struct Pass {
     gate: Gate,
-    peer: PeerId,
-    ip: Option<std::net::IpAddr>,
+    id: u64,
+    evicted: Arc<tokio::sync::Notify>,
 }
 
 fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
@@ -188,36 +216,86 @@ fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
 }
 
 impl Gate {
-    fn enter(&self, peer: PeerId, ip: Option<std::net::IpAddr>, limit: Limit) -> Option<Pass> {
-        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for a stream from `peer` at `ip`, within `limit`. With `evict`, when every
+    /// slot is taken, the oldest stream that has not settled (see [`Pass::settle`]) is
+    /// dropped to make room (its task is told through [`Pass::evicted`]).
+    fn enter(
+        &self,
+        peer: PeerId,
+        ip: Option<std::net::IpAddr>,
+        limit: Limit,
+        evict: bool,
+    ) -> Option<Pass> {
+        let mut counts = self.lock();
         let full = |n: Option<&usize>, max: usize| n.is_some_and(|n| *n >= max);
-        if counts.all >= limit.total
-            || full(counts.per_peer.get(&peer), limit.per_peer)
+        if full(counts.per_peer.get(&peer), limit.per_peer)
             || ip.is_some_and(|ip| full(counts.per_ip.get(&ip), limit.per_ip(ip)))
         {
             return None;
+        }
+        if counts.all >= limit.total {
+            let oldest_idle = evict
+                .then(|| {
+                    counts
+                        .slots
+                        .iter()
+                        .find(|(_, s)| !s.settled)
+                        .map(|(id, _)| *id)
+                })
+                .flatten()?;
+            if let Some(slot) = counts.release(oldest_idle) {
+                slot.evicted.notify_one();
+            }
         }
         *counts.per_peer.entry(peer).or_default() += 1;
         if let Some(ip) = ip {
             *counts.per_ip.entry(ip).or_default() += 1;
         }
         counts.all += 1;
+        counts.next += 1;
+        let id = counts.next;
+        let evicted = Arc::new(tokio::sync::Notify::new());
+        counts.slots.insert(
+            id,
+            Slot {
+                peer,
+                ip,
+                settled: false,
+                evicted: evicted.clone(),
+            },
+        );
         Some(Pass {
             gate: self.clone(),
-            peer,
-            ip,
+            id,
+            evicted,
         })
+    }
+}
+
+impl Pass {
+    /// A function that marks this stream settled: from then on it keeps its slot.
+    fn settler(&self) -> impl FnOnce() + Send + 'static {
+        let (gate, id) = (self.gate.clone(), self.id);
+        move || {
+            if let Some(slot) = gate.lock().slots.get_mut(&id) {
+                slot.settled = true;
+            }
+        }
+    }
+
+    /// Notified when the slot was taken from this stream.
+    fn evicted(&self) -> Arc<tokio::sync::Notify> {
+        self.evicted.clone()
     }
 }
 
 impl Drop for Pass {
     fn drop(&mut self) {
-        let mut counts = self.gate.0.lock().unwrap_or_else(|p| p.into_inner());
-        counts.all -= 1;
-        decrement(&mut counts.per_peer, &self.peer);
-        if let Some(ip) = self.ip {
-            decrement(&mut counts.per_ip, &ip);
-        }
+        self.gate.lock().release(self.id);
     }
 }
 
@@ -258,7 +336,7 @@ async fn route_events(
                     continue;
                 }
                 if protocol == SYNC_PROTOCOL {
-                    let Some(pass) = sessions.enter(peer, ip, SESSIONS) else {
+                    let Some(pass) = sessions.enter(peer, ip, SESSIONS, false) else {
                         tracing::debug!(peer = %short(&peer), "refused a sync stream over the limit");
                         continue;
                     };
@@ -272,16 +350,26 @@ async fn route_events(
                         }
                     });
                 } else if protocol == JOIN_PROTOCOL {
-                    let Some(pass) = joins.enter(peer, ip, JOINS) else {
+                    let Some(pass) = joins.enter(peer, ip, JOINS, true) else {
                         tracing::debug!(peer = %short(&peer), "refused a join stream over the limit");
                         continue;
                     };
                     let net = net.clone();
                     let exchange = peering.exchange(peer);
+                    let peering = peering.clone();
                     tokio::spawn(async move {
+                        let evicted = pass.evicted();
+                        let settled = pass.settler();
                         let (_pass, _exchange) = (pass, exchange);
-                        if let Err(e) = join::serve(node, net, peer, stream).await {
-                            tracing::debug!(peer = %short(&peer), "join stream failed: {e:#}");
+                        let serve = join::serve(node, net, peering, peer, ip, stream, settled);
+                        tokio::select! {
+                            served = serve => if let Err(e) = served {
+                                tracing::debug!(peer = %short(&peer), "join stream failed: {e:#}");
+                            },
+                            () = evicted.notified() => tracing::debug!(
+                                peer = %short(&peer),
+                                "dropped an idle join stream to make room for another"
+                            ),
                         }
                     });
                 }
@@ -293,5 +381,54 @@ async fn route_events(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> PeerId {
+        PeerId::random()
+    }
+
+    /// Streams that never send their first message cannot keep a joiner out: when every
+    /// join slot is taken, a newcomer takes the slot of the oldest unsettled stream.
+    #[test]
+    fn idle_join_streams_make_room_for_a_newcomer() {
+        let gate = Gate::default();
+        let ip = |i: u8| Some(std::net::IpAddr::from([192, 168, 1, i]));
+        // A stranger with as many addresses as there are slots, each stream silent.
+        let idle: Vec<Pass> = (0..JOINS.total as u8)
+            .map(|i| gate.enter(peer(), ip(10 + i), JOINS, true).unwrap())
+            .collect();
+        let first_evicted = idle[0].evicted();
+        // The joiner, at an address holding no slot, still gets in.
+        let joiner = gate
+            .enter(peer(), ip(1), JOINS, true)
+            .expect("an idle stream makes room");
+        assert!(
+            futures::FutureExt::now_or_never(first_evicted.notified()).is_some(),
+            "the oldest idle stream is told to go"
+        );
+        // Once settled, the joiner's stream keeps its slot whatever comes after.
+        joiner.settler()();
+        for i in 0..(2 * JOINS.total as u8) {
+            drop(gate.enter(peer(), ip(100 + i), JOINS, true));
+        }
+        assert_eq!(gate.lock().slots.values().filter(|s| s.settled).count(), 1);
+        // With every slot settled, a newcomer is refused; streams dropped by eviction
+        // release nothing twice.
+        let settled: Vec<Pass> = (0..JOINS.total as u8 - 1)
+            .filter_map(|i| gate.enter(peer(), ip(200 + i), JOINS, true))
+            .inspect(|p| p.settler()())
+            .collect();
+        assert!(gate.enter(peer(), ip(250), JOINS, true).is_none());
+        drop(idle);
+        drop(settled);
+        drop(joiner);
+        let counts = gate.lock();
+        assert_eq!((counts.all, counts.slots.len()), (0, 0));
+        assert!(counts.per_ip.is_empty() && counts.per_peer.is_empty());
     }
 }

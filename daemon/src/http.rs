@@ -113,6 +113,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/groups/{group}/codes", axum::routing::post(create_code))
         .route("/v1/groups/{group}/codes/{channel}", get(code_status))
+        .route(
+            "/v1/groups/{group}/codes/{channel}/approval",
+            axum::routing::post(decide_code),
+        )
         .route("/v1/groups/{group}/members", get(list_members))
         .route(
             "/v1/groups/{group}/members/{member}",
@@ -299,6 +303,15 @@ async fn code_status(
     Ok(Json(
         crate::code::wait_for(&s.node, &id, channel, wait).await?,
     ))
+}
+
+async fn decide_code(
+    State(s): State<AppState>,
+    UrlPath((group, channel)): UrlPath<(String, u16)>,
+    Body(req): Body<api::CodeApproval>,
+) -> Answer<api::CodeStatus> {
+    let id = s.node.resolve_group(&group)?;
+    Ok(Json(s.node.decide_code(&id, channel, &req)?))
 }
 
 async fn list_members(

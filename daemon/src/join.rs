@@ -1,4 +1,4 @@
-//! Invites and the join protocol, on both sides of `/join/1`.
+//! Invites and the join protocol, on both sides of `/join/2`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -207,10 +207,17 @@ async fn request_join(
     name: &str,
 ) -> Result<Joining, NodeError> {
     let unreachable = |e: anyhow::Error| NodeError::Unreachable(format!("{e:#}"));
-    let mut stream = net
-        .open_stream(peer, JOIN_PROTOCOL)
-        .await
-        .map_err(unreachable)?;
+    let mut stream = net.open_stream(peer, JOIN_PROTOCOL).await.map_err(|e| {
+        if e.downcast_ref::<crate::net::Unsupported>().is_some() {
+            NodeError::Unreachable(
+                "the facilitator's hearthd speaks another version of the join protocol; \
+                     both devices need the same version of hearth"
+                    .into(),
+            )
+        } else {
+            unreachable(e)
+        }
+    })?;
     let local = net.local_peer_id().to_bytes();
     let remote = peer.to_bytes();
     // A membership identity of its own, so this group cannot be linked to others.
@@ -237,12 +244,18 @@ async fn request_join(
     }
 }
 
-/// The facilitator's side of one join stream.
+/// The facilitator's side of one join stream, from `peer` at `ip`. `settled` is called
+/// once the peer has sent what it must send promptly (a join request, or a code hello and
+/// its confirmation): until then the stream may be dropped to make room for another (see
+/// `daemon`).
 pub async fn serve(
     node: Arc<Node>,
     net: NetHandle,
+    peering: Peering,
     peer: PeerId,
+    ip: Option<std::net::IpAddr>,
     mut stream: libp2p::Stream,
+    settled: impl FnOnce() + Send,
 ) -> anyhow::Result<()> {
     let request = match tokio::time::timeout(
         crate::sync::FIRST_FRAME_TIMEOUT,
@@ -251,9 +264,13 @@ pub async fn serve(
     .await
     .context("join request timed out")??
     {
-        Some(JoinMessage::Request(r)) => r,
+        Some(JoinMessage::Request(r)) => {
+            settled();
+            r
+        }
         Some(JoinMessage::CodeHello(hello)) => {
-            return crate::code::serve(node, net, peer, stream, hello).await;
+            let code = crate::code::serve(node, net, peering, peer, ip, stream, hello, settled);
+            return code.await;
         }
         _ => return Err(anyhow!("peer sent no join request")),
     };

@@ -56,7 +56,23 @@ pub use ip_limits::{IP_LIMITS, LOOPBACK_LIMITS, Limits, limits_for};
 /// multistream-select tells anyone who asks (`ls`) which protocols a node speaks.
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/sync/1");
 /// hearth's join protocol (invite redemption, spoken codes); generic like [`SYNC_PROTOCOL`].
-pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/join/1");
+/// Version 2: spoken-code confirmations are bound to the connection, join requests are
+/// padded, and a code join waits for the facilitator's approval. A daemon of another
+/// version is told apart by the name ([`Unsupported`]), not by a garbled exchange.
+pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/join/2");
+
+/// The peer does not speak the stream protocol asked for (another hearth version, or not
+/// hearth at all).
+#[derive(Debug)]
+pub struct Unsupported;
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the peer does not support this protocol")
+    }
+}
+
+impl std::error::Error for Unsupported {}
 
 /// Connections with no open stream are closed after this long.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -247,10 +263,12 @@ impl NetHandle {
         trace!(peer = %short(&peer), %protocol, "opening stream");
         match tokio::time::timeout(timeout, control.open_stream(peer, protocol.clone())).await {
             Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(p))) => Err(anyhow!(
-                "peer {} does not support protocol {p}",
-                short(&peer)
-            )),
+            Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(p))) => {
+                Err(anyhow::Error::new(Unsupported).context(format!(
+                    "peer {} does not support protocol {p}",
+                    short(&peer)
+                )))
+            }
             Ok(Err(libp2p_stream::OpenStreamError::Io(e))) => Err(anyhow!(
                 "could not open a {protocol} stream to peer {}: {}",
                 short(&peer),

@@ -1134,7 +1134,9 @@ impl Node {
             key: records::code_key(code.channel()),
             value: records::encode(&record),
         }]) {
-            codes.finish(code.channel(), api::CodeState::Failed, None);
+            if let Some(generation) = codes.generation(code.channel()) {
+                codes.finish(code.channel(), generation, api::CodeState::Failed, None);
+            }
             return Err(e.into());
         }
         Ok(api::CodeCreated {
@@ -1157,16 +1159,64 @@ impl Node {
         &self,
         channel: u16,
         generation: Option<u64>,
-        matched: bool,
+        source: crate::codes::Source,
+        guess: crate::codes::Guess,
     ) -> crate::codes::Checked {
         let checked = self
             .codes()
-            .checked(channel, generation, matched, now_unix());
-        // Whoever waits on a code hears of a burn, or of an attempt on another number.
-        if !matches!(checked, crate::codes::Checked::Matched(_)) {
-            self.bump();
-        }
+            .checked(channel, generation, source, guess, now_unix());
+        // Whoever waits on a code hears of a match, a wrong guess, or of an attempt on
+        // another number.
+        self.bump();
         checked
+    }
+
+    /// Holds the join a matched code began for the facilitator's approval, showing who
+    /// asks; false if the code has moved on (a newer code on the channel).
+    pub fn await_code_approval(
+        &self,
+        channel: u16,
+        generation: u64,
+        group: &GroupId,
+        joiner: &Joiner,
+    ) -> Result<bool, NodeError> {
+        let me = self.member_keys(group)?.public();
+        let number = safety_number(&me, &joiner.identity);
+        let held = self.codes().await_approval(
+            channel,
+            generation,
+            joiner.identity.member_id().to_hex(),
+            joiner.name.clone(),
+            number,
+        );
+        self.bump();
+        Ok(held)
+    }
+
+    /// The facilitator's answer so far to the join held on `channel` (of `generation`).
+    pub fn code_approval(&self, channel: u16, generation: u64) -> Option<bool> {
+        self.codes().approval(channel, generation)
+    }
+
+    /// The facilitator approves or declines the join held on `channel` of `group`.
+    pub fn decide_code(
+        &self,
+        group: &GroupId,
+        channel: u16,
+        decision: &api::CodeApproval,
+    ) -> Result<api::CodeStatus, NodeError> {
+        self.check_can_invite(group)?;
+        let status = self
+            .codes()
+            .decide(
+                group,
+                channel,
+                decision.member_id.as_deref(),
+                decision.approve,
+            )
+            .map_err(NodeError::Conflict)?;
+        self.bump();
+        Ok(status)
     }
 
     /// Deletes the stored record of the code on `channel` (used or burnt).
@@ -1192,16 +1242,30 @@ impl Node {
             .allow(peer, origin, std::time::Instant::now())
     }
 
-    /// Records how a join that a matched code began ended (for whoever waits on it).
+    /// Records how a join that a matched code (of `generation`) began ended, for whoever
+    /// waits on it; a newer code on the channel is left alone.
     pub fn set_code_state(
         &self,
         channel: u16,
+        generation: u64,
         state: api::CodeState,
         joined: Option<(MemberId, String)>,
     ) {
-        self.codes()
-            .finish(channel, state, joined.map(|(m, n)| (m.to_hex(), n)));
+        self.codes().finish(
+            channel,
+            generation,
+            state,
+            joined.map(|(m, n)| (m.to_hex(), n)),
+        );
         self.bump();
+    }
+
+    /// Ends a join of the code on `channel` that is still under way as `failed` (its task
+    /// ended early: an error, or the daemon stopping).
+    pub fn fail_pending_code(&self, channel: u16, generation: u64) {
+        if self.codes().fail_if_pending(channel, generation) {
+            self.bump();
+        }
     }
 
     /// What became of a code this daemon made for `group`.
@@ -1676,15 +1740,32 @@ mod tests {
             api::CodeState::Open
         );
         let other = if c == 1 { 2 } else { 1 };
+        use crate::codes::{Checked, Guess, Source};
+        let from = |i: u8| Source::Peer([i; 32]);
         assert_eq!(
-            a.code_checked(other, None, false),
-            crate::codes::Checked::NoCode
+            a.code_checked(other, None, from(0), Guess::Wrong),
+            Checked::NoCode
         );
         assert_eq!(a.code_status(&group, c).unwrap().other_attempts, 1);
-        assert_eq!(
-            a.code_checked(c, Some(live.generation), false),
-            crate::codes::Checked::Burnt
-        );
+        // Wrong guesses from two sources leave it open (and its record stored)...
+        for i in 1..crate::codes::MAX_WRONG as u8 {
+            assert_eq!(
+                a.code_checked(c, Some(live.generation), from(i), Guess::Wrong),
+                Checked::Wrong
+            );
+            a.drop_code_record(c).unwrap();
+        }
+        drop(a);
+        let a = node(&dir);
+        let live = a
+            .code_at_hello(c)
+            .expect("still open after two wrong guesses");
+        // ...the third burns it (the count starts again after a restart: see the docs).
+        for i in 1..=crate::codes::MAX_WRONG as u8 {
+            let checked = a.code_checked(c, Some(live.generation), from(i), Guess::Wrong);
+            let last = i == crate::codes::MAX_WRONG as u8;
+            assert_eq!(checked == Checked::Burnt, last, "{i}: {checked:?}");
+        }
         a.drop_code_record(c).unwrap();
         assert_eq!(
             a.code_status(&group, c).unwrap().state,

@@ -69,14 +69,22 @@ struct Probation {
     /// nothing: if the view has changed since, the peer may be one to share with now, and
     /// is not dropped before another handshake has had its chance.
     nothing_shared_at: Option<u64>,
+    /// A join exchange with it admitted it as a member (this side is the facilitator):
+    /// the window after that exchange is not cut at [`MAX_PROBATION`], since a join held
+    /// for the facilitator's approval may end later than that.
+    admitted: bool,
 }
 
 impl Probation {
     fn window_end(&self) -> Instant {
         let after = self.last_exchange.map(|t| t + AFTER_EXCHANGE);
-        (self.since + STRANGER_GRACE)
+        let end = (self.since + STRANGER_GRACE)
             .max(after.unwrap_or(self.since))
-            .min(self.since + MAX_PROBATION)
+            .min(self.since + MAX_PROBATION);
+        match after {
+            Some(after) if self.admitted => end.max(after),
+            _ => end,
+        }
     }
 }
 
@@ -132,6 +140,7 @@ impl Peering {
                 busy: 0,
                 last_exchange: None,
                 nothing_shared_at: None,
+                admitted: false,
             },
         );
         generation
@@ -168,6 +177,15 @@ impl Peering {
         }
     }
 
+    /// Records that a join exchange with `peer` admitted it: it may open the sync session
+    /// that proves its membership within [`AFTER_EXCHANGE`] of that exchange's end, even
+    /// past [`MAX_PROBATION`].
+    pub fn admitted(&self, peer: &PeerId) {
+        if let Some(p) = self.lock().probation.get_mut(peer) {
+            p.admitted = true;
+        }
+    }
+
     /// Whether `peer` may open a stream now: proven, or within its window (or an exchange
     /// with it is under way, within [`MAX_PROBATION`]).
     pub fn may_open(&self, peer: &PeerId) -> bool {
@@ -176,7 +194,9 @@ impl Peering {
             return false;
         };
         let now = Instant::now();
-        p.proven || (now < p.since + MAX_PROBATION && (p.busy > 0 || now < p.window_end()))
+        p.proven
+            || (now < p.since + MAX_PROBATION && (p.busy > 0 || now < p.window_end()))
+            || (p.admitted && now < p.window_end())
     }
 
     fn verdict(&self, peer: &PeerId, generation: u64, view: u64) -> Verdict {

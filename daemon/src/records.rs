@@ -61,7 +61,9 @@ impl Drop for InviteRecord {
 }
 
 /// An open spoken invite code, kept by the facilitator's daemon under [`code_key`] until
-/// someone tries it (any attempt burns it) or it expires.
+/// it is matched, burnt (the third checked wrong guess, from different sources: see
+/// `codes`), withdrawn or expires. A hello alone, a refused relay and fewer wrong guesses
+/// leave it in place; the count of wrong guesses is kept in memory only.
 #[derive(Serialize, Deserialize)]
 pub struct CodeRecord {
     pub group_id: GroupId,

@@ -15,6 +15,10 @@ use hearth_protocol::code::{
 };
 use libfuzzer_sys::fuzz_target;
 
+/// The peer ids of the connection the exchange runs on.
+const J: &[u8] = b"joiner peer";
+const F: &[u8] = b"facilitator peer";
+
 fn fixed_code() -> SpokenCode {
     SpokenCode::from_parts(4, [1, 2, 3]).expect("channel 4 is valid")
 }
@@ -30,8 +34,8 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(hello.spake.len(), SPAKE_MSG_LEN);
         let again: CodeHello = postcard::from_bytes(&postcard::to_stdvec(&hello).unwrap()).unwrap();
         assert_eq!(again, hello);
-        let decoy = CodeFacilitator::respond_decoy(&hello, &mut FixedRng::new(3));
-        match CodeFacilitator::respond(&fixed_code(), &hello, &mut FixedRng::new(1)) {
+        let decoy = CodeFacilitator::respond_decoy(&hello, J, F, &mut FixedRng::new(3));
+        match CodeFacilitator::respond(&fixed_code(), &hello, J, F, &mut FixedRng::new(1)) {
             Ok((facilitator, reply)) => {
                 assert_eq!(reply.spake.len(), SPAKE_MSG_LEN);
                 let (decoy, decoy_reply) = decoy.expect("the decoy answers whatever a code answers");
@@ -53,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
         let again: CodeReply = postcard::from_bytes(&postcard::to_stdvec(&reply).unwrap()).unwrap();
         assert_eq!(again, reply);
         let (joiner, _hello) = CodeJoiner::start(&fixed_code(), &mut FixedRng::new(2));
-        if let Ok((joiner, _confirm)) = joiner.confirm(&reply)
+        if let Ok((joiner, _confirm)) = joiner.confirm(&reply, J, F)
             && let Ok(accepted) = postcard::from_bytes::<CodeAccepted>(data)
         {
             let _ = joiner.finish(&accepted);

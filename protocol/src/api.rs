@@ -25,6 +25,7 @@
 //! | DELETE | /v1/groups/{group}/invites/{id}   |                      | [`InviteWithdrawn`]    |
 //! | POST   | /v1/groups/{group}/codes          | [`CreateCode`]       | [`CodeCreated`]        |
 //! | GET    | /v1/groups/{group}/codes/{channel}?wait=SECS |           | [`CodeStatus`]         |
+//! | POST   | /v1/groups/{group}/codes/{channel}/approval | [`CodeApproval`] | [`CodeStatus`]   |
 //! | POST   | /v1/join                          | [`Join`]             | [`Joined`]             |
 //! | POST   | /v1/peers                         | [`AddPeer`]          | [`PeerAdded`]          |
 //! | GET    | /v1/peers                         |                      | `Vec<`[`Peer`]`>`      |
@@ -48,6 +49,9 @@ pub const DEFAULT_CODE_TTL_SECS: u64 = 10 * 60;
 /// Longest lifetime a spoken invite code may be given, in seconds (1 hour): it is meant
 /// for the room the facilitator and the new member are in.
 pub const MAX_CODE_TTL_SECS: u64 = 60 * 60;
+/// How long the facilitator's daemon holds a join by spoken code for the facilitator's
+/// approval, in seconds, before turning it away.
+pub const CODE_APPROVAL_SECS: u64 = 5 * 60;
 /// Longest a client may ask `GET .../codes/{channel}` to wait, in seconds.
 pub const MAX_CODE_WAIT_SECS: u64 = 60 * 60;
 /// Longest lifetime an invite token may be given, in seconds (7 days).
@@ -249,33 +253,88 @@ pub struct CodeCreated {
 pub enum CodeState {
     /// Nobody has used it yet.
     Open,
+    /// Someone's device matched the code; its join request is awaited. The code admits
+    /// no other exchange.
+    Joining,
+    /// Someone's device matched the code and asked to join: `name`, `member_id` and
+    /// `safety_number` say who. They are let in only when the facilitator approves
+    /// (`POST .../codes/{channel}/approval`).
+    AwaitingApproval,
     /// Someone joined with it.
     Joined,
-    /// Someone tried it with the wrong words: it is burnt.
+    /// Someone tried it with the wrong words too often: it is burnt.
     WrongCode,
     /// It expired unused.
     Expired,
     /// The code matched, but the joiner's device did not finish joining (it went away or
     /// timed out): it is used up.
     Failed,
+    /// The facilitator declined the join held for approval, or did not answer in time:
+    /// nobody was let in, and the code is used up.
+    Declined,
     /// A facilitator withdrew it (`hearth invite withdraw`).
     Withdrawn,
+}
+
+impl CodeState {
+    /// The state as it is spelt in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CodeState::Open => "open",
+            CodeState::Joining => "joining",
+            CodeState::AwaitingApproval => "awaiting_approval",
+            CodeState::Joined => "joined",
+            CodeState::WrongCode => "wrong_code",
+            CodeState::Expired => "expired",
+            CodeState::Failed => "failed",
+            CodeState::Declined => "declined",
+            CodeState::Withdrawn => "withdrawn",
+        }
+    }
+
+    /// Whether the code can still come to something (nobody waiting on it should stop).
+    pub fn pending(self) -> bool {
+        matches!(
+            self,
+            CodeState::Open | CodeState::Joining | CodeState::AwaitingApproval
+        )
+    }
 }
 
 /// `GET /v1/groups/{group}/codes/{channel}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CodeStatus {
     pub state: CodeState,
-    /// Who joined, when `state` is `joined`.
+    /// Who asks to join (`awaiting_approval`) or joined (`joined`, `declined`).
     #[serde(default)]
     pub member_id: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
+    /// With `awaiting_approval`: the safety number of the facilitator and the person
+    /// asking, to compare face to face.
+    #[serde(default)]
+    pub safety_number: Option<String>,
     /// Code attempts with other numbers that this daemon refused while this code was open
     /// (another facilitator's joiner nearby, or someone trying numbers). They do not touch
     /// this code.
     #[serde(default)]
     pub other_attempts: u32,
+    /// Wrong guesses checked against this code (from different sources; the third burns
+    /// it).
+    #[serde(default)]
+    pub wrong_attempts: u32,
+}
+
+/// `POST /v1/groups/{group}/codes/{channel}/approval`: the facilitator's answer to a join
+/// held for approval. Answered with the [`CodeStatus`] as it was decided on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeApproval {
+    /// `true` lets the person in, `false` turns them away.
+    pub approve: bool,
+    /// If given, the decision applies only if this is the member id of the person
+    /// waiting (so a script approves exactly the person it showed).
+    #[serde(default)]
+    pub member_id: Option<String>,
 }
 
 /// Which kind of invite an [`OpenInvite`] is.

@@ -10,10 +10,17 @@
 //! ```text
 //! J -> F  CodeHello    { channel, spake = SPAKE2 message A (33 bytes) }
 //! F -> J  CodeReply    { spake = SPAKE2 message B (33 bytes) }
-//! J -> F  CodeConfirm  { confirm = HMAC(k_J, T) }
-//! F -> J  CodeAccepted { confirm = HMAC(k_F, T) }      (or Reject)
+//! J -> F  CodeConfirm  { confirm = HMAC(k_J, T), binding = HMAC(k_L, T || P) }
+//! F -> J  CodeAccepted { confirm = HMAC(k_F, T || P) }      (or Reject)
 //!         T = channel u16 || message A || message B
+//!         P = u64 len || joiner peer id || u64 len || facilitator peer id
 //! ```
+//!
+//! `confirm` tests the joiner's guess; `binding` ties the exchange to the connection
+//! (both libp2p peer ids, as each side sees them). A stranger who relays a joiner's
+//! exchange to the facilitator's daemon makes the words match but the binding fail: the
+//! facilitator refuses it ([`CodeError::Relayed`]) without counting it as a wrong guess
+//! and without using the code up.
 //!
 //! SPAKE2 lets neither an eavesdropper nor an active attacker test guesses offline: each
 //! exchange tests exactly one guess, and the joiner confirms first, so a guess is tested
@@ -243,6 +250,10 @@ pub enum CodeError {
          start again with a new code"
     )]
     Malformed,
+    /// The words matched but the exchange was made on another connection than this one
+    /// (someone relayed it): refused, and it tests no guess.
+    #[error("the code exchange was relayed from another connection")]
+    Relayed,
     /// The hello names another channel than the code it was handed with (a daemon bug).
     #[error("the message is for code number {got}, not {expected}")]
     OtherChannel { expected: u16, got: u16 },
@@ -268,15 +279,17 @@ pub struct CodeReply {
 }
 
 /// Third message, joiner to facilitator: the joiner's key confirmation, which is where
-/// its guess is tested.
+/// its guess is tested, and its binding of the exchange to the connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CodeConfirm {
     /// The joiner's key confirmation.
     pub confirm: [u8; CONFIRM_LEN],
+    /// The joiner's MAC over the transcript and both peer ids of its connection.
+    pub binding: [u8; CONFIRM_LEN],
 }
 
-/// Fourth message, facilitator to joiner, only after the joiner's confirmation matched:
-/// the facilitator's key confirmation.
+/// Fourth message, facilitator to joiner, only after the joiner's confirmation and
+/// binding matched: the facilitator's key confirmation (bound to both peer ids too).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CodeAccepted {
     /// The facilitator's key confirmation.
@@ -367,10 +380,22 @@ fn spake_array(msg: &[u8]) -> Result<[u8; SPAKE_MSG_LEN], CodeError> {
     msg.try_into().map_err(|_| CodeError::Malformed)
 }
 
+/// The two libp2p peer ids of the connection an exchange runs on, as a MAC input:
+/// `u64 len || joiner peer id || u64 len || facilitator peer id`.
+fn link(joiner_peer: &[u8], facilitator_peer: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + joiner_peer.len() + facilitator_peer.len());
+    for part in [joiner_peer, facilitator_peer] {
+        out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
 /// Everything derived from the SPAKE2 key of one exchange.
 struct Keys {
     facilitator_confirm: [u8; CONFIRM_LEN],
     joiner_confirm: Zeroizing<[u8; CONFIRM_LEN]>,
+    joiner_binding: Zeroizing<[u8; CONFIRM_LEN]>,
     secret: SecretKey,
 }
 
@@ -380,13 +405,17 @@ impl Keys {
         channel: u16,
         hello: &[u8; SPAKE_MSG_LEN],
         reply: &[u8; SPAKE_MSG_LEN],
+        link: &[u8],
     ) -> Keys {
         let transcript: [&[u8]; 3] = [&channel.to_be_bytes(), hello, reply];
+        let bound: [&[u8]; 4] = [&channel.to_be_bytes(), hello, reply, link];
         let k_f = crypto::derive_key(spake_key, &[labels::CODE_FACILITATOR_CONFIRM_KEY]);
         let k_j = crypto::derive_key(spake_key, &[labels::CODE_JOINER_CONFIRM_KEY]);
+        let k_l = crypto::derive_key(spake_key, &[labels::CODE_BINDING_KEY]);
         Keys {
-            facilitator_confirm: crypto::mac(&k_f, &transcript),
+            facilitator_confirm: crypto::mac(&k_f, &bound),
             joiner_confirm: Zeroizing::new(crypto::mac(&k_j, &transcript)),
+            joiner_binding: Zeroizing::new(crypto::mac(&k_l, &bound)),
             secret: crypto::derive_key(spake_key, &[labels::CODE_SECRET]),
         }
     }
@@ -438,15 +467,19 @@ impl CodeJoiner {
     }
 
     /// Takes the facilitator's reply: send the [`CodeConfirm`], then check the answer with
-    /// [`CodeJoinerConfirmed::finish`]. `Malformed` if the reply is not a SPAKE2 message
-    /// from the facilitator's side.
+    /// [`CodeJoinerConfirmed::finish`]. `joiner_peer` and `facilitator_peer` are the
+    /// libp2p peer ids of this side and of the peer the exchange runs with (bytes).
+    /// `Malformed` if the reply is not a SPAKE2 message from the facilitator's side.
     pub fn confirm(
         self,
         reply: &CodeReply,
+        joiner_peer: &[u8],
+        facilitator_peer: &[u8],
     ) -> Result<(CodeJoinerConfirmed, CodeConfirm), CodeError> {
-        let keys = self.derive(reply)?;
+        let keys = self.derive(reply, &link(joiner_peer, facilitator_peer))?;
         let confirm = CodeConfirm {
             confirm: *keys.joiner_confirm,
+            binding: *keys.joiner_binding,
         };
         Ok((
             CodeJoinerConfirmed {
@@ -458,7 +491,7 @@ impl CodeJoiner {
     }
 
     /// The keys this joiner derives from a reply, before any check.
-    fn derive(self, reply: &CodeReply) -> Result<Keys, CodeError> {
+    fn derive(self, reply: &CodeReply, link: &[u8]) -> Result<Keys, CodeError> {
         let reply_msg = spake_array(&reply.spake)?;
         if reply_msg[0] != b'B' {
             return Err(CodeError::Malformed);
@@ -473,6 +506,7 @@ impl CodeJoiner {
             self.channel,
             &self.hello,
             &reply_msg,
+            link,
         ))
     }
 }
@@ -503,6 +537,7 @@ impl CodeJoinerConfirmed {
 /// The facilitator's side, between sending [`CodeReply`] and receiving [`CodeConfirm`].
 pub struct CodeFacilitator {
     expected: Zeroizing<[u8; CONFIRM_LEN]>,
+    binding: Zeroizing<[u8; CONFIRM_LEN]>,
     confirm: [u8; CONFIRM_LEN],
     secret: CodeSecret,
 }
@@ -514,7 +549,9 @@ impl fmt::Debug for CodeFacilitator {
 }
 
 impl CodeFacilitator {
-    /// Answers a joiner's hello for `code`; send the reply.
+    /// Answers a joiner's hello for `code`; send the reply. `joiner_peer` and
+    /// `facilitator_peer` are the libp2p peer ids of the connection the hello came on (the
+    /// remote's and this side's, as bytes).
     ///
     /// The reply tests no guess (message B is a uniformly random point whatever the
     /// password): the guess is tested only in [`CodeFacilitator::finish`].
@@ -522,6 +559,8 @@ impl CodeFacilitator {
     pub fn respond(
         code: &SpokenCode,
         hello: &CodeHello,
+        joiner_peer: &[u8],
+        facilitator_peer: &[u8],
         rng: &mut impl CryptoRngCore,
     ) -> Result<(CodeFacilitator, CodeReply), CodeError> {
         if hello.channel != code.channel {
@@ -530,7 +569,7 @@ impl CodeFacilitator {
                 got: hello.channel,
             });
         }
-        Self::respond_with(code, hello, rng)
+        Self::respond_with(code, hello, &link(joiner_peer, facilitator_peer), rng)
     }
 
     /// Answers a hello on a channel where this side holds no code, exactly as
@@ -540,6 +579,8 @@ impl CodeFacilitator {
     /// joiner matching the random words, 1 in 2^24, must not be let in).
     pub fn respond_decoy(
         hello: &CodeHello,
+        joiner_peer: &[u8],
+        facilitator_peer: &[u8],
         rng: &mut impl CryptoRngCore,
     ) -> Result<(CodeFacilitator, CodeReply), CodeError> {
         let mut words = [0u8; CODE_WORDS];
@@ -549,12 +590,13 @@ impl CodeFacilitator {
             channel: hello.channel,
             words,
         };
-        Self::respond_with(&decoy, hello, rng)
+        Self::respond_with(&decoy, hello, &link(joiner_peer, facilitator_peer), rng)
     }
 
     fn respond_with(
         code: &SpokenCode,
         hello: &CodeHello,
+        link: &[u8],
         rng: &mut impl CryptoRngCore,
     ) -> Result<(CodeFacilitator, CodeReply), CodeError> {
         let hello_msg = spake_array(&hello.spake)?;
@@ -571,10 +613,11 @@ impl CodeFacilitator {
         );
         let reply_msg = spake_array(&msg).expect("SPAKE2 Ed25519 messages are 33 bytes");
         let spake_key = Zeroizing::new(spake.finish(&hello_msg).map_err(|_| CodeError::Malformed)?);
-        let keys = Keys::derive(&spake_key, code.channel, &hello_msg, &reply_msg);
+        let keys = Keys::derive(&spake_key, code.channel, &hello_msg, &reply_msg, link);
         let reply = CodeReply { spake: msg };
         let facilitator = CodeFacilitator {
             expected: keys.joiner_confirm,
+            binding: keys.joiner_binding,
             confirm: keys.facilitator_confirm,
             secret: CodeSecret(keys.secret),
         };
@@ -583,10 +626,17 @@ impl CodeFacilitator {
 
     /// Checks the joiner's confirmation in constant time: this is where the joiner's one
     /// guess is tested. On success send the [`CodeAccepted`]; both sides then hold the
-    /// same secret. `WrongCode` otherwise.
+    /// same secret. `WrongCode` if the confirmation does not match (a wrong guess);
+    /// `Relayed` if it matches but the binding does not (the exchange was made on another
+    /// connection: the words were right, but this peer is not the one that knows them).
     pub fn finish(self, confirm: &CodeConfirm) -> Result<(CodeSecret, CodeAccepted), CodeError> {
-        if !crypto::ct_eq(&self.expected[..], &confirm.confirm) {
+        let matched = crypto::ct_eq(&self.expected[..], &confirm.confirm);
+        let bound = crypto::ct_eq(&self.binding[..], &confirm.binding);
+        if !matched {
             return Err(CodeError::WrongCode);
+        }
+        if !bound {
+            return Err(CodeError::Relayed);
         }
         Ok((
             self.secret,
@@ -602,6 +652,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use rand_core::OsRng;
+
+    /// The peer ids of the connection the test exchanges run on.
+    const J: &[u8] = b"joiner peer";
+    const F: &[u8] = b"facilitator peer";
 
     fn code(channel: u16, words: [&str; CODE_WORDS]) -> SpokenCode {
         SpokenCode::from_parts(channel, words.map(|w| word_index(w).expect("listed word")))
@@ -622,8 +676,8 @@ mod tests {
     ) -> (Admitted, Option<Result<CodeSecret, CodeError>>) {
         let (joiner, hello) = CodeJoiner::start(joiner_code, &mut OsRng);
         let (facilitator, reply) =
-            CodeFacilitator::respond(facilitator_code, &hello, &mut OsRng).expect("responds");
-        let (joiner, confirm) = joiner.confirm(&reply).expect("a well-formed reply");
+            CodeFacilitator::respond(facilitator_code, &hello, J, F, &mut OsRng).expect("responds");
+        let (joiner, confirm) = joiner.confirm(&reply, J, F).expect("a well-formed reply");
         let admitted = facilitator.finish(&confirm);
         let joined = admitted.as_ref().ok().map(|(_, a)| joiner.finish(a));
         (admitted, joined)
@@ -660,8 +714,8 @@ mod tests {
                     // confirmation anyway is refused by the joiner.
                     let (joiner, hello) = CodeJoiner::start(j, &mut OsRng);
                     let (facilitator, reply) =
-                        CodeFacilitator::respond(f, &hello, &mut OsRng).unwrap();
-                    let (joiner, _) = joiner.confirm(&reply).unwrap();
+                        CodeFacilitator::respond(f, &hello, J, F, &mut OsRng).unwrap();
+                    let (joiner, _) = joiner.confirm(&reply, J, F).unwrap();
                     let accepted = CodeAccepted {
                         confirm: facilitator.confirm,
                     };
@@ -671,15 +725,49 @@ mod tests {
         }
     }
 
+    /// A stranger S who relays a joiner's exchange to the facilitator (J <-> S <-> F):
+    /// the words match, but each side bound the exchange to its own connection, so F
+    /// refuses it as relayed (not a wrong guess: the caller neither burns nor uses the
+    /// code), and an answer F sent anyway would not satisfy J either.
+    #[test]
+    fn a_relayed_exchange_is_refused_as_relayed_not_as_a_wrong_guess() {
+        const S: &[u8] = b"stranger peer";
+        let (joiner, hello) = CodeJoiner::start(&example(), &mut OsRng);
+        // F sees the hello on its connection with S; J thinks it talks to S.
+        let (facilitator, reply) =
+            CodeFacilitator::respond(&example(), &hello, S, F, &mut OsRng).unwrap();
+        let (joiner, confirm) = joiner.confirm(&reply, J, S).unwrap();
+        let accepted = CodeAccepted {
+            confirm: facilitator.confirm,
+        };
+        assert_eq!(
+            facilitator.finish(&confirm).unwrap_err(),
+            CodeError::Relayed
+        );
+        assert_eq!(joiner.finish(&accepted).unwrap_err(), CodeError::WrongCode);
+
+        // Wrong words on a relayed exchange are a wrong guess like any other.
+        let wrong = code(4, ["lantern", "orchard", "otter"]);
+        let (joiner, hello) = CodeJoiner::start(&wrong, &mut OsRng);
+        let (facilitator, reply) =
+            CodeFacilitator::respond(&example(), &hello, S, F, &mut OsRng).unwrap();
+        let (_, confirm) = joiner.confirm(&reply, J, S).unwrap();
+        assert_eq!(
+            facilitator.finish(&confirm).unwrap_err(),
+            CodeError::WrongCode
+        );
+    }
+
     #[test]
     fn facilitator_refuses_a_made_up_confirmation() {
         let (joiner, hello) = CodeJoiner::start(&example(), &mut OsRng);
         let (facilitator, reply) =
-            CodeFacilitator::respond(&example(), &hello, &mut OsRng).unwrap();
-        let (_, confirm) = joiner.confirm(&reply).unwrap();
+            CodeFacilitator::respond(&example(), &hello, J, F, &mut OsRng).unwrap();
+        let (_, confirm) = joiner.confirm(&reply, J, F).unwrap();
         // Not even the facilitator's own confirmation (the directions have distinct keys).
         let echoed = CodeConfirm {
             confirm: facilitator.confirm,
+            binding: confirm.binding,
         };
         assert_ne!(echoed, confirm);
         assert_eq!(
@@ -698,16 +786,16 @@ mod tests {
                 words: *example().words(),
             };
             let (joiner, hello) = CodeJoiner::start(&code, &mut OsRng);
-            let (decoy, reply) = CodeFacilitator::respond_decoy(&hello, &mut OsRng).unwrap();
+            let (decoy, reply) = CodeFacilitator::respond_decoy(&hello, J, F, &mut OsRng).unwrap();
             let (real, real_reply) =
-                CodeFacilitator::respond_with(&code, &hello, &mut OsRng).unwrap();
+                CodeFacilitator::respond_with(&code, &hello, &link(J, F), &mut OsRng).unwrap();
             let encoded = postcard::to_stdvec(&reply).unwrap();
             assert_eq!(
                 encoded.len(),
                 postcard::to_stdvec(&real_reply).unwrap().len()
             );
             assert_eq!(reply.spake[0], real_reply.spake[0]);
-            let (_, confirm) = joiner.confirm(&reply).unwrap();
+            let (_, confirm) = joiner.confirm(&reply, J, F).unwrap();
             assert_eq!(decoy.finish(&confirm).unwrap_err(), CodeError::WrongCode);
             drop(real);
         }
@@ -717,11 +805,11 @@ mod tests {
             spake: vec![b'B'; SPAKE_MSG_LEN],
         };
         assert_eq!(
-            CodeFacilitator::respond_decoy(&hello, &mut OsRng).unwrap_err(),
+            CodeFacilitator::respond_decoy(&hello, J, F, &mut OsRng).unwrap_err(),
             CodeError::Malformed
         );
         assert_eq!(
-            CodeFacilitator::respond(&example(), &hello, &mut OsRng).unwrap_err(),
+            CodeFacilitator::respond(&example(), &hello, J, F, &mut OsRng).unwrap_err(),
             CodeError::Malformed
         );
     }
@@ -733,7 +821,7 @@ mod tests {
     #[test]
     fn a_reply_carries_nothing_to_test_a_guess_against() {
         let (_, hello) = CodeJoiner::start(&example(), &mut OsRng);
-        let (_, reply) = CodeFacilitator::respond(&example(), &hello, &mut OsRng).unwrap();
+        let (_, reply) = CodeFacilitator::respond(&example(), &hello, J, F, &mut OsRng).unwrap();
         assert_eq!(
             postcard::to_stdvec(&reply).unwrap().len(),
             1 + SPAKE_MSG_LEN
@@ -746,8 +834,9 @@ mod tests {
         let other = SpokenCode::from_parts(5, *example().words()).unwrap();
         let (joiner, mut hello) = CodeJoiner::start(&example(), &mut OsRng);
         hello.channel = 5;
-        let (facilitator, reply) = CodeFacilitator::respond(&other, &hello, &mut OsRng).unwrap();
-        let (_, confirm) = joiner.confirm(&reply).unwrap();
+        let (facilitator, reply) =
+            CodeFacilitator::respond(&other, &hello, J, F, &mut OsRng).unwrap();
+        let (_, confirm) = joiner.confirm(&reply, J, F).unwrap();
         assert_eq!(
             facilitator.finish(&confirm).unwrap_err(),
             CodeError::WrongCode
@@ -756,7 +845,7 @@ mod tests {
         // A hello for another channel than the code handed in is refused before any work.
         let (_, hello) = CodeJoiner::start(&example(), &mut OsRng);
         assert_eq!(
-            CodeFacilitator::respond(&other, &hello, &mut OsRng).unwrap_err(),
+            CodeFacilitator::respond(&other, &hello, J, F, &mut OsRng).unwrap_err(),
             CodeError::OtherChannel {
                 expected: 5,
                 got: 4
@@ -768,8 +857,8 @@ mod tests {
     fn tampered_answer_confirmation_is_wrong_code() {
         let (joiner, hello) = CodeJoiner::start(&example(), &mut OsRng);
         let (facilitator, reply) =
-            CodeFacilitator::respond(&example(), &hello, &mut OsRng).unwrap();
-        let (joiner, confirm) = joiner.confirm(&reply).unwrap();
+            CodeFacilitator::respond(&example(), &hello, J, F, &mut OsRng).unwrap();
+        let (joiner, confirm) = joiner.confirm(&reply, J, F).unwrap();
         let (_, mut accepted) = facilitator.finish(&confirm).unwrap();
         accepted.confirm[0] ^= 1;
         assert_eq!(joiner.finish(&accepted).unwrap_err(), CodeError::WrongCode);
@@ -780,14 +869,14 @@ mod tests {
         let (_, hello) = CodeJoiner::start(&example(), &mut OsRng);
         let respond = |spake: Vec<u8>| {
             let hello = CodeHello { channel: 4, spake };
-            CodeFacilitator::respond(&example(), &hello, &mut OsRng).map(|_| ())
+            CodeFacilitator::respond(&example(), &hello, J, F, &mut OsRng).map(|_| ())
         };
         // Wrong lengths.
         for len in [0, 32, 34, 1000] {
             assert_eq!(respond(vec![0x41; len]), Err(CodeError::Malformed));
         }
         // A message from the wrong side: the facilitator's own reply reflected back.
-        let (_, reply) = CodeFacilitator::respond(&example(), &hello, &mut OsRng).unwrap();
+        let (_, reply) = CodeFacilitator::respond(&example(), &hello, J, F, &mut OsRng).unwrap();
         assert_eq!(respond(reply.spake.clone()), Err(CodeError::Malformed));
         // Bytes that are not a curve point (about half of all y coordinates).
         let not_a_point = (0..=255u8).any(|b| {
@@ -802,20 +891,26 @@ mod tests {
         let bad = CodeReply {
             spake: hello.spake.clone(), // side A, not B
         };
-        assert_eq!(joiner.confirm(&bad).unwrap_err(), CodeError::Malformed);
+        assert_eq!(
+            joiner.confirm(&bad, J, F).unwrap_err(),
+            CodeError::Malformed
+        );
         let (joiner, _) = CodeJoiner::start(&example(), &mut OsRng);
         let short = CodeReply {
             spake: vec![b'B'; 32],
         };
-        assert_eq!(joiner.confirm(&short).unwrap_err(), CodeError::Malformed);
+        assert_eq!(
+            joiner.confirm(&short, J, F).unwrap_err(),
+            CodeError::Malformed
+        );
     }
 
     #[test]
     fn messages_have_fixed_bounded_encodings() {
         let (joiner, hello) = CodeJoiner::start(&example(), &mut OsRng);
         let (facilitator, reply) =
-            CodeFacilitator::respond(&example(), &hello, &mut OsRng).unwrap();
-        let (joiner, confirm) = joiner.confirm(&reply).unwrap();
+            CodeFacilitator::respond(&example(), &hello, J, F, &mut OsRng).unwrap();
+        let (joiner, confirm) = joiner.confirm(&reply, J, F).unwrap();
         let (_, accepted) = facilitator.finish(&confirm).unwrap();
         joiner.finish(&accepted).unwrap();
 
@@ -826,7 +921,7 @@ mod tests {
         // channel 4 is a 1-byte varint (128..=999 take 2), then length 33 and the bytes.
         assert_eq!(hello_bytes.len(), 1 + 1 + SPAKE_MSG_LEN);
         assert_eq!(reply_bytes.len(), 1 + SPAKE_MSG_LEN);
-        assert_eq!(confirm_bytes.len(), CONFIRM_LEN);
+        assert_eq!(confirm_bytes.len(), 2 * CONFIRM_LEN);
         assert_eq!(accepted_bytes.len(), CONFIRM_LEN);
         let big = CodeHello {
             channel: MAX_CHANNEL,
@@ -890,7 +985,8 @@ mod tests {
         assert!(shown.contains('4'));
         let (joiner, hello) = CodeJoiner::start(&example(), &mut OsRng);
         assert!(!format!("{joiner:?}").contains("lantern"));
-        let (facilitator, _) = CodeFacilitator::respond(&example(), &hello, &mut OsRng).unwrap();
+        let (facilitator, _) =
+            CodeFacilitator::respond(&example(), &hello, J, F, &mut OsRng).unwrap();
         assert_eq!(format!("{facilitator:?}"), "CodeFacilitator(..)");
     }
 

@@ -63,6 +63,9 @@ pub mod labels {
     pub const CODE_JOINER_CONFIRM_KEY: &[u8] = b"hearth v1 code joiner confirm key";
     /// HKDF info: the invite secret a spoken-code exchange ends in.
     pub const CODE_SECRET: &[u8] = b"hearth v1 code secret";
+    /// HKDF info: the key of the joiner's binding of a spoken-code exchange to the libp2p
+    /// connection it runs on.
+    pub const CODE_BINDING_KEY: &[u8] = b"hearth v1 code binding key";
 
     /// Signature context: an envelope.
     pub const SIG_ENVELOPE: &[u8] = b"hearth v1 sig envelope";

@@ -151,11 +151,15 @@ fn join_request_aad(invite_id: &[u8; 16], joiner_peer: &[u8], facilitator_peer: 
     aad
 }
 
-/// Longest sealed body of a join request: a nonce, the identity (64 bytes), a name of at
-/// most [`crate::membership::MAX_NAME_LEN`] characters (4 bytes each at most), postcard
-/// lengths and the AEAD tag.
-pub const MAX_SEALED_REQUEST_LEN: usize =
-    crypto::XNONCE_LEN + 64 + 2 + 4 * crate::membership::MAX_NAME_LEN + crypto::TAG_LEN;
+/// Length of a join request's sealed plaintext: the identity (64 bytes), the postcard
+/// length of the name and a name of at most [`crate::membership::MAX_NAME_LEN`]
+/// characters (4 bytes each at most), padded with zeros to this length so the sealed
+/// size says nothing of the name.
+const REQUEST_BODY_LEN: usize = 64 + 2 + 4 * crate::membership::MAX_NAME_LEN;
+
+/// Longest sealed body of a join request: a nonce, the padded body and the AEAD tag. A
+/// request made by this version is always exactly this long.
+pub const MAX_SEALED_REQUEST_LEN: usize = crypto::XNONCE_LEN + REQUEST_BODY_LEN + crypto::TAG_LEN;
 
 /// What a join request carries sealed.
 #[derive(Serialize, Deserialize)]
@@ -232,13 +236,18 @@ impl JoinRequest {
         let id = invite_id(secret);
         let identity = me.public();
         let t = join_transcript(&id, joiner_peer, facilitator_peer, &identity, name);
-        let body = zeroize::Zeroizing::new(
+        let mut body = zeroize::Zeroizing::new(
             postcard::to_stdvec(&RequestBody {
                 identity,
                 name: name.to_owned(),
             })
             .expect("serialising in memory cannot fail"),
         );
+        // Padded to one length whatever the name (a longer name is refused by the
+        // facilitator anyway; it is sent unpadded rather than cut).
+        if body.len() < REQUEST_BODY_LEN {
+            body.resize(REQUEST_BODY_LEN, 0);
+        }
         let aad = join_request_aad(&id, joiner_peer, facilitator_peer);
         let (nonce, ct) = crypto::seal(&join_request_key(secret), &aad, &body, rng);
         JoinRequest {
@@ -258,14 +267,19 @@ impl JoinRequest {
         joiner_peer: &[u8],
         facilitator_peer: &[u8],
     ) -> Option<Joiner> {
-        if self.sealed.len() > MAX_SEALED_REQUEST_LEN {
+        if self.sealed.len() > MAX_SEALED_REQUEST_LEN
+            || !crypto::ct_eq(&self.invite_id, &invite_id(secret))
+        {
             return None;
         }
         let (nonce, ct) = self.sealed.split_at_checked(crypto::XNONCE_LEN)?;
         let nonce: [u8; crypto::XNONCE_LEN] = nonce.try_into().ok()?;
         let aad = join_request_aad(&self.invite_id, joiner_peer, facilitator_peer);
         let plain = crypto::open(&join_request_key(secret), &aad, &nonce, ct).ok()?;
-        let body: RequestBody = postcard::from_bytes(&plain).ok()?;
+        let (body, padding) = postcard::take_from_bytes::<RequestBody>(&plain).ok()?;
+        if padding.iter().any(|&b| b != 0) {
+            return None;
+        }
         let t = join_transcript(
             &self.invite_id,
             joiner_peer,
@@ -689,6 +703,52 @@ mod tests {
                 .name,
             long
         );
+    }
+
+    /// The sealed request is as long whatever the name (even none), so its size says
+    /// nothing of who asks.
+    #[test]
+    fn a_join_request_is_one_length_whatever_the_name() {
+        let a = MemberKeys::generate(&mut OsRng);
+        let b = MemberKeys::generate(&mut OsRng);
+        let (g, _, _) = Group::create(&a, "Circle", "", &mut OsRng).unwrap();
+        let token = token_for(&g, &a);
+        let long = "\u{1F600}".repeat(crate::membership::MAX_NAME_LEN);
+        for name in ["", "Jo", "Samira Okonkwo-Lindqvist", long.as_str()] {
+            let req = JoinRequest::new(&b, &token, name, b"peer-b", b"peer-a", &mut OsRng);
+            assert_eq!(req.sealed.len(), MAX_SEALED_REQUEST_LEN, "{name:?}");
+            let joiner = req.verify(&token.secret, b"peer-b", b"peer-a").unwrap();
+            assert_eq!(joiner.name, name);
+        }
+    }
+
+    /// A request must name the invite its secret belongs to: one sealed and proven with
+    /// the right secret but carrying another invite id is refused.
+    #[test]
+    fn a_join_request_must_name_the_invite_of_its_secret() {
+        let a = MemberKeys::generate(&mut OsRng);
+        let b = MemberKeys::generate(&mut OsRng);
+        let (g, _, _) = Group::create(&a, "Circle", "", &mut OsRng).unwrap();
+        let token = token_for(&g, &a);
+        let other_id = [7u8; 16];
+        // Made as `with_secret` makes it, but under another id.
+        let identity = b.public();
+        let t = join_transcript(&other_id, b"peer-b", b"peer-a", &identity, "Jo");
+        let mut body = postcard::to_stdvec(&RequestBody {
+            identity,
+            name: "Jo".into(),
+        })
+        .unwrap();
+        body.resize(REQUEST_BODY_LEN, 0);
+        let aad = join_request_aad(&other_id, b"peer-b", b"peer-a");
+        let (nonce, ct) = crypto::seal(&join_request_key(&token.secret), &aad, &body, &mut OsRng);
+        let req = JoinRequest {
+            invite_id: other_id,
+            sealed: [nonce.as_slice(), &ct].concat(),
+            proof: crypto::mac(&invite_mac_key(&token.secret), &[b"request", &t]),
+            signature: b.sign(labels::SIG_JOIN_REQUEST, &t),
+        };
+        assert!(req.verify(&token.secret, b"peer-b", b"peer-a").is_none());
     }
 
     #[test]

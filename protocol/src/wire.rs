@@ -12,7 +12,8 @@ use crate::ids::{GroupId, MemberId};
 use crate::invite::{JoinAccept, JoinRequest};
 use crate::session::SLOT_LEN;
 
-/// Version of the peer protocol spoken on `/sync/1` and `/join/1`.
+/// Version of the peer protocol spoken on `/sync/1` and `/join/2` (the join stream's name
+/// carries its own version).
 pub const WIRE_VERSION: u8 = 2;
 /// Largest frame accepted (an envelope is at most 1 MiB; a batch is cut before 4 MiB).
 pub const MAX_FRAME_LEN: usize = 4 << 20;

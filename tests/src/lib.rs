@@ -281,6 +281,54 @@ impl Daemon {
         token
     }
 
+    /// Has `joiner` join `group` of this (facilitator's) daemon with the spoken `code`,
+    /// approving the join here once it waits for approval (as the facilitator would,
+    /// after looking at the name); returns what `hearth join` answered, or its error.
+    pub fn approve_code_join(
+        &self,
+        joiner: &Daemon,
+        group: &str,
+        code: &str,
+        name: &str,
+    ) -> Result<Value, String> {
+        let channel = code
+            .split('-')
+            .next()
+            .expect("a code starts with its number");
+        std::thread::scope(|scope| {
+            let joining = scope.spawn(|| joiner.try_json(&["join", code, "--name", name]));
+            let path = format!("/v1/groups/{group}/codes/{channel}");
+            loop {
+                if joining.is_finished() {
+                    break;
+                }
+                let status = self.api_get(&path);
+                if status["state"] == "awaiting_approval" {
+                    assert_eq!(status["name"], name, "{status}");
+                    self.json(&["invite", "approve", group, channel]);
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            joining.join().expect("the join thread")
+        })
+    }
+
+    /// `GET path` on this daemon's API (through curl-like raw HTTP over its socket).
+    pub fn api_get(&self, path: &str) -> Value {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).expect("the API socket");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        serde_json::from_str(body).unwrap_or(Value::Null)
+    }
+
     /// A loopback TCP multiaddr this daemon listens on.
     pub fn addr(&self) -> String {
         let status = self.json(&["status"]);

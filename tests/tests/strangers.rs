@@ -184,7 +184,7 @@ async fn stall(ip: String, target: Multiaddr, sync: usize, joins: usize) {
                 let Some(peer) = peer else { continue };
                 while open_sync < sync || open_joins < joins {
                     let is_sync = open_sync < sync;
-                    let protocol = if is_sync { "/sync/1" } else { "/join/1" };
+                    let protocol = if is_sync { "/sync/1" } else { "/join/2" };
                     let opening = control.open_stream(peer, StreamProtocol::new(protocol));
                     let Ok(Ok(mut stream)) =
                         tokio::time::timeout(Duration::from_millis(500), opening).await
@@ -230,5 +230,31 @@ fn stalled_streams_from_strangers_do_not_keep_members_out() {
     b.wait_for_agreements(&group, &["members still get in"]);
     b.json(&["agreement", "add", &group, "and still sync"]);
     a.wait_for_agreements(&group, &["and still sync"]);
+    rt.shutdown_background();
+}
+
+/// A stranger with more addresses than the daemon has join slots, each address holding a
+/// silent join stream and reopening it whenever it is closed: a member's join still gets
+/// through, because a silent stream gives its slot up to a newcomer.
+#[test]
+fn silent_join_streams_from_many_addresses_do_not_keep_a_joiner_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Daemon::start("A", &tmp.path().join("a"));
+    let b = Daemon::start("B", &tmp.path().join("b"));
+    let group = a.create_group("Circle");
+    let addr: Multiaddr = a.addr().parse().unwrap();
+    let rt = runtime();
+    for i in 2..14 {
+        rt.spawn(stall(format!("127.0.0.{i}"), addr.clone(), 0, 1));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let token = a.json(&["invite", &group])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    if let Err(e) = b.try_json(&["join", &token]) {
+        panic!("B could not join: {e}\nA's log:\n{}", a.log());
+    }
+    assert_eq!(b.json(&["group", "list"]).as_array().unwrap().len(), 1);
     rt.shutdown_background();
 }
