@@ -161,9 +161,11 @@ pub async fn serve(
         (checked, _, _) => {
             write_msg(&mut stream, &JoinMessage::Reject).await?;
             futures::AsyncWriteExt::close(&mut stream).await.ok();
+            // Debug only, like every line here: the facilitator's `invite --code` reports
+            // attempts, and a log at the default level should not date them.
             match checked {
                 Checked::Burnt => {
-                    tracing::info!(
+                    tracing::debug!(
                         "a spoken code was tried with wrong words too often; it is burnt"
                     );
                     // Detached: this stream ends now, exactly as after a decoy.
@@ -175,10 +177,10 @@ pub async fn serve(
                     });
                 }
                 Checked::Wrong => {
-                    tracing::info!("a spoken code was tried with the wrong words; it still works");
+                    tracing::debug!("a spoken code was tried with the wrong words; it still works");
                 }
                 _ if guess == Guess::Relayed => {
-                    tracing::info!(
+                    tracing::debug!(
                         "refused a spoken-code exchange relayed from another connection"
                     );
                 }
@@ -240,7 +242,7 @@ pub async fn serve(
         node.set_code_state(channel, generation, CodeState::Declined, None);
         write_msg(&mut stream, &JoinMessage::Reject).await?;
         futures::AsyncWriteExt::close(&mut stream).await.ok();
-        tracing::info!("a join by spoken code was not approved; turned away");
+        tracing::debug!("a join by spoken code was not approved; turned away");
         return Ok(());
     }
     let answered =
@@ -392,7 +394,7 @@ async fn exchange(net: &NetHandle, peering: &Peering, peer: PeerId, code: &Spoke
         Ok(s) => s,
         Err(e) => {
             if e.downcast_ref::<crate::net::Unsupported>().is_some() {
-                tracing::info!(
+                tracing::debug!(
                     peer = %short,
                     "a nearby device runs a hearth that speaks another join protocol; \
                      it was not asked"
