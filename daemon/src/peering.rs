@@ -56,6 +56,9 @@ pub const AFTER_EXCHANGE: Duration = Duration::from_secs(5);
 pub const MAX_PROBATION: Duration = Duration::from_secs(60);
 /// How often a connected peer's probation is looked at once its first window has passed.
 const PROBATION_CHECK: Duration = Duration::from_millis(500);
+/// How often a proven peer's is: it only changes when a later handshake shares nothing,
+/// and an idle daemon with a few members should not wake for it twice a second.
+const PROVEN_CHECK: Duration = Duration::from_secs(5);
 
 struct Probation {
     generation: u64,
@@ -199,6 +202,10 @@ impl Peering {
             || (p.admitted && now < p.window_end())
     }
 
+    fn is_proven(&self, peer: &PeerId) -> bool {
+        self.lock().probation.get(peer).is_some_and(|p| p.proven)
+    }
+
     fn verdict(&self, peer: &PeerId, generation: u64, view: u64) -> Verdict {
         let state = self.lock();
         match state.probation.get(peer) {
@@ -240,7 +247,15 @@ pub fn watch_strangers(node: Arc<Node>, net: NetHandle, peering: Peering, peer: 
         tokio::time::sleep(STRANGER_GRACE).await;
         loop {
             match peering.verdict(&peer, generation, node.view_version()) {
-                Verdict::Keep => tokio::time::sleep(PROBATION_CHECK).await,
+                Verdict::Keep => {
+                    let proven = peering.is_proven(&peer);
+                    tokio::time::sleep(if proven {
+                        PROVEN_CHECK
+                    } else {
+                        PROBATION_CHECK
+                    })
+                    .await;
+                }
                 Verdict::Gone => return,
                 Verdict::Stranger => {
                     tracing::debug!(peer = %short(&peer), "no shared group; dropping the peer");
