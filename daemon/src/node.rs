@@ -193,13 +193,25 @@ impl Node {
     /// minute, and whenever invites are made, listed or withdrawn.
     pub fn purge_invites(&self) -> Result<usize, NodeError> {
         let now = now_unix();
-        self.codes().prune(now);
+        // A stored code that is no longer live in memory (burnt, used, withdrawn) goes too,
+        // in case its own deletion failed: restored after a restart, it would offer fresh
+        // guesses.
+        let live: std::collections::BTreeSet<u16> = {
+            let mut codes = self.codes();
+            codes.prune(now);
+            (1..=hearth_protocol::code::MAX_CHANNEL)
+                .filter(|c| codes.at_hello(*c, now).is_some())
+                .collect()
+        };
         let groups = self.lock();
         let mut ops = Vec::new();
         for (key, raw) in self.store.scan(Table::Invites, &[])? {
             let keep = if key.starts_with(b"code") {
-                postcard::from_bytes::<records::CodeRecord>(&raw)
-                    .is_ok_and(|c| c.expires_at > now && groups.contains_key(&c.group_id))
+                postcard::from_bytes::<records::CodeRecord>(&raw).is_ok_and(|c| {
+                    c.expires_at > now
+                        && groups.contains_key(&c.group_id)
+                        && live.contains(&c.channel)
+                })
             } else {
                 postcard::from_bytes::<records::InviteRecord>(&raw)
                     .is_ok_and(|i| i.expires_at > now && groups.contains_key(&i.group_id))
@@ -1718,6 +1730,47 @@ mod tests {
 
     /// A hello names a channel and tests nothing: any number of them leave the code open;
     /// the first checked wrong confirmation burns it, and its record goes from the store.
+    /// A burnt code whose stored record was not deleted (the write failed) is deleted by
+    /// the next purge, so a restart cannot bring it back with fresh guesses.
+    #[test]
+    fn a_burnt_code_left_in_the_store_is_purged_and_not_restored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a");
+        let a = node(&dir);
+        let group = a.create_group("Circle", "", None).unwrap();
+        let c = a.open_code(&group, 600).unwrap().channel;
+        let live = a.code_at_hello(c).unwrap();
+        use crate::codes::{Checked, Guess, Source};
+        for i in 1..=crate::codes::MAX_WRONG as u8 {
+            let checked = a.code_checked(
+                c,
+                Some(live.generation),
+                Source::Peer([i; 32]),
+                Guess::Wrong,
+            );
+            assert_eq!(
+                checked == Checked::Burnt,
+                i == crate::codes::MAX_WRONG as u8
+            );
+        }
+        // The record is still stored, as after a failed delete.
+        assert!(
+            a.store()
+                .get(Table::Invites, &records::code_key(c))
+                .unwrap()
+                .is_some()
+        );
+        a.purge_invites().unwrap();
+        assert!(
+            a.store()
+                .get(Table::Invites, &records::code_key(c))
+                .unwrap()
+                .is_none()
+        );
+        drop(a);
+        assert!(node(&dir).code_at_hello(c).is_none());
+    }
+
     #[test]
     fn only_a_checked_wrong_guess_burns_a_code_and_it_survives_a_restart_until_then() {
         let tmp = tempfile::tempdir().unwrap();
