@@ -78,7 +78,8 @@ pub(crate) fn is_local(addr: &Multiaddr) -> bool {
 }
 
 /// The facilitator's side, after a `CodeHello` arrived on a join stream from `peer` at
-/// `ip`. `settled` is called once the confirmation has arrived (see `join::serve`).
+/// `ip`. `settled` is called once the hello has passed the rate limit (see `join::serve`):
+/// from then on a flood of other streams cannot take the joiner's slot mid-exchange.
 ///
 /// Every hello is answered alike: a `CodeReply` (with the code's words if this daemon
 /// holds a live code on that channel, with random words otherwise), then, to the joiner's
@@ -114,6 +115,7 @@ pub async fn serve(
             "a code attempt over the rate limit was turned away"
         ));
     }
+    settled();
     let remote = peer.to_bytes();
     let local = net.local_peer_id().to_bytes();
     let live = node.code_at_hello(channel);
@@ -142,7 +144,6 @@ pub async fn serve(
         // No confirmation: no guess was tested, so the code (if any) stays as it was.
         _ => return Ok(()),
     };
-    settled();
     // The check runs the same way on every channel; what it came to is recorded in memory.
     let finished = facilitator.finish(&confirm);
     let guess = match &finished {

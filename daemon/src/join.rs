@@ -245,9 +245,9 @@ async fn request_join(
 }
 
 /// The facilitator's side of one join stream, from `peer` at `ip`. `settled` is called
-/// once the peer has sent what it must send promptly (a join request, or a code hello and
-/// its confirmation): until then the stream may be dropped to make room for another (see
-/// `daemon`).
+/// once the peer has sent what it must send promptly (a join request, or a code hello that
+/// passed the rate limit): until then the stream may be dropped to make room for another
+/// (see `daemon`).
 pub async fn serve(
     node: Arc<Node>,
     net: NetHandle,
