@@ -245,6 +245,19 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).map_err(|e| format!("stdout is not JSON: {e}"))
     }
 
+    /// The names of `group`'s current members as this daemon lists them, sorted.
+    pub fn member_names(&self, group: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .json(&["member", "list", group])
+            .as_array()
+            .expect("a member list")
+            .iter()
+            .map(|m| m["name"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// This daemon's member id in `group` (each membership has its own).
     pub fn member_id(&self, group: &str) -> String {
         let members = self.json(&["member", "list", group]);

@@ -213,14 +213,7 @@ fn a_stranger_sweeping_channels_learns_nothing_and_burns_nothing_it_did_not_gues
         .approve_code_join(&j, &group, kept["code"].as_str().unwrap(), "Jo")
         .unwrap();
     assert_eq!(joined["group_id"], group.as_str());
-    let names: Vec<String> = f
-        .json(&["member", "list", &group])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(names, ["Fran", "Jo"]);
+    assert_eq!(f.member_names(&group), ["Fran", "Jo"]);
     drop(log);
 }
 

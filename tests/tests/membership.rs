@@ -19,15 +19,6 @@ fn members(d: &Daemon, group: &str) -> Vec<Value> {
         .clone()
 }
 
-fn member_names(d: &Daemon, group: &str) -> Vec<String> {
-    let mut names: Vec<String> = members(d, group)
-        .iter()
-        .map(|m| m["name"].as_str().unwrap().to_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 fn join_as(facilitator: &Daemon, joiner: &Daemon, group: &str, name: &str) {
     let token = facilitator.json(&["invite", group])["token"]
         .as_str()
@@ -98,7 +89,7 @@ fn names_safety_numbers_roles_and_removal() {
     let everyone = ["Ana", "Ben", "Cam"];
     for d in [&a, &b, &c] {
         wait_for("everyone to see three members", || {
-            (member_names(d, &group) == everyone).then_some(())
+            (d.member_names(&group) == everyone).then_some(())
         });
     }
 
@@ -142,7 +133,7 @@ fn names_safety_numbers_roles_and_removal() {
     let new_epoch = removed["epoch"].as_u64().unwrap() as u32;
     for d in [&a, &b] {
         wait_for("the removal to reach A and B", || {
-            (member_names(d, &group) == ["Ana", "Ben"]).then_some(())
+            (d.member_names(&group) == ["Ana", "Ben"]).then_some(())
         });
     }
     let marker = "MARKER-written-after-removal-5521";
@@ -193,7 +184,7 @@ fn leaving_destroys_the_local_copy_unless_asked_to_keep_it() {
     assert_eq!(left["kept_copy"], false);
     assert!(b.json(&["group", "list"]).as_array().unwrap().is_empty());
     wait_for("A to see Ben gone", || {
-        (member_names(&a, &group) == ["", "Cam"]).then_some(())
+        (a.member_names(&group) == ["", "Cam"]).then_some(())
     });
     // The group is writable after the departure (a new epoch without B).
     a.json(&["agreement", "add", &group, "after Ben left"]);
@@ -271,7 +262,7 @@ fn two_facilitators_removing_each_other_apart_converge() {
     f.json(&["peer", "add", &m.addr()]);
     f.json(&["member", "remove", &group, "Ana"]);
     wait_for("M to see Ana removed", || {
-        (member_names(&m, &group) == ["Fay", "Max", "Nia"]).then_some(())
+        (m.member_names(&group) == ["Fay", "Max", "Nia"]).then_some(())
     });
     // With F stopped, A comes back with N and removes Fay.
     f.stop();
@@ -280,14 +271,14 @@ fn two_facilitators_removing_each_other_apart_converge() {
     n.json(&["peer", "add", &a.addr()]);
     a.json(&["member", "remove", &group, "Fay"]);
     wait_for("N to see Fay removed", || {
-        (member_names(&n, &group) == ["Ana", "Max", "Nia"]).then_some(())
+        (n.member_names(&group) == ["Ana", "Max", "Nia"]).then_some(())
     });
     // N meets M: the senior facilitator's removal wins on every device.
     n.json(&["peer", "add", &m.addr()]);
     a.json(&["peer", "add", &m.addr()]);
     for d in [&a, &m, &n] {
         wait_for("A, M and N to agree", || {
-            (member_names(d, &group) == ["Ana", "Max", "Nia"]).then_some(())
+            (d.member_names(&group) == ["Ana", "Max", "Nia"]).then_some(())
         });
     }
     a.json(&["agreement", "add", &group, "after the dispute"]);

@@ -56,14 +56,7 @@ fn join_by_spoken_code_over_mdns_and_a_wrong_or_expired_code_fails() {
     let text = spoken["code"].as_str().unwrap();
     let joined = f.approve_code_join(&j, &group, text, "Jo").unwrap();
     assert_eq!(joined["group_id"], group.as_str());
-    let names: Vec<String> = j
-        .json(&["member", "list", &group])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(names, ["Fran", "Jo"]);
+    assert_eq!(j.member_names(&group), ["Fran", "Jo"]);
     j.json(&["agreement", "add", &group, "joined by code"]);
     f.wait_for_agreements(&group, &["joined by code"]);
     // Single use: the same code again is refused. A used code looks like no code at all
