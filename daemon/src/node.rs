@@ -1343,12 +1343,13 @@ impl Node {
             accepted.extend(self.maintain(&mut slot.group));
         }
         // Someone this device now counts as a member may be connected already, in a session
-        // that could not share the group with them: sessions start again.
-        let widened = slot
-            .group
-            .reveal_to()
-            .iter()
-            .any(|p| !revealed_to.contains(p));
+        // that could not share the group with them: sessions without it start again.
+        let widened = result.roster_changed
+            && slot
+                .group
+                .reveal_to()
+                .iter()
+                .any(|p| !revealed_to.contains(p));
         if !accepted.is_empty() {
             // Content a member this device admitted cannot read (written concurrently with
             // the admission) is re-sealed for it.
