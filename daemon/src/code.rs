@@ -522,9 +522,7 @@ async fn complete(
         a.verify_code(k, secret.invite_secret(), name, &local, &remote)
     })?;
     if node.sees_self_in(&joining.welcome.info.group_id) {
-        return Err(NodeError::Conflict(
-            "this device is already a member of that group".into(),
-        ));
+        return Err(NodeError::already_member());
     }
     settle_in(node.clone(), net.clone(), peering.clone(), peer, joining).await
 }

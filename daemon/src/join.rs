@@ -100,9 +100,7 @@ pub async fn join(
         ));
     }
     if node.sees_self_in(&token.group_id) {
-        return Err(NodeError::Conflict(
-            "this device is already a member of that group".into(),
-        ));
+        return Err(NodeError::already_member());
     }
     let mut last_error = String::from("the invite names no address");
     let mut connected = None;

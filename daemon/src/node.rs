@@ -50,6 +50,15 @@ pub enum NodeError {
     Internal(String),
 }
 
+impl NodeError {
+    /// Joining a group this device is a member of.
+    pub fn already_member() -> NodeError {
+        NodeError::Conflict(
+            "this device is already a member of that group; `hearth group list` shows it".into(),
+        )
+    }
+}
+
 impl From<GroupError> for NodeError {
     fn from(e: GroupError) -> Self {
         match e {
@@ -808,9 +817,7 @@ impl Node {
     ) -> Result<GroupId, NodeError> {
         let id = welcome.info.group_id;
         if self.sees_self_in(&id) {
-            return Err(NodeError::Conflict(
-                "this device is already a member of that group".into(),
-            ));
+            return Err(NodeError::already_member());
         }
         // A copy kept from a membership that ended, or one whose admission never arrived,
         // gives way to the new membership.
