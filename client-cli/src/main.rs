@@ -80,6 +80,17 @@ fn run(mut cli: Cli) -> Result<()> {
     }
     let socket = socket::resolve_from_env(cli.socket.take())?;
     let call = commands::api_call(&cli.command)?;
+    if let Command::Join { token, .. } = &cli.command
+        && !token.starts_with("hearth1-")
+        && io::stderr().is_terminal()
+    {
+        // A join by spoken code waits for the facilitator to let this device in: say so,
+        // since their screen tells them to look for it here.
+        eprintln!(
+            "Looking for the facilitator's device nearby. Once it is found, this device waits \
+             for the facilitator to let you in (up to 5 minutes)…"
+        );
+    }
     let client = Client::new(socket.clone(), commands::timeout(&cli.command));
 
     // One request at a time: a current-thread runtime is all the transport needs.
