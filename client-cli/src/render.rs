@@ -18,14 +18,23 @@ use crate::qr;
 const GAP: &str = "  ";
 
 pub fn status(status: &Status) -> String {
-    let listening = if status.listen_addrs.is_empty() {
+    if status.locked {
+        return "hearthd is locked: it holds no key and syncs nothing.\n\
+                Next: unlock it with `hearth unlock`.\n"
+            .to_owned();
+    }
+    let addrs = status.listen_addrs.clone().unwrap_or_default();
+    let listening = if addrs.is_empty() {
         vec!["(not listening yet)".to_owned()]
     } else {
-        status.listen_addrs.clone()
+        addrs
     };
     fields(&[
-        ("peers", vec![format!("{} connected", status.peers)]),
-        ("groups", vec![status.groups.to_string()]),
+        (
+            "peers",
+            vec![format!("{} connected", status.peers.unwrap_or(0))],
+        ),
+        ("groups", vec![status.groups.unwrap_or(0).to_string()]),
         ("listening on", listening),
     ])
 }
@@ -783,9 +792,15 @@ mod tests {
     #[test]
     fn status_lists_every_address_under_the_first() {
         let status = Status {
-            listen_addrs: vec!["/ip4/127.0.0.1/tcp/4001".into(), "/ip6/::1/tcp/4001".into()],
-            peers: 2,
-            groups: 1,
+            locked: false,
+            passphrase: false,
+            auto_lock_secs: None,
+            listen_addrs: Some(vec![
+                "/ip4/127.0.0.1/tcp/4001".into(),
+                "/ip6/::1/tcp/4001".into(),
+            ]),
+            peers: Some(2),
+            groups: Some(1),
         };
         assert_eq!(
             super::status(&status),

@@ -156,9 +156,12 @@ async fn status(State(s): State<AppState>) -> Answer<api::Status> {
         .map(|a| a.to_string())
         .collect();
     Ok(Json(api::Status {
-        listen_addrs,
-        peers: s.net.peers().await.len(),
-        groups: s.node.group_count(),
+        locked: false,
+        passphrase: false,
+        auto_lock_secs: None,
+        listen_addrs: Some(listen_addrs),
+        peers: Some(s.net.peers().await.len()),
+        groups: Some(s.node.group_count()),
     }))
 }
 

@@ -30,6 +30,15 @@
 //! | POST   | /v1/peers                         | [`AddPeer`]          | [`PeerAdded`]          |
 //! | GET    | /v1/peers                         |                      | `Vec<`[`Peer`]`>`      |
 //! | GET    | /v1/events                        |                      | server-sent events     |
+//! | POST   | /v1/unlock                        | [`Unlock`]           | [`Status`]             |
+//! | POST   | /v1/lock                          |                      | [`Status`]             |
+//! | POST   | /v1/panic                         |                      | [`Panicked`]           |
+//! | PUT    | /v1/passphrase                    | [`SetPassphrase`]    | [`Status`]             |
+//! | DELETE | /v1/passphrase                    | [`RemovePassphrase`] | [`Status`]             |
+//! | PUT    | /v1/passphrase/duress             | [`SetDuress`]        | [`Status`]             |
+//!
+//! While hearthd is locked it answers only `status`, `unlock` and `panic`; every other
+//! request fails with status 423 and the error code [`ERROR_LOCKED`].
 //!
 //! `GET /v1/events` is a stream of server-sent events (`text/event-stream`), so a client
 //! can show changes as they happen instead of asking again and again: an event named
@@ -57,15 +66,97 @@ pub const MAX_CODE_WAIT_SECS: u64 = 60 * 60;
 /// Longest lifetime an invite token may be given, in seconds (7 days).
 pub const MAX_INVITE_TTL_SECS: u64 = 7 * 24 * 60 * 60;
 
-/// `GET /v1/status`.
+/// `GET /v1/status`. While locked, hearthd knows nothing of its groups or network, so
+/// only `locked`, `passphrase` and `auto_lock_secs` are present.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
+    /// Whether hearthd is locked: it holds no key and answers only status, unlock, panic.
+    #[serde(default)]
+    pub locked: bool,
+    /// Whether a passphrase protects the store (without one, the storage key sits in a
+    /// key file in the data directory).
+    #[serde(default)]
+    pub passphrase: bool,
+    /// hearthd locks itself after this many seconds without a request (`--auto-lock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_lock_secs: Option<u64>,
     /// The multiaddrs hearthd listens on, as strings.
-    pub listen_addrs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_addrs: Option<Vec<String>>,
     /// Number of peers connected at the moment.
-    pub peers: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<usize>,
     /// Number of groups this device belongs to.
-    pub groups: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<usize>,
+}
+
+/// The error code of every request a locked hearthd refuses (HTTP status 423).
+pub const ERROR_LOCKED: &str = "locked";
+/// The error code of a passphrase that opens nothing (HTTP status 401).
+pub const ERROR_WRONG_PASSPHRASE: &str = "wrong_passphrase";
+/// The error code of an unlock tried again too soon after wrong ones (HTTP status 429).
+pub const ERROR_SLOW_DOWN: &str = "slow_down";
+
+/// A passphrase in a request body: wiped from memory when dropped, and never shown by
+/// `Debug`.
+#[derive(
+    Clone, PartialEq, Eq, Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop,
+)]
+#[serde(transparent)]
+pub struct Passphrase(String);
+
+impl Passphrase {
+    pub fn new(text: String) -> Self {
+        Passphrase(text)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passphrase(..)")
+    }
+}
+
+/// `POST /v1/unlock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unlock {
+    pub passphrase: Passphrase,
+}
+
+/// `PUT /v1/passphrase`: sets the first passphrase (no `current`), or changes it
+/// (`current` is the one in use). Only the small wrapped key is rewritten.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetPassphrase {
+    #[serde(default)]
+    pub current: Option<Passphrase>,
+    pub passphrase: Passphrase,
+}
+
+/// `DELETE /v1/passphrase`: the storage key goes back to a key file; any duress
+/// passphrase goes with the passphrase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovePassphrase {
+    pub current: Passphrase,
+}
+
+/// `PUT /v1/passphrase/duress`: a second passphrase that, given to `unlock`, destroys
+/// everything and leaves what looks like a fresh install locked by it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetDuress {
+    pub current: Passphrase,
+    pub duress: Passphrase,
+}
+
+/// `POST /v1/panic`: sent just before hearthd exits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Panicked {
+    /// Always true: the keys were destroyed, then the data.
+    pub destroyed: bool,
 }
 
 /// `POST /v1/groups`.
