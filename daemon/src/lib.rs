@@ -16,3 +16,4 @@ mod peers;
 mod records;
 pub mod store;
 pub mod sync;
+pub mod vault;

@@ -7,6 +7,7 @@ pub mod api;
 pub mod code;
 pub mod crypto;
 pub mod doc;
+pub mod duration;
 pub mod envelope;
 pub mod group;
 pub mod identity;

@@ -1,0 +1,855 @@
+//! The key file: the 32-byte storage key every other at-rest key derives from, kept either
+//! in the clear (no passphrase; the file is 0600) or wrapped under a passphrase.
+//!
+//! `keys` in the data directory, written whole and replaced by rename, is
+//! `body || BLAKE3(body)[..16]`, where `body` is
+//!
+//! ```text
+//! "hearth-keys" || version (2) || mode
+//! mode 0, no passphrase:  storage key [32]
+//! mode 1, passphrase:     m_cost u32 LE (KiB) || t_cost u32 LE || p_cost u32 LE || salt [16]
+//!                         || slot [73] || slot [73]
+//! ```
+//!
+//! A slot is `nonce[24] || XChaCha20-Poly1305(wrap key, nonce, kind || key[32],
+//! aad = "hearth v2 key slot" || the body up to the first slot)`, where the wrap key is
+//! HKDF-SHA256(ikm = Argon2id(passphrase, salt, m, t, p), info = "hearth v2 passphrase
+//! wrap key"). `kind` 1 holds the storage key; kind 2 marks the duress passphrase (its 32
+//! bytes are random and unused). A file always has two slots: with no duress passphrase
+//! the second is random bytes, and the two are in random order, so the file does not say
+//! whether a duress passphrase exists.
+//!
+//! The trailing checksum is not for secrecy: it tells a file cut short by a crash (or
+//! overwritten by `panic`) from a good one, so a half-written replacement is never taken
+//! for the key. Replacing the file always writes the new one beside it first, then
+//! overwrites the old one in place, then renames; [`Vault::recover`] finishes a
+//! replacement a crash interrupted.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hearth_protocol::api::Passphrase;
+use rand_core::{OsRng, RngCore};
+use zeroize::Zeroizing;
+
+pub const KEY_FILE: &str = "keys";
+/// A replacement of [`KEY_FILE`] being written (passphrase set, changed or removed).
+const NEW_FILE: &str = "keys.new";
+/// A fresh install's key file being written by a duress unlock: finishing it also means
+/// destroying the store, which the fresh key cannot open.
+const FRESH_FILE: &str = "keys.fresh";
+
+const MAGIC: &[u8] = b"hearth-keys";
+const VERSION: u8 = 2;
+const MODE_PLAIN: u8 = 0;
+const MODE_WRAPPED: u8 = 1;
+const KEY_LEN: usize = 32;
+const SALT_LEN: usize = 16;
+const NONCE_LEN: usize = 24;
+const SLOT_LEN: usize = NONCE_LEN + 1 + KEY_LEN + 16;
+const CHECK_LEN: usize = 16;
+const HEADER_LEN: usize = MAGIC.len() + 2;
+const PARAMS_LEN: usize = 12 + SALT_LEN;
+const PLAIN_LEN: usize = HEADER_LEN + KEY_LEN + CHECK_LEN;
+const WRAPPED_LEN: usize = HEADER_LEN + PARAMS_LEN + 2 * SLOT_LEN + CHECK_LEN;
+const SLOT_AAD: &[u8] = b"hearth v2 key slot";
+const WRAP_KEY_INFO: &[u8] = b"hearth v2 passphrase wrap key";
+const KIND_STORAGE: u8 = 1;
+const KIND_DURESS: u8 = 2;
+
+/// The shortest passphrase accepted, in characters.
+pub const MIN_PASSPHRASE_CHARS: usize = 8;
+
+/// Argon2id's cost. The default takes about half a second on a 2-core machine of 2026
+/// (256 MiB, two passes): slow for someone trying guesses against a copied key file,
+/// quick enough for a person unlocking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfParams {
+    pub m_cost_kib: u32,
+    pub t_cost: u32,
+    pub p_cost: u32,
+}
+
+impl Default for KdfParams {
+    fn default() -> Self {
+        KdfParams {
+            m_cost_kib: 256 * 1024,
+            t_cost: 2,
+            p_cost: 1,
+        }
+    }
+}
+
+/// The most a key file may ask for, so a damaged or planted one cannot make the daemon
+/// allocate without bound or spin for hours.
+const MAX_M_COST_KIB: u32 = 4 * 1024 * 1024;
+const MAX_T_COST: u32 = 64;
+const MAX_P_COST: u32 = 16;
+
+/// The key every at-rest key is derived from. Wiped on drop.
+pub struct StorageKey(Zeroizing<[u8; KEY_LEN]>);
+
+impl StorageKey {
+    pub fn random() -> StorageKey {
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        OsRng.fill_bytes(&mut key[..]);
+        StorageKey(key)
+    }
+
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> StorageKey {
+        StorageKey(Zeroizing::new(bytes))
+    }
+
+    pub fn expose(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for StorageKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StorageKey(..)")
+    }
+}
+
+/// What the key file holds.
+pub enum KeyFile {
+    /// No passphrase: the key itself.
+    Plain(StorageKey),
+    /// Wrapped under a passphrase (and perhaps a duress passphrase).
+    Wrapped(Wrapped),
+}
+
+#[derive(Clone)]
+pub struct Wrapped {
+    params: KdfParams,
+    salt: [u8; SALT_LEN],
+    slots: [[u8; SLOT_LEN]; 2],
+}
+
+/// What a passphrase opened.
+pub enum Opened {
+    Storage(StorageKey),
+    /// The duress passphrase; [`Vault::start_fresh`] takes the key it derived.
+    Duress(WrapKey),
+}
+
+/// A passphrase's wrap key for one salt. Wiped on drop.
+pub struct WrapKey {
+    key: Zeroizing<[u8; KEY_LEN]>,
+    params: KdfParams,
+    salt: [u8; SALT_LEN],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("that passphrase is not right")]
+    WrongPassphrase,
+
+    #[error("no passphrase protects this store; set one with `hearth passphrase set`")]
+    NotProtected,
+
+    #[error("a passphrase must have at least {MIN_PASSPHRASE_CHARS} characters")]
+    TooShort,
+
+    #[error("the duress passphrase must differ from the passphrase")]
+    SameAsPassphrase,
+
+    #[error(
+        "{} is damaged (cut short, overwritten or from another program); the data beside it \
+         cannot be opened without it: restore the data directory from a backup, or move it \
+         aside to start afresh",
+        path.display()
+    )]
+    Damaged { path: PathBuf },
+
+    #[error(
+        "{} can be read by other users (mode {mode:03o}); run `chmod 600 {}` and start hearthd again",
+        path.display(),
+        path.display()
+    )]
+    Permissions { path: PathBuf, mode: u32 },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> VaultError {
+    let context = context.into();
+    move |source| VaultError::Io { context, source }
+}
+
+/// The key file of one data directory.
+#[derive(Debug, Clone)]
+pub struct Vault {
+    dir: PathBuf,
+}
+
+impl Vault {
+    pub fn new(dir: &Path) -> Vault {
+        Vault {
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Finishes a replacement of the key file that a crash interrupted. Returns whether a
+    /// duress unlock's fresh start was finished, in which case the caller must destroy the
+    /// store (the fresh key cannot open it).
+    pub fn recover(&self) -> Result<bool, VaultError> {
+        for (name, fresh) in [(FRESH_FILE, true), (NEW_FILE, false)] {
+            let path = self.path(name);
+            match read_file(&path)? {
+                None => {}
+                Some(bytes) if parse(&bytes).is_some() => {
+                    self.install(&path)?;
+                    return Ok(fresh);
+                }
+                // Cut short before it was synced: the old file is still whole.
+                Some(_) => destroy_file(&path)?,
+            }
+        }
+        Ok(false)
+    }
+
+    /// The key file, or `None` when there is none.
+    pub fn read(&self) -> Result<Option<KeyFile>, VaultError> {
+        let path = self.path(KEY_FILE);
+        let Some(bytes) = read_file(&path)? else {
+            return Ok(None);
+        };
+        parse(&bytes).map(Some).ok_or(VaultError::Damaged { path })
+    }
+
+    /// Makes a new storage key, kept in the clear (no passphrase yet).
+    pub fn create_plain(&self) -> Result<StorageKey, VaultError> {
+        let key = StorageKey::random();
+        self.replace(&plain_bytes(&key), NEW_FILE)?;
+        Ok(key)
+    }
+
+    /// Keeps `key` in the clear again (a passphrase removed).
+    pub fn store_plain(&self, key: &StorageKey) -> Result<(), VaultError> {
+        self.replace(&plain_bytes(key), NEW_FILE)
+    }
+
+    /// Wraps `key` under a first `passphrase`, with a new salt.
+    pub fn protect(
+        &self,
+        key: &StorageKey,
+        passphrase: &Passphrase,
+        params: KdfParams,
+    ) -> Result<(), VaultError> {
+        check_length(passphrase)?;
+        let mut salt = [0u8; SALT_LEN];
+        OsRng.fill_bytes(&mut salt);
+        let wrap = derive(passphrase, params, salt)?;
+        let mut random = [0u8; SLOT_LEN];
+        OsRng.fill_bytes(&mut random);
+        let bytes = wrapped_bytes(&wrap, seal_slot(&wrap, KIND_STORAGE, key.expose()), random);
+        self.replace(&bytes, NEW_FILE)
+    }
+
+    /// The wrapped key file, or [`VaultError::NotProtected`].
+    pub fn wrapped(&self) -> Result<Wrapped, VaultError> {
+        match self.read()? {
+            Some(KeyFile::Wrapped(w)) => Ok(w),
+            _ => Err(VaultError::NotProtected),
+        }
+    }
+
+    /// Replaces the passphrase `current` (which must open the storage key) by `new`. The
+    /// salt and the other slot stay, so a duress passphrase survives the change.
+    pub fn change(&self, current: &Passphrase, new: &Passphrase) -> Result<(), VaultError> {
+        check_length(new)?;
+        let wrapped = self.wrapped()?;
+        let (Opened::Storage(key), _, index) = open_slots(&wrapped, current)? else {
+            return Err(VaultError::WrongPassphrase);
+        };
+        let wrap = derive(new, wrapped.params, wrapped.salt)?;
+        let mut slots = wrapped.slots;
+        slots[index] = seal_slot(&wrap, KIND_STORAGE, key.expose());
+        self.replace(&wrapped_bytes(&wrap, slots[0], slots[1]), NEW_FILE)
+    }
+
+    /// Takes the passphrase `current` away (and any duress passphrase with it): the
+    /// storage key is kept in the clear again.
+    pub fn unprotect(&self, current: &Passphrase) -> Result<(), VaultError> {
+        let wrapped = self.wrapped()?;
+        let (Opened::Storage(key), _, _) = open_slots(&wrapped, current)? else {
+            return Err(VaultError::WrongPassphrase);
+        };
+        self.replace(&plain_bytes(&key), NEW_FILE)
+    }
+
+    /// Adds (or replaces) the duress passphrase beside `current`, which must open the
+    /// storage key.
+    pub fn add_duress(&self, current: &Passphrase, duress: &Passphrase) -> Result<(), VaultError> {
+        check_length(duress)?;
+        let wrapped = self.wrapped()?;
+        let (Opened::Storage(_), real, index) = open_slots(&wrapped, current)? else {
+            return Err(VaultError::WrongPassphrase);
+        };
+        let duress_wrap = derive(duress, wrapped.params, wrapped.salt)?;
+        if bool::from(subtle::ConstantTimeEq::ct_eq(
+            &duress_wrap.key[..],
+            &real.key[..],
+        )) {
+            return Err(VaultError::SameAsPassphrase);
+        }
+        let mut unused = Zeroizing::new([0u8; KEY_LEN]);
+        OsRng.fill_bytes(&mut unused[..]);
+        let mut slots = wrapped.slots;
+        slots[1 - index] = seal_slot(&duress_wrap, KIND_DURESS, &unused);
+        self.replace(&wrapped_bytes(&real, slots[0], slots[1]), NEW_FILE)
+    }
+
+    /// Tries `passphrase` on the key file: the storage key, the duress mark, or
+    /// [`VaultError::WrongPassphrase`]. Costs one Argon2id derivation.
+    pub fn unlock(&self, passphrase: &Passphrase) -> Result<Opened, VaultError> {
+        let wrapped = self.wrapped()?;
+        open_slots(&wrapped, passphrase).map(|(opened, _, _)| opened)
+    }
+
+    /// The first step of a duress unlock: writes beside the key file a fresh one, with a
+    /// new storage key wrapped under the duress passphrase alone, then destroys the real
+    /// key. [`Vault::finish_fresh`] installs the fresh file once the old store is gone.
+    pub fn start_fresh(&self, duress: &WrapKey) -> Result<StorageKey, VaultError> {
+        let key = StorageKey::random();
+        let mut random = [0u8; SLOT_LEN];
+        OsRng.fill_bytes(&mut random);
+        let bytes = wrapped_bytes(
+            duress,
+            seal_slot(duress, KIND_STORAGE, key.expose()),
+            random,
+        );
+        write_new(&self.path(FRESH_FILE), &bytes)?;
+        // The real key goes first, so that whatever happens next nothing opens the data.
+        destroy_contents(&self.path(KEY_FILE))?;
+        Ok(key)
+    }
+
+    /// Installs the fresh key file [`Vault::start_fresh`] wrote.
+    pub fn finish_fresh(&self) -> Result<(), VaultError> {
+        self.install(&self.path(FRESH_FILE))
+    }
+
+    /// Destroys every key file: each is overwritten with random bytes, synced and removed.
+    pub fn destroy(&self) -> Result<(), VaultError> {
+        for name in [KEY_FILE, NEW_FILE, FRESH_FILE] {
+            destroy_file(&self.path(name))?;
+        }
+        fsync_dir(&self.dir)
+    }
+
+    /// Writes `bytes` as `temp`, then replaces the key file with it.
+    fn replace(&self, bytes: &[u8], temp: &str) -> Result<(), VaultError> {
+        let path = self.path(temp);
+        write_new(&path, bytes)?;
+        self.install(&path)
+    }
+
+    /// Overwrites the current key file in place (so its old contents are not left in the
+    /// blocks a rename would free), then renames `from` over it.
+    fn install(&self, from: &Path) -> Result<(), VaultError> {
+        let to = self.path(KEY_FILE);
+        destroy_contents(&to)?;
+        std::fs::rename(from, &to).map_err(io(format!(
+            "replacing {} with {}",
+            to.display(),
+            from.display()
+        )))?;
+        fsync_dir(&self.dir)
+    }
+}
+
+fn check_length(passphrase: &Passphrase) -> Result<(), VaultError> {
+    if passphrase.expose().chars().count() < MIN_PASSPHRASE_CHARS {
+        return Err(VaultError::TooShort);
+    }
+    Ok(())
+}
+
+fn derive(
+    passphrase: &Passphrase,
+    params: KdfParams,
+    salt: [u8; SALT_LEN],
+) -> Result<WrapKey, VaultError> {
+    let bad = || VaultError::Damaged {
+        path: PathBuf::from(KEY_FILE),
+    };
+    let argon_params = argon2::Params::new(
+        params.m_cost_kib,
+        params.t_cost,
+        params.p_cost,
+        Some(KEY_LEN),
+    )
+    .map_err(|_| bad())?;
+    let argon = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon_params,
+    );
+    let mut stretched = Zeroizing::new([0u8; KEY_LEN]);
+    argon
+        .hash_password_into(passphrase.expose().as_bytes(), &salt, &mut stretched[..])
+        .map_err(|_| bad())?;
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    hkdf::Hkdf::<sha2::Sha256>::new(None, &stretched[..])
+        .expand(WRAP_KEY_INFO, &mut key[..])
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    Ok(WrapKey { key, params, salt })
+}
+
+fn header_bytes(params: KdfParams, salt: &[u8; SALT_LEN]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + PARAMS_LEN);
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.push(MODE_WRAPPED);
+    out.extend_from_slice(&params.m_cost_kib.to_le_bytes());
+    out.extend_from_slice(&params.t_cost.to_le_bytes());
+    out.extend_from_slice(&params.p_cost.to_le_bytes());
+    out.extend_from_slice(salt);
+    out
+}
+
+fn slot_aad(header: &[u8]) -> Vec<u8> {
+    [SLOT_AAD, header].concat()
+}
+
+fn seal_slot(wrap: &WrapKey, kind: u8, key: &[u8; KEY_LEN]) -> [u8; SLOT_LEN] {
+    let aad = slot_aad(&header_bytes(wrap.params, &wrap.salt));
+    let mut plain = Zeroizing::new([0u8; 1 + KEY_LEN]);
+    plain[0] = kind;
+    plain[1..].copy_from_slice(key);
+    let mut nonce = [0u8; NONCE_LEN];
+    OsRng.fill_bytes(&mut nonce);
+    let ct = XChaCha20Poly1305::new((&*wrap.key).into())
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &plain[..],
+                aad: &aad,
+            },
+        )
+        .expect("XChaCha20-Poly1305 cannot fail to seal an in-memory buffer");
+    let mut slot = [0u8; SLOT_LEN];
+    slot[..NONCE_LEN].copy_from_slice(&nonce);
+    slot[NONCE_LEN..].copy_from_slice(&ct);
+    slot
+}
+
+/// Opens whichever slot `passphrase` opens: what it holds, the wrap key, and its index.
+fn open_slots(
+    wrapped: &Wrapped,
+    passphrase: &Passphrase,
+) -> Result<(Opened, WrapKey, usize), VaultError> {
+    let wrap = derive(passphrase, wrapped.params, wrapped.salt)?;
+    let aad = slot_aad(&header_bytes(wrapped.params, &wrapped.salt));
+    let cipher = XChaCha20Poly1305::new((&*wrap.key).into());
+    for (index, slot) in wrapped.slots.iter().enumerate() {
+        let (nonce, ct) = slot.split_at(NONCE_LEN);
+        let Ok(plain) = cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
+        else {
+            continue;
+        };
+        let plain = Zeroizing::new(plain);
+        let mut key = [0u8; KEY_LEN];
+        key.copy_from_slice(&plain[1..]);
+        let opened = match plain[0] {
+            KIND_STORAGE => Opened::Storage(StorageKey::from_bytes(key)),
+            KIND_DURESS => Opened::Duress(WrapKey {
+                key: wrap.key.clone(),
+                params: wrap.params,
+                salt: wrap.salt,
+            }),
+            _ => {
+                return Err(VaultError::Damaged {
+                    path: PathBuf::from(KEY_FILE),
+                });
+            }
+        };
+        return Ok((opened, wrap, index));
+    }
+    Err(VaultError::WrongPassphrase)
+}
+
+/// A wrapped key file with these two slots, in random order.
+fn wrapped_bytes(wrap: &WrapKey, a: [u8; SLOT_LEN], b: [u8; SLOT_LEN]) -> Zeroizing<Vec<u8>> {
+    let mut slots = [a, b];
+    if OsRng.next_u32() & 1 == 1 {
+        slots.swap(0, 1);
+    }
+    let mut body = Zeroizing::new(header_bytes(wrap.params, &wrap.salt));
+    body.extend_from_slice(&slots[0]);
+    body.extend_from_slice(&slots[1]);
+    with_check(body)
+}
+
+fn plain_bytes(key: &StorageKey) -> Zeroizing<Vec<u8>> {
+    let mut body = Zeroizing::new(Vec::with_capacity(PLAIN_LEN));
+    body.extend_from_slice(MAGIC);
+    body.push(VERSION);
+    body.push(MODE_PLAIN);
+    body.extend_from_slice(key.expose());
+    with_check(body)
+}
+
+fn with_check(mut body: Zeroizing<Vec<u8>>) -> Zeroizing<Vec<u8>> {
+    let check = blake3::hash(&body);
+    body.extend_from_slice(&check.as_bytes()[..CHECK_LEN]);
+    body
+}
+
+/// A key file's contents, or `None` when they are not a whole, well-formed one.
+fn parse(bytes: &[u8]) -> Option<KeyFile> {
+    let (body, check) = bytes.split_at_checked(bytes.len().checked_sub(CHECK_LEN)?)?;
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        &blake3::hash(body).as_bytes()[..CHECK_LEN],
+        check,
+    )) {
+        return None;
+    }
+    let rest = body.strip_prefix(MAGIC)?;
+    let (&[version, mode], rest) = rest.split_first_chunk::<2>()?;
+    if version != VERSION {
+        return None;
+    }
+    match mode {
+        MODE_PLAIN => {
+            let key: [u8; KEY_LEN] = rest.try_into().ok()?;
+            Some(KeyFile::Plain(StorageKey::from_bytes(key)))
+        }
+        MODE_WRAPPED => {
+            if rest.len() != PARAMS_LEN + 2 * SLOT_LEN {
+                return None;
+            }
+            let word = |i: usize| u32::from_le_bytes(rest[4 * i..4 * i + 4].try_into().unwrap());
+            let params = KdfParams {
+                m_cost_kib: word(0),
+                t_cost: word(1),
+                p_cost: word(2),
+            };
+            if params.m_cost_kib > MAX_M_COST_KIB
+                || params.t_cost > MAX_T_COST
+                || params.p_cost > MAX_P_COST
+            {
+                return None;
+            }
+            let salt = rest[12..PARAMS_LEN].try_into().ok()?;
+            let slot = |i: usize| -> Option<[u8; SLOT_LEN]> {
+                rest[PARAMS_LEN + i * SLOT_LEN..PARAMS_LEN + (i + 1) * SLOT_LEN]
+                    .try_into()
+                    .ok()
+            };
+            Some(KeyFile::Wrapped(Wrapped {
+                params,
+                salt,
+                slots: [slot(0)?, slot(1)?],
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// A key file's bytes, `None` when it does not exist. Refuses one other users can read.
+fn read_file(path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, VaultError> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(VaultError::Io {
+                context: format!("opening {}", path.display()),
+                source: e,
+            });
+        }
+    };
+    let meta = file
+        .metadata()
+        .map_err(io(format!("reading {}", path.display())))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(VaultError::Permissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let mut bytes = Zeroizing::new(Vec::with_capacity(WRAPPED_LEN + 1));
+    Read::by_ref(&mut file)
+        .take(WRAPPED_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io(format!("reading {}", path.display())))?;
+    Ok(Some(bytes))
+}
+
+/// Writes a new 0600 file (replacing a leftover one) and syncs it.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), VaultError> {
+    destroy_file(path)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io(format!("creating {}", path.display())))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io(format!("writing {}", path.display())))
+}
+
+/// Overwrites a file's contents in place with random bytes and syncs; a missing file is
+/// fine. (A symlink is followed: the key may live on removable media.)
+fn destroy_contents(path: &Path) -> Result<(), VaultError> {
+    let ctx = || format!("destroying {}", path.display());
+    let mut file = match OpenOptions::new().write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(VaultError::Io {
+                context: ctx(),
+                source: e,
+            });
+        }
+    };
+    let len = file.metadata().map_err(io(ctx()))?.len().min(1 << 20) as usize;
+    let mut noise = vec![0u8; len.max(WRAPPED_LEN)];
+    OsRng.fill_bytes(&mut noise);
+    file.write_all(&noise)
+        .and_then(|()| file.sync_all())
+        .map_err(io(ctx()))
+}
+
+/// [`destroy_contents`], then removes the file.
+fn destroy_file(path: &Path) -> Result<(), VaultError> {
+    destroy_contents(path)?;
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(VaultError::Io {
+            context: format!("removing {}", path.display()),
+            source: e,
+        }),
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), VaultError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(format!("syncing directory {}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cheap enough for tests; the format stores whatever parameters were used.
+    const QUICK: KdfParams = KdfParams {
+        m_cost_kib: 64,
+        t_cost: 1,
+        p_cost: 1,
+    };
+
+    fn pass(s: &str) -> Passphrase {
+        Passphrase::new(s.to_owned())
+    }
+
+    fn storage(opened: Opened) -> [u8; KEY_LEN] {
+        match opened {
+            Opened::Storage(k) => *k.expose(),
+            Opened::Duress(_) => panic!("expected the storage key"),
+        }
+    }
+
+    fn protected(dir: &Path) -> (Vault, [u8; KEY_LEN]) {
+        let vault = Vault::new(dir);
+        let key = vault.create_plain().unwrap();
+        vault.protect(&key, &pass("correct horse"), QUICK).unwrap();
+        (vault, *key.expose())
+    }
+
+    #[test]
+    fn a_plain_key_survives_reading_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::new(dir.path());
+        assert!(vault.read().unwrap().is_none());
+        let key = vault.create_plain().unwrap();
+        let Some(KeyFile::Plain(back)) = vault.read().unwrap() else {
+            panic!("expected a plain key file");
+        };
+        assert_eq!(back.expose(), key.expose());
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(matches!(
+            vault.unlock(&pass("anything at all")),
+            Err(VaultError::NotProtected)
+        ));
+    }
+
+    #[test]
+    fn the_passphrase_opens_the_key_and_a_wrong_one_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vault, key) = protected(dir.path());
+        let before = std::fs::read(dir.path().join(KEY_FILE)).unwrap();
+        assert!(!before.windows(KEY_LEN).any(|w| w == key));
+        assert!(matches!(
+            vault.unlock(&pass("wrong horse")),
+            Err(VaultError::WrongPassphrase)
+        ));
+        assert_eq!(std::fs::read(dir.path().join(KEY_FILE)).unwrap(), before);
+        assert_eq!(storage(vault.unlock(&pass("correct horse")).unwrap()), key);
+    }
+
+    #[test]
+    fn change_and_remove_rewrap_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vault, key) = protected(dir.path());
+        assert!(matches!(
+            vault.change(&pass("not it at all"), &pass("battery staple")),
+            Err(VaultError::WrongPassphrase)
+        ));
+        vault
+            .change(&pass("correct horse"), &pass("battery staple"))
+            .unwrap();
+        assert!(vault.unlock(&pass("correct horse")).is_err());
+        assert_eq!(storage(vault.unlock(&pass("battery staple")).unwrap()), key);
+        vault.unprotect(&pass("battery staple")).unwrap();
+        let Some(KeyFile::Plain(back)) = vault.read().unwrap() else {
+            panic!("expected a plain key file");
+        };
+        assert_eq!(*back.expose(), key);
+    }
+
+    #[test]
+    fn a_duress_passphrase_is_told_apart_and_survives_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vault, key) = protected(dir.path());
+        assert!(matches!(
+            vault.add_duress(&pass("correct horse"), &pass("correct horse")),
+            Err(VaultError::SameAsPassphrase)
+        ));
+        vault
+            .add_duress(&pass("correct horse"), &pass("all is well"))
+            .unwrap();
+        assert!(matches!(
+            vault.unlock(&pass("all is well")).unwrap(),
+            Opened::Duress(_)
+        ));
+        vault
+            .change(&pass("correct horse"), &pass("battery staple"))
+            .unwrap();
+        assert!(matches!(
+            vault.unlock(&pass("all is well")).unwrap(),
+            Opened::Duress(_)
+        ));
+        assert_eq!(storage(vault.unlock(&pass("battery staple")).unwrap()), key);
+    }
+
+    #[test]
+    fn a_fresh_start_leaves_only_the_duress_passphrase_and_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vault, key) = protected(dir.path());
+        vault
+            .add_duress(&pass("correct horse"), &pass("all is well"))
+            .unwrap();
+        let Opened::Duress(wrap) = vault.unlock(&pass("all is well")).unwrap() else {
+            panic!("expected the duress mark");
+        };
+        let fresh = vault.start_fresh(&wrap).unwrap();
+        // Interrupted here: the real key is already gone.
+        assert!(matches!(vault.read(), Err(VaultError::Damaged { .. })));
+        assert!(vault.recover().unwrap());
+        assert_ne!(*fresh.expose(), key);
+        assert_eq!(
+            storage(vault.unlock(&pass("all is well")).unwrap()),
+            *fresh.expose()
+        );
+        assert!(matches!(
+            vault.unlock(&pass("correct horse")),
+            Err(VaultError::WrongPassphrase)
+        ));
+        // The fresh file is the same shape as any other protected one.
+        let other = tempfile::tempdir().unwrap();
+        protected(other.path());
+        assert_eq!(
+            std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().len(),
+            std::fs::metadata(other.path().join(KEY_FILE))
+                .unwrap()
+                .len()
+        );
+    }
+
+    #[test]
+    fn a_replacement_cut_short_is_thrown_away_and_a_whole_one_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vault, key) = protected(dir.path());
+        std::fs::write(dir.path().join(NEW_FILE), b"hearth-keys\x02\x01half").unwrap();
+        std::fs::set_permissions(
+            dir.path().join(NEW_FILE),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        assert!(!vault.recover().unwrap());
+        assert!(!dir.path().join(NEW_FILE).exists());
+        assert_eq!(storage(vault.unlock(&pass("correct horse")).unwrap()), key);
+
+        let whole = plain_bytes(&StorageKey::from_bytes(key));
+        write_new(&dir.path().join(NEW_FILE), &whole).unwrap();
+        assert!(!vault.recover().unwrap());
+        assert!(matches!(vault.read().unwrap(), Some(KeyFile::Plain(_))));
+    }
+
+    #[test]
+    fn destroy_leaves_no_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vault, _) = protected(dir.path());
+        vault.destroy().unwrap();
+        assert!(vault.read().unwrap().is_none());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn short_passphrases_and_readable_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::new(dir.path());
+        let key = vault.create_plain().unwrap();
+        assert!(matches!(
+            vault.protect(&key, &pass("short"), QUICK),
+            Err(VaultError::TooShort)
+        ));
+        std::fs::set_permissions(
+            dir.path().join(KEY_FILE),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        assert!(matches!(vault.read(), Err(VaultError::Permissions { .. })));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn any_damaged_byte_is_noticed(index in 0usize..WRAPPED_LEN, flip in 1u8..=255) {
+            let wrap = WrapKey { key: Zeroizing::new([7; KEY_LEN]), params: QUICK, salt: [1; SALT_LEN] };
+            let mut bytes = wrapped_bytes(&wrap, [2; SLOT_LEN], [3; SLOT_LEN]).to_vec();
+            proptest::prop_assert!(parse(&bytes).is_some());
+            bytes[index] ^= flip;
+            proptest::prop_assert!(parse(&bytes).is_none());
+        }
+    }
+}
