@@ -29,6 +29,17 @@ pub struct Args {
     /// Do not announce or discover hearth daemons on the local network (mDNS)
     #[arg(long)]
     pub no_mdns: bool,
+
+    /// Lock after this long without a client request, e.g. `30m` (needs a passphrase).
+    #[arg(long, value_name = "DURATION", value_parser = parse_auto_lock)]
+    pub auto_lock: Option<std::time::Duration>,
+}
+
+fn parse_auto_lock(text: &str) -> Result<std::time::Duration, String> {
+    match hearth_protocol::duration::parse_duration(text)? {
+        0 => Err("--auto-lock must be at least one second, e.g. `30m`".to_owned()),
+        secs => Ok(std::time::Duration::from_secs(secs)),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -37,6 +48,8 @@ pub struct Config {
     pub socket: PathBuf,
     pub listen: Vec<Multiaddr>,
     pub mdns: bool,
+    /// Lock after this long without a client request.
+    pub auto_lock: Option<std::time::Duration>,
 }
 
 /// An environment variable as a path; set-but-empty counts as unset (as in the CLI).
@@ -72,6 +85,7 @@ impl Args {
             socket,
             listen,
             mdns: !self.no_mdns,
+            auto_lock: self.auto_lock,
         })
     }
 }

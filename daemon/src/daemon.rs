@@ -1,5 +1,6 @@
-//! The daemon's life: open the store, start networking and the local API, route peer
-//! events to sessions, and shut down cleanly on SIGTERM or Ctrl-C.
+//! The daemon's life: take the data directory, serve the local API, unlock (at once when
+//! no passphrase protects the store), and shut down cleanly on SIGTERM or Ctrl-C; and the
+//! unlocked daemon's parts: the store, networking, and routing peer events to sessions.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,22 +12,82 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::keeper::Keeper;
 use crate::net::{self, JOIN_PROTOCOL, NetConfig, NetEvent, NetHandle, SYNC_PROTOCOL, short};
 use crate::node::Node;
 use crate::peering::Peering;
-use crate::store::Store;
+use crate::store::{DataDir, Store};
 use crate::{join, peering, sync};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    // The store's lock comes first: a second daemon on the same data dir stops here.
-    let store = Store::open(&config.data_dir)
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let node = Arc::new(
-        tokio::task::spawn_blocking(move || Node::open(store))
-            .await
-            .context("loading the store")??,
-    );
+    // The directory's lock comes first: a second daemon on the same data dir stops here.
+    let dir =
+        Arc::new(DataDir::open(&config.data_dir).with_context(|| {
+            format!("opening the data directory {}", config.data_dir.display())
+        })?);
+    let keeper = Keeper::new(config.clone(), dir);
     let listener = http::bind(&config.socket).await?;
+    keeper.start_if_unprotected().await?;
+    if config.auto_lock.is_some() && !keeper.protected() {
+        tracing::warn!(
+            "--auto-lock has no effect until a passphrase is set (`hearth passphrase set`)"
+        );
+    }
+    let auto_lock = tokio::spawn(crate::keeper::auto_lock(keeper.clone()));
+    tracing::info!(
+        socket = %config.socket.display(),
+        locked = keeper.is_locked(),
+        mdns = config.mdns,
+        "hearthd ready"
+    );
+    let app = http::front_router(keeper.clone());
+    let exit = keeper.exit_requested();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = exit => {}
+            }
+        })
+        .await;
+    auto_lock.abort();
+    if keeper.panicked() {
+        // Everything is destroyed already; tell no one, keep nothing, leave at once.
+        std::process::exit(0);
+    }
+    tracing::info!("shutting down");
+    keeper.shut_down().await;
+    if let Err(e) = std::fs::remove_file(&config.socket) {
+        tracing::warn!("could not remove the API socket: {e}");
+    }
+    served.context("serving the local API")
+}
+
+/// The unlocked daemon's parts, made by [`start`] on the runtime that will run them.
+pub struct Started {
+    pub state: AppState,
+    /// Tells open event streams to end when the daemon locks or stops.
+    pub stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// Opens the store under `key`, loads the groups, starts networking and every background
+/// task. Runs on the unlocked runtime, so all it spawns ends when that runtime is shut down.
+pub async fn start(
+    config: Config,
+    dir: Arc<DataDir>,
+    key: crate::vault::StorageKey,
+) -> anyhow::Result<Started> {
+    let node = Arc::new(
+        tokio::task::spawn_blocking(move || {
+            let opened = Store::open(dir, &key).map_err(anyhow::Error::from);
+            drop(key);
+            crate::wipe::scrub_stack();
+            let store = opened.context("opening the store")?;
+            Node::open(store).map_err(anyhow::Error::from)
+        })
+        .await
+        .context("loading the store")??,
+    );
     let (net, events) = net::start(NetConfig {
         listen: config.listen.clone(),
         mdns: config.mdns,
@@ -35,10 +96,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .context("starting networking")?;
 
     peering::redial_remembered(node.clone(), net.clone());
-    let purger = tokio::spawn(purge_invites(node.clone()));
+    tokio::spawn(purge_invites(node.clone()));
     peering::forgive_on_change(node.clone(), net.clone());
     let peering = Peering::default();
-    let router_task = tokio::spawn(route_events(
+    tokio::spawn(route_events(
         node.clone(),
         net.clone(),
         peering.clone(),
@@ -54,38 +115,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map(|a| a.to_string())
         .collect();
     tracing::debug!(listen = ?addrs, "listening");
-    tracing::info!(
-        socket = %config.socket.display(),
-        listen_addrs = addrs.len(),
-        mdns = config.mdns,
-        "hearthd ready"
-    );
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let app = http::router(AppState {
-        node: node.clone(),
-        net: net.clone(),
-        peering,
-        stopping,
-    });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            stop.send_replace(true);
-        })
-        .await;
-
-    tracing::info!("shutting down");
-    router_task.abort();
-    purger.abort();
-    net.shutdown().await;
-    let compacting = node.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || compacting.store().compact_file()).await {
-        tracing::warn!("compacting the store at shutdown failed: {e}");
-    }
-    if let Err(e) = std::fs::remove_file(&config.socket) {
-        tracing::warn!("could not remove the API socket: {e}");
-    }
-    served.context("serving the local API")
+    Ok(Started {
+        state: AppState {
+            node,
+            net,
+            peering,
+            stopping,
+        },
+        stop,
+    })
 }
 
 /// How often expired invites and codes are deleted (they are also at start, and whenever

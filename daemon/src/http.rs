@@ -18,6 +18,7 @@ use libp2p::Multiaddr;
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::join;
+use crate::keeper::{Keeper, KeeperError};
 use crate::net::NetHandle;
 use crate::node::{Node, NodeError};
 
@@ -93,9 +94,122 @@ where
     }
 }
 
-pub fn router(state: AppState) -> Router {
+/// The API as served on the socket: status, unlock, lock, panic and passphrases here;
+/// everything else goes to the unlocked daemon's [`router`], run on its own runtime, or is
+/// refused while locked.
+pub fn front_router(keeper: Arc<Keeper>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
+        .route("/v1/unlock", axum::routing::post(unlock))
+        .route("/v1/lock", axum::routing::post(lock))
+        .route("/v1/panic", axum::routing::post(panic))
+        .route(
+            "/v1/passphrase",
+            axum::routing::put(set_passphrase).delete(remove_passphrase),
+        )
+        .route("/v1/passphrase/duress", axum::routing::put(set_duress))
+        .route("/v1/events", get(events))
+        .fallback(forward)
+        .with_state(keeper)
+}
+
+fn locked() -> Failure {
+    keeper_failure(KeeperError::Locked)
+}
+
+fn keeper_failure(e: KeeperError) -> Failure {
+    let (status, code) = match &e {
+        KeeperError::Locked => (StatusCode::LOCKED, api::ERROR_LOCKED),
+        KeeperError::AlreadyUnlocked => (StatusCode::CONFLICT, "already_unlocked"),
+        KeeperError::WrongPassphrase => (StatusCode::UNAUTHORIZED, api::ERROR_WRONG_PASSPHRASE),
+        KeeperError::SlowDown { .. } => (StatusCode::TOO_MANY_REQUESTS, api::ERROR_SLOW_DOWN),
+        KeeperError::NotProtected => (StatusCode::CONFLICT, "no_passphrase"),
+        KeeperError::AlreadyProtected => (StatusCode::CONFLICT, "passphrase_set"),
+        KeeperError::Refused(_) => (StatusCode::BAD_REQUEST, "invalid"),
+        KeeperError::Internal(_) => {
+            tracing::error!("request failed: {e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        }
+    };
+    Failure(status, ApiError::new(code, e.to_string()))
+}
+
+impl From<KeeperError> for Failure {
+    fn from(e: KeeperError) -> Self {
+        keeper_failure(e)
+    }
+}
+
+async fn status(State(keeper): State<Arc<Keeper>>) -> Json<api::Status> {
+    Json(keeper.status().await)
+}
+
+async fn unlock(
+    State(keeper): State<Arc<Keeper>>,
+    Body(req): Body<api::Unlock>,
+) -> Answer<api::Status> {
+    keeper.touch();
+    keeper.unlock(req.passphrase).await?;
+    Ok(Json(keeper.status().await))
+}
+
+async fn lock(State(keeper): State<Arc<Keeper>>) -> Answer<api::Status> {
+    keeper.lock().await?;
+    Ok(Json(keeper.status().await))
+}
+
+async fn panic(State(keeper): State<Arc<Keeper>>) -> Answer<api::Panicked> {
+    keeper.panic().await?;
+    Ok(Json(api::Panicked { destroyed: true }))
+}
+
+async fn set_passphrase(
+    State(keeper): State<Arc<Keeper>>,
+    Body(req): Body<api::SetPassphrase>,
+) -> Answer<api::Status> {
+    keeper.touch();
+    keeper.set_passphrase(req.current, req.passphrase).await?;
+    Ok(Json(keeper.status().await))
+}
+
+async fn remove_passphrase(
+    State(keeper): State<Arc<Keeper>>,
+    Body(req): Body<api::RemovePassphrase>,
+) -> Answer<api::Status> {
+    keeper.touch();
+    keeper.remove_passphrase(req.current).await?;
+    Ok(Json(keeper.status().await))
+}
+
+async fn set_duress(
+    State(keeper): State<Arc<Keeper>>,
+    Body(req): Body<api::SetDuress>,
+) -> Answer<api::Status> {
+    keeper.touch();
+    keeper.set_duress(req.current, req.duress).await?;
+    Ok(Json(keeper.status().await))
+}
+
+/// Every other request: run by the unlocked daemon's router on the unlocked runtime, so
+/// whatever it spawns ends when the daemon locks.
+async fn forward(State(keeper): State<Arc<Keeper>>, req: axum::extract::Request) -> Response {
+    use tower::ServiceExt;
+    keeper.touch();
+    let Some(gate) = keeper.gate() else {
+        return locked().into_response();
+    };
+    let router = gate.router;
+    match gate.handle.spawn(router.oneshot(req)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(never)) => match never {},
+        // The daemon locked while the request ran.
+        Err(_) => locked().into_response(),
+    }
+}
+
+/// The unlocked daemon's API (see [`front_router`] for what reaches it).
+pub fn router(state: AppState) -> Router {
+    Router::new()
         .route("/v1/groups", get(list_groups).post(create_group))
         .route("/v1/groups/{group}", get(show_group))
         .route(
@@ -137,7 +251,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/groups/{group}/leave", axum::routing::post(leave_group))
         .route("/v1/join", axum::routing::post(join_group))
         .route("/v1/peers", get(list_peers).post(add_peer))
-        .route("/v1/events", get(events))
         .fallback(|| async {
             Failure(
                 StatusCode::NOT_FOUND,
@@ -145,24 +258,6 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .with_state(state)
-}
-
-async fn status(State(s): State<AppState>) -> Answer<api::Status> {
-    let listen_addrs = s
-        .net
-        .listen_addrs()
-        .await
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    Ok(Json(api::Status {
-        locked: false,
-        passphrase: false,
-        auto_lock_secs: None,
-        listen_addrs: Some(listen_addrs),
-        peers: Some(s.net.peers().await.len()),
-        groups: Some(s.node.group_count()),
-    }))
 }
 
 async fn create_group(
@@ -212,7 +307,10 @@ async fn show_agreement(
 }
 
 /// Server-sent events: one per group change, so clients need not ask again and again.
-async fn events(State(s): State<AppState>) -> impl IntoResponse {
+/// `GET /v1/events`, served outside the unlocked runtime (the stream outlives the handler);
+/// it ends when the daemon locks or stops.
+async fn events(State(keeper): State<Arc<Keeper>>) -> Result<Response, Failure> {
+    let s = keeper.gate().ok_or_else(locked)?.state;
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures::StreamExt;
     use tokio::sync::broadcast::error::RecvError;
@@ -234,7 +332,9 @@ async fn events(State(s): State<AppState>) -> impl IntoResponse {
         // A dropped sender means the daemon is going away too.
         let _ = stopping.wait_for(|stop| *stop).await;
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 async fn add_agreement(

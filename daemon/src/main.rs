@@ -8,6 +8,10 @@ use tracing_subscriber::EnvFilter;
 /// write warnings at will, which would leave a timeline of its visits.
 pub const DEFAULT_LOG_FILTER: &str = "off,hearthd=info";
 
+/// Every freed block is wiped, so what a locked daemon dropped is gone (see `wipe`).
+#[global_allocator]
+static ALLOCATOR: hearthd::wipe::WipeOnFree = hearthd::wipe::WipeOnFree;
+
 fn main() -> std::process::ExitCode {
     let filter = std::env::var("HEARTH_LOG")
         .ok()

@@ -1618,7 +1618,7 @@ mod tests {
     use super::*;
 
     fn node(dir: &std::path::Path) -> Node {
-        Node::open(Store::open(dir).unwrap()).unwrap()
+        Node::open(Store::open_unprotected(dir).unwrap()).unwrap()
     }
 
     /// A joiner as a verified join request names it.

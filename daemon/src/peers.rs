@@ -151,7 +151,7 @@ mod tests {
     #[test]
     fn an_address_is_kept_while_a_membership_it_reaches_lasts() {
         let tmp = tempfile::tempdir().unwrap();
-        let node = Node::open(Store::open(tmp.path()).unwrap()).unwrap();
+        let node = Node::open(Store::open_unprotected(tmp.path()).unwrap()).unwrap();
         let group = node.create_group("Circle", "", None).unwrap();
         let me = node.member_keys(&group).unwrap().member_id();
         let stranger = MemberKeys::generate(&mut OsRng).member_id();
@@ -187,7 +187,7 @@ mod tests {
     #[test]
     fn addresses_remembered_by_an_older_store_are_kept_as_unproven() {
         let tmp = tempfile::tempdir().unwrap();
-        let node = Node::open(Store::open(tmp.path()).unwrap()).unwrap();
+        let node = Node::open(Store::open_unprotected(tmp.path()).unwrap()).unwrap();
         let old: Vec<Vec<u8>> = vec![addr(1).to_vec(), addr(2).to_vec()];
         node.store()
             .write(vec![WriteOp::Put {

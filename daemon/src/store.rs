@@ -34,12 +34,14 @@ use rand_core::{OsRng, RngCore};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::vault::{KeyFile, StorageKey, Vault, VaultError};
+
 const KEY_FILE: &str = "storage.key";
 /// Directory of per-group key files, one per group, named by the group's alias in hex.
 const GROUP_KEYS_DIR: &str = "group-keys";
 const GROUP_VALUE_KEY_INFO: &[u8] = b"hearth v1 storage group value key";
 const DB_FILE: &str = "hearth.redb";
-const LOCK_FILE: &str = "hearthd.lock";
+pub const LOCK_FILE: &str = "hearthd.lock";
 const KEY_LEN: usize = 32;
 const VALUE_KEY_INFO: &[u8] = b"hearth v1 storage value key";
 const AAD_PREFIX: &[u8] = b"hearth v1 store";
@@ -184,6 +186,12 @@ pub enum StoreError {
 
     #[error("database error in {DB_FILE}: {0}")]
     Db(#[source] redb::Error),
+
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+
+    #[error("a passphrase protects this store; unlock it through hearthd (`hearth unlock`)")]
+    Protected,
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -210,7 +218,8 @@ pub struct Store {
     /// Per-group value ciphers, by group alias (see [`Store::create_group_key`]).
     group_ciphers: std::sync::RwLock<std::collections::HashMap<[u8; 16], XChaCha20Poly1305>>,
     dir: PathBuf,
-    _lock: File,
+    /// Holds the directory's lock for as long as the store is open.
+    _dir: std::sync::Arc<DataDir>,
 }
 
 impl std::fmt::Debug for Store {
@@ -221,17 +230,37 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// A data directory this process has to itself: created 0700 if missing, and locked with
+/// an exclusive `flock` on `hearthd.lock` (which holds our pid, so a second daemon can say
+/// who holds it) for as long as the value lives, whether the store in it is open or not.
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl DataDir {
+    pub fn open(path: &Path) -> Result<DataDir, StoreError> {
+        prepare_dir(path)?;
+        let lock = take_lock(path)?;
+        Ok(DataDir {
+            path: path.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 impl Store {
-    /// Opens or creates the store in `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        prepare_dir(data_dir)?;
-        let lock = take_lock(data_dir)?;
+    /// Opens or creates the store in `dir`, sealed under `key`.
+    pub fn open(dir: std::sync::Arc<DataDir>, key: &StorageKey) -> Result<Store, StoreError> {
+        let data_dir = dir.path().to_owned();
         let db_path = data_dir.join(DB_FILE);
-        let (cipher, alias_key) = {
-            let file_key = load_or_create_key(&data_dir.join(KEY_FILE), &db_path)?;
-            (value_cipher(&file_key), alias_key(&file_key))
-        };
-        let mut db = open_db(data_dir, &db_path)?;
+        let (cipher, alias_key) = (value_cipher(key.expose()), alias_key(key.expose()));
+        let mut db = open_db(&data_dir, &db_path)?;
         compact_db(&mut db);
         let group_ciphers =
             std::sync::RwLock::new(load_group_keys(&data_dir.join(GROUP_KEYS_DIR))?);
@@ -240,9 +269,17 @@ impl Store {
             cipher,
             alias_key,
             group_ciphers,
-            dir: data_dir.to_owned(),
-            _lock: lock,
+            dir: data_dir,
+            _dir: dir,
         })
+    }
+
+    /// Opens the store of a data directory whose key no passphrase protects, making one
+    /// if the directory is new: for tools and tests that open a stopped daemon's data.
+    pub fn open_unprotected(path: &Path) -> Result<Store, StoreError> {
+        let dir = std::sync::Arc::new(DataDir::open(path)?);
+        let key = unprotected_key(dir.path())?;
+        Store::open(dir, &key)
     }
 
     /// Makes (if missing) the key file of the group with alias `alias`: from then on, values
@@ -638,6 +675,88 @@ fn db_has_data(db_path: &Path) -> bool {
     std::fs::metadata(db_path).is_ok_and(|m| m.len() > 0)
 }
 
+/// The storage key of a directory with no passphrase, made if the directory holds no store.
+fn unprotected_key(dir: &Path) -> Result<StorageKey, StoreError> {
+    let vault = Vault::new(dir);
+    if vault.recover()? {
+        destroy_files(dir)?;
+    }
+    match vault.read()? {
+        Some(KeyFile::Plain(key)) => Ok(key),
+        Some(KeyFile::Wrapped(_)) => Err(StoreError::Protected),
+        None => key_for_new_or_legacy(dir, &vault),
+    }
+}
+
+/// The storage key when the directory has no key file: the one an older hearthd kept in
+/// `storage.key` (moved into the key file, then destroyed), or a new one for a new store.
+/// Refuses to make a new key beside data sealed under a lost one.
+pub fn key_for_new_or_legacy(dir: &Path, vault: &Vault) -> Result<StorageKey, StoreError> {
+    let db_path = dir.join(DB_FILE);
+    let legacy = dir.join(KEY_FILE);
+    if std::fs::symlink_metadata(&legacy).is_ok() {
+        let bytes = load_or_create_key(&legacy, &db_path)?;
+        let mut raw = [0u8; KEY_LEN];
+        raw.copy_from_slice(&bytes);
+        let key = StorageKey::from_bytes(raw);
+        vault.store_plain(&key)?;
+        shred_file(&legacy)?;
+        return Ok(key);
+    }
+    if db_has_data(&db_path) {
+        return Err(StoreError::KeyFileMissing {
+            path: dir.join(crate::vault::KEY_FILE),
+        });
+    }
+    Ok(vault.create_plain()?)
+}
+
+/// Destroys the store's files (after the keys, whose loss already makes them unreadable):
+/// each group's key first, then the database. Missing files are fine.
+pub fn destroy_files(dir: &Path) -> Result<(), StoreError> {
+    let keys_dir = dir.join(GROUP_KEYS_DIR);
+    if let Ok(entries) = std::fs::read_dir(&keys_dir) {
+        for entry in entries.flatten() {
+            shred_file(&entry.path())?;
+        }
+        let _ = std::fs::remove_dir(&keys_dir);
+    }
+    shred_file(&dir.join(KEY_FILE))?;
+    match std::fs::remove_file(dir.join(DB_FILE)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(StoreError::Io {
+                context: format!("removing {}", dir.join(DB_FILE).display()),
+                source: e,
+            });
+        }
+    }
+    fsync_dir(dir)
+}
+
+/// Overwrites a small file with zeros, syncs it and removes it; a missing one is fine.
+fn shred_file(path: &Path) -> Result<(), StoreError> {
+    let ctx = || format!("destroying {}", path.display());
+    match OpenOptions::new().write(true).open(path) {
+        Ok(mut file) => {
+            let len = file.metadata().map_err(io(ctx()))?.len().min(1 << 20) as usize;
+            file.write_all(&vec![0u8; len.max(KEY_LEN)])
+                .and_then(|()| file.sync_all())
+                .map_err(io(ctx()))?;
+            std::fs::remove_file(path).map_err(io(ctx()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let _ = std::fs::remove_file(path);
+            Ok(())
+        }
+        Err(e) => Err(StoreError::Io {
+            context: ctx(),
+            source: e,
+        }),
+    }
+}
+
 fn load_or_create_key(path: &Path, db_path: &Path) -> Result<Zeroizing<Vec<u8>>, StoreError> {
     match File::open(path) {
         Ok(file) => match read_key(path, file, db_path)? {
@@ -843,7 +962,7 @@ mod tests {
         let alias = [7u8; 16];
         let key = [&alias[..], b"env1"].concat();
         let sealed = {
-            let s = Store::open(tmp.path()).unwrap();
+            let s = Store::open_unprotected(tmp.path()).unwrap();
             s.create_group_key(&alias).unwrap();
             s.write(vec![put(Table::Envelopes, &key, b"group secret")])
                 .unwrap();
@@ -854,7 +973,7 @@ mod tests {
             raw_get(&s, Table::Envelopes, &key).unwrap()
         };
         // The key survives a restart...
-        let s = Store::open(tmp.path()).unwrap();
+        let s = Store::open_unprotected(tmp.path()).unwrap();
         assert!(s.has_group_key(&alias));
         assert_eq!(
             &s.get(Table::Envelopes, &key).unwrap().unwrap()[..],
@@ -875,7 +994,7 @@ mod tests {
             Err(StoreError::Corrupt { .. })
         ));
         drop(s);
-        let s = Store::open(tmp.path()).unwrap();
+        let s = Store::open_unprotected(tmp.path()).unwrap();
         assert!(!s.has_group_key(&alias));
         assert!(s.get(Table::Envelopes, &key).is_err());
     }
@@ -901,7 +1020,7 @@ mod tests {
     #[test]
     fn fresh_store_reads_empty_in_every_table() {
         let tmp = tempfile::tempdir().unwrap();
-        let s = Store::open(tmp.path()).unwrap();
+        let s = Store::open_unprotected(tmp.path()).unwrap();
         assert_eq!(s.data_dir(), tmp.path());
         for t in Table::ALL {
             assert!(s.get(t, b"anything").unwrap().is_none());
@@ -915,7 +1034,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("d");
         {
-            let s = Store::open(&dir).unwrap();
+            let s = Store::open_unprotected(&dir).unwrap();
             s.write(vec![
                 put(Table::Envelopes, b"a1", b"one"),
                 put(Table::Envelopes, b"a2", b"two"),
@@ -948,7 +1067,7 @@ mod tests {
             .unwrap();
             assert!(s.get(Table::Envelopes, b"a1").unwrap().is_none());
         }
-        let s = Store::open(&dir).unwrap();
+        let s = Store::open_unprotected(&dir).unwrap();
         assert!(s.get(Table::Envelopes, b"a1").unwrap().is_none());
         assert_eq!(
             &s.get(Table::Envelopes, b"a2").unwrap().unwrap()[..],
@@ -967,8 +1086,8 @@ mod tests {
     #[test]
     fn second_open_is_refused_while_first_is_alive() {
         let tmp = tempfile::tempdir().unwrap();
-        let first = Store::open(tmp.path()).unwrap();
-        let err = Store::open(tmp.path()).unwrap_err();
+        let first = Store::open_unprotected(tmp.path()).unwrap();
+        let err = Store::open_unprotected(tmp.path()).unwrap_err();
         let StoreError::AlreadyRunning { pid, dir } = &err else {
             panic!("expected AlreadyRunning, got {err}");
         };
@@ -981,14 +1100,14 @@ mod tests {
         );
         assert!(msg.contains("--data-dir"), "{msg}");
         drop(first);
-        Store::open(tmp.path()).unwrap();
+        Store::open_unprotected(tmp.path()).unwrap();
     }
 
     #[test]
     fn files_and_directory_are_private() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("new");
-        drop(Store::open(&dir).unwrap());
+        drop(Store::open_unprotected(&dir).unwrap());
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&dir.join(KEY_FILE)), 0o600);
         assert_eq!(mode(&dir.join(DB_FILE)), 0o600);
@@ -999,7 +1118,7 @@ mod tests {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(dir.join(DB_FILE), std::fs::Permissions::from_mode(0o644))
             .unwrap();
-        drop(Store::open(&dir).unwrap());
+        drop(Store::open_unprotected(&dir).unwrap());
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&dir.join(DB_FILE)), 0o600);
     }
@@ -1008,10 +1127,10 @@ mod tests {
     fn group_readable_key_file_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let key = tmp.path().join(KEY_FILE);
-        drop(Store::open(tmp.path()).unwrap());
+        drop(Store::open_unprotected(tmp.path()).unwrap());
         for loose in [0o640, 0o604, 0o660] {
             std::fs::set_permissions(&key, std::fs::Permissions::from_mode(loose)).unwrap();
-            let err = Store::open(tmp.path()).unwrap_err();
+            let err = Store::open_unprotected(tmp.path()).unwrap_err();
             assert!(
                 matches!(err, StoreError::KeyFilePermissions { mode, .. } if mode == loose),
                 "{err}"
@@ -1019,7 +1138,7 @@ mod tests {
             assert!(err.to_string().contains("chmod 600"), "{err}");
         }
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
-        Store::open(tmp.path()).unwrap();
+        Store::open_unprotected(tmp.path()).unwrap();
     }
 
     #[test]
@@ -1027,12 +1146,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let key = tmp.path().join(KEY_FILE);
         {
-            let s = Store::open(tmp.path()).unwrap();
+            let s = Store::open_unprotected(tmp.path()).unwrap();
             s.write(vec![put(Table::Meta, b"k", b"v")]).unwrap();
         }
         for len in [0usize, 31, 33] {
             std::fs::write(&key, vec![7u8; len]).unwrap();
-            let err = Store::open(tmp.path()).unwrap_err();
+            let err = Store::open_unprotected(tmp.path()).unwrap_err();
             assert!(
                 matches!(err, StoreError::KeyFileLength { len: l, .. } if l == len as u64),
                 "{err}"
@@ -1045,11 +1164,11 @@ mod tests {
     fn missing_key_beside_existing_data_is_refused_not_replaced() {
         let tmp = tempfile::tempdir().unwrap();
         {
-            let s = Store::open(tmp.path()).unwrap();
+            let s = Store::open_unprotected(tmp.path()).unwrap();
             s.write(vec![put(Table::Meta, b"k", b"v")]).unwrap();
         }
         std::fs::remove_file(tmp.path().join(KEY_FILE)).unwrap();
-        let err = Store::open(tmp.path()).unwrap_err();
+        let err = Store::open_unprotected(tmp.path()).unwrap_err();
         assert!(matches!(err, StoreError::KeyFileMissing { .. }), "{err}");
         assert!(!tmp.path().join(KEY_FILE).exists());
     }
@@ -1060,7 +1179,7 @@ mod tests {
         let key = tmp.path().join(KEY_FILE);
         std::fs::File::create(&key).unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let s = Store::open(tmp.path()).unwrap();
+        let s = Store::open_unprotected(tmp.path()).unwrap();
         s.write(vec![put(Table::Meta, b"k", b"v")]).unwrap();
         assert_eq!(std::fs::read(&key).unwrap().len(), KEY_LEN);
         assert_eq!(mode(&key), 0o600);
@@ -1073,23 +1192,23 @@ mod tests {
         let elsewhere = tmp.path().join("usb");
         std::fs::create_dir(&elsewhere).unwrap();
         {
-            let s = Store::open(&data).unwrap();
+            let s = Store::open_unprotected(&data).unwrap();
             s.write(vec![put(Table::Meta, b"k", b"v")]).unwrap();
         }
         std::fs::rename(data.join(KEY_FILE), elsewhere.join(KEY_FILE)).unwrap();
         std::os::unix::fs::symlink(elsewhere.join(KEY_FILE), data.join(KEY_FILE)).unwrap();
         {
-            let s = Store::open(&data).unwrap();
+            let s = Store::open_unprotected(&data).unwrap();
             assert_eq!(&s.get(Table::Meta, b"k").unwrap().unwrap()[..], b"v");
         }
         std::fs::rename(elsewhere.join(KEY_FILE), tmp.path().join("unplugged")).unwrap();
-        let err = Store::open(&data).unwrap_err();
+        let err = Store::open_unprotected(&data).unwrap_err();
         assert!(matches!(err, StoreError::KeyFileMissing { .. }), "{err}");
         // The same refusal on a store that never held data: no key is made through the link.
         let fresh = tmp.path().join("fresh");
         std::fs::create_dir(&fresh).unwrap();
         std::os::unix::fs::symlink(elsewhere.join("absent"), fresh.join(KEY_FILE)).unwrap();
-        let err = Store::open(&fresh).unwrap_err();
+        let err = Store::open_unprotected(&fresh).unwrap_err();
         assert!(matches!(err, StoreError::KeyFileMissing { .. }), "{err}");
     }
 
@@ -1112,7 +1231,7 @@ mod tests {
             }
         };
         {
-            let s = Store::open(tmp.path()).unwrap();
+            let s = Store::open_unprotected(tmp.path()).unwrap();
             let mut ops: Vec<WriteOp> = Table::ALL.iter().map(|&t| put(t, b"k", marker)).collect();
             ops.push(put(Table::Envelopes, b"big", &big));
             s.write(ops).unwrap();
@@ -1132,7 +1251,7 @@ mod tests {
     #[test]
     fn tampered_truncated_or_moved_values_are_corrupt_not_panics() {
         let tmp = tempfile::tempdir().unwrap();
-        let s = Store::open(tmp.path()).unwrap();
+        let s = Store::open_unprotected(tmp.path()).unwrap();
         s.write(vec![put(Table::Meta, b"k", b"secret value")])
             .unwrap();
         let sealed = raw_get(&s, Table::Meta, b"k").unwrap();
@@ -1188,7 +1307,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let value = b"a value somebody will tamper with";
         let sealed = {
-            let s = Store::open(tmp.path()).unwrap();
+            let s = Store::open_unprotected(tmp.path()).unwrap();
             s.write(vec![put(Table::Peers, b"p", value)]).unwrap();
             raw_get(&s, Table::Peers, b"p").unwrap()
         };
@@ -1201,7 +1320,7 @@ mod tests {
         bytes[at + NONCE_LEN + 2] ^= 0x40;
         std::fs::write(&path, &bytes).unwrap();
         // redb's checksums may refuse the file at open, or the AEAD refuses the value.
-        match Store::open(tmp.path()) {
+        match Store::open_unprotected(tmp.path()) {
             Err(e) => assert!(matches!(e, StoreError::Db(_)), "{e}"),
             Ok(s) => match s.get(Table::Peers, b"p") {
                 Ok(Some(v)) => assert_eq!(&v[..], value),
@@ -1232,7 +1351,7 @@ mod tests {
             std::fs::Permissions::from_mode(0o600),
         )
         .unwrap();
-        let s = Store::open(tmp.path()).unwrap();
+        let s = Store::open_unprotected(tmp.path()).unwrap();
         s.write(vec![put(
             Table::EpochKeys,
             b"g\x00\x01",
@@ -1271,7 +1390,7 @@ mod tests {
         );
         assert!(shown.contains("Invites"), "{shown}");
         let tmp = tempfile::tempdir().unwrap();
-        let s = Store::open(tmp.path()).unwrap();
+        let s = Store::open_unprotected(tmp.path()).unwrap();
         let shown = format!("{s:?}");
         assert!(
             !shown.contains("cipher") && !shown.contains("key"),
@@ -1292,7 +1411,7 @@ mod tests {
             .unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
-        let s = Store::open(tmp.path()).unwrap();
+        let s = Store::open_unprotected(tmp.path()).unwrap();
         assert_eq!(&s.get(Table::Peers, b"h").unwrap().unwrap()[..], b"durable");
     }
 
@@ -1302,7 +1421,7 @@ mod tests {
         let Some(dir) = std::env::var_os("HEARTH_STORE_SIGKILL_DIR") else {
             return;
         };
-        let s = Store::open(Path::new(&dir)).unwrap();
+        let s = Store::open_unprotected(Path::new(&dir)).unwrap();
         s.write(vec![put(Table::Peers, b"h", b"durable")]).unwrap();
         // SAFETY: kill(2) on our own pid; nothing after it runs.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
@@ -1357,7 +1476,7 @@ mod tests {
             let mut model = Model::new();
             let mut touched = Vec::new();
             {
-                let s = Store::open(tmp.path()).unwrap();
+                let s = Store::open_unprotected(tmp.path()).unwrap();
                 for batch in batches {
                     let mut ops = Vec::new();
                     for (is_put, t, key, value) in batch {
@@ -1378,7 +1497,7 @@ mod tests {
                 }
                 check_against(&s, &model, &prefix)?;
             }
-            let s = Store::open(tmp.path()).unwrap();
+            let s = Store::open_unprotected(tmp.path()).unwrap();
             check_against(&s, &model, &prefix)?;
         }
     }

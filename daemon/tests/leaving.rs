@@ -6,7 +6,7 @@ use hearthd::store::{Store, Table};
 #[test]
 fn leaving_deletes_the_groups_open_codes_and_invites() {
     let tmp = tempfile::tempdir().unwrap();
-    let node = Node::open(Store::open(tmp.path()).unwrap()).unwrap();
+    let node = Node::open(Store::open_unprotected(tmp.path()).unwrap()).unwrap();
     let group = node.create_group("Circle", "", None).unwrap();
     let other = node.create_group("Other", "", None).unwrap();
     node.open_code(&group, 600).unwrap();

@@ -30,7 +30,8 @@ fn join_as(facilitator: &Daemon, joiner: &Daemon, group: &str, name: &str) {
 /// Everything a stopped daemon's disk holds of `group`, opened with its own keys: the
 /// epochs it can read, and the plaintext of every envelope it can open.
 fn what_the_disk_reveals(data_dir: &Path, group: &str) -> (Vec<u32>, Vec<String>) {
-    let node = Node::open(Store::open(data_dir).expect("store opens")).expect("node opens");
+    let node =
+        Node::open(Store::open_unprotected(data_dir).expect("store opens")).expect("node opens");
     let id: GroupId = group.parse().unwrap();
     node.with_slot(&id, |s| {
         let readable = s.group.readable_epochs();
@@ -200,7 +201,7 @@ fn leaving_destroys_the_local_copy_unless_asked_to_keep_it() {
         .unwrap()
         .count();
     assert_eq!(keys, 0, "a group key file outlived the group");
-    let node = Node::open(Store::open(&b.data_dir).unwrap()).unwrap();
+    let node = Node::open(Store::open_unprotected(&b.data_dir).unwrap()).unwrap();
     assert_eq!(node.group_count(), 0);
     for table in [
         hearthd::store::Table::Groups,

@@ -1,0 +1,504 @@
+//! Locked or unlocked: the daemon's keys and everything that needs them.
+//!
+//! Unlocked, the store, the groups and networking live on a runtime of their own (see
+//! [`crate::daemon::start`]), and requests reach them through a [`Gate`]. Locking closes
+//! the gate and shuts that runtime down, which drops every task it ran and with them every
+//! key, decrypted document and cache (wiped as freed, by [`crate::wipe::WipeOnFree`]);
+//! the threads scrub their stacks as they end. A locked daemon keeps only the key file's
+//! path and the API socket.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use hearth_protocol::api::{self, Passphrase};
+use tokio::runtime::{Handle, Runtime};
+
+use crate::config::Config;
+use crate::http::AppState;
+use crate::node::Node;
+use crate::store::{self, DataDir};
+use crate::vault::{KdfParams, KeyFile, Opened, StorageKey, Vault, VaultError};
+use crate::wipe::scrub_stack;
+
+/// Wrong passphrases allowed in a row before each further try must wait.
+const FREE_TRIES: u32 = 3;
+/// The longest wait between tries after many wrong ones.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+/// How long locking waits for work in flight (a write being made durable) to finish.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeeperError {
+    #[error("hearthd is locked; run `hearth unlock` and try again")]
+    Locked,
+
+    #[error("hearthd is already unlocked")]
+    AlreadyUnlocked,
+
+    #[error("that passphrase is not right; nothing changed")]
+    WrongPassphrase,
+
+    #[error(
+        "too many wrong passphrases in a row; wait {secs} second{} before trying again",
+        if *secs == 1 { "" } else { "s" }
+    )]
+    SlowDown { secs: u64 },
+
+    #[error(
+        "no passphrase protects this store, so hearthd cannot lock; set one first with \
+         `hearth passphrase set`"
+    )]
+    NotProtected,
+
+    #[error("a passphrase is set already; change it with `hearth passphrase change`")]
+    AlreadyProtected,
+
+    #[error("{0}")]
+    Refused(String),
+
+    #[error("{0:#}")]
+    Internal(anyhow::Error),
+}
+
+impl From<VaultError> for KeeperError {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::WrongPassphrase => KeeperError::WrongPassphrase,
+            VaultError::NotProtected => KeeperError::NotProtected,
+            VaultError::TooShort | VaultError::SameAsPassphrase => {
+                KeeperError::Refused(e.to_string())
+            }
+            other => KeeperError::Internal(other.into()),
+        }
+    }
+}
+
+/// What a request to the unlocked daemon needs: the API's state and router, and the
+/// runtime the request runs on (so that what it spawns ends when the daemon locks).
+#[derive(Clone)]
+pub struct Gate {
+    pub state: AppState,
+    pub router: axum::Router,
+    pub handle: Handle,
+}
+
+struct Running {
+    runtime: Runtime,
+    stop: tokio::sync::watch::Sender<bool>,
+    node: Weak<Node>,
+}
+
+#[derive(Default)]
+struct Tries {
+    wrong_in_a_row: u32,
+    not_before: Option<Instant>,
+}
+
+pub struct Keeper {
+    config: Config,
+    dir: Arc<DataDir>,
+    vault: Vault,
+    /// Serialises unlocking, locking and passphrase changes.
+    running: tokio::sync::Mutex<Option<Running>>,
+    gate: std::sync::RwLock<Option<Gate>>,
+    last_request: std::sync::Mutex<Instant>,
+    tries: std::sync::Mutex<Tries>,
+    panicked: AtomicBool,
+    exit: tokio::sync::watch::Sender<bool>,
+}
+
+impl Keeper {
+    pub fn new(config: Config, dir: Arc<DataDir>) -> Arc<Keeper> {
+        let vault = Vault::new(dir.path());
+        Arc::new(Keeper {
+            config,
+            dir,
+            vault,
+            running: tokio::sync::Mutex::new(None),
+            gate: std::sync::RwLock::new(None),
+            last_request: std::sync::Mutex::new(Instant::now()),
+            tries: std::sync::Mutex::new(Tries::default()),
+            panicked: AtomicBool::new(false),
+            exit: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    /// Finishes what a crash interrupted, then unlocks at once when no passphrase protects
+    /// the store (making a key for a new one).
+    pub async fn start_if_unprotected(&self) -> anyhow::Result<()> {
+        let vault = self.vault.clone();
+        let dir = self.dir.path().to_owned();
+        let key = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<StorageKey>> {
+            if vault.recover()? {
+                // A duress unlock was interrupted after the real key was destroyed.
+                store::destroy_files(&dir)?;
+            }
+            let key = match vault.read()? {
+                Some(KeyFile::Plain(key)) => Some(key),
+                Some(KeyFile::Wrapped(_)) => None,
+                None => Some(store::key_for_new_or_legacy(&dir, &vault)?),
+            };
+            scrub_stack();
+            Ok(key)
+        })
+        .await??;
+        if let Some(key) = key {
+            let mut running = self.running.lock().await;
+            *running = Some(self.start(key).await.map_err(|e| anyhow::anyhow!("{e}"))?);
+        }
+        Ok(())
+    }
+
+    pub fn protected(&self) -> bool {
+        matches!(self.vault.read(), Ok(Some(KeyFile::Wrapped(_))))
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.gate().is_none()
+    }
+
+    /// The way in to the unlocked daemon, or `None` while locked.
+    pub fn gate(&self) -> Option<Gate> {
+        self.gate.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Notes a client request, which holds off auto-lock.
+    pub fn touch(&self) {
+        *self.last_request.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.last_request
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
+    pub async fn status(&self) -> api::Status {
+        let mut status = api::Status {
+            locked: true,
+            passphrase: self.protected(),
+            auto_lock_secs: self.config.auto_lock.map(|d| d.as_secs()),
+            listen_addrs: None,
+            peers: None,
+            groups: None,
+        };
+        if let Some(gate) = self.gate() {
+            let net = &gate.state.net;
+            status.locked = false;
+            status.listen_addrs = Some(
+                net.listen_addrs()
+                    .await
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect(),
+            );
+            status.peers = Some(net.peers().await.len());
+            status.groups = Some(gate.state.node.group_count());
+        }
+        status
+    }
+
+    /// Opens the store with `passphrase`. The duress passphrase destroys the store and
+    /// unlocks a fresh, empty one that only it opens, and answers exactly as an unlock.
+    pub async fn unlock(&self, passphrase: Passphrase) -> Result<(), KeeperError> {
+        let mut running = self.running.lock().await;
+        if running.is_some() {
+            return Err(KeeperError::AlreadyUnlocked);
+        }
+        self.may_try()?;
+        let vault = self.vault.clone();
+        let dir = self.dir.path().to_owned();
+        let opened = tokio::task::spawn_blocking(move || {
+            let opened = match vault.unlock(&passphrase) {
+                Ok(Opened::Storage(key)) => Ok(key),
+                Ok(Opened::Duress(wrap)) => start_over(&vault, &dir, &wrap),
+                Err(e) => Err(KeeperError::from(e)),
+            };
+            drop(passphrase);
+            scrub_stack();
+            opened
+        })
+        .await
+        .map_err(|e| KeeperError::Internal(e.into()))?;
+        let key = self.count_try(opened)?;
+        *running = Some(self.start(key).await?);
+        Ok(())
+    }
+
+    /// Drops every key and stops syncing. Refused when no passphrase is set, as the key
+    /// file beside the data would open it again anyway.
+    pub async fn lock(&self) -> Result<(), KeeperError> {
+        if !self.protected() {
+            return Err(KeeperError::NotProtected);
+        }
+        let mut running = self.running.lock().await;
+        if let Some(r) = running.take() {
+            self.stop(r).await;
+        }
+        Ok(())
+    }
+
+    /// Sets the first passphrase, or changes it (`current` given).
+    pub async fn set_passphrase(
+        &self,
+        current: Option<Passphrase>,
+        new: Passphrase,
+    ) -> Result<(), KeeperError> {
+        let running = self.running.lock().await;
+        if running.is_none() {
+            return Err(KeeperError::Locked);
+        }
+        match current {
+            None => {
+                let vault = self.vault.clone();
+                self.blocking(move || match vault.read()? {
+                    Some(KeyFile::Plain(key)) => {
+                        Ok(vault.protect(&key, &new, KdfParams::default())?)
+                    }
+                    _ => Err(KeeperError::AlreadyProtected),
+                })
+                .await
+            }
+            Some(current) => {
+                self.may_try()?;
+                let vault = self.vault.clone();
+                let done = self
+                    .blocking(move || Ok(vault.change(&current, &new)?))
+                    .await;
+                self.count_try(done)
+            }
+        }
+    }
+
+    /// Takes the passphrase (and any duress passphrase) away.
+    pub async fn remove_passphrase(&self, current: Passphrase) -> Result<(), KeeperError> {
+        let running = self.running.lock().await;
+        if running.is_none() {
+            return Err(KeeperError::Locked);
+        }
+        self.may_try()?;
+        let vault = self.vault.clone();
+        let done = self.blocking(move || Ok(vault.unprotect(&current)?)).await;
+        self.count_try(done)
+    }
+
+    pub async fn set_duress(
+        &self,
+        current: Passphrase,
+        duress: Passphrase,
+    ) -> Result<(), KeeperError> {
+        let running = self.running.lock().await;
+        if running.is_none() {
+            return Err(KeeperError::Locked);
+        }
+        self.may_try()?;
+        let vault = self.vault.clone();
+        let done = self
+            .blocking(move || Ok(vault.add_duress(&current, &duress)?))
+            .await;
+        self.count_try(done)
+    }
+
+    /// Destroys the keys, then the data, and asks the daemon to exit at once. Needs no
+    /// passphrase and tells no peer anything.
+    pub async fn panic(&self) -> Result<(), KeeperError> {
+        self.panicked.store(true, Ordering::SeqCst);
+        drop(self.gate.write().unwrap_or_else(|p| p.into_inner()).take());
+        let vault = self.vault.clone();
+        let dir = self.dir.path().to_owned();
+        let socket = self.config.socket.clone();
+        let destroyed =
+            tokio::task::spawn_blocking(move || destroy_everything(&vault, &dir, &socket))
+                .await
+                .map_err(|e| KeeperError::Internal(e.into()))
+                .and_then(|r| r);
+        self.exit.send_replace(true);
+        destroyed
+    }
+
+    pub fn panicked(&self) -> bool {
+        self.panicked.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when the daemon should exit (after a panic).
+    pub fn exit_requested(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.exit.subscribe();
+        async move {
+            let _ = rx.wait_for(|exit| *exit).await;
+        }
+    }
+
+    /// Stops the unlocked daemon, if it runs, for the process to exit.
+    pub async fn shut_down(&self) {
+        let mut running = self.running.lock().await;
+        if let Some(r) = running.take() {
+            self.stop(r).await;
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, KeeperError> + Send + 'static,
+    ) -> Result<T, KeeperError> {
+        tokio::task::spawn_blocking(move || {
+            let out = f();
+            scrub_stack();
+            out
+        })
+        .await
+        .map_err(|e| KeeperError::Internal(e.into()))?
+    }
+
+    fn may_try(&self) -> Result<(), KeeperError> {
+        let tries = self.tries.lock().unwrap_or_else(|p| p.into_inner());
+        match tries.not_before {
+            Some(t) if Instant::now() < t => Err(KeeperError::SlowDown {
+                secs: (t - Instant::now()).as_secs().max(1),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a wrong passphrase (each one past the free tries doubles the wait before
+    /// the next), or clears the count on a right one.
+    fn count_try<T>(&self, result: Result<T, KeeperError>) -> Result<T, KeeperError> {
+        let mut tries = self.tries.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            Err(KeeperError::WrongPassphrase) => {
+                tries.wrong_in_a_row += 1;
+                if tries.wrong_in_a_row >= FREE_TRIES {
+                    let doublings = (tries.wrong_in_a_row - FREE_TRIES).min(16);
+                    let wait = Duration::from_secs(1 << doublings).min(MAX_WAIT);
+                    tries.not_before = Some(Instant::now() + wait);
+                }
+            }
+            Ok(_) => *tries = Tries::default(),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn start(&self, key: StorageKey) -> Result<Running, KeeperError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("hearthd-unlocked")
+            .on_thread_stop(scrub_stack)
+            .build()
+            .map_err(|e| KeeperError::Internal(e.into()))?;
+        let started = runtime
+            .spawn(crate::daemon::start(
+                self.config.clone(),
+                self.dir.clone(),
+                key,
+            ))
+            .await;
+        let started = match started {
+            Ok(Ok(s)) => s,
+            failed => {
+                let _ =
+                    tokio::task::spawn_blocking(move || runtime.shutdown_timeout(SHUTDOWN_WAIT))
+                        .await;
+                return Err(KeeperError::Internal(match failed {
+                    Ok(Err(e)) => e,
+                    Err(e) => e.into(),
+                    Ok(Ok(_)) => unreachable!("matched above"),
+                }));
+            }
+        };
+        let node = Arc::downgrade(&started.state.node);
+        let gate = Gate {
+            router: crate::http::router(started.state.clone()),
+            state: started.state,
+            handle: runtime.handle().clone(),
+        };
+        *self.gate.write().unwrap_or_else(|p| p.into_inner()) = Some(gate);
+        self.touch();
+        tracing::info!("unlocked");
+        Ok(Running {
+            runtime,
+            stop: started.stop,
+            node,
+        })
+    }
+
+    async fn stop(&self, running: Running) {
+        let gate = self.gate.write().unwrap_or_else(|p| p.into_inner()).take();
+        running.stop.send_replace(true);
+        if let Some(gate) = gate {
+            let net = gate.state.net.clone();
+            let _ = running
+                .runtime
+                .spawn(async move { net.shutdown().await })
+                .await;
+            let node = gate.state.node.clone();
+            let _ = running
+                .runtime
+                .spawn_blocking(move || node.store().compact_file())
+                .await;
+        }
+        let Running { runtime, node, .. } = running;
+        let _ = tokio::task::spawn_blocking(move || runtime.shutdown_timeout(SHUTDOWN_WAIT)).await;
+        // Requests that were in flight let go of the node as their tasks are dropped.
+        for _ in 0..200 {
+            if node.strong_count() == 0 {
+                tracing::info!("locked");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::error!("something still holds the groups after locking");
+    }
+}
+
+/// A duress unlock: a fresh key file for the duress passphrase, the real key destroyed,
+/// then the store, then the fresh key file installed. Returns the fresh storage key.
+fn start_over(
+    vault: &Vault,
+    dir: &std::path::Path,
+    duress: &crate::vault::WrapKey,
+) -> Result<StorageKey, KeeperError> {
+    let key = vault.start_fresh(duress)?;
+    store::destroy_files(dir).map_err(|e| KeeperError::Internal(e.into()))?;
+    vault.finish_fresh()?;
+    Ok(key)
+}
+
+/// The panic button's work: every key file first, so that nothing left can be opened
+/// even if what follows is interrupted, then the store, then the rest of what hearthd
+/// keeps on disk.
+fn destroy_everything(
+    vault: &Vault,
+    dir: &std::path::Path,
+    socket: &PathBuf,
+) -> Result<(), KeeperError> {
+    let internal = |e: anyhow::Error| KeeperError::Internal(e);
+    vault.destroy().map_err(|e| internal(e.into()))?;
+    store::destroy_files(dir).map_err(|e| internal(e.into()))?;
+    let _ = std::fs::remove_file(socket);
+    if let Some(parent) = socket.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
+    let _ = std::fs::remove_file(dir.join(store::LOCK_FILE));
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}
+
+/// Locks the daemon after `--auto-lock` without a client request.
+pub async fn auto_lock(keeper: Arc<Keeper>) {
+    let Some(limit) = keeper.config.auto_lock else {
+        return;
+    };
+    let mut tick = tokio::time::interval(
+        (limit / 4).clamp(Duration::from_millis(250), Duration::from_secs(5)),
+    );
+    loop {
+        tick.tick().await;
+        if !keeper.is_locked() && keeper.idle_for() >= limit && keeper.protected() {
+            tracing::info!("locking after {} s without a request", limit.as_secs());
+            let _ = keeper.lock().await;
+        }
+    }
+}
