@@ -44,6 +44,7 @@ const DB_FILE: &str = "hearth.redb";
 pub const LOCK_FILE: &str = "hearthd.lock";
 const KEY_LEN: usize = 32;
 const VALUE_KEY_INFO: &[u8] = b"hearth v1 storage value key";
+const ALIAS_KEY_INFO: &[u8] = b"hearth v1 storage key alias";
 const AAD_PREFIX: &[u8] = b"hearth v1 store";
 const NONCE_LEN: usize = 24;
 
@@ -523,14 +524,28 @@ fn aad(table: Table, key: &[u8]) -> Vec<u8> {
     aad
 }
 
-/// HKDF-SHA256(ikm = file key, salt = empty, info = "hearth v1 storage value key").
-/// (`None` and an empty salt are the same HMAC key.)
-fn value_cipher(file_key: &[u8]) -> XChaCha20Poly1305 {
-    let hk = hkdf::Hkdf::<sha2::Sha256>::new(None, file_key);
-    let mut value_key = Zeroizing::new([0u8; 32]);
-    hk.expand(VALUE_KEY_INFO, &mut value_key[..])
+/// HKDF-SHA256(ikm = storage key, salt = empty, info = `label`). (`None` and an empty salt
+/// are the same HMAC key.)
+fn derive(storage_key: &[u8], label: &[u8]) -> Zeroizing<[u8; 32]> {
+    let hk = hkdf::Hkdf::<sha2::Sha256>::new(None, storage_key);
+    let mut key = Zeroizing::new([0u8; 32]);
+    hk.expand(label, &mut key[..])
         .expect("32 bytes is a valid HKDF-SHA256 output length");
-    XChaCha20Poly1305::new((&*value_key).into())
+    key
+}
+
+/// Every key the store derives from the storage key and holds while open: for tests that
+/// look for keys where none may be (a locked daemon's memory).
+pub fn derived_keys(key: &StorageKey) -> Vec<Zeroizing<[u8; 32]>> {
+    vec![
+        derive(key.expose(), VALUE_KEY_INFO),
+        derive(key.expose(), ALIAS_KEY_INFO),
+    ]
+}
+
+/// The cipher of values: HKDF label "hearth v1 storage value key".
+fn value_cipher(storage_key: &[u8]) -> XChaCha20Poly1305 {
+    XChaCha20Poly1305::new((&*derive(storage_key, VALUE_KEY_INFO)).into())
 }
 
 /// HKDF-SHA256(ikm = group key file, salt = empty, info = "hearth v1 storage group value key").
@@ -587,13 +602,9 @@ fn load_group_keys(
     Ok(out)
 }
 
-/// HKDF-SHA256(ikm = file key, salt = empty, info = "hearth v1 storage key alias").
-fn alias_key(file_key: &[u8]) -> Zeroizing<[u8; 32]> {
-    let hk = hkdf::Hkdf::<sha2::Sha256>::new(None, file_key);
-    let mut key = Zeroizing::new([0u8; 32]);
-    hk.expand(b"hearth v1 storage key alias", &mut key[..])
-        .expect("32 bytes is a valid HKDF-SHA256 output length");
-    key
+/// The key of [`Store::alias`]: HKDF label "hearth v1 storage key alias".
+fn alias_key(storage_key: &[u8]) -> Zeroizing<[u8; 32]> {
+    derive(storage_key, ALIAS_KEY_INFO)
 }
 
 fn mode_of(meta: &std::fs::Metadata) -> u32 {
@@ -696,9 +707,12 @@ pub fn key_for_new_or_legacy(dir: &Path, vault: &Vault) -> Result<StorageKey, St
     let legacy = dir.join(KEY_FILE);
     if std::fs::symlink_metadata(&legacy).is_ok() {
         let bytes = load_or_create_key(&legacy, &db_path)?;
-        let mut raw = [0u8; KEY_LEN];
-        raw.copy_from_slice(&bytes);
-        let key = StorageKey::from_bytes(raw);
+        let key = StorageKey::from_slice(bytes[..].try_into().map_err(|_| {
+            StoreError::KeyFileLength {
+                path: legacy.clone(),
+                len: bytes.len() as u64,
+            }
+        })?);
         vault.store_plain(&key)?;
         shred_file(&legacy)?;
         return Ok(key);

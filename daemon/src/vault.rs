@@ -34,7 +34,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hearth_protocol::api::Passphrase;
 use rand_core::{OsRng, RngCore};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 pub const KEY_FILE: &str = "keys";
 /// A replacement of [`KEY_FILE`] being written (passphrase set, changed or removed).
@@ -90,22 +90,41 @@ const MAX_M_COST_KIB: u32 = 4 * 1024 * 1024;
 const MAX_T_COST: u32 = 64;
 const MAX_P_COST: u32 = 16;
 
+/// 32 secret bytes on the heap, wiped on drop. On the heap so that moving a key moves a
+/// pointer: a moved array would leave copies of itself on the stack.
+#[derive(Clone)]
+struct Secret32(Box<[u8; KEY_LEN]>);
+
+impl Secret32 {
+    fn zero() -> Secret32 {
+        Secret32(Box::new([0u8; KEY_LEN]))
+    }
+}
+
+impl Drop for Secret32 {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
 /// The key every at-rest key is derived from. Wiped on drop.
-pub struct StorageKey(Zeroizing<[u8; KEY_LEN]>);
+pub struct StorageKey(Secret32);
 
 impl StorageKey {
     pub fn random() -> StorageKey {
-        let mut key = Zeroizing::new([0u8; KEY_LEN]);
-        OsRng.fill_bytes(&mut key[..]);
+        let mut key = Secret32::zero();
+        OsRng.fill_bytes(&mut key.0[..]);
         StorageKey(key)
     }
 
-    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> StorageKey {
-        StorageKey(Zeroizing::new(bytes))
+    pub fn from_slice(bytes: &[u8; KEY_LEN]) -> StorageKey {
+        let mut key = Secret32::zero();
+        key.0.copy_from_slice(bytes);
+        StorageKey(key)
     }
 
     pub fn expose(&self) -> &[u8; KEY_LEN] {
-        &self.0
+        &self.0.0
     }
 }
 
@@ -137,9 +156,9 @@ pub enum Opened {
     Duress(WrapKey),
 }
 
-/// A passphrase's wrap key for one salt. Wiped on drop.
+/// A passphrase's wrap key for one salt. Wiped on drop; on the heap, as [`StorageKey`].
 pub struct WrapKey {
-    key: Zeroizing<[u8; KEY_LEN]>,
+    key: Secret32,
     params: KdfParams,
     salt: [u8; SALT_LEN],
 }
@@ -302,8 +321,8 @@ impl Vault {
         };
         let duress_wrap = derive(duress, wrapped.params, wrapped.salt)?;
         if bool::from(subtle::ConstantTimeEq::ct_eq(
-            &duress_wrap.key[..],
-            &real.key[..],
+            &duress_wrap.key.0[..],
+            &real.key.0[..],
         )) {
             return Err(VaultError::SameAsPassphrase);
         }
@@ -404,9 +423,9 @@ fn derive(
     argon
         .hash_password_into(passphrase.expose().as_bytes(), &salt, &mut stretched[..])
         .map_err(|_| bad())?;
-    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    let mut key = Secret32::zero();
     hkdf::Hkdf::<sha2::Sha256>::new(None, &stretched[..])
-        .expand(WRAP_KEY_INFO, &mut key[..])
+        .expand(WRAP_KEY_INFO, &mut key.0[..])
         .expect("32 bytes is a valid HKDF-SHA256 output length");
     Ok(WrapKey { key, params, salt })
 }
@@ -434,7 +453,7 @@ fn seal_slot(wrap: &WrapKey, kind: u8, key: &[u8; KEY_LEN]) -> [u8; SLOT_LEN] {
     plain[1..].copy_from_slice(key);
     let mut nonce = [0u8; NONCE_LEN];
     OsRng.fill_bytes(&mut nonce);
-    let ct = XChaCha20Poly1305::new((&*wrap.key).into())
+    let ct = XChaCha20Poly1305::new((&*wrap.key.0).into())
         .encrypt(
             XNonce::from_slice(&nonce),
             Payload {
@@ -456,7 +475,7 @@ fn open_slots(
 ) -> Result<(Opened, WrapKey, usize), VaultError> {
     let wrap = derive(passphrase, wrapped.params, wrapped.salt)?;
     let aad = slot_aad(&header_bytes(wrapped.params, &wrapped.salt));
-    let cipher = XChaCha20Poly1305::new((&*wrap.key).into());
+    let cipher = XChaCha20Poly1305::new((&*wrap.key.0).into());
     for (index, slot) in wrapped.slots.iter().enumerate() {
         let (nonce, ct) = slot.split_at(NONCE_LEN);
         let Ok(plain) = cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
@@ -464,10 +483,10 @@ fn open_slots(
             continue;
         };
         let plain = Zeroizing::new(plain);
-        let mut key = [0u8; KEY_LEN];
-        key.copy_from_slice(&plain[1..]);
         let opened = match plain[0] {
-            KIND_STORAGE => Opened::Storage(StorageKey::from_bytes(key)),
+            KIND_STORAGE => Opened::Storage(StorageKey::from_slice(
+                plain[1..].try_into().expect("a slot holds 1 + 32 bytes"),
+            )),
             KIND_DURESS => Opened::Duress(WrapKey {
                 key: wrap.key.clone(),
                 params: wrap.params,
@@ -526,10 +545,9 @@ fn parse(bytes: &[u8]) -> Option<KeyFile> {
         return None;
     }
     match mode {
-        MODE_PLAIN => {
-            let key: [u8; KEY_LEN] = rest.try_into().ok()?;
-            Some(KeyFile::Plain(StorageKey::from_bytes(key)))
-        }
+        MODE_PLAIN => Some(KeyFile::Plain(StorageKey::from_slice(
+            rest.try_into().ok()?,
+        ))),
         MODE_WRAPPED => {
             if rest.len() != PARAMS_LEN + 2 * SLOT_LEN {
                 return None;
@@ -805,7 +823,7 @@ mod tests {
         assert!(!dir.path().join(NEW_FILE).exists());
         assert_eq!(storage(vault.unlock(&pass("correct horse")).unwrap()), key);
 
-        let whole = plain_bytes(&StorageKey::from_bytes(key));
+        let whole = plain_bytes(&StorageKey::from_slice(&key));
         write_new(&dir.path().join(NEW_FILE), &whole).unwrap();
         assert!(!vault.recover().unwrap());
         assert!(matches!(vault.read().unwrap(), Some(KeyFile::Plain(_))));
@@ -845,7 +863,7 @@ mod tests {
 
         #[test]
         fn any_damaged_byte_is_noticed(index in 0usize..WRAPPED_LEN, flip in 1u8..=255) {
-            let wrap = WrapKey { key: Zeroizing::new([7; KEY_LEN]), params: QUICK, salt: [1; SALT_LEN] };
+            let wrap = WrapKey { key: Secret32(Box::new([7; KEY_LEN])), params: QUICK, salt: [1; SALT_LEN] };
             let mut bytes = wrapped_bytes(&wrap, [2; SLOT_LEN], [3; SLOT_LEN]).to_vec();
             proptest::prop_assert!(parse(&bytes).is_some());
             bytes[index] ^= flip;

@@ -329,17 +329,31 @@ impl Daemon {
 
     /// `GET path` on this daemon's API (through curl-like raw HTTP over its socket).
     pub fn api_get(&self, path: &str) -> Value {
+        self.api("GET", path, None).1
+    }
+
+    /// `METHOD path` with an optional JSON body on this daemon's API: the HTTP status and
+    /// the JSON answer (`Null` when there is none).
+    pub fn api(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         use std::io::{Read, Write};
         let mut s = std::os::unix::net::UnixStream::connect(&self.socket).expect("the API socket");
+        let body = body.map(Value::to_string).unwrap_or_default();
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
         )
         .unwrap();
         let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
+        let _ = s.read_to_string(&mut out);
+        let status = out
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
         let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        serde_json::from_str(body).unwrap_or(Value::Null)
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
     }
 
     /// A loopback TCP multiaddr this daemon listens on.
@@ -404,6 +418,22 @@ impl Daemon {
         }
     }
 
+    /// Waits (up to 10 s) for hearthd to exit by itself, and returns how it exited.
+    pub fn wait_for_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("hearthd is running");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for hearthd") {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{} did not exit: {}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -444,4 +474,51 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
             std::fs::read(p).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
         })
         .collect()
+}
+
+/// Where in the readable memory of process `pid` each of `needles` occurs (needle index and
+/// address), read through `/proc/PID/mem` (this process must be allowed to trace it: its
+/// parent, or root).
+pub fn find_in_memory(pid: u32, needles: &[&[u8]]) -> Vec<(usize, u64)> {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read the memory map");
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open the process memory");
+    let longest = needles.iter().map(|n| n.len()).max().unwrap_or(0);
+    let mut found = Vec::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        else {
+            continue;
+        };
+        // Chunks overlap by the longest needle, so nothing is missed at a boundary.
+        const CHUNK: u64 = 1 << 20;
+        let mut at = start;
+        while at < end {
+            let len = (end - at).min(CHUNK + longest as u64) as usize;
+            let mut buf = vec![0u8; len];
+            let Ok(n) = mem.read_at(&mut buf, at) else {
+                break;
+            };
+            for (i, needle) in needles.iter().enumerate() {
+                for offset in memchr::memmem::find_iter(&buf[..n], needle) {
+                    let address = at + offset as u64;
+                    if !found.contains(&(i, address)) {
+                        found.push((i, address));
+                    }
+                }
+            }
+            at += CHUNK;
+        }
+    }
+    found
 }

@@ -1,0 +1,307 @@
+//! A shared, lost or seized laptop: a passphrase-protected daemon starts locked and serves
+//! nothing but status, unlock and panic; locking (by hand or after idling) leaves no key
+//! and no group content in its memory; panic leaves nothing anything on the machine can
+//! open, even when interrupted; a duress passphrase leaves what looks like a fresh install.
+
+use std::path::Path;
+
+use hearth_tests::{Daemon, Launch, files_under, find_in_memory};
+use hearthd::vault::{Opened, Vault};
+use serde_json::{Value, json};
+
+const PASS: &str = "correct horse battery";
+const DURESS: &str = "all is well at home";
+
+fn set_passphrase(d: &Daemon, passphrase: &str) {
+    let (code, body) = d.api(
+        "PUT",
+        "/v1/passphrase",
+        Some(&json!({ "passphrase": passphrase })),
+    );
+    assert_eq!(code, 200, "setting the passphrase: {body}");
+}
+
+fn unlock(d: &Daemon, passphrase: &str) -> (u16, Value) {
+    d.api(
+        "POST",
+        "/v1/unlock",
+        Some(&json!({ "passphrase": passphrase })),
+    )
+}
+
+fn lock(d: &Daemon) {
+    let (code, body) = d.api("POST", "/v1/lock", None);
+    assert_eq!(code, 200, "locking: {body}");
+    assert_eq!(body["locked"], true, "{body}");
+}
+
+/// A group with one agreement whose text is `marker`.
+fn group_with(d: &Daemon, marker: &str) -> String {
+    let group = d.create_group("Circle");
+    d.json(&["agreement", "add", &group, marker]);
+    group
+}
+
+/// Every file under `dir` with its bytes, to tell whether anything changed.
+fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = files_under(dir)
+        .into_iter()
+        .filter(|p| !p.ends_with("hearthd.lock"))
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap_or_default();
+            (p, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The storage key and every key derived from it, read with the passphrase.
+fn key_material(dir: &Path, passphrase: &str) -> Vec<Vec<u8>> {
+    let vault = Vault::new(dir);
+    let Opened::Storage(key) = vault
+        .unlock(&hearth_protocol::api::Passphrase::new(
+            passphrase.to_owned(),
+        ))
+        .expect("the passphrase opens the key file")
+    else {
+        panic!("the passphrase is the duress one");
+    };
+    let mut out = vec![key.expose().to_vec()];
+    out.extend(
+        hearthd::store::derived_keys(&key)
+            .iter()
+            .map(|k| k.to_vec()),
+    );
+    out
+}
+
+#[test]
+fn a_protected_daemon_restarts_locked_and_serves_only_status_unlock_and_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start("D", &tmp.path().join("d"));
+    let group = group_with(&d, "LOCKED-MARKER-be7d");
+    set_passphrase(&d, PASS);
+    d.stop();
+    d.restart();
+
+    let status = d.api_get("/v1/status");
+    assert_eq!(status["locked"], true, "{status}");
+    assert_eq!(status["passphrase"], true, "{status}");
+    assert!(
+        status.get("groups").is_none(),
+        "a locked daemon counts no groups: {status}"
+    );
+
+    let refused = [
+        ("GET", "/v1/groups".to_owned(), None),
+        (
+            "POST",
+            "/v1/groups".to_owned(),
+            Some(json!({ "name": "Other" })),
+        ),
+        ("GET", format!("/v1/groups/{group}/agreements"), None),
+        ("GET", "/v1/peers".to_owned(), None),
+        ("GET", "/v1/events".to_owned(), None),
+        (
+            "POST",
+            "/v1/join".to_owned(),
+            Some(json!({ "invite": "x" })),
+        ),
+        ("POST", "/v1/lock".to_owned(), None),
+        (
+            "PUT",
+            "/v1/passphrase".to_owned(),
+            Some(json!({ "passphrase": "another one here" })),
+        ),
+    ];
+    for (method, path, body) in &refused {
+        let (code, answer) = d.api(method, path, body.as_ref());
+        if *method == "POST" && path == "/v1/lock" {
+            // Locking a locked daemon is no error, and changes nothing.
+            assert_eq!(code, 200, "{method} {path}: {answer}");
+            continue;
+        }
+        assert_eq!(code, 423, "{method} {path}: {answer}");
+        assert_eq!(
+            answer["error"]["code"], "locked",
+            "{method} {path}: {answer}"
+        );
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("hearth unlock"),
+            "{answer}"
+        );
+    }
+
+    let before = snapshot(&d.data_dir);
+    let (code, answer) = unlock(&d, "not the passphrase");
+    assert_eq!(code, 401, "{answer}");
+    assert_eq!(answer["error"]["code"], "wrong_passphrase", "{answer}");
+    assert_eq!(d.api_get("/v1/status")["locked"], true);
+    assert!(
+        snapshot(&d.data_dir) == before,
+        "a wrong passphrase changed files"
+    );
+
+    let (code, answer) = unlock(&d, PASS);
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["locked"], false, "{answer}");
+    assert_eq!(d.agreement_texts(&group), vec!["LOCKED-MARKER-be7d"]);
+}
+
+#[test]
+fn repeated_wrong_passphrases_are_slowed_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start("D", &tmp.path().join("d"));
+    set_passphrase(&d, PASS);
+    lock(&d);
+    let codes: Vec<u16> = (0..4).map(|_| unlock(&d, "wrong guess here").0).collect();
+    assert_eq!(
+        codes,
+        vec![401, 401, 401, 429],
+        "three free tries, then a wait"
+    );
+    // Even the right passphrase waits its turn.
+    let (code, answer) = unlock(&d, PASS);
+    assert_eq!(code, 429, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("wait"),
+        "{answer}"
+    );
+}
+
+/// Locks `d` with `lock_it`, checking first that the scan finds what it looks for while
+/// unlocked (so it can fail), then that nothing is left after.
+fn no_key_or_content_left_after(d: &Daemon, lock_it: impl FnOnce(&Daemon)) {
+    let marker = "MEMORY-MARKER-6f1c2a9e0d";
+    let group = group_with(d, marker);
+    set_passphrase(d, PASS);
+    assert_eq!(d.agreement_texts(&group), vec![marker]);
+    let keys = key_material(&d.data_dir, PASS);
+    let pid = d.pid().expect("running");
+    let mut needles: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    needles.push(marker.as_bytes());
+    let unlocked = find_in_memory(pid, &needles);
+    assert!(
+        unlocked.iter().any(|(i, _)| *i == needles.len() - 1),
+        "the scan does not even find the marker in the unlocked daemon"
+    );
+    assert!(
+        unlocked.iter().any(|(i, _)| *i < keys.len()),
+        "the scan does not even find a storage key in the unlocked daemon"
+    );
+
+    lock_it(d);
+    let left = find_in_memory(pid, &needles);
+    assert!(
+        left.is_empty(),
+        "after locking, the daemon's memory still holds (needle index, address): {left:x?} \
+         (indexes below {} are keys, {} is the marker)",
+        keys.len(),
+        keys.len()
+    );
+}
+
+#[test]
+fn locking_leaves_no_key_and_no_content_in_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start("D", &tmp.path().join("d"));
+    no_key_or_content_left_after(&d, lock);
+}
+
+#[test]
+fn auto_lock_leaves_no_key_and_no_content_in_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut launch = Launch::default();
+    launch
+        .net_args
+        .extend(["--auto-lock".to_owned(), "3s".to_owned()]);
+    let d = Daemon::start_with("D", &tmp.path().join("d"), launch);
+    assert_eq!(d.api_get("/v1/status")["auto_lock_secs"], 3);
+    no_key_or_content_left_after(&d, |d| {
+        // Status does not count as use, so asking does not hold the lock off.
+        hearth_tests::wait_for("auto-lock", || {
+            (d.api_get("/v1/status")["locked"] == true).then_some(())
+        });
+    });
+}
+
+#[test]
+fn panic_destroys_everything_and_exits_whether_locked_or_not() {
+    for protected in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = Daemon::start("D", &tmp.path().join("d"));
+        group_with(&d, "PANIC-MARKER-0a9");
+        if protected {
+            set_passphrase(&d, PASS);
+            d.stop();
+            d.restart();
+            assert_eq!(d.api_get("/v1/status")["locked"], true);
+        }
+        let (code, answer) = d.api("POST", "/v1/panic", None);
+        assert_eq!(code, 200, "{answer}");
+        assert_eq!(answer["destroyed"], true, "{answer}");
+        let status = d.wait_for_exit();
+        assert!(status.success(), "panic exits cleanly: {status}");
+        let left = files_under(&d.data_dir);
+        assert!(left.is_empty(), "panic left {left:?}");
+        assert!(!d.data_dir.exists(), "panic left the data directory");
+        assert!(!d.socket.exists(), "panic left the socket");
+    }
+}
+
+#[test]
+fn a_duress_passphrase_leaves_what_looks_like_a_fresh_install() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start("D", &tmp.path().join("d"));
+    group_with(&d, "DURESS-MARKER-4c1");
+    set_passphrase(&d, PASS);
+    let (code, answer) = d.api(
+        "PUT",
+        "/v1/passphrase/duress",
+        Some(&json!({ "current": PASS, "duress": DURESS })),
+    );
+    assert_eq!(code, 200, "{answer}");
+    d.stop();
+    d.restart();
+
+    let (code, answer) = unlock(&d, DURESS);
+    assert_eq!(
+        code, 200,
+        "the duress passphrase unlocks like any other: {answer}"
+    );
+    assert_eq!(answer["locked"], false, "{answer}");
+    assert_eq!(answer["groups"], 0, "{answer}");
+    assert_eq!(d.api_get("/v1/groups"), json!([]));
+    lock(&d);
+    let (code, answer) = unlock(&d, PASS);
+    assert_eq!(code, 401, "the real passphrase opens nothing now: {answer}");
+    assert_eq!(unlock(&d, DURESS).0, 200);
+    assert_eq!(d.api_get("/v1/groups"), json!([]));
+
+    // Side by side with a fresh install locked by a passphrase: the same files, and a key
+    // file of the same size.
+    let mut fresh = Daemon::start("F", &tmp.path().join("fresh"));
+    set_passphrase(&fresh, DURESS);
+    d.stop();
+    fresh.stop();
+    let names = |dir: &Path| -> Vec<(String, Option<u64>)> {
+        let mut v: Vec<_> = files_under(dir)
+            .iter()
+            .map(|p| {
+                let name = p.strip_prefix(dir).unwrap().display().to_string();
+                let size = (name == "keys").then(|| std::fs::metadata(p).unwrap().len());
+                (name, size)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&d.data_dir), names(&fresh.data_dir));
+}
