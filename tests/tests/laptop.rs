@@ -305,3 +305,81 @@ fn a_duress_passphrase_leaves_what_looks_like_a_fresh_install() {
     };
     assert_eq!(names(&d.data_dir), names(&fresh.data_dir));
 }
+
+/// Panic killed between its steps (strace kills hearthd as it removes its second file,
+/// just after the key file is gone): what is left opens with nothing left on the machine,
+/// and a restarted daemon refuses it rather than starting afresh beside it.
+#[test]
+fn an_interrupted_panic_leaves_nothing_readable() {
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "SKIPPED an_interrupted_panic_leaves_nothing_readable: strace is not installed \
+             (apt-get install strace)"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start("D", &tmp.path().join("d"));
+    group_with(&d, "INTERRUPTED-MARKER-71d");
+    set_passphrase(&d, PASS);
+    let keys = key_material(&d.data_dir, PASS);
+    let pid = d.pid().unwrap();
+    let mut strace = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=unlink,unlinkat"])
+        .args(["-e", "inject=unlink,unlinkat:signal=SIGKILL:when=2"])
+        .args(["-p", &pid.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("strace starts");
+    // strace has attached once the process shows a tracer.
+    hearth_tests::wait_for("strace to attach", || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0"))
+            .then_some(())
+    });
+    let _ = d.api("POST", "/v1/panic", None);
+    let status = d.wait_for_exit();
+    let _ = strace.wait();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "killed mid-panic: {status}"
+    );
+
+    let left = files_under(&d.data_dir);
+    assert!(
+        left.iter().any(|p| !p.ends_with("hearthd.lock")),
+        "the panic was not interrupted before the data went: {left:?}"
+    );
+    assert!(
+        !d.data_dir.join("keys").exists(),
+        "the key file survived: {left:?}"
+    );
+    for key in &keys {
+        let holding = hearth_tests::files_containing(&d.data_dir, key);
+        assert!(holding.is_empty(), "a key is still in {holding:?}");
+    }
+    let restarted = std::process::Command::new(hearth_tests::bin("hearthd"))
+        .arg("--data-dir")
+        .arg(&d.data_dir)
+        .arg("--socket")
+        .arg(tmp.path().join("again.sock"))
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&restarted.stderr);
+    assert!(
+        !restarted.status.success(),
+        "started beside unreadable data: {said}"
+    );
+    assert!(said.contains("missing"), "{said}");
+}
