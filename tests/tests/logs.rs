@@ -111,3 +111,118 @@ fn at_debug_peer_ids_are_shortened() {
         }
     }
 }
+
+/// Everything either daemon logs at trace level, its libraries' lines included, through a
+/// token join, a sync both ways, a spoken code, and setting, using and changing
+/// passphrases: no name, text, passphrase, token, code, key, or full group or member id.
+#[test]
+fn at_trace_no_text_name_secret_or_full_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let launch = Launch {
+        log_filter: "trace".to_owned(),
+        ..Launch::default()
+    };
+    let mut f = Daemon::start_with("F", &tmp.path().join("f"), launch.clone());
+    let mut j = Daemon::start_with("J", &tmp.path().join("j"), launch);
+    let (code, created) = f.api(
+        "POST",
+        "/v1/groups",
+        Some(&serde_json::json!({
+            "name": "TRACEGROUP-a1b2",
+            "purpose": "TRACEPURPOSE-c3d4",
+            "my_name": "TRACEFRAN-e5f6",
+        })),
+    );
+    assert_eq!(code, 200, "{created}");
+    let group = created["group_id"].as_str().unwrap().to_owned();
+    let token = f.json(&["invite", &group])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    j.json(&["join", &token, "--name", "TRACEJO-0718"]);
+    f.json(&["agreement", "add", &group, "TRACEAGREE-F-29"]);
+    j.json(&["agreement", "add", &group, "TRACEAGREE-J-3a"]);
+    f.wait_for_agreements(&group, &["TRACEAGREE-J-3a"]);
+    j.wait_for_agreements(&group, &["TRACEAGREE-F-29"]);
+    let spoken = f.json(&["invite", &group, "--code", "--no-wait"])["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let member_ids = [f.member_id(&group), j.member_id(&group)];
+
+    let body = |v: serde_json::Value| Some(v);
+    let calls = [
+        (
+            "PUT",
+            "/v1/passphrase",
+            body(serde_json::json!({ "passphrase": "TRACEPASS-4b5c6d" })),
+        ),
+        (
+            "PUT",
+            "/v1/passphrase/duress",
+            body(
+                serde_json::json!({ "current": "TRACEPASS-4b5c6d", "duress": "TRACEDURESS-7e8f9a" }),
+            ),
+        ),
+        ("POST", "/v1/lock", None),
+        (
+            "POST",
+            "/v1/unlock",
+            body(serde_json::json!({ "passphrase": "TRACEWRONG-1c2d3e" })),
+        ),
+        (
+            "POST",
+            "/v1/unlock",
+            body(serde_json::json!({ "passphrase": "TRACEPASS-4b5c6d" })),
+        ),
+    ];
+    for (method, path, request) in &calls {
+        f.api(method, path, request.as_ref());
+    }
+    assert_eq!(f.api_get("/v1/status")["locked"], false);
+    let storage = {
+        let vault = hearthd::vault::Vault::new(&f.data_dir);
+        let hearthd::vault::Opened::Storage(key) = vault
+            .unlock(&hearth_protocol::api::Passphrase::new(
+                "TRACEPASS-4b5c6d".to_owned(),
+            ))
+            .unwrap()
+        else {
+            panic!("the passphrase is the duress one")
+        };
+        hex::encode(key.expose())
+    };
+    f.stop();
+    j.stop();
+
+    let secret = token.rsplit(['-', '_', '.']).next().unwrap().to_owned();
+    let mut needles = vec![
+        "TRACEGROUP",
+        "TRACEPURPOSE",
+        "TRACEFRAN",
+        "TRACEJO",
+        "TRACEAGREE",
+        "TRACEPASS",
+        "TRACEDURESS",
+        "TRACEWRONG",
+        token.as_str(),
+        secret.as_str(),
+        spoken.as_str(),
+        group.as_str(),
+        storage.as_str(),
+    ];
+    needles.extend(member_ids.iter().map(String::as_str));
+    for d in [&f, &j] {
+        let log = d.log();
+        assert!(
+            log.lines().count() > 100,
+            "{} logged little at trace; the scan would prove nothing:\n{log}",
+            d.name
+        );
+        for needle in &needles {
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                panic!("{}'s trace log holds {needle}: {line}", d.name);
+            }
+        }
+    }
+}
