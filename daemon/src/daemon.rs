@@ -70,30 +70,51 @@ pub struct Started {
     pub stop: tokio::sync::watch::Sender<bool>,
 }
 
+/// Why [`start`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Networking did not start (a listen address was taken); the key comes back, so the
+    /// caller can try other addresses.
+    #[error("starting networking: {1:#}")]
+    Network(crate::vault::StorageKey, anyhow::Error),
+    #[error("{0:#}")]
+    Store(anyhow::Error),
+}
+
 /// Opens the store under `key`, loads the groups, starts networking and every background
 /// task. Runs on the unlocked runtime, so all it spawns ends when that runtime is shut down.
 pub async fn start(
     config: Config,
     dir: Arc<DataDir>,
     key: crate::vault::StorageKey,
-) -> anyhow::Result<Started> {
-    let node = Arc::new(
-        tokio::task::spawn_blocking(move || {
-            let opened = Store::open(dir, &key).map_err(anyhow::Error::from);
-            drop(key);
-            crate::wipe::scrub_stack();
-            let store = opened.context("opening the store")?;
-            Node::open(store).map_err(anyhow::Error::from)
-        })
-        .await
-        .context("loading the store")??,
-    );
-    let (net, events) = net::start(NetConfig {
+) -> Result<Started, StartError> {
+    // Networking first: if its address is taken, nothing was opened.
+    let (net, events) = match net::start(NetConfig {
         listen: config.listen.clone(),
         mdns: config.mdns,
     })
     .await
-    .context("starting networking")?;
+    {
+        Ok(started) => started,
+        Err(e) => return Err(StartError::Network(key, e.into())),
+    };
+    let loaded = tokio::task::spawn_blocking(move || {
+        let opened = Store::open(dir, &key).map_err(anyhow::Error::from);
+        drop(key);
+        crate::wipe::scrub_stack();
+        let store = opened.context("opening the store")?;
+        Node::open(store).map_err(anyhow::Error::from)
+    })
+    .await
+    .context("loading the store")
+    .and_then(|r| r);
+    let node = match loaded {
+        Ok(node) => Arc::new(node),
+        Err(e) => {
+            net.shutdown().await;
+            return Err(StartError::Store(e));
+        }
+    };
 
     peering::redial_remembered(node.clone(), net.clone());
     tokio::spawn(purge_invites(node.clone()));

@@ -107,6 +107,10 @@ pub struct Keeper {
     tries: std::sync::Mutex<Tries>,
     panicked: AtomicBool,
     exit: tokio::sync::watch::Sender<bool>,
+    /// The TCP port the first unlock was given for `--listen .../tcp/0`, asked for again
+    /// on every later unlock, so that peers who remember this daemon's address still
+    /// reach it after a lock.
+    port: std::sync::Mutex<Option<u16>>,
 }
 
 impl Keeper {
@@ -122,6 +126,7 @@ impl Keeper {
             tries: std::sync::Mutex::new(Tries::default()),
             panicked: AtomicBool::new(false),
             exit: tokio::sync::watch::channel(false).0,
+            port: std::sync::Mutex::new(None),
         })
     }
 
@@ -382,18 +387,35 @@ impl Keeper {
     }
 
     async fn start(&self, key: StorageKey) -> Result<Running, KeeperError> {
+        let port = *self.port.lock().unwrap_or_else(|p| p.into_inner());
+        match self.start_listening(key, port).await {
+            // The port was taken meanwhile: any port will do.
+            Err((Some(key), _)) if port.is_some() => {
+                self.start_listening(key, None).await.map_err(|(_, e)| e)
+            }
+            other => other.map_err(|(_, e)| e),
+        }
+    }
+
+    /// [`Keeper::start`] with `port` in place of the configured listen addresses' port 0.
+    /// Gives the key back when networking failed to start, for another try.
+    async fn start_listening(
+        &self,
+        key: StorageKey,
+        port: Option<u16>,
+    ) -> Result<Running, (Option<StorageKey>, KeeperError)> {
+        let mut config = self.config.clone();
+        if let Some(port) = port {
+            config.listen = config.listen.iter().map(|a| with_port(a, port)).collect();
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("hearthd-unlocked")
             .on_thread_stop(scrub_stack)
             .build()
-            .map_err(|e| KeeperError::Internal(e.into()))?;
+            .map_err(|e| (None, KeeperError::Internal(e.into())))?;
         let started = runtime
-            .spawn(crate::daemon::start(
-                self.config.clone(),
-                self.dir.clone(),
-                key,
-            ))
+            .spawn(crate::daemon::start(config, self.dir.clone(), key))
             .await;
         let started = match started {
             Ok(Ok(s)) => s,
@@ -401,13 +423,21 @@ impl Keeper {
                 let _ =
                     tokio::task::spawn_blocking(move || runtime.shutdown_timeout(SHUTDOWN_WAIT))
                         .await;
-                return Err(KeeperError::Internal(match failed {
-                    Ok(Err(e)) => e,
-                    Err(e) => e.into(),
+                return Err(match failed {
+                    Ok(Err(crate::daemon::StartError::Network(key, e))) => {
+                        (Some(key), KeeperError::Internal(e))
+                    }
+                    Ok(Err(e)) => (None, KeeperError::Internal(e.into())),
+                    Err(e) => (None, KeeperError::Internal(e.into())),
                     Ok(Ok(_)) => unreachable!("matched above"),
-                }));
+                });
             }
         };
+        if port.is_none() {
+            let bound = started.state.net.listen_addrs().await;
+            *self.port.lock().unwrap_or_else(|p| p.into_inner()) =
+                bound.iter().find_map(tcp_port);
+        }
         let node = Arc::downgrade(&started.state.node);
         let gate = Gate {
             router: crate::http::router(started.state.clone()),
@@ -484,6 +514,23 @@ fn destroy_everything(
     let _ = std::fs::remove_file(dir.join(store::LOCK_FILE));
     let _ = std::fs::remove_dir(dir);
     Ok(())
+}
+
+fn tcp_port(addr: &libp2p::Multiaddr) -> Option<u16> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Tcp(port) if port != 0 => Some(port),
+        _ => None,
+    })
+}
+
+/// `addr` with a TCP port of 0 replaced by `port`.
+fn with_port(addr: &libp2p::Multiaddr, port: u16) -> libp2p::Multiaddr {
+    addr.iter()
+        .map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(0) => libp2p::multiaddr::Protocol::Tcp(port),
+            other => other,
+        })
+        .collect()
 }
 
 /// Locks the daemon after `--auto-lock` without a client request.

@@ -383,3 +383,15 @@ fn an_interrupted_panic_leaves_nothing_readable() {
     );
     assert!(said.contains("missing"), "{said}");
 }
+
+/// Peers remember where a member's daemon listens; a lock must not move it.
+#[test]
+fn unlocking_again_listens_where_it_did() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start("D", &tmp.path().join("d"));
+    set_passphrase(&d, PASS);
+    let before = d.addr();
+    lock(&d);
+    assert_eq!(unlock(&d, PASS).0, 200);
+    assert_eq!(d.addr(), before);
+}
