@@ -183,7 +183,13 @@ fn no_key_or_content_left_after(d: &Daemon, lock_it: impl FnOnce(&Daemon)) {
     let group = group_with(d, marker);
     set_passphrase(d, PASS);
     assert_eq!(d.agreement_texts(&group), vec![marker]);
-    let keys = key_material(&d.data_dir, PASS);
+    let mut keys = key_material(&d.data_dir, PASS);
+    // An open invite's secret is a key too.
+    let token = d.json(&["invite", &group])["token"].as_str().unwrap().to_owned();
+    let secret = hearth_protocol::invite::InviteToken::decode(&token)
+        .expect("a token")
+        .secret;
+    keys.push(secret.to_vec());
     let pid = d.pid().expect("running");
     let mut needles: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
     needles.push(marker.as_bytes());
