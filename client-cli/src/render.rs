@@ -29,7 +29,20 @@ pub fn status(status: &Status) -> String {
     } else {
         addrs
     };
+    let passphrase = if status.passphrase {
+        "set"
+    } else {
+        "none: the storage key sits in a key file in the data directory (add one with \
+         `hearth passphrase set`)"
+    };
+    let auto_lock = match status.auto_lock_secs {
+        Some(secs) => format!("after {} without a request", in_words(secs)),
+        None => "off".to_owned(),
+    };
     fields(&[
+        ("state", vec!["unlocked".to_owned()]),
+        ("passphrase", vec![passphrase.to_owned()]),
+        ("auto-lock", vec![auto_lock]),
         (
             "peers",
             vec![format!("{} connected", status.peers.unwrap_or(0))],
@@ -38,6 +51,45 @@ pub fn status(status: &Status) -> String {
         ("listening on", listening),
     ])
 }
+
+/// `hearth unlock`.
+pub fn unlocked(status: &Status) -> String {
+    if status.locked {
+        // hearthd would have refused a wrong passphrase; say what it says rather than guess.
+        return "hearthd answered, but says it is still locked. Check with `hearth status`.\n"
+            .to_owned();
+    }
+    "Unlocked. hearthd is syncing again.\n".to_owned()
+}
+
+/// `hearth lock`.
+pub fn locked(status: &Status) -> String {
+    if !status.locked {
+        return "hearthd answered, but says it is not locked. Check with `hearth status`.\n"
+            .to_owned();
+    }
+    "Locked: hearthd dropped every key and stopped syncing. Unlock it with `hearth unlock`.\n"
+        .to_owned()
+}
+
+/// `hearth panic`: one short line, as it is meant for a key binding.
+pub fn panicked() -> String {
+    "Done: hearthd destroyed its keys and data, and stopped.\n".to_owned()
+}
+
+/// `hearth passphrase set`.
+pub const PASSPHRASE_SET: &str = "A passphrase now protects the storage key: `hearth unlock` \
+     needs it from now on. If you forget it, the groups on this device cannot be opened again.\n";
+/// `hearth passphrase change`.
+pub const PASSPHRASE_CHANGED: &str =
+    "The passphrase is changed: `hearth unlock` needs the new one from now on.\n";
+/// `hearth passphrase remove`.
+pub const PASSPHRASE_REMOVED: &str = "The passphrase is removed. The storage key now sits in a \
+     key file in hearthd's data directory: anyone who copies that directory can read your \
+     groups. Add a passphrase again with `hearth passphrase set`.\n";
+/// `hearth passphrase duress`.
+pub const DURESS_SET: &str = "The duress passphrase is set. Given to `hearth unlock`, it \
+     destroys every key and all of hearth's data on this device instead of unlocking it.\n";
 
 pub fn group_created(name: &str, created: &GroupCreated) -> String {
     let id = clean(&created.group_id);
@@ -805,11 +857,56 @@ mod tests {
         assert_eq!(
             super::status(&status),
             format!(
-                "peers         2 connected\n\
+                "state         unlocked\n\
+                 passphrase    none: the storage key sits in a key file in the data directory \
+                 (add one with `hearth passphrase set`)\n\
+                 auto-lock     off\n\
+                 peers         2 connected\n\
                  groups        1\n\
                  listening on  /ip4/127.0.0.1/tcp/4001\n              /ip6/::1/tcp/4001\n"
             )
         );
+        let protected = super::status(&Status {
+            passphrase: true,
+            auto_lock_secs: Some(900),
+            ..status.clone()
+        });
+        assert!(protected.contains("passphrase    set\n"), "{protected}");
+        assert!(
+            protected.contains("auto-lock     after 15 minutes without a request\n"),
+            "{protected}"
+        );
+    }
+
+    #[test]
+    fn a_locked_status_says_so_and_how_to_unlock() {
+        let status = Status {
+            locked: true,
+            passphrase: true,
+            auto_lock_secs: None,
+            listen_addrs: None,
+            peers: None,
+            groups: None,
+        };
+        let text = super::status(&status);
+        assert!(text.starts_with("hearthd is locked"), "{text}");
+        assert!(text.contains("`hearth unlock`"), "{text}");
+        assert_eq!(
+            unlocked(&status),
+            "hearthd answered, but says it is still locked. Check with `hearth status`.\n"
+        );
+        assert_eq!(
+            locked(&status),
+            "Locked: hearthd dropped every key and stopped syncing. Unlock it with `hearth \
+             unlock`.\n"
+        );
+        let open = Status {
+            locked: false,
+            ..status
+        };
+        assert_eq!(unlocked(&open), "Unlocked. hearthd is syncing again.\n");
+        assert!(locked(&open).contains("not locked"));
+        assert_eq!(panicked().lines().count(), 1);
     }
 
     #[test]
