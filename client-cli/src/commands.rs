@@ -521,13 +521,13 @@ pub fn human(
             i64::try_from(now).unwrap_or(i64::MAX),
         ),
         Command::Invite {
-            manage: Some(InviteCommand::List { group }),
+            manage: Some(InviteCommand::List { .. }),
             ..
-        } => render::invite_list(arg(group)?, &decode::<InviteList>(answer, &what)?, now),
+        } => render::invite_list(&decode::<InviteList>(answer, &what)?, now),
         Command::Invite {
-            manage: Some(InviteCommand::Withdraw { group, .. }),
+            manage: Some(InviteCommand::Withdraw { .. }),
             ..
-        } => render::invite_withdrawn(arg(group)?, &decode::<InviteWithdrawn>(answer, &what)?),
+        } => render::invite_withdrawn(&decode::<InviteWithdrawn>(answer, &what)?),
         Command::Invite {
             manage: Some(InviteCommand::Approve { group, deny, .. }),
             ..
@@ -959,9 +959,7 @@ mod tests {
         let warning = warning(&list, &json!([member("Sam", true)])).unwrap();
         assert!(warning.contains("\"Sam\""), "{warning}");
         assert!(
-            warning.contains(
-                "hearth member verify 'Thursday circle' fedcba9876543210fedcba9876543210"
-            ),
+            warning.ends_with("face to face: hearth member verify\n"),
             "{warning}"
         );
         assert_eq!(super::warning(&list, &json!([member("Sam", false)])), None);
@@ -1173,7 +1171,7 @@ mod tests {
              \n\
              \x20   4-lantern-orchard-meadow\n\
              \n\
-             They run: hearth join 4-lantern-orchard-meadow\n\
+             They run `hearth join` and type the code when it asks.\n\
              Waiting for their device... You will be asked to let them in. (Ctrl-C stops \
              waiting; the code stays valid until it expires)\n"
         );
@@ -1183,7 +1181,7 @@ mod tests {
         assert!(
             out.ends_with(
                 "The code stays valid until it expires. When their device has found yours, it \
-                 waits for you to let them in: hearth invite approve 'Thursday circle' 4\n"
+                 waits for you to let them in: hearth invite approve 4\n"
             ),
             "{out}"
         );
