@@ -52,9 +52,10 @@ fn main() -> ExitCode {
 }
 
 fn run(mut cli: Cli) -> Result<()> {
+    // First, so that nobody types a passphrase for a hearth that has no socket to send it to.
+    let socket = socket::resolve_from_env(cli.socket.take())?;
     // Values given as `-` or left out, passphrases and confirmations; prompts go to stderr.
     commands::prepare(&mut cli.command, cli.json, &mut input::Terminal)?;
-    let socket = socket::resolve_from_env(cli.socket.take())?;
     let call = commands::api_call(&cli.command)?;
     if let Command::Join {
         token: Some(token), ..
