@@ -19,6 +19,10 @@ const MEMBER_HELP: &str = "The member: their member id or their name, when exact
 /// hearth: small, private peer-support groups, run from your own device.
 ///
 /// A thin client of the local hearthd daemon, which must be running.
+///
+/// Leave out a group name, text, member name, invite token or code and hearth asks for it
+/// (tokens and codes without echo), or give `-` to read it from standard input: either
+/// keeps it out of your shell's history and the process list.
 #[derive(Debug, Parser)]
 #[command(name = "hearth", version, propagate_version = true)]
 pub struct Cli {
@@ -125,7 +129,7 @@ pub enum Command {
     /// --code a short code to say aloud to someone in the same room. `hearth invite list
     /// GROUP` and `hearth invite withdraw GROUP ID` show and withdraw the open ones, and
     /// `hearth invite approve GROUP NUMBER` lets in someone who used a code. A group named
-    /// `list`, `withdraw` or `approve` is named by its id here
+    /// `list`, `withdraw` or `approve` is named by its id here (or given when hearth asks)
     #[command(args_conflicts_with_subcommands = true)]
     Invite {
         #[command(subcommand)]
