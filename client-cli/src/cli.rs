@@ -5,13 +5,24 @@ use std::path::PathBuf;
 use clap::builder::NonEmptyStringValueParser;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use hearth_protocol::api::Role;
+use hearth_protocol::api::{Passphrase, Role};
 
 use crate::duration::{check_code_ttl, parse_ttl};
+use crate::input::{self, Field, Slot};
+
+// The help of the arguments that can be `-` or left out (see `input`).
+const GROUP_HELP: &str = "The group: its id or its (unique) name. `-` reads it from standard \
+     input; left out, hearth asks for it";
+const MEMBER_HELP: &str = "The member: their member id or their name, when exactly one member \
+     has it. `-` reads it from standard input; left out, hearth asks for it";
 
 /// hearth: small, private peer-support groups, run from your own device.
 ///
 /// A thin client of the local hearthd daemon, which must be running.
+///
+/// Leave out a group name, text, member name, invite token or code and hearth asks for it
+/// (tokens and codes without echo), or give `-` to read it from standard input: either
+/// keeps it out of your shell's history and the process list.
 #[derive(Debug, Parser)]
 #[command(name = "hearth", version, propagate_version = true)]
 pub struct Cli {
@@ -41,7 +52,49 @@ impl Cli {
 
     /// The checks that depend on several arguments at once: `--ttl` with `--code` is held to
     /// a spoken code's shorter limit. Failures are clap usage errors (exit 2).
-    fn check(self) -> Result<Cli, clap::Error> {
+    fn check(mut self) -> Result<Cli, clap::Error> {
+        if let Command::Member(MemberCommand::Role {
+            words,
+            group,
+            member,
+            role,
+        }) = &mut self.command
+        {
+            let error = |kind, message: String| {
+                let mut root = Cli::command();
+                root.build();
+                match root
+                    .find_subcommand_mut("member")
+                    .and_then(|m| m.find_subcommand_mut("role"))
+                {
+                    Some(sub) => sub.error(kind, message),
+                    None => root.error(kind, message),
+                }
+            };
+            let mut words = std::mem::take(words).into_iter();
+            let last = words.next_back().unwrap_or_default();
+            *role = Some(RoleArg::from_str(&last, false).map_err(|_| {
+                error(
+                    ErrorKind::InvalidValue,
+                    format!(
+                        "invalid value '{last}' for '<ROLE>': the role is `facilitator` or \
+                         `member`, and comes last"
+                    ),
+                )
+            })?);
+            *group = words.next();
+            *member = words.next();
+            if [&*group, &*member]
+                .into_iter()
+                .any(|word| word.as_deref() == Some(""))
+            {
+                return Err(error(
+                    ErrorKind::InvalidValue,
+                    "a value is required for the group and the member, but none was supplied"
+                        .to_owned(),
+                ));
+            }
+        }
         if let Command::Invite {
             ttl: Some(ttl),
             code: true,
@@ -64,7 +117,7 @@ impl Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show this device's member id, addresses, connected peers and groups
+    /// Show whether hearthd is locked, its addresses, connected peers and groups
     Status,
     /// Create, list and show groups
     #[command(subcommand)]
@@ -76,13 +129,12 @@ pub enum Command {
     /// --code a short code to say aloud to someone in the same room. `hearth invite list
     /// GROUP` and `hearth invite withdraw GROUP ID` show and withdraw the open ones, and
     /// `hearth invite approve GROUP NUMBER` lets in someone who used a code. A group named
-    /// `list`, `withdraw` or `approve` is named by its id here
-    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    /// `list`, `withdraw` or `approve` is named by its id here (or given when hearth asks)
+    #[command(args_conflicts_with_subcommands = true)]
     Invite {
         #[command(subcommand)]
         manage: Option<InviteCommand>,
-        /// The group: its id or its (unique) name
-        #[arg(value_parser = NonEmptyStringValueParser::new(), required = true)]
+        #[arg(help = GROUP_HELP, value_parser = NonEmptyStringValueParser::new())]
         group: Option<String>,
         /// How long the invite stays valid: `900` (seconds), `90s`, `15m`, `2h`, `1d`. A token:
         /// at most `7d` [default: 15m]. A code: at most `1h` [default: 10m]
@@ -103,22 +155,23 @@ pub enum Command {
     },
     /// Join a group with an invite token you were handed, or a code you were told
     Join {
-        /// The invite token (`hearth1-…`) or the spoken code (e.g. `4-lantern-orchard-meadow`),
-        /// or `-` to read it from standard input (keeps it out of your shell history)
+        /// The invite token (`hearth1-…`) or the spoken code (e.g. `4-lantern-orchard-meadow`).
+        /// Leave it out to be asked for it (it is not shown as you type), or give `-` to read
+        /// it from standard input: either keeps it out of your shell history
         #[arg(value_name = "TOKEN|CODE", value_parser = NonEmptyStringValueParser::new())]
-        token: String,
-        /// The name the group's members will see you by, e.g. "Sam"
+        token: Option<String>,
+        /// The name the group's members will see you by. `--name -` reads it from standard
+        /// input; `--name` alone asks for it
         #[arg(long, value_name = "NAME", value_parser = NonEmptyStringValueParser::new())]
-        name: Option<String>,
+        name: Option<Option<String>>,
     },
     /// List a group's members, compare safety numbers, change roles, remove members
     #[command(subcommand)]
     Member(MemberCommand),
     /// Leave a group: the other members are told, and your copy on this device is destroyed
     Leave {
-        /// The group: its id or its (unique) name
-        #[arg(value_parser = NonEmptyStringValueParser::new())]
-        group: String,
+        #[arg(help = GROUP_HELP, value_parser = NonEmptyStringValueParser::new())]
+        group: Option<String>,
         /// Keep a read-only copy of the group on this device instead of destroying it
         #[arg(long)]
         keep_copy: bool,
@@ -130,6 +183,150 @@ pub enum Command {
     /// Connect to peers and list connected ones
     #[command(subcommand)]
     Peer(PeerCommand),
+    /// Unlock hearthd with its passphrase (asked for without echo), so it syncs again
+    Unlock {
+        /// Read the passphrase from standard input (one line) instead of asking on the
+        /// terminal
+        #[arg(long)]
+        passphrase_stdin: bool,
+        /// Filled in by `input`, never from the command line.
+        #[arg(skip)]
+        passphrase: Option<Passphrase>,
+    },
+    /// Lock hearthd: it drops every key and stops syncing until `hearth unlock`
+    Lock,
+    /// Destroy every key and all of hearth's data on this device at once, and stop hearthd.
+    /// Needs no passphrase, and works whether hearthd is locked or not
+    Panic {
+        /// Do not ask for confirmation (required with --json, or when standard input is
+        /// not a terminal)
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Set, change or remove the passphrase that protects hearthd's storage key, or set a
+    /// duress passphrase
+    #[command(subcommand)]
+    Passphrase(PassphraseCommand),
+}
+
+/// `hearth passphrase set|change|remove|duress`. The passphrases are asked for on the
+/// terminal without echo, or read from standard input with `--passphrase-stdin`; never
+/// taken as arguments. Each `Option<Passphrase>` is filled in by `input`.
+#[derive(Debug, Subcommand)]
+pub enum PassphraseCommand {
+    /// Protect the storage key with a passphrase, where there is none yet (asked twice)
+    Set {
+        /// Read the new passphrase from standard input (one line) instead of asking
+        #[arg(long)]
+        passphrase_stdin: bool,
+        #[arg(skip)]
+        new: Option<Passphrase>,
+    },
+    /// Change the passphrase: the current one, then the new one twice
+    Change {
+        /// Read the passphrases from standard input (two lines: the current one, then the
+        /// new one) instead of asking
+        #[arg(long)]
+        passphrase_stdin: bool,
+        #[arg(skip)]
+        current: Option<Passphrase>,
+        #[arg(skip)]
+        new: Option<Passphrase>,
+    },
+    /// Remove the passphrase: the storage key then sits in a file in the data directory,
+    /// readable by anyone who copies it
+    Remove {
+        /// Read the current passphrase from standard input (one line) instead of asking
+        #[arg(long)]
+        passphrase_stdin: bool,
+        /// Do not ask for confirmation (required with --json, or when standard input is
+        /// not a terminal)
+        #[arg(long, short = 'y')]
+        yes: bool,
+        #[arg(skip)]
+        current: Option<Passphrase>,
+    },
+    /// Set a duress passphrase: given to `hearth unlock`, it destroys everything on this
+    /// device instead of unlocking it
+    Duress {
+        /// Read the passphrases from standard input (two lines: the current passphrase,
+        /// then the duress one) instead of asking
+        #[arg(long)]
+        passphrase_stdin: bool,
+        #[arg(skip)]
+        current: Option<Passphrase>,
+        #[arg(skip)]
+        duress: Option<Passphrase>,
+    },
+}
+
+impl Command {
+    /// The arguments of this command that can be `-` or left out, in the order they are
+    /// asked for, with where each is kept: `input::resolve` fills them in.
+    pub fn inputs(&mut self) -> Vec<(Field, Slot<'_>)> {
+        use input::{AGREEMENT, GROUP, JOIN_NAME, MEMBER, MY_NAME, NEW_GROUP, PURPOSE, TOKEN};
+        let group = |group| (GROUP, Slot::Needed(group));
+        let member = |member| (MEMBER, Slot::Needed(member));
+        match self {
+            Command::Group(GroupCommand::Create {
+                name,
+                purpose,
+                my_name,
+            }) => vec![
+                (NEW_GROUP, Slot::Needed(name)),
+                (PURPOSE, Slot::Optional(purpose)),
+                (MY_NAME, Slot::Optional(my_name)),
+            ],
+            Command::Group(GroupCommand::Show { group: g })
+            | Command::Agreement(AgreementCommand::List { group: g })
+            | Command::Member(MemberCommand::List { group: g })
+            | Command::Leave { group: g, .. }
+            | Command::Invite {
+                manage:
+                    Some(
+                        InviteCommand::List { group: g }
+                        | InviteCommand::Approve { group: g, .. }
+                        | InviteCommand::Withdraw { group: g, .. },
+                    ),
+                ..
+            }
+            | Command::Invite {
+                manage: None,
+                group: g,
+                ..
+            } => vec![group(g)],
+            Command::Agreement(AgreementCommand::Add { group: g, text }) => {
+                vec![group(g), (AGREEMENT, Slot::Needed(text))]
+            }
+            Command::Member(
+                MemberCommand::Verify {
+                    group: g,
+                    member: m,
+                    ..
+                }
+                | MemberCommand::Role {
+                    group: g,
+                    member: m,
+                    ..
+                }
+                | MemberCommand::Remove {
+                    group: g,
+                    member: m,
+                },
+            ) => vec![group(g), member(m)],
+            Command::Join { token, name } => vec![
+                (TOKEN, Slot::Needed(token)),
+                (JOIN_NAME, Slot::Optional(name)),
+            ],
+            Command::Status
+            | Command::Group(GroupCommand::List)
+            | Command::Peer(_)
+            | Command::Unlock { .. }
+            | Command::Lock
+            | Command::Panic { .. }
+            | Command::Passphrase(_) => Vec::new(),
+        }
+    }
 }
 
 /// `hearth invite list|withdraw|approve`: the open invites of a group.
@@ -138,17 +335,16 @@ pub enum InviteCommand {
     /// List a group's open invites (tokens and spoken codes) and when each expires; the
     /// secrets themselves are not shown again
     List {
-        /// The group: its id or its (unique) name
-        #[arg(value_parser = NonEmptyStringValueParser::new())]
-        group: String,
+        #[arg(help = GROUP_HELP, value_parser = NonEmptyStringValueParser::new())]
+        group: Option<String>,
     },
     /// Let in (or with --deny turn away) the person whose device matched a spoken code and
     /// now waits for your approval (`hearth invite GROUP --code` asks you itself on a
     /// terminal; this is for `--no-wait`, `--json` and scripts)
+    #[command(allow_missing_positional = true)]
     Approve {
-        /// The group: its id or its (unique) name
-        #[arg(value_parser = NonEmptyStringValueParser::new())]
-        group: String,
+        #[arg(help = GROUP_HELP, value_parser = NonEmptyStringValueParser::new())]
+        group: Option<String>,
         /// The code's number (the first part of the code)
         #[arg(value_parser = clap::value_parser!(u16).range(1..=999))]
         number: u16,
@@ -161,10 +357,10 @@ pub enum InviteCommand {
         member: Option<String>,
     },
     /// Withdraw an open invite, so that nobody can join with it any more
+    #[command(allow_missing_positional = true)]
     Withdraw {
-        /// The group: its id or its (unique) name
-        #[arg(value_parser = NonEmptyStringValueParser::new())]
-        group: String,
+        #[arg(help = GROUP_HELP, value_parser = NonEmptyStringValueParser::new())]
+        group: Option<String>,
         /// The invite's id, as `hearth invite list` shows it: 8 hex digits for a token, the
         /// number for a spoken code
         #[arg(value_parser = NonEmptyStringValueParser::new())]
@@ -176,42 +372,42 @@ pub enum InviteCommand {
 pub enum GroupCommand {
     /// Create a group, with you as its facilitator
     Create {
-        /// The group's name, e.g. "Thursday circle"
+        /// The group's name. `-` reads it from standard input; left out, hearth asks for it
         #[arg(value_parser = NonEmptyStringValueParser::new())]
-        name: String,
-        /// What the group is for, in a sentence
+        name: Option<String>,
+        /// What the group is for, in a sentence. `--purpose -` reads it from standard input;
+        /// `--purpose` alone asks for it
         #[arg(long, value_name = "TEXT")]
-        purpose: Option<String>,
-        /// The name the group's members will see you by, e.g. "Ana"
+        purpose: Option<Option<String>>,
+        /// The name the group's members will see you by. `--my-name -` reads it from
+        /// standard input; `--my-name` alone asks for it
         #[arg(long, value_name = "NAME", value_parser = NonEmptyStringValueParser::new())]
-        my_name: Option<String>,
+        my_name: Option<Option<String>>,
     },
     /// List the groups you belong to
     List,
     /// Show a group's purpose, members and agreements
     Show {
-        /// The group: its id or its (unique) name
-        #[arg(value_parser = NonEmptyStringValueParser::new())]
-        group: String,
+        #[arg(help = GROUP_HELP, value_parser = NonEmptyStringValueParser::new())]
+        group: Option<String>,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum AgreementCommand {
-    /// Propose an agreement to a group (quote the text)
+    /// Propose an agreement to a group (hearth asks for the group, then the text)
     Add {
-        /// The group: its id or its (unique) name
+        #[arg(help = GROUP_HELP, value_parser = NonEmptyStringValueParser::new())]
+        group: Option<String>,
+        /// The agreement's text. `-` reads it from standard input (to its end, so it can be
+        /// several lines); left out, hearth asks for it
         #[arg(value_parser = NonEmptyStringValueParser::new())]
-        group: String,
-        /// The agreement, e.g. "What is said here stays here."
-        #[arg(value_parser = NonEmptyStringValueParser::new())]
-        text: String,
+        text: Option<String>,
     },
     /// List a group's agreements
     List {
-        /// The group: its id or its (unique) name
-        #[arg(value_parser = NonEmptyStringValueParser::new())]
-        group: String,
+        #[arg(help = GROUP_HELP, value_parser = NonEmptyStringValueParser::new())]
+        group: Option<String>,
     },
 }
 
@@ -219,44 +415,46 @@ pub enum AgreementCommand {
 pub enum MemberCommand {
     /// List a group's members: name, role, whether you verified them, when they joined
     List {
-        /// The group: its id or its (unique) name
-        #[arg(value_parser = NonEmptyStringValueParser::new())]
-        group: String,
+        #[arg(help = GROUP_HELP, value_parser = NonEmptyStringValueParser::new())]
+        group: Option<String>,
     },
     /// Show the safety number you share with a member, to compare face to face; with
     /// --confirm, mark them verified
     Verify {
-        /// The group: its id or its (unique) name
-        #[arg(value_parser = NonEmptyStringValueParser::new())]
-        group: String,
-        /// The member: their member id or their name, when exactly one member has it
-        #[arg(value_parser = NonEmptyStringValueParser::new())]
-        member: String,
+        #[arg(help = GROUP_HELP, value_parser = NonEmptyStringValueParser::new())]
+        group: Option<String>,
+        #[arg(help = MEMBER_HELP, value_parser = NonEmptyStringValueParser::new())]
+        member: Option<String>,
         /// The digits matched on both screens: mark the member verified
         #[arg(long)]
         confirm: bool,
     },
     /// Make a member a facilitator, or a plain member again (facilitators only)
+    // clap fills positionals from the left, so `[GROUP] [MEMBER] ROLE` is taken as words
+    // and sorted out by `Cli::check`: the last is the role.
+    #[command(override_usage = "hearth member role [OPTIONS] [GROUP] [MEMBER] <ROLE>")]
     Role {
-        /// The group: its id or its (unique) name
-        #[arg(value_parser = NonEmptyStringValueParser::new())]
-        group: String,
-        /// The member: their member id or their name, when exactly one member has it
-        #[arg(value_parser = NonEmptyStringValueParser::new())]
-        member: String,
-        /// The new role
-        #[arg(value_enum)]
-        role: RoleArg,
+        /// The group (its id or its (unique) name), the member (their member id, or their
+        /// name when exactly one member has it), and the new role: `facilitator` or `member`.
+        /// The group and the member can each be `-` to read it from standard input, or left
+        /// out to be asked for (`hearth member role facilitator` asks for both)
+        #[arg(value_name = "GROUP MEMBER ROLE", num_args = 1..=3, required = true)]
+        words: Vec<String>,
+        /// Filled in by `Cli::check` from `words`.
+        #[arg(skip)]
+        group: Option<String>,
+        #[arg(skip)]
+        member: Option<String>,
+        #[arg(skip)]
+        role: Option<RoleArg>,
     },
     /// Remove a member from a group; a new key then protects what is written next
     /// (facilitators only)
     Remove {
-        /// The group: its id or its (unique) name
-        #[arg(value_parser = NonEmptyStringValueParser::new())]
-        group: String,
-        /// The member: their member id or their name, when exactly one member has it
-        #[arg(value_parser = NonEmptyStringValueParser::new())]
-        member: String,
+        #[arg(help = GROUP_HELP, value_parser = NonEmptyStringValueParser::new())]
+        group: Option<String>,
+        #[arg(help = MEMBER_HELP, value_parser = NonEmptyStringValueParser::new())]
+        member: Option<String>,
     },
 }
 
@@ -344,7 +542,7 @@ mod tests {
                 manage: Some(InviteCommand::List { group }),
                 group: None,
                 ..
-            } => assert_eq!(group, "Thursday circle"),
+            } => assert_eq!(group.as_deref(), Some("Thursday circle")),
             other => panic!("parsed as {other:?}"),
         }
         match parse(&["invite", "withdraw", "g", "3f9a0c12"])
@@ -354,13 +552,23 @@ mod tests {
             Command::Invite {
                 manage: Some(InviteCommand::Withdraw { group, id }),
                 ..
-            } => assert_eq!((group.as_str(), id.as_str()), ("g", "3f9a0c12")),
+            } => assert_eq!((group.as_deref(), id.as_str()), (Some("g"), "3f9a0c12")),
+            other => panic!("parsed as {other:?}"),
+        }
+        // Left out, the group is asked for (see `input`); the id is not a secret and
+        // must be given.
+        for args in [&["invite"][..], &["invite", "list"], &["invite", "--code"]] {
+            assert!(parse(args).is_ok(), "{args:?}");
+        }
+        match parse(&["invite", "withdraw", "3f9a0c12"]).unwrap().command {
+            Command::Invite {
+                manage: Some(InviteCommand::Withdraw { group, id }),
+                ..
+            } => assert_eq!((group, id.as_str()), (None, "3f9a0c12")),
             other => panic!("parsed as {other:?}"),
         }
         for args in [
-            &["invite"][..],
-            &["invite", "list"],
-            &["invite", "withdraw", "g"],
+            &["invite", "withdraw"][..],
             &["invite", "withdraw", "g", ""],
             &["invite", "list", "g", "--code"],
         ] {
@@ -385,13 +593,22 @@ mod tests {
                     }),
                 ..
             } => assert_eq!(
-                (group.as_str(), number, deny, member.as_deref()),
-                ("g", 4, false, Some("ab12"))
+                (group.as_deref(), number, deny, member.as_deref()),
+                (Some("g"), 4, false, Some("ab12"))
             ),
             other => panic!("{other:?}"),
         }
+        // The group left out: the one argument is the number.
+        match parse(&["invite", "approve", "4"]).unwrap().command {
+            Command::Invite {
+                manage: Some(InviteCommand::Approve { group, number, .. }),
+                ..
+            } => assert_eq!((group, number), (None, 4)),
+            other => panic!("{other:?}"),
+        }
         for args in [
-            &["invite", "approve", "g"][..],
+            &["invite", "approve"][..],
+            &["invite", "approve", "g"],
             &["invite", "approve", "g", "0"],
             &["invite", "approve", "g", "1000"],
             &["invite", "approve", "g", "x"],
@@ -480,15 +697,39 @@ mod tests {
                 group,
                 member,
                 role,
+                ..
             }) => {
                 assert_eq!(
-                    (group.as_str(), member.as_str()),
-                    ("Thursday circle", "Sam Lee")
+                    (group.as_deref(), member.as_deref()),
+                    (Some("Thursday circle"), Some("Sam Lee"))
                 );
-                assert_eq!(role, RoleArg::Facilitator);
-                assert_eq!(Role::from(role), Role::Facilitator);
+                assert_eq!(role, Some(RoleArg::Facilitator));
+                assert_eq!(Role::from(RoleArg::Facilitator), Role::Facilitator);
             }
             other => panic!("parsed as {other:?}"),
+        }
+        // The role comes last; what is left out before it is asked for.
+        for (args, expected) in [
+            (&["member", "role", "member"][..], (None, None)),
+            (&["member", "role", "-", "member"], (Some("-"), None)),
+            (
+                &["member", "role", "g", "-", "member"],
+                (Some("g"), Some("-")),
+            ),
+        ] {
+            match parse(args).unwrap().command {
+                Command::Member(MemberCommand::Role {
+                    group,
+                    member,
+                    role,
+                    words,
+                }) => {
+                    assert_eq!((group.as_deref(), member.as_deref()), expected, "{args:?}");
+                    assert_eq!(role, Some(RoleArg::Member));
+                    assert!(words.is_empty());
+                }
+                other => panic!("parsed as {other:?}"),
+            }
         }
         let cli = parse(&["member", "verify", "g", "Sam", "--confirm"]).unwrap();
         assert!(matches!(
@@ -521,8 +762,16 @@ mod tests {
                 "{text}"
             );
         }
-        let err = parse(&["member", "role", "g", "Sam"]).unwrap_err();
-        assert_eq!(err.exit_code(), i32::from(EXIT_USAGE));
+        for args in [
+            &["member", "role", "g", "Sam"][..],
+            &["member", "role"],
+            &["member", "role", "g", "Sam", "member", "x"],
+            &["member", "role", "", "Sam", "member"],
+            &["member", "role", "g", "", "member"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.exit_code(), i32::from(EXIT_USAGE), "{args:?}");
+        }
     }
 
     #[test]
@@ -532,14 +781,14 @@ mod tests {
             .command
         {
             Command::Group(GroupCommand::Create { my_name, .. }) => {
-                assert_eq!(my_name.as_deref(), Some("Ana"));
+                assert_eq!(my_name, Some(Some("Ana".to_owned())));
             }
             other => panic!("parsed as {other:?}"),
         }
         match parse(&["join", "-", "--name", "Sam Lee"]).unwrap().command {
             Command::Join { token, name } => {
-                assert_eq!(token, "-");
-                assert_eq!(name.as_deref(), Some("Sam Lee"));
+                assert_eq!(token.as_deref(), Some("-"));
+                assert_eq!(name, Some(Some("Sam Lee".to_owned())));
             }
             other => panic!("parsed as {other:?}"),
         }
@@ -551,7 +800,7 @@ mod tests {
                 group,
                 keep_copy,
                 yes,
-            } => assert_eq!((group.as_str(), keep_copy, yes), ("g", true, true)),
+            } => assert_eq!((group.as_deref(), keep_copy, yes), (Some("g"), true, true)),
             other => panic!("parsed as {other:?}"),
         }
         match parse(&["--json", "leave", "g", "-y"]).unwrap().command {

@@ -16,7 +16,7 @@ use hearth_protocol::api::{
 };
 use serde_json::Value;
 
-use crate::render::{clean, shell_word};
+use crate::render::{clean, suggested};
 
 /// Added to the code's remaining lifetime in each wait, so that hearthd's answer to the
 /// last one already says `expired` rather than `open`.
@@ -197,7 +197,7 @@ pub fn approval_hint(group: &str, channel: u16, status: &CodeStatus) -> String {
         Some(name) if !name.is_empty() => format!("\"{}\"", clean(name)),
         _ => "someone who gave no name".to_owned(),
     };
-    let group = clean(&shell_word(group));
+    let group = clean(&suggested(&[group]));
     let member = status
         .member_id
         .as_deref()
@@ -205,7 +205,7 @@ pub fn approval_hint(group: &str, channel: u16, status: &CodeStatus) -> String {
         .unwrap_or_default();
     format!(
         "hearth: a device that knows the code asks to join as {who}. Nobody is let in \
-         without your approval: hearth invite approve {group} {channel}{member} (or add \
+         without your approval: hearth invite approve{group} {channel}{member} (or add \
          --deny to turn them away; they are turned away by themselves after {} minutes).",
         CODE_APPROVAL_SECS / 60
     )
@@ -223,7 +223,7 @@ pub struct CodeNotUsed {
 /// stdout when someone joined, else a [`CodeNotUsed`] (exit 1). `group` is as the user
 /// typed it.
 pub fn outcome(group: &str, status: &CodeStatus) -> Result<String> {
-    let again = format!("hearth invite {} --code", shell_word(group));
+    let again = format!("hearth invite{} --code", suggested(&[group]));
     let (state, message) = match status.state {
         CodeState::Joined => return Ok(joined(group, status)),
         CodeState::WrongCode => (
@@ -277,18 +277,17 @@ fn joined(group: &str, status: &CodeStatus) -> String {
         _ => "Someone (no name given)".to_owned(),
     };
     let shown = clean(group);
-    let group = clean(&shell_word(group));
     match status.member_id.as_deref() {
-        Some(id) => {
-            let id = clean(id);
-            format!(
-                "{who} joined \"{shown}\" (member {id}). Compare safety numbers, face to \
-                 face: hearth member verify {group} {id}\n"
-            )
-        }
+        Some(id) => format!(
+            "{who} joined \"{shown}\" (member {}). Compare safety numbers, face to face: \
+             hearth member verify{}\n",
+            clean(id),
+            clean(&suggested(&[group, id]))
+        ),
         None => format!(
-            "{who} joined \"{shown}\". See them with `hearth member list {group}`, then \
-             compare safety numbers, face to face: hearth member verify {group} MEMBER\n"
+            "{who} joined \"{shown}\". See them with `hearth member list{}`, then compare \
+             safety numbers, face to face: hearth member verify\n",
+            clean(&suggested(&[group]))
         ),
     }
 }
@@ -443,7 +442,7 @@ mod tests {
         );
         let text = approval_hint("g", 4, &w.decided[0]);
         assert!(
-            text.contains(&format!("hearth invite approve g 4 --member {ID}")),
+            text.contains(&format!("hearth invite approve 4 --member {ID}")),
             "{text}"
         );
         assert!(approval_question("g", 4, &w.decided[0]).contains("[y/N]"));
@@ -470,8 +469,15 @@ mod tests {
             outcome("Thursday circle", &status).unwrap(),
             format!(
                 "Sam joined \"Thursday circle\" (member {ID}). Compare safety numbers, face to \
-                 face: hearth member verify 'Thursday circle' {ID}\n"
+                 face: hearth member verify\n"
             )
+        );
+        // A group named by its id is named again: ids are no secret.
+        let group = "0123456789abcdef0123456789abcdef";
+        assert!(
+            outcome(group, &status)
+                .unwrap()
+                .ends_with(&format!("hearth member verify {group} {ID}\n"))
         );
     }
 
@@ -490,10 +496,7 @@ mod tests {
             text.starts_with("Someone (no name given) joined \"g\""),
             "{text}"
         );
-        assert!(
-            text.contains(&format!("hearth member verify g {ID}")),
-            "{text}"
-        );
+        assert!(text.ends_with("hearth member verify\n"), "{text}");
     }
 
     #[test]
@@ -511,7 +514,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "The code was tried with the wrong words too often, so it no longer works. Make a \
-             new one: hearth invite 'Thursday circle' --code"
+             new one: hearth invite --code"
         );
         assert_eq!(
             err.downcast_ref::<CodeNotUsed>().unwrap().state,
@@ -530,7 +533,7 @@ mod tests {
         assert_eq!(exit_code(&err), EXIT_FAILURE);
         assert_eq!(
             err.to_string(),
-            "The code expired unused. Make a new one: hearth invite g --code"
+            "The code expired unused. Make a new one: hearth invite --code"
         );
     }
 

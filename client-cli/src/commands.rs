@@ -2,12 +2,13 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use hearth_protocol::api::{
-    API_PREFIX, AddAgreement, AddPeer, Agreement, AgreementAdded, CodeApproval, CodeCreated,
+    self, API_PREFIX, AddAgreement, AddPeer, Agreement, AgreementAdded, CodeApproval, CodeCreated,
     CodeStatus, CreateCode, CreateGroup, CreateInvite, GroupCreated, GroupDetail, GroupSummary,
     InviteCreated, InviteList, InviteWithdrawn, Join, Joined, Leave, Left, MemberInfo,
-    MemberRemoved, Peer, PeerAdded, SafetyNumber, SetRole, Status,
+    MemberRemoved, Panicked, Passphrase, Peer, PeerAdded, RemovePassphrase, SafetyNumber,
+    SetDuress, SetPassphrase, SetRole, Status, Unlock,
 };
 use hyper::Method;
 use serde::Serialize;
@@ -15,8 +16,12 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::cli::{
-    AgreementCommand, Command, GroupCommand, InviteCommand, MemberCommand, PeerCommand,
+    AgreementCommand, Command, GroupCommand, InviteCommand, MemberCommand, PassphraseCommand,
+    PeerCommand,
 };
+use crate::confirm::{self, Consent, Yes};
+use crate::error::ApiFailure;
+use crate::input::{self, Console, Secret};
 use crate::path::encode_segment;
 use crate::render;
 
@@ -50,7 +55,131 @@ impl ApiCall {
     }
 }
 
-/// The request `command` makes.
+/// What the duress passphrase does, said on the terminal before it is asked for.
+pub const DURESS_EXPLANATION: &str = "A duress passphrase is for when someone forces you to \
+     unlock hearth: given to `hearth unlock`, it destroys every key and all of hearth's data on \
+     this device instead, and leaves what looks like a fresh hearth, locked by it. Choose one \
+     that differs from your passphrase.\n";
+
+/// Everything `command` needs before its request that the command line did not give:
+/// values that are `-` or left out (see `input`), passphrases, and a yes for what cannot
+/// be undone. Usage errors (nothing sent) come before anything is read or asked.
+pub fn prepare(command: &mut Command, json: bool, console: &mut impl Console) -> Result<()> {
+    // Whether to ask for a yes; a refusal comes before anything is read.
+    let consent = match command {
+        Command::Leave { yes, .. } => Some((confirm::LEAVE, *yes)),
+        Command::Panic { yes } => Some((confirm::PANIC, *yes)),
+        Command::Passphrase(PassphraseCommand::Remove { yes, .. }) => {
+            Some((confirm::REMOVE_PASSPHRASE, *yes))
+        }
+        _ => None,
+    }
+    .map(|(action, yes)| confirm::consent(action, yes, json, console.stdin_is_terminal()));
+    if let Some(Consent::Refused(refusal)) = consent {
+        return Err(refusal.into());
+    }
+    input::resolve(command.inputs(), console)?;
+    if consent == Some(Consent::Ask) {
+        let (question, yes, declined) = match command {
+            Command::Leave {
+                group, keep_copy, ..
+            } => (
+                confirm::leave_question(arg(group)?, *keep_copy),
+                Yes::YOrYes,
+                "not leaving: you did not answer y.",
+            ),
+            Command::Panic { .. } => (
+                confirm::PANIC_QUESTION.to_owned(),
+                Yes::Word,
+                "not destroying anything: you did not type yes.",
+            ),
+            _ => (
+                confirm::REMOVE_PASSPHRASE_QUESTION.to_owned(),
+                Yes::YOrYes,
+                "keeping the passphrase: you did not answer y.",
+            ),
+        };
+        let answer = console
+            .ask(&question)
+            .context("reading your answer from standard input")?;
+        confirm::check(&answer, yes, declined)?;
+    }
+    let mut read = |secrets: &[Secret], from_stdin: bool| {
+        input::passphrases(secrets, from_stdin, console).map(|got| got.into_iter())
+    };
+    match command {
+        Command::Unlock {
+            passphrase_stdin,
+            passphrase,
+        } => {
+            *passphrase = read(&[input::PASSPHRASE], *passphrase_stdin)?.next();
+        }
+        Command::Passphrase(PassphraseCommand::Set {
+            passphrase_stdin,
+            new,
+        }) => {
+            *new = read(&[input::NEW_PASSPHRASE], *passphrase_stdin)?.next();
+        }
+        Command::Passphrase(PassphraseCommand::Change {
+            passphrase_stdin,
+            current,
+            new,
+        }) => {
+            let mut got = read(
+                &[input::CURRENT_PASSPHRASE, input::NEW_PASSPHRASE],
+                *passphrase_stdin,
+            )?;
+            (*current, *new) = (got.next(), got.next());
+        }
+        Command::Passphrase(PassphraseCommand::Remove {
+            passphrase_stdin,
+            current,
+            ..
+        }) => {
+            *current = read(&[input::CURRENT_PASSPHRASE], *passphrase_stdin)?.next();
+        }
+        Command::Passphrase(PassphraseCommand::Duress {
+            passphrase_stdin,
+            current,
+            duress,
+        }) => {
+            if console.stdin_is_terminal() {
+                console.say(DURESS_EXPLANATION);
+            }
+            let mut got = input::passphrases(
+                &[input::CURRENT_PASSPHRASE, input::DURESS_PASSPHRASE],
+                *passphrase_stdin,
+                console,
+            )?
+            .into_iter();
+            (*current, *duress) = (got.next(), got.next());
+            if current.is_some() && current == duress {
+                bail!(
+                    "the duress passphrase must differ from your passphrase: given to `hearth \
+                     unlock`, it destroys everything. Nothing was sent to hearthd."
+                );
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A value that `prepare` has filled in.
+fn arg(value: &Option<String>) -> Result<&str> {
+    value
+        .as_deref()
+        .ok_or_else(|| anyhow!("a value the command needs was not read (a bug in hearth)"))
+}
+
+/// A passphrase that `prepare` has filled in.
+fn secret(value: &Option<Passphrase>) -> Result<Passphrase> {
+    value
+        .clone()
+        .ok_or_else(|| anyhow!("a passphrase the command needs was not read (a bug in hearth)"))
+}
+
+/// The request `command` makes, once `prepare` has filled it in.
 pub fn api_call(command: &Command) -> Result<ApiCall> {
     Ok(match command {
         Command::Status => get(path(&["status"])),
@@ -61,24 +190,26 @@ pub fn api_call(command: &Command) -> Result<ApiCall> {
         }) => post(
             path(&["groups"]),
             &CreateGroup {
-                name: name.clone(),
-                purpose: purpose.clone(),
-                my_name: my_name.clone(),
+                name: arg(name)?.to_owned(),
+                purpose: purpose.clone().flatten(),
+                my_name: my_name.clone().flatten(),
             },
         )?,
         Command::Group(GroupCommand::List) => get(path(&["groups"])),
-        Command::Group(GroupCommand::Show { group }) => get(group_path(group, None)),
+        Command::Group(GroupCommand::Show { group }) => get(group_path(arg(group)?, None)),
         Command::Agreement(AgreementCommand::Add { group, text }) => post(
-            group_path(group, Some("agreements")),
-            &AddAgreement { text: text.clone() },
+            group_path(arg(group)?, Some("agreements")),
+            &AddAgreement {
+                text: arg(text)?.to_owned(),
+            },
         )?,
         Command::Agreement(AgreementCommand::List { group }) => {
-            get(group_path(group, Some("agreements")))
+            get(group_path(arg(group)?, Some("agreements")))
         }
         Command::Invite {
             manage: Some(InviteCommand::List { group }),
             ..
-        } => get(group_path(group, Some("invites"))),
+        } => get(group_path(arg(group)?, Some("invites"))),
         Command::Invite {
             manage: Some(InviteCommand::Withdraw { group, id }),
             ..
@@ -86,7 +217,7 @@ pub fn api_call(command: &Command) -> Result<ApiCall> {
             method: Method::DELETE,
             path: format!(
                 "{}/{}",
-                group_path(group, Some("invites")),
+                group_path(arg(group)?, Some("invites")),
                 encode_segment(id)
             ),
             body: None,
@@ -100,66 +231,74 @@ pub fn api_call(command: &Command) -> Result<ApiCall> {
                     member,
                 }),
             ..
-        } => code_approval_call(group, *number, !deny, member.as_deref())?,
-        Command::Invite { group: None, .. } => bail!("`hearth invite` needs a group"),
+        } => code_approval_call(arg(group)?, *number, !deny, member.as_deref())?,
         Command::Invite {
-            group: Some(group),
+            group,
             ttl,
             code: false,
             ..
         } => post(
-            group_path(group, Some("invites")),
+            group_path(arg(group)?, Some("invites")),
             &CreateInvite { ttl_secs: *ttl },
         )?,
         Command::Invite {
-            group: Some(group),
+            group,
             ttl,
             code: true,
             ..
         } => post(
-            group_path(group, Some("codes")),
+            group_path(arg(group)?, Some("codes")),
             &CreateCode { ttl_secs: *ttl },
         )?,
         Command::Join { token, name } => post(
             path(&["join"]),
             &Join {
-                token: token.clone(),
-                name: name.clone(),
+                token: arg(token)?.to_owned(),
+                name: name.clone().flatten(),
             },
         )?,
-        Command::Member(MemberCommand::List { group }) => get(group_path(group, Some("members"))),
+        Command::Member(MemberCommand::List { group }) => {
+            get(group_path(arg(group)?, Some("members")))
+        }
         Command::Member(MemberCommand::Verify {
             group,
             member,
             confirm: false,
-        }) => get(member_path(group, member, Some("safety-number"))),
+        }) => get(member_path(
+            arg(group)?,
+            arg(member)?,
+            Some("safety-number"),
+        )),
         Command::Member(MemberCommand::Verify {
             group,
             member,
             confirm: true,
         }) => post(
-            member_path(group, member, Some("verify")),
+            member_path(arg(group)?, arg(member)?, Some("verify")),
             &serde_json::Map::new(),
         )?,
         Command::Member(MemberCommand::Role {
             group,
             member,
             role,
+            ..
         }) => put(
-            member_path(group, member, Some("role")),
+            member_path(arg(group)?, arg(member)?, Some("role")),
             &SetRole {
-                role: (*role).into(),
+                role: role
+                    .ok_or_else(|| anyhow!("the role was not read (a bug in hearth)"))?
+                    .into(),
             },
         )?,
         Command::Member(MemberCommand::Remove { group, member }) => ApiCall {
             method: Method::DELETE,
-            path: member_path(group, member, None),
+            path: member_path(arg(group)?, arg(member)?, None),
             body: None,
         },
         Command::Leave {
             group, keep_copy, ..
         } => post(
-            group_path(group, Some("leave")),
+            group_path(arg(group)?, Some("leave")),
             &Leave {
                 keep_copy: *keep_copy,
             },
@@ -168,7 +307,71 @@ pub fn api_call(command: &Command) -> Result<ApiCall> {
             post(path(&["peers"]), &AddPeer { addr: addr.clone() })?
         }
         Command::Peer(PeerCommand::List) => get(path(&["peers"])),
+        Command::Unlock { passphrase, .. } => post(
+            path(&["unlock"]),
+            &Unlock {
+                passphrase: secret(passphrase)?,
+            },
+        )?,
+        Command::Lock => bare(Method::POST, path(&["lock"])),
+        Command::Panic { .. } => bare(Method::POST, path(&["panic"])),
+        Command::Passphrase(PassphraseCommand::Set { new, .. }) => put(
+            path(&["passphrase"]),
+            &SetPassphrase {
+                current: None,
+                passphrase: secret(new)?,
+            },
+        )?,
+        Command::Passphrase(PassphraseCommand::Change { current, new, .. }) => put(
+            path(&["passphrase"]),
+            &SetPassphrase {
+                current: Some(secret(current)?),
+                passphrase: secret(new)?,
+            },
+        )?,
+        Command::Passphrase(PassphraseCommand::Remove { current, .. }) => with_body(
+            Method::DELETE,
+            path(&["passphrase"]),
+            &RemovePassphrase {
+                current: secret(current)?,
+            },
+        )?,
+        Command::Passphrase(PassphraseCommand::Duress {
+            current, duress, ..
+        }) => put(
+            path(&["passphrase", "duress"]),
+            &SetDuress {
+                current: secret(current)?,
+                duress: secret(duress)?,
+            },
+        )?,
     })
+}
+
+/// `err`, hearthd's refusal of `command`, in the words of the command: a wrong passphrase
+/// says which one was wrong and that nothing changed. Other errors pass unchanged.
+pub fn explain(command: &Command, err: anyhow::Error) -> anyhow::Error {
+    let Some(failure) = err.downcast_ref::<ApiFailure>() else {
+        return err;
+    };
+    if failure.code != api::ERROR_WRONG_PASSPHRASE {
+        return err;
+    }
+    let message = match command {
+        Command::Unlock { .. } => "That passphrase is not right; nothing changed. Try again.",
+        Command::Passphrase(
+            PassphraseCommand::Change { .. }
+            | PassphraseCommand::Remove { .. }
+            | PassphraseCommand::Duress { .. },
+        ) => "That is not the current passphrase; nothing changed. Try again.",
+        _ => return err,
+    };
+    ApiFailure {
+        status: failure.status,
+        code: failure.code.clone(),
+        message: message.to_owned(),
+    }
+    .into()
 }
 
 /// The request that asks about spoken code `channel` of `group`, waiting up to `wait`
@@ -203,11 +406,11 @@ pub fn waits_for_code(command: &Command) -> Option<&str> {
     match command {
         Command::Invite {
             manage: None,
-            group: Some(group),
+            group,
             code: true,
             no_wait: false,
             ..
-        } => Some(group),
+        } => group.as_deref(),
         _ => None,
     }
 }
@@ -272,7 +475,7 @@ pub fn human(
     Ok(match command {
         Command::Status => render::status(&decode::<Status>(answer, &what)?),
         Command::Group(GroupCommand::Create { name, .. }) => {
-            render::group_created(name, &decode::<GroupCreated>(answer, &what)?)
+            render::group_created(arg(name)?, &decode::<GroupCreated>(answer, &what)?)
         }
         Command::Group(GroupCommand::List) => {
             render::group_list(&decode::<Vec<GroupSummary>>(answer, &what)?)
@@ -287,55 +490,95 @@ pub fn human(
             group,
             member,
             confirm: false,
-        }) => render::safety_number(group, member, &decode::<SafetyNumber>(answer, &what)?),
+        }) => render::safety_number(
+            arg(group)?,
+            arg(member)?,
+            &decode::<SafetyNumber>(answer, &what)?,
+        ),
         Command::Member(MemberCommand::Verify {
             group,
             member,
             confirm: true,
-        }) => render::verified(group, member, &decode::<SafetyNumber>(answer, &what)?),
-        Command::Member(MemberCommand::Role { group, member, .. }) => {
-            render::role_set(group, member, &decode::<MemberInfo>(answer, &what)?)
-        }
+        }) => render::verified(
+            arg(group)?,
+            arg(member)?,
+            &decode::<SafetyNumber>(answer, &what)?,
+        ),
+        Command::Member(MemberCommand::Role { group, member, .. }) => render::role_set(
+            arg(group)?,
+            arg(member)?,
+            &decode::<MemberInfo>(answer, &what)?,
+        ),
         Command::Member(MemberCommand::Remove { member, .. }) => {
-            render::member_removed(member, &decode::<MemberRemoved>(answer, &what)?)
+            render::member_removed(arg(member)?, &decode::<MemberRemoved>(answer, &what)?)
         }
-        Command::Leave { group, .. } => render::left(group, &decode::<Left>(answer, &what)?),
+        Command::Leave { group, .. } => render::left(arg(group)?, &decode::<Left>(answer, &what)?),
         Command::Agreement(AgreementCommand::Add { group, .. }) => {
-            render::agreement_added(group, &decode::<AgreementAdded>(answer, &what)?)
+            render::agreement_added(arg(group)?, &decode::<AgreementAdded>(answer, &what)?)
         }
         Command::Agreement(AgreementCommand::List { .. }) => render::agreement_list(
             &decode::<Vec<Agreement>>(answer, &what)?,
             i64::try_from(now).unwrap_or(i64::MAX),
         ),
         Command::Invite {
-            manage: Some(InviteCommand::List { group }),
+            manage: Some(InviteCommand::List { .. }),
             ..
-        } => render::invite_list(group, &decode::<InviteList>(answer, &what)?, now),
+        } => render::invite_list(&decode::<InviteList>(answer, &what)?, now),
         Command::Invite {
-            manage: Some(InviteCommand::Withdraw { group, .. }),
+            manage: Some(InviteCommand::Withdraw { .. }),
             ..
-        } => render::invite_withdrawn(group, &decode::<InviteWithdrawn>(answer, &what)?),
+        } => render::invite_withdrawn(&decode::<InviteWithdrawn>(answer, &what)?),
         Command::Invite {
             manage: Some(InviteCommand::Approve { group, deny, .. }),
             ..
-        } => render::code_decided(group, !deny, &decode::<CodeStatus>(answer, &what)?),
-        Command::Invite { group: None, .. } => bail!("`hearth invite` needs a group"),
+        } => render::code_decided(arg(group)?, !deny, &decode::<CodeStatus>(answer, &what)?),
         Command::Invite {
-            group: Some(group),
-            code: false,
-            ..
-        } => render::invite(group, &decode::<InviteCreated>(answer, &what)?, now, qr),
+            group, code: false, ..
+        } => render::invite(
+            arg(group)?,
+            &decode::<InviteCreated>(answer, &what)?,
+            now,
+            qr,
+        ),
         Command::Invite {
-            group: Some(group),
+            group,
             code: true,
             no_wait,
             ..
-        } => render::code(group, &decode::<CodeCreated>(answer, &what)?, now, !no_wait),
+        } => render::code(
+            arg(group)?,
+            &decode::<CodeCreated>(answer, &what)?,
+            now,
+            !no_wait,
+        ),
         Command::Join { .. } => render::joined(&decode::<Joined>(answer, &what)?),
         Command::Peer(PeerCommand::Add { .. }) => {
             render::peer_added(&decode::<PeerAdded>(answer, &what)?)
         }
         Command::Peer(PeerCommand::List) => render::peer_list(&decode::<Vec<Peer>>(answer, &what)?),
+        Command::Unlock { .. } => render::unlocked(&decode::<Status>(answer, &what)?),
+        Command::Lock => render::locked(&decode::<Status>(answer, &what)?),
+        Command::Panic { .. } => {
+            let panicked = decode::<Panicked>(answer, &what)?;
+            if !panicked.destroyed {
+                bail!(
+                    "hearthd answered that it did not destroy its keys and data; check with \
+                     `hearth status`, and stop hearthd if you must"
+                );
+            }
+            render::panicked()
+        }
+        Command::Passphrase(passphrase) => {
+            // The answer is the new status; what changed is the command's to say.
+            decode::<Status>(answer, &what)?;
+            match passphrase {
+                PassphraseCommand::Set { .. } => render::PASSPHRASE_SET,
+                PassphraseCommand::Change { .. } => render::PASSPHRASE_CHANGED,
+                PassphraseCommand::Remove { .. } => render::PASSPHRASE_REMOVED,
+                PassphraseCommand::Duress { .. } => render::DURESS_SET,
+            }
+            .to_owned()
+        }
     })
 }
 
@@ -345,11 +588,11 @@ pub fn human(
 pub fn warning(command: &Command, answer: &Value) -> Option<String> {
     let (group, members) = match command {
         Command::Member(MemberCommand::List { group }) => (
-            group,
+            group.as_deref()?,
             serde_json::from_value::<Vec<MemberInfo>>(answer.clone()).ok()?,
         ),
         Command::Group(GroupCommand::Show { group }) => (
-            group,
+            group.as_deref()?,
             serde_json::from_value::<GroupDetail>(answer.clone())
                 .ok()?
                 .members,
@@ -401,8 +644,13 @@ fn member_path(group: &str, member: &str, tail: Option<&str>) -> String {
 }
 
 fn get(path: String) -> ApiCall {
+    bare(Method::GET, path)
+}
+
+/// A request without a body.
+fn bare(method: Method, path: String) -> ApiCall {
     ApiCall {
-        method: Method::GET,
+        method,
         path,
         body: None,
     }
@@ -439,16 +687,16 @@ mod tests {
 
     #[test]
     fn every_command_maps_to_its_route() {
-        let g = || "Thursday circle/2".to_owned();
+        let g = || Some("Thursday circle/2".to_owned());
         // A member name with a space and a character that would end the path.
-        let m = || "Sam Lee?".to_owned();
+        let m = || Some("Sam Lee?".to_owned());
         let cases = [
             (Command::Status, Method::GET, "/v1/status", None),
             (
                 Command::Group(GroupCommand::Create {
-                    name: "Carers".into(),
-                    purpose: Some("Support".into()),
-                    my_name: Some("Ana".into()),
+                    name: Some("Carers".into()),
+                    purpose: Some(Some("Support".into())),
+                    my_name: Some(Some("Ana".into())),
                 }),
                 Method::POST,
                 "/v1/groups",
@@ -456,7 +704,7 @@ mod tests {
             ),
             (
                 Command::Group(GroupCommand::Create {
-                    name: "Carers".into(),
+                    name: Some("Carers".into()),
                     purpose: None,
                     my_name: None,
                 }),
@@ -479,7 +727,7 @@ mod tests {
             (
                 Command::Agreement(AgreementCommand::Add {
                     group: g(),
-                    text: "We listen.".into(),
+                    text: Some("We listen.".into()),
                 }),
                 Method::POST,
                 "/v1/groups/Thursday%20circle%2F2/agreements",
@@ -494,7 +742,7 @@ mod tests {
             (
                 Command::Invite {
                     manage: None,
-                    group: Some(g()),
+                    group: g(),
                     ttl: Some(7200),
                     code: false,
                     no_wait: false,
@@ -547,7 +795,7 @@ mod tests {
                 None,
             ),
             (
-                invite_code(&g(), Some(1800), false),
+                invite_code("Thursday circle/2", Some(1800), false),
                 Method::POST,
                 "/v1/groups/Thursday%20circle%2F2/codes",
                 Some(json!({"ttl_secs": 1800})),
@@ -560,7 +808,7 @@ mod tests {
             ),
             (
                 Command::Join {
-                    token: "tok".into(),
+                    token: Some("tok".into()),
                     name: None,
                 },
                 Method::POST,
@@ -569,8 +817,8 @@ mod tests {
             ),
             (
                 Command::Join {
-                    token: "tok".into(),
-                    name: Some("Sam Lee".into()),
+                    token: Some("tok".into()),
+                    name: Some(Some("Sam Lee".into())),
                 },
                 Method::POST,
                 "/v1/join",
@@ -606,7 +854,8 @@ mod tests {
                 Command::Member(MemberCommand::Role {
                     group: g(),
                     member: m(),
-                    role: RoleArg::Facilitator,
+                    role: Some(RoleArg::Facilitator),
+                    words: Vec::new(),
                 }),
                 Method::PUT,
                 "/v1/groups/Thursday%20circle%2F2/members/Sam%20Lee%3F/role",
@@ -614,9 +863,10 @@ mod tests {
             ),
             (
                 Command::Member(MemberCommand::Role {
-                    group: "abc".into(),
-                    member: "0123456789abcdef0123456789abcdef".into(),
-                    role: RoleArg::Member,
+                    group: Some("abc".into()),
+                    member: Some("0123456789abcdef0123456789abcdef".into()),
+                    role: Some(RoleArg::Member),
+                    words: Vec::new(),
                 }),
                 Method::PUT,
                 "/v1/groups/abc/members/0123456789abcdef0123456789abcdef/role",
@@ -675,12 +925,12 @@ mod tests {
     #[test]
     fn join_and_leave_wait_longer_than_the_rest() {
         let join = Command::Join {
-            token: "t".into(),
+            token: Some("t".into()),
             name: None,
         };
         assert!(timeout(&join) > timeout(&Command::Status));
         let leave = Command::Leave {
-            group: "g".into(),
+            group: Some("g".into()),
             keep_copy: false,
             yes: true,
         };
@@ -704,21 +954,21 @@ mod tests {
     #[test]
     fn member_list_and_group_show_warn_about_changed_keys() {
         let list = Command::Member(MemberCommand::List {
-            group: "Thursday circle".into(),
+            group: Some("Thursday circle".into()),
         });
         let warning = warning(&list, &json!([member("Sam", true)])).unwrap();
         assert!(warning.contains("\"Sam\""), "{warning}");
         assert!(
-            warning.contains(
-                "hearth member verify 'Thursday circle' fedcba9876543210fedcba9876543210"
-            ),
+            warning.ends_with("face to face: hearth member verify\n"),
             "{warning}"
         );
         assert_eq!(super::warning(&list, &json!([member("Sam", false)])), None);
         // A malformed answer is `human`'s to report, not the warning's.
         assert_eq!(super::warning(&list, &json!({"nope": 1})), None);
 
-        let show = Command::Group(GroupCommand::Show { group: "g".into() });
+        let show = Command::Group(GroupCommand::Show {
+            group: Some("g".into()),
+        });
         let detail = json!({
             "group_id": "0123456789abcdef0123456789abcdef",
             "name": "g",
@@ -733,8 +983,8 @@ mod tests {
     #[test]
     fn member_answers_are_rendered_for_people() {
         let verify = Command::Member(MemberCommand::Verify {
-            group: "Thursday circle".into(),
-            member: "Sam".into(),
+            group: Some("Thursday circle".into()),
+            member: Some("Sam".into()),
             confirm: true,
         });
         let call = api_call(&verify).unwrap();
@@ -748,8 +998,8 @@ mod tests {
         assert_eq!(out, "Marked Sam as verified.\n");
 
         let remove = Command::Member(MemberCommand::Remove {
-            group: "g".into(),
-            member: "Sam".into(),
+            group: Some("g".into()),
+            member: Some("Sam".into()),
         });
         let call = api_call(&remove).unwrap();
         let out = human(
@@ -766,7 +1016,9 @@ mod tests {
              Sam cannot read it.\n"
         );
 
-        let list = Command::Member(MemberCommand::List { group: "g".into() });
+        let list = Command::Member(MemberCommand::List {
+            group: Some("g".into()),
+        });
         let call = api_call(&list).unwrap();
         let out = human(&list, &call, json!([member("", false)]), 0, false).unwrap();
         assert!(out.starts_with("NAME"), "{out}");
@@ -777,7 +1029,7 @@ mod tests {
     fn answers_of_the_wrong_shape_are_errors_with_context() {
         let command = Command::Status;
         let call = api_call(&command).unwrap();
-        let err = human(&command, &call, json!({"member_id": 7}), 0, false).unwrap_err();
+        let err = human(&command, &call, json!({"locked": "no"}), 0, false).unwrap_err();
         let message = format!("{err:#}");
         assert!(message.contains("GET /v1/status"), "{message}");
         assert!(message.contains("--json"), "{message}");
@@ -919,7 +1171,7 @@ mod tests {
              \n\
              \x20   4-lantern-orchard-meadow\n\
              \n\
-             They run: hearth join 4-lantern-orchard-meadow\n\
+             They run `hearth join` and type the code when it asks.\n\
              Waiting for their device... You will be asked to let them in. (Ctrl-C stops \
              waiting; the code stays valid until it expires)\n"
         );
@@ -929,7 +1181,7 @@ mod tests {
         assert!(
             out.ends_with(
                 "The code stays valid until it expires. When their device has found yours, it \
-                 waits for you to let them in: hearth invite approve 'Thursday circle' 4\n"
+                 waits for you to let them in: hearth invite approve 4\n"
             ),
             "{out}"
         );
@@ -938,7 +1190,7 @@ mod tests {
     #[test]
     fn joining_waits_long_enough_for_a_code_search() {
         let join = Command::Join {
-            token: "4-lantern-orchard-meadow".into(),
+            token: Some("4-lantern-orchard-meadow".into()),
             name: None,
         };
         // Search 20 s, one daemon's answer 15 s, the join 30 s, the first sync 20 s: twice

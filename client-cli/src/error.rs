@@ -5,10 +5,13 @@ use std::path::{Path, PathBuf};
 
 /// Any failure not listed below: an API error, a malformed answer, a timeout.
 pub const EXIT_FAILURE: u8 = 1;
-/// A usage error. clap reports its own with this code; hearth's own is [`NeedsYes`].
+/// A usage error. clap reports its own with this code; hearth's own are [`Usage`] and
+/// [`NeedsYes`].
 pub const EXIT_USAGE: u8 = 2;
 /// hearthd could not be reached: nothing was sent to it.
 pub const EXIT_UNREACHABLE: u8 = 3;
+/// hearthd is locked: it refused the request with 423 until someone runs `hearth unlock`.
+pub const EXIT_LOCKED: u8 = 4;
 
 /// hearthd could not be reached at its socket.
 #[derive(Debug, thiserror::Error)]
@@ -53,27 +56,53 @@ pub struct ApiFailure {
     pub message: String,
 }
 
-/// `hearth leave` without `--yes` where it cannot ask for confirmation: a usage error.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "leaving a group cannot be undone, and {why}. Add --yes to leave without being asked. \
-     Nothing was sent to hearthd."
-)]
-pub struct NeedsYes {
-    pub why: &'static str,
+impl ApiFailure {
+    /// Whether hearthd refused the request because it is locked.
+    pub fn is_locked(&self) -> bool {
+        self.status == 423 || self.code == hearth_protocol::api::ERROR_LOCKED
+    }
 }
 
-/// The user did not answer yes to `hearth leave`'s question.
+/// A usage error hearth finds itself (clap reports its own): a value missing where hearth
+/// cannot ask for it, two arguments that both want standard input, an empty value. Nothing
+/// was sent to hearthd.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+/// A command that cannot be undone (or weakens protection), without `--yes`, where hearth
+/// cannot ask for confirmation: a usage error.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{what}, and {why}. Add --yes to {verb} without being asked. Nothing was sent to hearthd.")]
+pub struct NeedsYes {
+    /// What the command does that needs a yes, e.g. "leaving a group cannot be undone".
+    pub what: &'static str,
+    /// Why hearth cannot ask.
+    pub why: &'static str,
+    /// The command's verb, e.g. "leave".
+    pub verb: &'static str,
+}
+
+/// The user did not answer yes to a question: the message says what was not done.
 #[derive(Debug, thiserror::Error)]
-#[error("not leaving: you did not answer y. Nothing was sent to hearthd.")]
-pub struct Declined;
+#[error("{0} Nothing was sent to hearthd.")]
+pub struct Declined(pub &'static str);
 
 /// The process exit code for a failure.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     if err.chain().any(|cause| cause.is::<Unreachable>()) {
         EXIT_UNREACHABLE
-    } else if err.chain().any(|cause| cause.is::<NeedsYes>()) {
+    } else if err
+        .chain()
+        .any(|cause| cause.is::<NeedsYes>() || cause.is::<Usage>())
+    {
         EXIT_USAGE
+    } else if err
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<ApiFailure>())
+        .any(ApiFailure::is_locked)
+    {
+        EXIT_LOCKED
     } else {
         EXIT_FAILURE
     }
@@ -111,6 +140,30 @@ mod tests {
         assert_eq!(exit_code(&api), EXIT_FAILURE);
         assert_eq!(api.to_string(), "No group is called \"x\".");
         assert_eq!(exit_code(&anyhow::anyhow!("malformed")), EXIT_FAILURE);
+    }
+
+    #[test]
+    fn usage_errors_map_to_2_and_a_locked_daemon_to_4() {
+        let usage = Err::<(), _>(Usage("GROUP is missing".into()))
+            .context("reading the arguments")
+            .unwrap_err();
+        assert_eq!(exit_code(&usage), EXIT_USAGE);
+        let locked = |status, code: &str| {
+            anyhow::Error::new(ApiFailure {
+                status,
+                code: code.into(),
+                message: "hearthd is locked. Unlock it with `hearth unlock`.".into(),
+            })
+        };
+        assert_eq!(exit_code(&locked(423, "locked")), EXIT_LOCKED);
+        // Either sign is enough: the status, or the code behind a proxy that changed it.
+        assert_eq!(exit_code(&locked(423, "other")), EXIT_LOCKED);
+        assert_eq!(exit_code(&locked(409, "locked")), EXIT_LOCKED);
+        let wrapped = Err::<(), _>(locked(423, "locked"))
+            .context("waiting for the code")
+            .unwrap_err();
+        assert_eq!(exit_code(&wrapped), EXIT_LOCKED);
+        assert_eq!(exit_code(&locked(401, "wrong_passphrase")), EXIT_FAILURE);
     }
 
     #[test]

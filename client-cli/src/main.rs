@@ -9,27 +9,24 @@ mod code;
 mod commands;
 mod confirm;
 mod duration;
+mod input;
 mod path;
 mod qr;
 mod render;
 mod socket;
 
-use std::io::{self, BufRead, IsTerminal, Write};
+use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use hearth_protocol::api::CodeCreated;
 use serde::Deserialize as _;
 
 use crate::cli::{Cli, Command};
 use crate::client::Client;
 // The transport and its errors live in the library, shared with other Rust clients.
-use crate::confirm::Consent;
 pub(crate) use hearth::{client, error};
-
-/// An invite token (or code) is well under this; the cap only bounds what `join -` reads.
-const MAX_TOKEN_BYTES: u64 = 64 * 1024;
 
 fn main() -> ExitCode {
     let cli = match Cli::parse_checked(std::env::args_os()) {
@@ -55,32 +52,14 @@ fn main() -> ExitCode {
 }
 
 fn run(mut cli: Cli) -> Result<()> {
-    if let Command::Join { token, .. } = &mut cli.command
-        && token == "-"
-    {
-        let prompt = io::stdin().is_terminal();
-        *token = read_token(io::stdin().lock(), prompt)?;
-    }
-    if let Command::Leave {
-        group,
-        keep_copy,
-        yes,
-    } = &cli.command
-    {
-        match confirm::consent(*yes, cli.json, io::stdin().is_terminal()) {
-            Consent::Given => {}
-            // The question goes to stderr, like every prompt.
-            Consent::Ask => confirm::ask(
-                &confirm::leave_question(group, *keep_copy),
-                io::stdin().lock(),
-                io::stderr().lock(),
-            )?,
-            Consent::Refused(refusal) => return Err(refusal.into()),
-        }
-    }
+    // First, so that nobody types a passphrase for a hearth that has no socket to send it to.
     let socket = socket::resolve_from_env(cli.socket.take())?;
+    // Values given as `-` or left out, passphrases and confirmations; prompts go to stderr.
+    commands::prepare(&mut cli.command, cli.json, &mut input::Terminal)?;
     let call = commands::api_call(&cli.command)?;
-    if let Command::Join { token, .. } = &cli.command
+    if let Command::Join {
+        token: Some(token), ..
+    } = &cli.command
         && !token.starts_with("hearth1-")
         && io::stderr().is_terminal()
     {
@@ -99,8 +78,9 @@ fn run(mut cli: Cli) -> Result<()> {
         .enable_time()
         .build()
         .context("starting the async runtime")?;
-    let answer =
-        runtime.block_on(client.call(call.method.clone(), &call.path, call.body.as_ref()))?;
+    let answer = runtime
+        .block_on(client.call(call.method.clone(), &call.path, call.body.as_ref()))
+        .map_err(|err| commands::explain(&cli.command, err))?;
 
     // What `invite --code` waits on, read before the answer is consumed by the output.
     let waits = match commands::waits_for_code(&cli.command) {
@@ -238,7 +218,13 @@ impl<N: FnMut() -> u64> code::Waiter for CliWaiter<'_, N> {
             return Ok(());
         }
         let question = code::approval_question(self.group, self.channel, status);
-        let approve = match confirm::ask(&question, io::stdin().lock(), io::stderr().lock()) {
+        let approve = match confirm::ask(
+            &question,
+            confirm::Yes::YOrYes,
+            "not letting them in.",
+            io::stdin().lock(),
+            io::stderr().lock(),
+        ) {
             Ok(()) => true,
             Err(e) if e.downcast_ref::<error::Declined>().is_some() => false,
             Err(e) => return Err(e),
@@ -254,29 +240,6 @@ impl<N: FnMut() -> u64> code::Waiter for CliWaiter<'_, N> {
             .block_on(client.call(call.method, &call.path, call.body.as_ref()))?;
         Ok(())
     }
-}
-
-/// Reads an invite token or spoken code from `input`, for `hearth join -`: one line,
-/// surrounding whitespace ignored. Keeps the secret out of shell history and the process
-/// list.
-fn read_token(input: impl BufRead, prompt: bool) -> Result<String> {
-    if prompt {
-        // The prompt goes to stderr so it never mixes with `--json` output.
-        let _ = write!(
-            io::stderr().lock(),
-            "Paste the invite token or type the code, then press Enter: "
-        );
-    }
-    let mut line = String::new();
-    input
-        .take(MAX_TOKEN_BYTES)
-        .read_line(&mut line)
-        .context("reading the invite token or code from standard input")?;
-    let token = line.trim();
-    if token.is_empty() {
-        bail!("no invite token or code on standard input");
-    }
-    Ok(token.to_owned())
 }
 
 /// Seconds since the Unix epoch; a clock before 1970 counts as 1970 rather than failing.
@@ -373,8 +336,7 @@ mod tests {
         assert_eq!(
             out,
             "Sam joined \"Thursday circle\" (member fedcba9876543210fedcba9876543210). \
-             Compare safety numbers, face to face: hearth member verify 'Thursday circle' \
-             fedcba9876543210fedcba9876543210\n"
+             Compare safety numbers, face to face: hearth member verify\n"
         );
     }
 
@@ -390,7 +352,7 @@ mod tests {
             assert!(err.to_string().contains(reason), "{err}");
             assert!(
                 err.to_string()
-                    .contains("hearth invite 'Thursday circle' --code")
+                    .contains("Make a new one: hearth invite --code")
             );
             assert_eq!(out, "", "the reason goes to stderr, as every error");
             assert_eq!(seen.len(), 1);
@@ -435,17 +397,5 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(error::exit_code(&err), error::EXIT_UNREACHABLE);
-    }
-
-    #[test]
-    fn token_is_the_first_line_trimmed() {
-        let token = read_token(&b"  hearth-invite-abc \nsecond line\n"[..], false).unwrap();
-        assert_eq!(token, "hearth-invite-abc");
-    }
-
-    #[test]
-    fn missing_token_is_an_error() {
-        assert!(read_token(&b""[..], false).is_err());
-        assert!(read_token(&b"   \n"[..], false).is_err());
     }
 }

@@ -29,7 +29,20 @@ pub fn status(status: &Status) -> String {
     } else {
         addrs
     };
+    let passphrase = if status.passphrase {
+        "set"
+    } else {
+        "none: the storage key sits in a key file in the data directory (add one with \
+         `hearth passphrase set`)"
+    };
+    let auto_lock = match status.auto_lock_secs {
+        Some(secs) => format!("after {} without a request", in_words(secs)),
+        None => "off".to_owned(),
+    };
     fields(&[
+        ("state", vec!["unlocked".to_owned()]),
+        ("passphrase", vec![passphrase.to_owned()]),
+        ("auto-lock", vec![auto_lock]),
         (
             "peers",
             vec![format!("{} connected", status.peers.unwrap_or(0))],
@@ -39,11 +52,50 @@ pub fn status(status: &Status) -> String {
     ])
 }
 
+/// `hearth unlock`.
+pub fn unlocked(status: &Status) -> String {
+    if status.locked {
+        // hearthd would have refused a wrong passphrase; say what it says rather than guess.
+        return "hearthd answered, but says it is still locked. Check with `hearth status`.\n"
+            .to_owned();
+    }
+    "Unlocked. hearthd is syncing again.\n".to_owned()
+}
+
+/// `hearth lock`.
+pub fn locked(status: &Status) -> String {
+    if !status.locked {
+        return "hearthd answered, but says it is not locked. Check with `hearth status`.\n"
+            .to_owned();
+    }
+    "Locked: hearthd dropped every key and stopped syncing. Unlock it with `hearth unlock`.\n"
+        .to_owned()
+}
+
+/// `hearth panic`: one short line, as it is meant for a key binding.
+pub fn panicked() -> String {
+    "Done: hearthd destroyed its keys and data, and stopped.\n".to_owned()
+}
+
+/// `hearth passphrase set`.
+pub const PASSPHRASE_SET: &str = "A passphrase now protects the storage key: `hearth unlock` \
+     needs it from now on. If you forget it, the groups on this device cannot be opened again.\n";
+/// `hearth passphrase change`.
+pub const PASSPHRASE_CHANGED: &str =
+    "The passphrase is changed: `hearth unlock` needs the new one from now on.\n";
+/// `hearth passphrase remove`.
+pub const PASSPHRASE_REMOVED: &str = "The passphrase is removed. The storage key now sits in a \
+     key file in hearthd's data directory: anyone who copies that directory can read your \
+     groups. Add a passphrase again with `hearth passphrase set`.\n";
+/// `hearth passphrase duress`.
+pub const DURESS_SET: &str = "The duress passphrase is set. Given to `hearth unlock`, it \
+     destroys every key and all of hearth's data on this device instead of unlocking it.\n";
+
 pub fn group_created(name: &str, created: &GroupCreated) -> String {
     let id = clean(&created.group_id);
     format!(
         "Created group \"{}\" (id {id}).\n\
-         Next: add agreements with `hearth agreement add {id} \"TEXT\"`, \
+         Next: add agreements with `hearth agreement add {id}`, \
          then invite people with `hearth invite {id}`.\n",
         clean(name)
     )
@@ -51,8 +103,8 @@ pub fn group_created(name: &str, created: &GroupCreated) -> String {
 
 pub fn group_list(groups: &[GroupSummary]) -> String {
     if groups.is_empty() {
-        return "You are not in any group yet. Create one with `hearth group create NAME`, \
-                or join one with `hearth join TOKEN`.\n"
+        return "You are not in any group yet. Create one with `hearth group create`, \
+                or join one with `hearth join` (each asks what it needs).\n"
             .to_owned();
     }
     let rows: Vec<Vec<String>> = groups
@@ -79,7 +131,7 @@ pub fn group_detail(group: &GroupDetail) -> String {
     if group.agreements.is_empty() {
         let _ = writeln!(
             out,
-            "none yet. Propose one with `hearth agreement add {} \"TEXT\"`.",
+            "none yet. Propose one with `hearth agreement add {}`.",
             clean(&group.group_id)
         );
     } else {
@@ -101,7 +153,7 @@ pub fn agreement_added(group: &str, added: &AgreementAdded) -> String {
 pub fn agreement_list(agreements: &[Agreement], now: i64) -> String {
     if agreements.is_empty() {
         return "This group has no agreements yet. Propose one with \
-                `hearth agreement add GROUP \"TEXT\"`.\n"
+                `hearth agreement add`.\n"
             .to_owned();
     }
     let texts: Vec<&str> = agreements.iter().map(|a| a.text.as_str()).collect();
@@ -156,14 +208,13 @@ pub fn invite(group: &str, invite: &InviteCreated, now: u64, qr: bool) -> String
 }
 
 /// `hearth invite list GROUP`: the open invites, soonest to expire first, by their ids.
-/// `group` is as the user typed it (for the commands suggested).
-pub fn invite_list(group: &str, list: &InviteList, now: u64) -> String {
+pub fn invite_list(list: &InviteList, now: u64) -> String {
     let name = clean(&list.group_name);
-    let typed = clean(&shell_word(group));
+    let id = clean(&suggested(&[&list.group_id]));
     if list.invites.is_empty() {
         return format!(
-            "\"{name}\" has no open invites. Make one with `hearth invite {typed}` (a token) \
-             or `hearth invite {typed} --code` (a code to say aloud).\n"
+            "\"{name}\" has no open invites. Make one with `hearth invite{id}` (a token) \
+             or `hearth invite{id} --code` (a code to say aloud).\n"
         );
     }
     let rows: Vec<Vec<String>> = list
@@ -186,22 +237,22 @@ pub fn invite_list(group: &str, list: &InviteList, now: u64) -> String {
     out += &table(&["ID", "KIND", "EXPIRES"], &rows);
     let _ = writeln!(
         out,
-        "\nEach works once. To stop one from working: hearth invite withdraw {typed} ID"
+        "\nEach works once. To stop one from working: hearth invite withdraw{id} ID"
     );
     out
 }
 
 /// `hearth invite withdraw GROUP ID`: what was withdrawn, and what now.
-pub fn invite_withdrawn(group: &str, withdrawn: &InviteWithdrawn) -> String {
+pub fn invite_withdrawn(withdrawn: &InviteWithdrawn) -> String {
     let what = match withdrawn.kind {
         InviteKind::Token => format!("The invite token {}", clean(&withdrawn.id)),
         InviteKind::Code => format!("Spoken code number {}", clean(&withdrawn.id)),
     };
     format!(
         "{what} for \"{}\" is withdrawn: nobody can join with it any more. To invite \
-         someone, make a new one: hearth invite {}\n",
+         someone, make a new one: hearth invite{}\n",
         clean(&withdrawn.group_name),
-        clean(&shell_word(group))
+        clean(&suggested(&[&withdrawn.group_id]))
     )
 }
 
@@ -216,7 +267,7 @@ pub fn code(group: &str, created: &CodeCreated, now: u64, waiting: bool) -> Stri
     };
     let mut out = format!(
         "Say this code to the person joining \"{}\" ({life}):\n\n    {code}\n\n\
-         They run: hearth join {code}\n",
+         They run `hearth join` and type the code when it asks.\n",
         clean(group),
     );
     if waiting {
@@ -226,8 +277,8 @@ pub fn code(group: &str, created: &CodeCreated, now: u64, waiting: bool) -> Stri
         let _ = writeln!(
             out,
             "The code stays valid until it expires. When their device has found yours, it \
-             waits for you to let them in: hearth invite approve {} {}",
-            clean(&shell_word(group)),
+             waits for you to let them in: hearth invite approve{} {}",
+            clean(&suggested(&[group])),
             created.channel
         );
     }
@@ -261,7 +312,7 @@ pub fn joined(joined: &Joined) -> String {
     format!(
         "Joined group {id}.\nSee its members and agreements with `hearth group show {id}`, \
          then compare safety numbers with each member, face to face: \
-         `hearth member verify {id} MEMBER`.\n"
+         `hearth member verify {id}` (it asks which member).\n"
     )
 }
 
@@ -327,8 +378,8 @@ pub fn key_changed_warning(group: &str, members: &[MemberInfo]) -> Option<String
             "hearth: warning: \"{name}\" (member {id}) has a different key from the verified \
              member who went by that name. It may be someone else, or the same person on a new \
              device. Do not trust it is them until you compare safety numbers again, face to \
-             face: hearth member verify {} {id}",
-            clean(&shell_word(group)),
+             face: hearth member verify{}",
+            clean(&suggested(&[group, &m.member_id])),
         );
     }
     (!out.is_empty()).then_some(out)
@@ -355,11 +406,10 @@ pub fn safety_number(group: &str, member: &str, number: &SafetyNumber) -> String
         let _ = writeln!(
             out,
             "Compare these digits with the ones on {who}'s screen, face to face. If every \
-             digit matches, run:\n\n    hearth member verify {} {} --confirm\n\n\
+             digit matches, run:\n\n    hearth member verify{} --confirm\n\n\
              If any digit differs, do not confirm: the device you are comparing with may not \
              be {who}'s.",
-            clean(&shell_word(group)),
-            clean(&shell_word(member)),
+            clean(&suggested(&[group, member])),
         );
     }
     out
@@ -389,8 +439,8 @@ pub fn verified(group: &str, member: &str, number: &SafetyNumber) -> String {
         format!("Marked {who} as verified.\n")
     } else {
         format!(
-            "hearthd did not mark {who} as verified. Check with `hearth member list {}`.\n",
-            clean(&shell_word(group))
+            "hearthd did not mark {who} as verified. Check with `hearth member list{}`.\n",
+            clean(&suggested(&[group]))
         )
     }
 }
@@ -558,17 +608,16 @@ pub fn clean(text: &str) -> String {
     out
 }
 
-/// `text` as one shell word, for commands hearth suggests: as it is when it is made of
-/// characters no shell treats specially, else in single quotes.
-pub fn shell_word(text: &str) -> String {
-    let plain = !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.,:/@%+=".contains(&b));
-    if plain {
-        text.to_owned()
+/// The arguments of a command hearth suggests, each with a space before it: the words when
+/// every one is an id (a group or member id: 32 hex digits), else none at all, so that the
+/// suggested command asks for them. A group or member name copied into a command line
+/// would stay in the shell's history and show in the process list; an id reveals nothing.
+pub fn suggested(words: &[&str]) -> String {
+    let is_id = |w: &&str| w.len() == 32 && w.bytes().all(|b| b.is_ascii_hexdigit());
+    if words.iter().all(is_id) {
+        words.iter().map(|w| format!(" {w}")).collect()
     } else {
-        format!("'{}'", text.replace('\'', r"'\''"))
+        String::new()
     }
 }
 
@@ -678,7 +727,7 @@ mod tests {
                 },
             ],
         };
-        let text = invite_list("0123456789abcdef0123456789abcdef", &list, 1_000);
+        let text = invite_list(&list, 1_000);
         assert!(
             text.starts_with("Open invites for \"Thursday circle\":"),
             "{text}"
@@ -691,27 +740,33 @@ mod tests {
             invites: Vec::new(),
             ..list
         };
-        let text = invite_list("Thursday circle", &empty, 1_000);
+        let text = invite_list(&empty, 1_000);
         assert!(
             text.contains("\"Thursday circle\" has no open invites"),
             "{text}"
         );
         assert!(
-            text.contains("hearth invite 'Thursday circle' --code"),
+            text.contains("hearth invite 0123456789abcdef0123456789abcdef --code"),
             "{text}"
         );
         let withdrawn = InviteWithdrawn {
-            group_id: "0123".into(),
+            group_id: A.into(),
             group_name: "Thursday circle".into(),
             id: "4".into(),
             kind: InviteKind::Code,
         };
-        let text = invite_withdrawn("Thursday circle", &withdrawn);
+        let text = invite_withdrawn(&withdrawn);
         assert!(text.starts_with("Spoken code number 4 for \"Thursday circle\" is withdrawn"));
         assert!(
-            text.contains("make a new one: hearth invite 'Thursday circle'"),
+            text.ends_with(&format!("make a new one: hearth invite {A}\n")),
             "{text}"
         );
+        // An id that is not one (a stand-in daemon's) is left out: hearth asks instead.
+        let text = invite_withdrawn(&InviteWithdrawn {
+            group_id: "0123".into(),
+            ..withdrawn
+        });
+        assert!(text.ends_with("make a new one: hearth invite\n"), "{text}");
     }
 
     #[test]
@@ -805,11 +860,56 @@ mod tests {
         assert_eq!(
             super::status(&status),
             format!(
-                "peers         2 connected\n\
+                "state         unlocked\n\
+                 passphrase    none: the storage key sits in a key file in the data directory \
+                 (add one with `hearth passphrase set`)\n\
+                 auto-lock     off\n\
+                 peers         2 connected\n\
                  groups        1\n\
                  listening on  /ip4/127.0.0.1/tcp/4001\n              /ip6/::1/tcp/4001\n"
             )
         );
+        let protected = super::status(&Status {
+            passphrase: true,
+            auto_lock_secs: Some(900),
+            ..status.clone()
+        });
+        assert!(protected.contains("passphrase    set\n"), "{protected}");
+        assert!(
+            protected.contains("auto-lock     after 15 minutes without a request\n"),
+            "{protected}"
+        );
+    }
+
+    #[test]
+    fn a_locked_status_says_so_and_how_to_unlock() {
+        let status = Status {
+            locked: true,
+            passphrase: true,
+            auto_lock_secs: None,
+            listen_addrs: None,
+            peers: None,
+            groups: None,
+        };
+        let text = super::status(&status);
+        assert!(text.starts_with("hearthd is locked"), "{text}");
+        assert!(text.contains("`hearth unlock`"), "{text}");
+        assert_eq!(
+            unlocked(&status),
+            "hearthd answered, but says it is still locked. Check with `hearth status`.\n"
+        );
+        assert_eq!(
+            locked(&status),
+            "Locked: hearthd dropped every key and stopped syncing. Unlock it with `hearth \
+             unlock`.\n"
+        );
+        let open = Status {
+            locked: false,
+            ..status
+        };
+        assert_eq!(unlocked(&open), "Unlocked. hearthd is syncing again.\n");
+        assert!(locked(&open).contains("not locked"));
+        assert_eq!(panicked().lines().count(), 1);
     }
 
     #[test]
@@ -907,7 +1007,7 @@ mod tests {
                 "hearth: warning: \"Kim\" (member {D}) has a different key from the verified \
                  member who went by that name. It may be someone else, or the same person on a \
                  new device. Do not trust it is them until you compare safety numbers again, \
-                 face to face: hearth member verify 'Thursday circle' {D}\n"
+                 face to face: hearth member verify\n"
             )
         );
         assert!(!warning.contains("Ana"));
@@ -963,15 +1063,16 @@ mod tests {
              Compare these digits with the ones on Sam's screen, face to face. If every digit \
              matches, run:\n\
              \n\
-             \x20   hearth member verify 'Thursday circle' Sam --confirm\n\
+             \x20   hearth member verify --confirm\n\
              \n\
              If any digit differs, do not confirm: the device you are comparing with may not \
              be Sam's.\n"
         );
-        let quoted = safety_number("g", "Sam's phone", &number);
+        // Named by ids, the command names them again: ids are no secret.
+        let by_id = safety_number(A, B, &number);
         assert!(
-            quoted.contains("hearth member verify g 'Sam'\\''s phone' --confirm"),
-            "{quoted}"
+            by_id.contains(&format!("hearth member verify {A} {B} --confirm")),
+            "{by_id}"
         );
         let again = safety_number(
             "g",
@@ -1061,13 +1162,23 @@ mod tests {
     }
 
     #[test]
-    fn shell_words_are_quoted_only_when_needed() {
-        assert_eq!(shell_word(A), A);
-        assert_eq!(shell_word("Sam"), "Sam");
-        assert_eq!(shell_word("Thursday circle"), "'Thursday circle'");
-        assert_eq!(shell_word("it's"), r"'it'\''s'");
-        assert_eq!(shell_word("$HOME"), "'$HOME'");
-        assert_eq!(shell_word(""), "''");
+    fn suggested_commands_name_ids_only() {
+        assert_eq!(suggested(&[A]), format!(" {A}"));
+        assert_eq!(suggested(&[A, B]), format!(" {A} {B}"));
+        assert_eq!(suggested(&[]), "");
+        // One name among the words leaves them all out, so the command asks for them in
+        // order rather than taking an id for the wrong argument.
+        for words in [
+            &["Thursday circle"][..],
+            &[A, "Sam"],
+            &["Sam", A],
+            &["$HOME"],
+            &[""],
+            &["0123456789abcdef"],
+            &["0123456789abcdef0123456789abcdeg"],
+        ] {
+            assert_eq!(suggested(words), "", "{words:?}");
+        }
     }
 
     #[test]
