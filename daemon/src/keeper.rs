@@ -435,8 +435,7 @@ impl Keeper {
         };
         if port.is_none() {
             let bound = started.state.net.listen_addrs().await;
-            *self.port.lock().unwrap_or_else(|p| p.into_inner()) =
-                bound.iter().find_map(tcp_port);
+            *self.port.lock().unwrap_or_else(|p| p.into_inner()) = bound.iter().find_map(tcp_port);
         }
         let node = Arc::downgrade(&started.state.node);
         let gate = Gate {

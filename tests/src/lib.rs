@@ -220,6 +220,29 @@ impl Daemon {
             .expect("run hearth")
     }
 
+    /// Runs `hearth --json ARGS` against this daemon with `input` on its standard input
+    /// (for `-` arguments and `--passphrase-stdin`).
+    pub fn cli_with_input(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(bin("hearth"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--json")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run hearth");
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(input.as_bytes())
+            .expect("write hearth's input");
+        child.wait_with_output().expect("run hearth")
+    }
+
     /// The JSON answer of a command that must succeed.
     pub fn json(&self, args: &[&str]) -> Value {
         match self.try_json(args) {

@@ -12,26 +12,33 @@ use serde_json::{Value, json};
 const PASS: &str = "correct horse battery";
 const DURESS: &str = "all is well at home";
 
+/// `hearth passphrase set --passphrase-stdin`, as a script would.
 fn set_passphrase(d: &Daemon, passphrase: &str) {
-    let (code, body) = d.api(
-        "PUT",
-        "/v1/passphrase",
-        Some(&json!({ "passphrase": passphrase })),
+    let out = d.cli_with_input(
+        &["passphrase", "set", "--passphrase-stdin"],
+        &format!("{passphrase}\n"),
     );
-    assert_eq!(code, 200, "setting the passphrase: {body}");
+    assert!(out.status.success(), "setting the passphrase: {out:?}");
 }
 
-fn unlock(d: &Daemon, passphrase: &str) -> (u16, Value) {
-    d.api(
-        "POST",
-        "/v1/unlock",
-        Some(&json!({ "passphrase": passphrase })),
-    )
+/// `hearth unlock --passphrase-stdin`: its exit code and JSON answer (or what it said).
+fn unlock(d: &Daemon, passphrase: &str) -> (Option<i32>, Value) {
+    let out = d.cli_with_input(
+        &["unlock", "--passphrase-stdin"],
+        &format!("{passphrase}\n"),
+    );
+    let said = if out.status.success() {
+        &out.stdout
+    } else {
+        &out.stderr
+    };
+    let answer = serde_json::from_slice(said)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(said).into_owned()));
+    (out.status.code(), answer)
 }
 
 fn lock(d: &Daemon) {
-    let (code, body) = d.api("POST", "/v1/lock", None);
-    assert_eq!(code, 200, "locking: {body}");
+    let body = d.json(&["lock"]);
     assert_eq!(body["locked"], true, "{body}");
 }
 
@@ -136,9 +143,23 @@ fn a_protected_daemon_restarts_locked_and_serves_only_status_unlock_and_panic() 
         );
     }
 
+    // The CLI says so with exit code 4 and the way out.
+    let out = d.cli(&["group", "list"]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hearth unlock"),
+        "{out:?}"
+    );
+
     let before = snapshot(&d.data_dir);
     let (code, answer) = unlock(&d, "not the passphrase");
-    assert_eq!(code, 401, "{answer}");
+    assert_eq!(code, Some(1), "{answer}");
+    let (status, answer) = d.api(
+        "POST",
+        "/v1/unlock",
+        Some(&json!({ "passphrase": "not it either" })),
+    );
+    assert_eq!(status, 401, "{answer}");
     assert_eq!(answer["error"]["code"], "wrong_passphrase", "{answer}");
     assert_eq!(d.api_get("/v1/status")["locked"], true);
     assert!(
@@ -147,7 +168,7 @@ fn a_protected_daemon_restarts_locked_and_serves_only_status_unlock_and_panic() 
     );
 
     let (code, answer) = unlock(&d, PASS);
-    assert_eq!(code, 200, "{answer}");
+    assert_eq!(code, Some(0), "{answer}");
     assert_eq!(answer["locked"], false, "{answer}");
     assert_eq!(d.agreement_texts(&group), vec!["LOCKED-MARKER-be7d"]);
 }
@@ -158,22 +179,23 @@ fn repeated_wrong_passphrases_are_slowed_down() {
     let d = Daemon::start("D", &tmp.path().join("d"));
     set_passphrase(&d, PASS);
     lock(&d);
-    let codes: Vec<u16> = (0..4).map(|_| unlock(&d, "wrong guess here").0).collect();
+    let tries = |passphrase: &str| {
+        d.api(
+            "POST",
+            "/v1/unlock",
+            Some(&json!({ "passphrase": passphrase })),
+        )
+    };
+    let codes: Vec<u16> = (0..4).map(|_| tries("wrong guess here").0).collect();
     assert_eq!(
         codes,
         vec![401, 401, 401, 429],
         "three free tries, then a wait"
     );
-    // Even the right passphrase waits its turn.
+    // Even the right passphrase waits its turn, and the CLI passes the wait on.
     let (code, answer) = unlock(&d, PASS);
-    assert_eq!(code, 429, "{answer}");
-    assert!(
-        answer["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("wait"),
-        "{answer}"
-    );
+    assert_eq!(code, Some(1), "{answer}");
+    assert!(answer.to_string().contains("wait"), "{answer}");
 }
 
 /// Locks `d` with `lock_it`, checking first that the scan finds what it looks for while
@@ -185,7 +207,10 @@ fn no_key_or_content_left_after(d: &Daemon, lock_it: impl FnOnce(&Daemon)) {
     assert_eq!(d.agreement_texts(&group), vec![marker]);
     let mut keys = key_material(&d.data_dir, PASS);
     // An open invite's secret is a key too.
-    let token = d.json(&["invite", &group])["token"].as_str().unwrap().to_owned();
+    let token = d.json(&["invite", &group])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let secret = hearth_protocol::invite::InviteToken::decode(&token)
         .expect("a token")
         .secret;
@@ -250,8 +275,7 @@ fn panic_destroys_everything_and_exits_whether_locked_or_not() {
             d.restart();
             assert_eq!(d.api_get("/v1/status")["locked"], true);
         }
-        let (code, answer) = d.api("POST", "/v1/panic", None);
-        assert_eq!(code, 200, "{answer}");
+        let answer = d.json(&["panic", "--yes"]);
         assert_eq!(answer["destroyed"], true, "{answer}");
         let status = d.wait_for_exit();
         assert!(status.success(), "panic exits cleanly: {status}");
@@ -268,18 +292,18 @@ fn a_duress_passphrase_leaves_what_looks_like_a_fresh_install() {
     let mut d = Daemon::start("D", &tmp.path().join("d"));
     group_with(&d, "DURESS-MARKER-4c1");
     set_passphrase(&d, PASS);
-    let (code, answer) = d.api(
-        "PUT",
-        "/v1/passphrase/duress",
-        Some(&json!({ "current": PASS, "duress": DURESS })),
+    let out = d.cli_with_input(
+        &["passphrase", "duress", "--passphrase-stdin"],
+        &format!("{PASS}\n{DURESS}\n"),
     );
-    assert_eq!(code, 200, "{answer}");
+    assert!(out.status.success(), "{out:?}");
     d.stop();
     d.restart();
 
     let (code, answer) = unlock(&d, DURESS);
     assert_eq!(
-        code, 200,
+        code,
+        Some(0),
         "the duress passphrase unlocks like any other: {answer}"
     );
     assert_eq!(answer["locked"], false, "{answer}");
@@ -287,8 +311,12 @@ fn a_duress_passphrase_leaves_what_looks_like_a_fresh_install() {
     assert_eq!(d.api_get("/v1/groups"), json!([]));
     lock(&d);
     let (code, answer) = unlock(&d, PASS);
-    assert_eq!(code, 401, "the real passphrase opens nothing now: {answer}");
-    assert_eq!(unlock(&d, DURESS).0, 200);
+    assert_eq!(
+        code,
+        Some(1),
+        "the real passphrase opens nothing now: {answer}"
+    );
+    assert_eq!(unlock(&d, DURESS).0, Some(0));
     assert_eq!(d.api_get("/v1/groups"), json!([]));
 
     // Side by side with a fresh install locked by a passphrase: the same files, and a key
@@ -398,6 +426,6 @@ fn unlocking_again_listens_where_it_did() {
     set_passphrase(&d, PASS);
     let before = d.addr();
     lock(&d);
-    assert_eq!(unlock(&d, PASS).0, 200);
+    assert_eq!(unlock(&d, PASS).0, Some(0));
     assert_eq!(d.addr(), before);
 }
