@@ -96,7 +96,7 @@ pub async fn start(
     .await
     {
         Ok(started) => started,
-        Err(e) => return Err(StartError::Network(key, e.into())),
+        Err(e) => return Err(StartError::Network(key, e)),
     };
     let loaded = tokio::task::spawn_blocking(move || {
         let opened = Store::open(dir, &key).map_err(anyhow::Error::from);
