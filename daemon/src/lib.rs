@@ -12,6 +12,7 @@ pub mod keeper;
 pub mod leave;
 pub mod net;
 pub mod node;
+pub mod pagefile;
 mod peering;
 mod peers;
 mod records;

@@ -145,10 +145,10 @@ impl Node {
         for key in node.store.scan_keys(Table::Groups, &[])? {
             let alias: Option<[u8; 16]> = key.as_slice().try_into().ok();
             if !alias.is_some_and(|a| node.store.has_group_key(&a)) {
-                // Its key file is gone, so nothing of it can be read.
+                // Its key slot is gone, so nothing of it can be read.
                 tracing::warn!(
-                    "a group's storage key is missing from group-keys/; its records cannot \
-                     be read and are skipped"
+                    "a group's storage key is missing from the store's key slots; its records \
+                     cannot be read and are skipped"
                 );
                 continue;
             }

@@ -1,26 +1,24 @@
-//! The encrypted store: redb tables whose every value is sealed under the storage key.
+//! The encrypted store: redb in an encrypted page file, every value also sealed under a
+//! key derived from the storage key, and each group's values under that group's own key.
 //!
 //! Layout of the data directory (kept at 0700):
-//! - `hearthd.lock` (0600): an exclusive `flock` held for the [`Store`]'s lifetime, and the
-//!   owner's pid in ASCII so a second daemon can say who holds it.
-//! - `storage.key` (0600, refused if group/other bits are set): 32 random bytes. The
-//!   value-sealing key is HKDF-SHA256(ikm = those bytes, salt = empty,
-//!   info = `hearth v1 storage value key`). It may be a symlink, e.g. to removable media.
-//! - `hearth.redb` (0600): the redb database, one table per [`Table`] (`meta`, `groups`,
-//!   `envelopes`, `epoch_keys`, `invites`, `peers`, `verified`), keys and values `&[u8]`. Each
-//!   value is `nonce[24] || XChaCha20-Poly1305(value)` with associated data
-//!   `"hearth v1 store" || table name || 0x00 || key`, so a value moved to another key or
-//!   table no longer opens.
+//! - `hearthd.lock` (0600): an exclusive `flock` held by [`DataDir`] for the daemon's life,
+//!   and the owner's pid in ASCII so a second daemon can say who holds it.
+//! - `keys` (0600): the storage key, in the clear or wrapped under a passphrase
+//!   ([`crate::vault`]).
+//! - `store` (0600): a [`PageFile`]: 256 random-looking key slots, then redb's pages, each
+//!   sealed under HKDF(storage key, `hearth v2 storage page key`). Table names, keys,
+//!   counts and redb's own bookkeeping are inside; a disk holder sees the file's size.
 //!
-//! **Keys are stored in the clear.** Callers may only use aliases ([`Store::alias`]),
-//! random ids, counters and fixed labels as keys, never names, text or anything a person
-//! typed. Anything sensitive goes in the value.
+//! Inside, one redb table per [`Table`], keys and values `&[u8]`. Each value is
+//! `nonce[24] || XChaCha20-Poly1305(value)` with associated data
+//! `"hearth v1 store" || table name || 0x00 || key`, so a value moved to another key or
+//! table no longer opens. The values of a group's own tables are sealed under a key
+//! derived from the storage key and that group's key slot; leaving overwrites the slot,
+//! so what redb's freed pages still hold of the group opens under no key.
 //!
-//! What the sealing does and does not buy: it keeps plaintext out of `hearth.redb`, including
-//! its freed pages, so a copy of the database alone (a backup, a synced folder, a forensic
-//! image without the key) reveals only key bytes, value lengths and timing. Anyone who can
-//! read both `hearth.redb` and `storage.key` can read everything, including values that were
-//! deleted but whose pages redb has not reused yet.
+//! Keys are not readable on disk, but callers still use only aliases ([`Store::alias`]),
+//! random ids, counters and fixed labels as keys, never names or text.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -36,17 +34,24 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::vault::{KeyFile, StorageKey, Vault, VaultError};
 
-const KEY_FILE: &str = "storage.key";
-/// Directory of per-group key files, one per group, named by the group's alias in hex.
-const GROUP_KEYS_DIR: &str = "group-keys";
-const GROUP_VALUE_KEY_INFO: &[u8] = b"hearth v1 storage group value key";
-const DB_FILE: &str = "hearth.redb";
+mod legacy;
+
+use crate::pagefile::{KEY_SLOTS, PageFile, PageFileError};
+
+const STORE_FILE: &str = "store";
+/// The new store being written from an older layout's files ([`legacy`]).
+const MIGRATING_FILE: &str = "store.migrating";
 pub const LOCK_FILE: &str = "hearthd.lock";
 const KEY_LEN: usize = 32;
 const VALUE_KEY_INFO: &[u8] = b"hearth v1 storage value key";
 const ALIAS_KEY_INFO: &[u8] = b"hearth v1 storage key alias";
+const PAGE_KEY_INFO: &[u8] = b"hearth v2 storage page key";
+const GROUP_SALT_INFO: &[u8] = b"hearth v2 storage group salt";
+const GROUP_VALUE_KEY_INFO: &[u8] = b"hearth v2 storage group value key";
 const AAD_PREFIX: &[u8] = b"hearth v1 store";
 const NONCE_LEN: usize = 24;
+/// Meta keys `SLOT_PREFIX || group alias` hold the index of that group's key slot.
+const SLOT_PREFIX: &[u8] = b"slot";
 
 /// A table of the store. Each maps to one redb table of `&[u8]` keys and values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -165,18 +170,24 @@ pub enum StoreError {
     KeyFileLength { path: PathBuf, len: u64 },
 
     #[error(
-        "{} is missing (or links to a file that is not there) but {DB_FILE} next to it holds \
-         data sealed under it; restore storage.key or attach the drive it lives on, or move \
-         {DB_FILE} aside to start a new, empty store",
+        "{} is missing (or links to a file that is not there) but the store beside it holds \
+         data sealed under it; restore it from a backup, or move the data directory aside to \
+         start a new, empty store",
         path.display()
     )]
     KeyFileMissing { path: PathBuf },
 
     #[error(
-        "a value in the `{table}` table failed authentication: {DB_FILE} or {KEY_FILE} was \
+        "a value in the `{table}` table failed authentication: the store or its key file was \
          damaged or replaced; restore the data directory from a backup"
     )]
     Corrupt { table: &'static str },
+
+    #[error(
+        "this device is in as many groups as it can keep ({KEY_SLOTS}); leave one before \
+         creating or joining another"
+    )]
+    Full,
 
     #[error("{context}: {source}")]
     Io {
@@ -185,7 +196,13 @@ pub enum StoreError {
         source: std::io::Error,
     },
 
-    #[error("database error in {DB_FILE}: {0}")]
+    #[error(transparent)]
+    PageFile(#[from] PageFileError),
+
+    #[error(
+        "database error in the store: {0} (if the store was damaged or its key file replaced, \
+         restore the data directory from a backup)"
+    )]
     Db(#[source] redb::Error),
 
     #[error(transparent)]
@@ -212,15 +229,28 @@ pub struct Store {
     // Field order is drop order: the database closes before the lock is released.
     /// Transactions share it; only [`Store::compact_file`] takes it alone.
     db: std::sync::RwLock<Database>,
+    /// The page file under the database, for its key slots.
+    file: PageFile,
     /// Holds the value-sealing key; the cipher zeroizes it on drop.
     cipher: XChaCha20Poly1305,
     /// Keys [`Store::alias`]; wiped on drop.
     alias_key: Zeroizing<[u8; 32]>,
-    /// Per-group value ciphers, by group alias (see [`Store::create_group_key`]).
-    group_ciphers: std::sync::RwLock<std::collections::HashMap<[u8; 16], XChaCha20Poly1305>>,
+    /// Mixed into every group's value key, so a key slot alone opens nothing.
+    group_salt: Zeroizing<[u8; 32]>,
+    /// Per-group key slots and value ciphers, by group alias (see
+    /// [`Store::create_group_key`]).
+    group_ciphers: std::sync::RwLock<std::collections::HashMap<[u8; 16], GroupKey>>,
+    /// Serialises taking and freeing key slots.
+    slots: std::sync::Mutex<()>,
     dir: PathBuf,
     /// Holds the directory's lock for as long as the store is open.
     _dir: std::sync::Arc<DataDir>,
+}
+
+/// A group's key slot and the cipher derived from it.
+struct GroupKey {
+    slot: usize,
+    cipher: XChaCha20Poly1305,
 }
 
 impl std::fmt::Debug for Store {
@@ -256,23 +286,17 @@ impl DataDir {
 }
 
 impl Store {
-    /// Opens or creates the store in `dir`, sealed under `key`.
+    /// Opens or creates the store in `dir`, sealed under `key`. A store an older hearthd
+    /// left (see [`legacy`]) is moved into the current layout first.
     pub fn open(dir: std::sync::Arc<DataDir>, key: &StorageKey) -> Result<Store, StoreError> {
-        let data_dir = dir.path().to_owned();
-        let db_path = data_dir.join(DB_FILE);
-        let (cipher, alias_key) = (value_cipher(key.expose()), alias_key(key.expose()));
-        let mut db = open_db(&data_dir, &db_path)?;
-        compact_db(&mut db);
-        let group_ciphers =
-            std::sync::RwLock::new(load_group_keys(&data_dir.join(GROUP_KEYS_DIR))?);
-        Ok(Store {
-            db: std::sync::RwLock::new(db),
-            cipher,
-            alias_key,
-            group_ciphers,
-            dir: data_dir,
-            _dir: dir,
-        })
+        let path = dir.path().join(STORE_FILE);
+        if legacy::present(dir.path()) {
+            if !path.exists() && legacy::has_data(dir.path()) {
+                migrate(&dir, key)?;
+            }
+            legacy::destroy(dir.path())?;
+        }
+        Store::open_file(dir, key, &path)
     }
 
     /// Opens the store of a data directory whose key no passphrase protects, making one
@@ -283,20 +307,93 @@ impl Store {
         Store::open(dir, &key)
     }
 
-    /// Makes (if missing) the key file of the group with alias `alias`: from then on, values
-    /// of group-scoped tables whose key starts with `alias` are sealed under it, so that
-    /// [`Store::shred_group_key`] leaves nothing of the group that any key still opens.
+    fn open_file(
+        dir: std::sync::Arc<DataDir>,
+        key: &StorageKey,
+        path: &Path,
+    ) -> Result<Store, StoreError> {
+        let fresh = !path.exists();
+        let file = PageFile::create_or_open(path, &derive(key.expose(), PAGE_KEY_INFO))?;
+        if fresh {
+            fsync_dir(dir.path())?;
+        }
+        let mut db = open_db(file.clone())?;
+        compact_db(&mut db);
+        let store = Store {
+            db: std::sync::RwLock::new(db),
+            file,
+            cipher: value_cipher(key.expose()),
+            alias_key: derive(key.expose(), ALIAS_KEY_INFO),
+            group_salt: derive(key.expose(), GROUP_SALT_INFO),
+            group_ciphers: std::sync::RwLock::new(std::collections::HashMap::new()),
+            slots: std::sync::Mutex::new(()),
+            dir: dir.path().to_owned(),
+            _dir: dir,
+        };
+        store.load_group_keys()?;
+        Ok(store)
+    }
+
+    /// Reads every group's key slot.
+    fn load_group_keys(&self) -> Result<(), StoreError> {
+        let mut ciphers = self.ciphers_mut();
+        for (key, value) in self.scan(Table::Meta, SLOT_PREFIX)? {
+            let alias = key[SLOT_PREFIX.len()..]
+                .try_into()
+                .map_err(|_| StoreError::Corrupt { table: "meta" })?;
+            let slot = <[u8; 2]>::try_from(&value[..])
+                .map(|b| usize::from(u16::from_be_bytes(b)))
+                .ok()
+                .filter(|s| *s < KEY_SLOTS)
+                .ok_or(StoreError::Corrupt { table: "meta" })?;
+            let cipher = self.group_cipher(slot)?;
+            ciphers.insert(alias, GroupKey { slot, cipher });
+        }
+        Ok(())
+    }
+
+    /// HKDF-SHA256(salt = group salt, ikm = the slot's 32 bytes, info = "hearth v2 storage
+    /// group value key").
+    fn group_cipher(&self, slot: usize) -> Result<XChaCha20Poly1305, StoreError> {
+        let bytes = self.file.read_slot(slot)?;
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(&self.group_salt[..]), &bytes[..]);
+        let mut key = Zeroizing::new([0u8; 32]);
+        hk.expand(GROUP_VALUE_KEY_INFO, &mut key[..])
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        Ok(XChaCha20Poly1305::new((&*key).into()))
+    }
+
+    /// Gives the group with alias `alias` a key of its own (if it has none): from then on,
+    /// values of group-scoped tables whose key starts with `alias` are sealed under it, so
+    /// that [`Store::shred_group_key`] leaves nothing of the group that any key opens.
     pub fn create_group_key(&self, alias: &[u8; 16]) -> Result<(), StoreError> {
+        let _slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if self.has_group_key(alias) {
             return Ok(());
         }
-        let dir = self.dir.join(GROUP_KEYS_DIR);
-        prepare_dir(&dir)?;
-        let path = dir.join(hex_name(alias));
-        let _ = std::fs::remove_file(&path);
-        let key = create_key(&path)?;
-        self.ciphers_mut().insert(*alias, group_cipher(&key));
+        let used: std::collections::BTreeSet<usize> =
+            self.ciphers_mut().values().map(|g| g.slot).collect();
+        let slot = (0..KEY_SLOTS)
+            .find(|s| !used.contains(s))
+            .ok_or(StoreError::Full)?;
+        // Fresh bytes in the slot first: a crash before the record leaves a free slot.
+        self.file.write_slot(slot, &random32())?;
+        self.write(vec![WriteOp::Put {
+            table: Table::Meta,
+            key: [SLOT_PREFIX, &alias[..]].concat(),
+            value: (slot as u16).to_be_bytes().to_vec(),
+        }])?;
+        let cipher = self.group_cipher(slot)?;
+        self.ciphers_mut().insert(*alias, GroupKey { slot, cipher });
         Ok(())
+    }
+
+    /// How many groups have a key of their own (a key slot) in this store.
+    pub fn group_keys(&self) -> usize {
+        self.group_ciphers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     pub fn has_group_key(&self, alias: &[u8; 16]) -> bool {
@@ -306,34 +403,24 @@ impl Store {
             .contains_key(alias)
     }
 
-    /// Destroys a group's key: overwrites its file with zeros, syncs, and removes it. What
-    /// is left of the group's values (in pages redb has freed but not yet reused) can then
-    /// be opened by no key, the storage key included.
+    /// Destroys a group's key: overwrites its slot in place with fresh random bytes (synced)
+    /// and frees the slot. What is left of the group's values (in pages redb has freed but
+    /// not yet reused) can then be opened by no key, the storage key included.
     pub fn shred_group_key(&self, alias: &[u8; 16]) -> Result<(), StoreError> {
-        self.ciphers_mut().remove(alias);
-        let dir = self.dir.join(GROUP_KEYS_DIR);
-        let path = dir.join(hex_name(alias));
-        let ctx = || format!("destroying {}", path.display());
-        match OpenOptions::new().write(true).open(&path) {
-            Ok(mut file) => {
-                file.write_all(&[0u8; KEY_LEN])
-                    .and_then(|()| file.sync_all())
-                    .map_err(io(ctx()))?;
-                std::fs::remove_file(&path).map_err(io(ctx()))?;
-                fsync_dir(&dir)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::Io {
-                context: ctx(),
-                source: e,
-            }),
-        }
+        let _slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(group) = self.ciphers_mut().remove(alias) else {
+            return Ok(());
+        };
+        self.file.write_slot(group.slot, &random32())?;
+        self.write(vec![WriteOp::Delete {
+            table: Table::Meta,
+            key: [SLOT_PREFIX, &alias[..]].concat(),
+        }])
     }
 
     fn ciphers_mut(
         &self,
-    ) -> std::sync::RwLockWriteGuard<'_, std::collections::HashMap<[u8; 16], XChaCha20Poly1305>>
-    {
+    ) -> std::sync::RwLockWriteGuard<'_, std::collections::HashMap<[u8; 16], GroupKey>> {
         self.group_ciphers
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -350,8 +437,8 @@ impl Store {
             && let Some(alias) = key.get(..16).and_then(|a| <[u8; 16]>::try_from(a).ok())
         {
             let ciphers = self.group_ciphers.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(cipher) = ciphers.get(&alias) {
-                return f(cipher);
+            if let Some(group) = ciphers.get(&alias) {
+                return f(&group.cipher);
             }
         }
         f(&self.cipher)
@@ -537,74 +624,20 @@ fn derive(storage_key: &[u8], label: &[u8]) -> Zeroizing<[u8; 32]> {
 /// Every key the store derives from the storage key and holds while open: for tests that
 /// look for keys where none may be (a locked daemon's memory).
 pub fn derived_keys(key: &StorageKey) -> Vec<Zeroizing<[u8; 32]>> {
-    vec![
-        derive(key.expose(), VALUE_KEY_INFO),
-        derive(key.expose(), ALIAS_KEY_INFO),
+    [
+        VALUE_KEY_INFO,
+        ALIAS_KEY_INFO,
+        PAGE_KEY_INFO,
+        GROUP_SALT_INFO,
     ]
+    .iter()
+    .map(|label| derive(key.expose(), label))
+    .collect()
 }
 
 /// The cipher of values: HKDF label "hearth v1 storage value key".
 fn value_cipher(storage_key: &[u8]) -> XChaCha20Poly1305 {
     XChaCha20Poly1305::new((&*derive(storage_key, VALUE_KEY_INFO)).into())
-}
-
-/// HKDF-SHA256(ikm = group key file, salt = empty, info = "hearth v1 storage group value key").
-fn group_cipher(file_key: &[u8]) -> XChaCha20Poly1305 {
-    let hk = hkdf::Hkdf::<sha2::Sha256>::new(None, file_key);
-    let mut value_key = Zeroizing::new([0u8; 32]);
-    hk.expand(GROUP_VALUE_KEY_INFO, &mut value_key[..])
-        .expect("32 bytes is a valid HKDF-SHA256 output length");
-    XChaCha20Poly1305::new((&*value_key).into())
-}
-
-fn hex_name(alias: &[u8; 16]) -> String {
-    alias.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Loads every group key file (named by a group alias in hex, 32 bytes, 0600).
-fn load_group_keys(
-    dir: &Path,
-) -> Result<std::collections::HashMap<[u8; 16], XChaCha20Poly1305>, StoreError> {
-    let mut out = std::collections::HashMap::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => {
-            return Err(StoreError::Io {
-                context: format!("reading {}", dir.display()),
-                source: e,
-            });
-        }
-    };
-    prepare_dir(dir)?;
-    for entry in entries {
-        let entry = entry.map_err(io(format!("reading {}", dir.display())))?;
-        let name = entry.file_name();
-        let Some(alias) = name
-            .to_str()
-            .filter(|n| n.len() == 32)
-            .and_then(|n| {
-                (0..16)
-                    .map(|i| u8::from_str_radix(&n[2 * i..2 * i + 2], 16).ok())
-                    .collect::<Option<Vec<u8>>>()
-            })
-            .and_then(|v| <[u8; 16]>::try_from(v).ok())
-        else {
-            continue;
-        };
-        let path = entry.path();
-        let file = File::open(&path).map_err(io(format!("opening {}", path.display())))?;
-        // A group key file is never empty once made: `read_key` refuses a bad one.
-        if let Some(key) = read_key(&path, file, &path)? {
-            out.insert(alias, group_cipher(&key));
-        }
-    }
-    Ok(out)
-}
-
-/// The key of [`Store::alias`]: HKDF label "hearth v1 storage key alias".
-fn alias_key(storage_key: &[u8]) -> Zeroizing<[u8; 32]> {
-    derive(storage_key, ALIAS_KEY_INFO)
 }
 
 fn mode_of(meta: &std::fs::Metadata) -> u32 {
@@ -681,11 +714,6 @@ fn take_lock(dir: &Path) -> Result<File, StoreError> {
     Ok(file)
 }
 
-/// A database file that exists and is not empty: values in it are sealed under some key.
-fn db_has_data(db_path: &Path) -> bool {
-    std::fs::metadata(db_path).is_ok_and(|m| m.len() > 0)
-}
-
 /// The storage key of a directory with no passphrase, made if the directory holds no store.
 fn unprotected_key(dir: &Path) -> Result<StorageKey, StoreError> {
     let vault = Vault::new(dir);
@@ -700,24 +728,15 @@ fn unprotected_key(dir: &Path) -> Result<StorageKey, StoreError> {
 }
 
 /// The storage key when the directory has no key file: the one an older hearthd kept in
-/// `storage.key` (moved into the key file, then destroyed), or a new one for a new store.
-/// Refuses to make a new key beside data sealed under a lost one.
+/// `storage.key` (moved into the key file unchanged; [`Store::open`] destroys the old file
+/// once the store is moved), or a new one for a new store. Refuses to make a new key beside
+/// data sealed under a lost one.
 pub fn key_for_new_or_legacy(dir: &Path, vault: &Vault) -> Result<StorageKey, StoreError> {
-    let db_path = dir.join(DB_FILE);
-    let legacy = dir.join(KEY_FILE);
-    if std::fs::symlink_metadata(&legacy).is_ok() {
-        let bytes = load_or_create_key(&legacy, &db_path)?;
-        let key = StorageKey::from_slice(bytes[..].try_into().map_err(|_| {
-            StoreError::KeyFileLength {
-                path: legacy.clone(),
-                len: bytes.len() as u64,
-            }
-        })?);
+    if let Some(key) = legacy::storage_key(dir)? {
         vault.store_plain(&key)?;
-        shred_file(&legacy)?;
         return Ok(key);
     }
-    if db_has_data(&db_path) {
+    if legacy::has_data(dir) || has_data(&dir.join(STORE_FILE)) {
         return Err(StoreError::KeyFileMissing {
             path: dir.join(crate::vault::KEY_FILE),
         });
@@ -725,28 +744,30 @@ pub fn key_for_new_or_legacy(dir: &Path, vault: &Vault) -> Result<StorageKey, St
     Ok(vault.create_plain()?)
 }
 
-/// Destroys the store's files (after the keys, whose loss already makes them unreadable):
-/// each group's key first, then the database. Missing files are fine.
+/// A page file holding more than its key slots: some page was written.
+fn has_data(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.len() > crate::pagefile::SLOT_REGION_LEN)
+}
+
+/// Destroys the store's files (after the key file, whose loss already makes them
+/// unreadable): the key slots are overwritten first, then the files removed. Missing files
+/// are fine.
 pub fn destroy_files(dir: &Path) -> Result<(), StoreError> {
-    let keys_dir = dir.join(GROUP_KEYS_DIR);
-    if let Ok(entries) = std::fs::read_dir(&keys_dir) {
-        for entry in entries.flatten() {
-            shred_file(&entry.path())?;
+    for name in [STORE_FILE, MIGRATING_FILE] {
+        let path = dir.join(name);
+        match PageFile::wipe_slots(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StoreError::Io {
+                    context: format!("destroying the key slots of {}", path.display()),
+                    source: e,
+                });
+            }
         }
-        let _ = std::fs::remove_dir(&keys_dir);
+        remove_if_there(&path)?;
     }
-    shred_file(&dir.join(KEY_FILE))?;
-    match std::fs::remove_file(dir.join(DB_FILE)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(StoreError::Io {
-                context: format!("removing {}", dir.join(DB_FILE).display()),
-                source: e,
-            });
-        }
-    }
-    fsync_dir(dir)
+    legacy::destroy(dir)
 }
 
 /// Overwrites a small file with zeros, syncs it and removes it; a missing one is fine.
@@ -758,12 +779,10 @@ fn shred_file(path: &Path) -> Result<(), StoreError> {
             file.write_all(&vec![0u8; len.max(KEY_LEN)])
                 .and_then(|()| file.sync_all())
                 .map_err(io(ctx()))?;
-            std::fs::remove_file(path).map_err(io(ctx()))
+            remove_if_there(path)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let _ = std::fs::remove_file(path);
-            Ok(())
-        }
+        // Missing, or a symlink to a key that is not there now.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => remove_if_there(path),
         Err(e) => Err(StoreError::Io {
             context: ctx(),
             source: e,
@@ -771,97 +790,21 @@ fn shred_file(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-fn load_or_create_key(path: &Path, db_path: &Path) -> Result<Zeroizing<Vec<u8>>, StoreError> {
-    match File::open(path) {
-        Ok(file) => match read_key(path, file, db_path)? {
-            Some(key) => Ok(key),
-            // An empty key file beside no data: the first start died between creating the
-            // file and writing it. Nothing was ever sealed, so start again.
-            None => {
-                std::fs::remove_file(path)
-                    .map_err(io(format!("removing empty {}", path.display())))?;
-                create_key(path)
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if db_has_data(db_path) {
-                return Err(StoreError::KeyFileMissing {
-                    path: path.to_owned(),
-                });
-            }
-            create_key(path)
-        }
+fn random32() -> Zeroizing<[u8; 32]> {
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(&mut bytes[..]);
+    bytes
+}
+
+fn remove_if_there(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(StoreError::Io {
-            context: format!("opening {}", path.display()),
+            context: format!("removing {}", path.display()),
             source: e,
         }),
     }
-}
-
-/// Reads and checks an existing key file. `None`: empty and safe to replace.
-fn read_key(
-    path: &Path,
-    mut file: File,
-    db_path: &Path,
-) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-    let meta = file
-        .metadata()
-        .map_err(io(format!("reading {}", path.display())))?;
-    let mode = mode_of(&meta);
-    if mode & 0o077 != 0 {
-        return Err(StoreError::KeyFilePermissions {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    let mut key = Zeroizing::new(Vec::with_capacity(KEY_LEN + 1));
-    Read::by_ref(&mut file)
-        .take(KEY_LEN as u64 + 1)
-        .read_to_end(&mut key)
-        .map_err(io(format!("reading {}", path.display())))?;
-    if key.is_empty() && meta.len() == 0 && !db_has_data(db_path) {
-        return Ok(None);
-    }
-    if key.len() != KEY_LEN {
-        return Err(StoreError::KeyFileLength {
-            path: path.to_owned(),
-            len: meta.len(),
-        });
-    }
-    Ok(Some(key))
-}
-
-/// Creates the key file with O_CREAT|O_EXCL and mode 0600, and makes it durable.
-fn create_key(path: &Path) -> Result<Zeroizing<Vec<u8>>, StoreError> {
-    let mut file = match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(file) => file,
-        // A dangling symlink: the key lives elsewhere and is not reachable right now.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(StoreError::KeyFileMissing {
-                path: path.to_owned(),
-            });
-        }
-        Err(e) => {
-            return Err(StoreError::Io {
-                context: format!("creating {}", path.display()),
-                source: e,
-            });
-        }
-    };
-    let mut key = Zeroizing::new(vec![0u8; KEY_LEN]);
-    OsRng.fill_bytes(&mut key);
-    file.write_all(&key)
-        .and_then(|()| file.sync_all())
-        .map_err(io(format!("writing {}", path.display())))?;
-    if let Some(dir) = path.parent() {
-        fsync_dir(dir)?;
-    }
-    Ok(key)
 }
 
 /// Compacts the database file as far as redb can; a failure only leaves it larger.
@@ -878,36 +821,12 @@ fn compact_db(db: &mut Database) {
     }
 }
 
-fn open_db(dir: &Path, db_path: &Path) -> Result<Database, StoreError> {
-    // Create the file ourselves so it is 0600 from the start (redb would use 0666 & umask).
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(db_path)
-        .map_err(io(format!("opening {}", db_path.display())))?;
-    let meta = file
-        .metadata()
-        .map_err(io(format!("reading {}", db_path.display())))?;
-    if mode_of(&meta) != 0o600 {
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(io(format!(
-                "making {} private (chmod 600)",
-                db_path.display()
-            )))?;
-    }
-    let fresh = meta.len() == 0;
-    drop(file);
-    if fresh {
-        fsync_dir(dir)?;
-    }
+fn open_db(file: PageFile) -> Result<Database, StoreError> {
     // Verify every page checksum at open: a file altered outside redb becomes an error
     // here instead of a possible panic later.
     let db = redb::Builder::new()
         .set_check_integrity_on_open(true)
-        .create(db_path)
+        .create_with_backend(file)
         .map_err(db_err)?;
     // Make every table exist so reads on a fresh store find empty tables.
     let txn = db.begin_write().map_err(db_err)?;
@@ -918,6 +837,41 @@ fn open_db(dir: &Path, db_path: &Path) -> Result<Database, StoreError> {
     Ok(db)
 }
 
+/// Moves an older hearthd's store ([`legacy`]) into a new one: written beside it as
+/// `store.migrating`, made durable, then renamed into place. A crash before the rename
+/// leaves the old store whole, and the next start begins again.
+fn migrate(dir: &std::sync::Arc<DataDir>, key: &StorageKey) -> Result<(), StoreError> {
+    let old = legacy::LegacyStore::open(dir.path(), key)?;
+    let temp = dir.path().join(MIGRATING_FILE);
+    remove_if_there(&temp)?;
+    {
+        let new = Store::open_file(dir.clone(), key, &temp)?;
+        for alias in old.group_aliases() {
+            new.create_group_key(&alias)?;
+        }
+        for table in Table::ALL {
+            let ops: Vec<WriteOp> = old
+                .entries(table)?
+                .into_iter()
+                .map(|(key, value)| WriteOp::Put {
+                    table,
+                    key,
+                    value: value.to_vec(),
+                })
+                .collect();
+            new.write(ops)?;
+        }
+    }
+    let path = dir.path().join(STORE_FILE);
+    std::fs::rename(&temp, &path).map_err(io(format!(
+        "moving {} into place as {}",
+        temp.display(),
+        path.display()
+    )))?;
+    fsync_dir(dir.path())?;
+    tracing::info!("moved the store into its current layout");
+    Ok(())
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -995,13 +949,15 @@ mod tests {
         );
         // ...and once shredded, the same sealed bytes (as a freed page may still hold
         // them) open under no key, though the storage key is still there.
+        let slot = s.group_ciphers.read().unwrap()[&alias].slot;
+        let before = s.file.read_slot(slot).unwrap();
         s.shred_group_key(&alias).unwrap();
-        assert!(
-            !tmp.path()
-                .join(GROUP_KEYS_DIR)
-                .join(hex_name(&alias))
-                .exists()
+        assert_ne!(
+            *s.file.read_slot(slot).unwrap(),
+            *before,
+            "the slot was not overwritten"
         );
+        assert!(s.scan(Table::Meta, SLOT_PREFIX).unwrap().is_empty());
         raw_put(&s, Table::Envelopes, &key, &sealed);
         assert!(matches!(
             s.get(Table::Envelopes, &key),
@@ -1123,107 +1079,153 @@ mod tests {
         let dir = tmp.path().join("new");
         drop(Store::open_unprotected(&dir).unwrap());
         assert_eq!(mode(&dir), 0o700);
-        assert_eq!(mode(&dir.join(KEY_FILE)), 0o600);
-        assert_eq!(mode(&dir.join(DB_FILE)), 0o600);
+        assert_eq!(mode(&dir.join(crate::vault::KEY_FILE)), 0o600);
+        assert_eq!(mode(&dir.join(STORE_FILE)), 0o600);
         assert_eq!(mode(&dir.join(LOCK_FILE)), 0o600);
-        assert_eq!(std::fs::read(dir.join(KEY_FILE)).unwrap().len(), KEY_LEN);
 
         // An existing directory and database file with loose modes are tightened.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::set_permissions(dir.join(DB_FILE), std::fs::Permissions::from_mode(0o644))
+        std::fs::set_permissions(dir.join(STORE_FILE), std::fs::Permissions::from_mode(0o644))
             .unwrap();
         drop(Store::open_unprotected(&dir).unwrap());
         assert_eq!(mode(&dir), 0o700);
-        assert_eq!(mode(&dir.join(DB_FILE)), 0o600);
+        assert_eq!(mode(&dir.join(STORE_FILE)), 0o600);
     }
 
     #[test]
-    fn group_readable_key_file_is_refused() {
-        let tmp = tempfile::tempdir().unwrap();
-        let key = tmp.path().join(KEY_FILE);
-        drop(Store::open_unprotected(tmp.path()).unwrap());
-        for loose in [0o640, 0o604, 0o660] {
-            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(loose)).unwrap();
-            let err = Store::open_unprotected(tmp.path()).unwrap_err();
-            assert!(
-                matches!(err, StoreError::KeyFilePermissions { mode, .. } if mode == loose),
-                "{err}"
-            );
-            assert!(err.to_string().contains("chmod 600"), "{err}");
-        }
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
-        Store::open_unprotected(tmp.path()).unwrap();
-    }
-
-    #[test]
-    fn key_file_of_wrong_length_is_refused() {
-        let tmp = tempfile::tempdir().unwrap();
-        let key = tmp.path().join(KEY_FILE);
-        {
-            let s = Store::open_unprotected(tmp.path()).unwrap();
-            s.write(vec![put(Table::Meta, b"k", b"v")]).unwrap();
-        }
-        for len in [0usize, 31, 33] {
-            std::fs::write(&key, vec![7u8; len]).unwrap();
-            let err = Store::open_unprotected(tmp.path()).unwrap_err();
-            assert!(
-                matches!(err, StoreError::KeyFileLength { len: l, .. } if l == len as u64),
-                "{err}"
-            );
-            assert!(err.to_string().contains("exactly 32"), "{err}");
-        }
-    }
-
-    #[test]
-    fn missing_key_beside_existing_data_is_refused_not_replaced() {
+    fn a_missing_key_file_beside_existing_data_is_refused_not_replaced() {
         let tmp = tempfile::tempdir().unwrap();
         {
             let s = Store::open_unprotected(tmp.path()).unwrap();
             s.write(vec![put(Table::Meta, b"k", b"v")]).unwrap();
         }
-        std::fs::remove_file(tmp.path().join(KEY_FILE)).unwrap();
+        std::fs::remove_file(tmp.path().join(crate::vault::KEY_FILE)).unwrap();
         let err = Store::open_unprotected(tmp.path()).unwrap_err();
         assert!(matches!(err, StoreError::KeyFileMissing { .. }), "{err}");
-        assert!(!tmp.path().join(KEY_FILE).exists());
+        assert!(!tmp.path().join(crate::vault::KEY_FILE).exists());
+    }
+
+    /// Writes a store in an older hearthd's layout: `storage.key`, one group key file, and
+    /// plain redb whose values are sealed as now.
+    fn write_legacy(dir: &Path, storage: [u8; 32], group_alias: [u8; 16], group_file: [u8; 32]) {
+        std::fs::create_dir_all(dir.join("group-keys")).unwrap();
+        let private = |p: &Path, bytes: &[u8]| {
+            std::fs::write(p, bytes).unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        private(&dir.join("storage.key"), &storage);
+        private(
+            &dir.join("group-keys").join(hex::encode(group_alias)),
+            &group_file,
+        );
+        let seal = |key: &[u8; 32], table: Table, k: &[u8], v: &[u8]| {
+            let nonce = [9u8; NONCE_LEN];
+            let ct = XChaCha20Poly1305::new(key.into())
+                .encrypt(
+                    XNonce::from_slice(&nonce),
+                    Payload {
+                        msg: v,
+                        aad: &aad(table, k),
+                    },
+                )
+                .unwrap();
+            [&nonce[..], &ct].concat()
+        };
+        let value_key = derive(&storage, VALUE_KEY_INFO);
+        let group_key = derive(&group_file, b"hearth v1 storage group value key");
+        let db = redb::Database::create(dir.join("hearth.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(Table::Meta.definition()).unwrap();
+            meta.insert(
+                &b"m"[..],
+                &seal(&value_key, Table::Meta, b"m", b"meta value")[..],
+            )
+            .unwrap();
+            let mut env = txn.open_table(Table::Envelopes.definition()).unwrap();
+            let k = [&group_alias[..], b"e"].concat();
+            env.insert(
+                &k[..],
+                &seal(&group_key, Table::Envelopes, &k, b"group value")[..],
+            )
+            .unwrap();
+        }
+        txn.commit().unwrap();
     }
 
     #[test]
-    fn empty_key_file_from_an_interrupted_first_start_is_replaced() {
+    fn a_store_in_the_old_layout_is_moved_and_its_old_files_destroyed() {
         let tmp = tempfile::tempdir().unwrap();
-        let key = tmp.path().join(KEY_FILE);
-        std::fs::File::create(&key).unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let alias = [5u8; 16];
+        write_legacy(tmp.path(), [0x11; 32], alias, [0x22; 32]);
+        let group_key = [&alias[..], b"e"].concat();
+        {
+            let s = Store::open_unprotected(tmp.path()).unwrap();
+            assert_eq!(
+                &s.get(Table::Meta, b"m").unwrap().unwrap()[..],
+                b"meta value"
+            );
+            assert_eq!(
+                &s.get(Table::Envelopes, &group_key).unwrap().unwrap()[..],
+                b"group value"
+            );
+            assert!(s.has_group_key(&alias));
+            // The same storage key, now in the key file: aliases stay valid.
+            let Some(KeyFile::Plain(key)) = Vault::new(tmp.path()).read().unwrap() else {
+                panic!("the key moved into a plain key file");
+            };
+            assert_eq!(key.expose(), &[0x11; 32]);
+        }
+        let mut names: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["hearthd.lock", "keys", "store"]);
+        // And it opens again the same way.
         let s = Store::open_unprotected(tmp.path()).unwrap();
-        s.write(vec![put(Table::Meta, b"k", b"v")]).unwrap();
-        assert_eq!(std::fs::read(&key).unwrap().len(), KEY_LEN);
-        assert_eq!(mode(&key), 0o600);
+        assert_eq!(
+            &s.get(Table::Envelopes, &group_key).unwrap().unwrap()[..],
+            b"group value"
+        );
     }
 
     #[test]
-    fn key_file_may_be_a_symlink_and_a_dangling_one_is_refused() {
+    fn an_old_key_file_readable_by_others_or_of_the_wrong_length_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
-        let data = tmp.path().join("data");
-        let elsewhere = tmp.path().join("usb");
-        std::fs::create_dir(&elsewhere).unwrap();
-        {
-            let s = Store::open_unprotected(&data).unwrap();
-            s.write(vec![put(Table::Meta, b"k", b"v")]).unwrap();
-        }
-        std::fs::rename(data.join(KEY_FILE), elsewhere.join(KEY_FILE)).unwrap();
-        std::os::unix::fs::symlink(elsewhere.join(KEY_FILE), data.join(KEY_FILE)).unwrap();
-        {
-            let s = Store::open_unprotected(&data).unwrap();
-            assert_eq!(&s.get(Table::Meta, b"k").unwrap().unwrap()[..], b"v");
-        }
-        std::fs::rename(elsewhere.join(KEY_FILE), tmp.path().join("unplugged")).unwrap();
-        let err = Store::open_unprotected(&data).unwrap_err();
-        assert!(matches!(err, StoreError::KeyFileMissing { .. }), "{err}");
-        // The same refusal on a store that never held data: no key is made through the link.
-        let fresh = tmp.path().join("fresh");
-        std::fs::create_dir(&fresh).unwrap();
-        std::os::unix::fs::symlink(elsewhere.join("absent"), fresh.join(KEY_FILE)).unwrap();
-        let err = Store::open_unprotected(&fresh).unwrap_err();
-        assert!(matches!(err, StoreError::KeyFileMissing { .. }), "{err}");
+        write_legacy(tmp.path(), [0x11; 32], [5; 16], [0x22; 32]);
+        let key = tmp.path().join("storage.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = Store::open_unprotected(tmp.path()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::KeyFilePermissions { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&key, [1u8; 31]).unwrap();
+        let err = Store::open_unprotected(tmp.path()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::KeyFileLength { len: 31, .. }),
+            "{err}"
+        );
+        // Nothing was moved or destroyed by the refusals.
+        assert!(tmp.path().join("hearth.redb").exists());
+        assert!(!tmp.path().join("store").exists());
+    }
+
+    #[test]
+    fn an_interrupted_move_from_the_old_layout_starts_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_legacy(tmp.path(), [0x11; 32], [5; 16], [0x22; 32]);
+        // A half-written new store from a start that died.
+        std::fs::write(tmp.path().join(MIGRATING_FILE), [7u8; 100]).unwrap();
+        let s = Store::open_unprotected(tmp.path()).unwrap();
+        assert_eq!(
+            &s.get(Table::Meta, b"m").unwrap().unwrap()[..],
+            b"meta value"
+        );
+        assert!(!tmp.path().join(MIGRATING_FILE).exists());
     }
 
     #[test]
@@ -1242,6 +1244,19 @@ mod tests {
                     "plaintext found in {}",
                     path.display()
                 );
+                // Nor redb's structure: table names, its magic.
+                for needle in Table::ALL
+                    .iter()
+                    .map(|t| t.name().as_bytes())
+                    .chain([&b"redb"[..]])
+                {
+                    assert!(
+                        !contains(&bytes, needle),
+                        "{} found in {}",
+                        String::from_utf8_lossy(needle),
+                        path.display()
+                    );
+                }
             }
         };
         {
@@ -1320,30 +1335,30 @@ mod tests {
     fn a_byte_flipped_in_the_file_itself_never_panics_or_yields_wrong_data() {
         let tmp = tempfile::tempdir().unwrap();
         let value = b"a value somebody will tamper with";
-        let sealed = {
+        {
             let s = Store::open_unprotected(tmp.path()).unwrap();
             s.write(vec![put(Table::Peers, b"p", value)]).unwrap();
-            raw_get(&s, Table::Peers, b"p").unwrap()
-        };
-        let path = tmp.path().join(DB_FILE);
-        let mut bytes = std::fs::read(&path).unwrap();
-        let at = bytes
-            .windows(sealed.len())
-            .position(|w| w == sealed.as_slice())
-            .expect("sealed value is in the file");
-        bytes[at + NONCE_LEN + 2] ^= 0x40;
-        std::fs::write(&path, &bytes).unwrap();
-        // redb's checksums may refuse the file at open, or the AEAD refuses the value.
-        match Store::open_unprotected(tmp.path()) {
-            Err(e) => assert!(matches!(e, StoreError::Db(_)), "{e}"),
-            Ok(s) => match s.get(Table::Peers, b"p") {
-                Ok(Some(v)) => assert_eq!(&v[..], value),
-                Ok(None) => {}
-                Err(e) => assert!(
-                    matches!(e, StoreError::Corrupt { .. } | StoreError::Db(_)),
-                    "{e}"
-                ),
-            },
+        }
+        let path = tmp.path().join(STORE_FILE);
+        let original = std::fs::read(&path).unwrap();
+        let start = crate::pagefile::SLOT_REGION_LEN as usize;
+        for at in (start..original.len()).step_by(997) {
+            let mut bytes = original.clone();
+            bytes[at] ^= 0x40;
+            std::fs::write(&path, &bytes).unwrap();
+            // redb's checksums may refuse the file at open, or the value is refused, or
+            // (a block redb no longer uses) nothing shows; never a wrong value.
+            match Store::open_unprotected(tmp.path()) {
+                Err(e) => assert!(matches!(e, StoreError::Db(_)), "{e}"),
+                Ok(s) => match s.get(Table::Peers, b"p") {
+                    Ok(Some(v)) => assert_eq!(&v[..], value),
+                    Ok(None) => {}
+                    Err(e) => assert!(
+                        matches!(e, StoreError::Corrupt { .. } | StoreError::Db(_)),
+                        "{e}"
+                    ),
+                },
+            }
         }
     }
 
@@ -1359,12 +1374,9 @@ mod tests {
 
         // A value written by the store opens with nothing but the documented recipe.
         let tmp = tempfile::tempdir().unwrap();
-        std::fs::write(tmp.path().join(KEY_FILE), [0x42; 32]).unwrap();
-        std::fs::set_permissions(
-            tmp.path().join(KEY_FILE),
-            std::fs::Permissions::from_mode(0o600),
-        )
-        .unwrap();
+        Vault::new(tmp.path())
+            .store_plain(&StorageKey::from_slice(&[0x42; 32]))
+            .unwrap();
         let s = Store::open_unprotected(tmp.path()).unwrap();
         s.write(vec![put(
             Table::EpochKeys,
@@ -1392,6 +1404,39 @@ mod tests {
         )])
         .unwrap();
         assert_ne!(raw_get(&s, Table::EpochKeys, b"g\x00\x01").unwrap(), sealed);
+        drop(s);
+
+        // And every page of the file opens with the documented page recipe:
+        // HKDF-SHA256(ikm = 32 x 0x42, info = "hearth v2 storage page key"), computed with
+        // Python's hmac/hashlib; logical block i >= 1 at physical position i + 1 after the
+        // key slots, aad "hearth v2 page" || i u64 LE || copy 0.
+        let page_key: [u8; 32] =
+            hex::decode("3aeab3cb9e15252f693e997d1f5c1be8fe7be8a88222f4628ec3a3d9c1fa9434")
+                .unwrap()
+                .try_into()
+                .unwrap();
+        let file = std::fs::read(tmp.path().join(STORE_FILE)).unwrap();
+        let pages = &file[crate::pagefile::SLOT_REGION_LEN as usize..];
+        let block = crate::pagefile::PHYSICAL_BLOCK_LEN;
+        assert!(
+            pages.len() / block >= 3,
+            "a store has pages beyond the header"
+        );
+        let cipher = XChaCha20Poly1305::new((&page_key).into());
+        for i in 1..(pages.len() / block - 1) {
+            let physical = &pages[(i + 1) * block..(i + 2) * block];
+            let aad = [&b"hearth v2 page"[..], &(i as u64).to_le_bytes(), &[0]].concat();
+            let plain = cipher
+                .decrypt(
+                    XNonce::from_slice(&physical[..24]),
+                    Payload {
+                        msg: &physical[24..],
+                        aad: &aad,
+                    },
+                )
+                .unwrap_or_else(|_| panic!("page {i} does not open"));
+            assert_eq!(plain.len(), 8 + 4096);
+        }
     }
 
     #[test]

@@ -361,13 +361,13 @@ impl Daemon {
         use std::io::{Read, Write};
         let mut s = std::os::unix::net::UnixStream::connect(&self.socket).expect("the API socket");
         let body = body.map(Value::to_string).unwrap_or_default();
-        write!(
-            s,
+        let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
-        )
-        .unwrap();
+        );
+        // The daemon may answer (and close) before reading a body it refuses.
+        let _ = s.write_all(request.as_bytes());
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         let status = out

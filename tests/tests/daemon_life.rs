@@ -57,7 +57,8 @@ fn socket_and_store_are_private() {
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&a.socket), 0o600);
     assert_eq!(mode(&a.data_dir), 0o700);
-    assert_eq!(mode(&a.data_dir.join("storage.key")), 0o600);
+    assert_eq!(mode(&a.data_dir.join("keys")), 0o600);
+    assert_eq!(mode(&a.data_dir.join("store")), 0o600);
 }
 
 #[test]
