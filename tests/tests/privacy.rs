@@ -91,3 +91,100 @@ fn a_non_member_gets_nothing_of_the_group() {
         2
     );
 }
+
+/// What a disk holder sees of a data directory, stopped or locked: file names, and every
+/// file's size except the store's (whose total size is the one thing it may learn) and the
+/// lock file's (the daemon's pid, in as many digits as it has).
+fn disk_shape(dir: &std::path::Path) -> Vec<(String, Option<u64>)> {
+    let mut shape: Vec<_> = hearth_tests::files_under(dir)
+        .iter()
+        .map(|p| {
+            let name = p.strip_prefix(dir).unwrap().display().to_string();
+            let size = (name != "store" && name != "hearthd.lock")
+                .then(|| std::fs::metadata(p).unwrap().len());
+            (name, size)
+        })
+        .collect();
+    shape.sort();
+    shape
+}
+
+/// Table names inside the store and redb's own magic: none may be readable on disk.
+const STRUCTURE: [&str; 8] = [
+    "meta",
+    "groups",
+    "envelopes",
+    "epoch_keys",
+    "invites",
+    "peers",
+    "verified",
+    "redb",
+];
+
+/// A data directory with one group and one agreement, and one with three groups and
+/// thirty agreements: stopped or locked, the two show the same files, the same key file,
+/// and no marker, table name or id; only the store's size differs.
+#[test]
+fn a_disk_holder_learns_only_the_size_of_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut small = Daemon::start("S", &tmp.path().join("small"));
+    let mut large = Daemon::start("L", &tmp.path().join("large"));
+    let mut ids = Vec::new();
+    let one = small.create_group("DISK-GROUP-S");
+    small.json(&["agreement", "add", &one, "DISK-AGREEMENT-S"]);
+    ids.push(one.clone());
+    ids.push(small.member_id(&one));
+    for g in 0..3 {
+        let group = large.create_group(&format!("DISK-GROUP-L{g}"));
+        for a in 0..10 {
+            large.json(&[
+                "agreement",
+                "add",
+                &group,
+                &format!("DISK-AGREEMENT-L{g}-{a}"),
+            ]);
+        }
+        ids.push(large.member_id(&group));
+        ids.push(group);
+    }
+    for d in [&small, &large] {
+        let out = d.cli_with_input(
+            &["passphrase", "set", "--passphrase-stdin"],
+            "disk holder test passphrase\n",
+        );
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    let (small_dir, large_dir) = (small.data_dir.clone(), large.data_dir.clone());
+    let check = |when: &str| {
+        assert_eq!(
+            disk_shape(&small_dir),
+            disk_shape(&large_dir),
+            "{when}: the files differ beyond the store's size"
+        );
+        let markers = ["DISK-GROUP", "DISK-AGREEMENT"];
+        let raw: Vec<Vec<u8>> = ids.iter().map(|id| hex::decode(id).unwrap()).collect();
+        let needles = markers
+            .iter()
+            .map(|m| m.as_bytes())
+            .chain(STRUCTURE.iter().map(|s| s.as_bytes()))
+            .chain(ids.iter().map(|id| id.as_bytes()))
+            .chain(raw.iter().map(Vec::as_slice));
+        for needle in needles {
+            let hits = files_containing(tmp.path(), needle);
+            assert!(
+                hits.iter()
+                    .all(|p| p.extension().is_some_and(|e| e == "log")),
+                "{when}: {} found in {hits:?}",
+                String::from_utf8_lossy(needle)
+            );
+        }
+    };
+    for d in [&small, &large] {
+        assert_eq!(d.json(&["lock"])["locked"], true);
+    }
+    check("locked");
+    small.stop();
+    large.stop();
+    check("stopped");
+}
