@@ -13,6 +13,15 @@ pub const DEFAULT_LOG_FILTER: &str = "off,hearthd=info";
 static ALLOCATOR: hearthd::wipe::WipeOnFree = hearthd::wipe::WipeOnFree;
 
 fn main() -> std::process::ExitCode {
+    // No core dumps, and no other process of this user may read our memory or attach a
+    // debugger (as ssh-agent does): an unlocked daemon's memory holds every key.
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        eprintln!(
+            "hearthd: cannot keep other programs from reading its memory: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     let filter = std::env::var("HEARTH_LOG")
         .ok()
         .filter(|f| !f.trim().is_empty())
