@@ -11,6 +11,7 @@ pub mod join;
 pub mod leave;
 pub mod net;
 pub mod node;
+pub mod pagefile;
 mod peering;
 mod peers;
 mod records;
