@@ -37,9 +37,10 @@
 //! generation. A write goes to the other copy with that generation + 1, so the copy it
 //! replaces is the older one and a torn write leaves the previous header readable.
 //! Refinement: the copy that held the newest header at the last `sync_data` (or at open,
-//! which syncs first) is never overwritten before the next `sync_data`; further writes of
-//! block 0 in between go to the same other copy. Then even two header writes without a sync
-//! between them (redb may write a buffered header back early) cannot leave both copies torn.
+//! which syncs first) is never overwritten before the next `sync_data` while it is
+//! authentic; further writes of block 0 in between go to the same other copy. Then even two
+//! header writes without a sync between them (redb may write a buffered header back early)
+//! cannot leave both copies torn.
 //! The fill of a new block 0 (below) is generation 0 and every real write has a generation of
 //! at least 1.
 //!
@@ -186,6 +187,15 @@ struct HeaderCopies {
     writes: u64,
 }
 
+/// What reading both copies of block 0 found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct HeaderRead {
+    /// The authentic copy with the highest generation, and that generation.
+    newest: Option<(u8, u64)>,
+    /// Which copies are authentic.
+    authentic: [bool; 2],
+}
+
 /// What opening one physical block found.
 enum Opened {
     /// All zero bytes: never written. Reads as zeros.
@@ -258,10 +268,10 @@ impl PageFile {
             failed: AtomicU64::new(0),
         };
         let mut header = Zeroizing::new([0u8; BLOCK_LEN]);
-        let newest = inner
+        let read = inner
             .read_block0(&mut header)
             .map_err(io_err(format!("reading {}", path.display())))?;
-        inner.write_blocks().durable = newest.map(|(copy, _)| copy);
+        inner.write_blocks().durable = read.newest.map(|(copy, _)| copy);
         Ok(PageFile {
             inner: Arc::new(inner),
         })
@@ -501,25 +511,25 @@ impl Inner {
         Ok(())
     }
 
-    /// Reads block 0 from its newest authentic copy into `page` (zeros when there is none)
-    /// and returns that copy and its generation.
-    fn read_block0(&self, page: &mut [u8; BLOCK_LEN]) -> io::Result<Option<(u8, u64)>> {
+    /// Reads block 0 from its newest authentic copy into `page` (zeros when there is none).
+    fn read_block0(&self, page: &mut [u8; BLOCK_LEN]) -> io::Result<HeaderRead> {
         let mut both = Zeroizing::new([0u8; 2 * PHYSICAL_BLOCK_LEN]);
         self.read_physical(0, &mut both[..])?;
         let (first, second) = both.split_at_mut(PHYSICAL_BLOCK_LEN);
-        let mut newest: Option<(u8, u64)> = None;
+        let mut read = HeaderRead::default();
         for (copy, phys) in [(0u8, &mut *first), (1u8, &mut *second)] {
-            if let Opened::Authentic { generation } = self.open_in_place(phys, 0, copy)
-                && newest.is_none_or(|(_, g)| generation > g)
-            {
-                newest = Some((copy, generation));
-                page.copy_from_slice(&phys[DATA]);
+            if let Opened::Authentic { generation } = self.open_in_place(phys, 0, copy) {
+                read.authentic[usize::from(copy)] = true;
+                if read.newest.is_none_or(|(_, g)| generation > g) {
+                    read.newest = Some((copy, generation));
+                    page.copy_from_slice(&phys[DATA]);
+                }
             }
         }
-        if newest.is_none() {
+        if read.newest.is_none() {
             page.fill(0);
         }
-        Ok(newest)
+        Ok(read)
     }
 
     /// Rewrites block 0 with `change` applied, into the copy that may be replaced.
@@ -529,14 +539,16 @@ impl Inner {
         change: impl FnOnce(&mut [u8]),
     ) -> io::Result<()> {
         let mut page = Zeroizing::new([0u8; BLOCK_LEN]);
-        let newest = self.read_block0(&mut page)?;
+        let read = self.read_block0(&mut page)?;
         change(&mut page[..]);
-        let target = match (state.durable, newest) {
-            (Some(durable), _) => 1 - durable,
-            (None, Some((copy, _))) => 1 - copy,
-            (None, None) => 0,
+        let target = match (state.durable, read.newest) {
+            // Keep the durable copy while it is intact.
+            (Some(durable), _) if read.authentic[usize::from(durable)] => 1 - durable,
+            // Otherwise keep the newest authentic one, if any.
+            (_, Some((newest, _))) => 1 - newest,
+            (_, None) => 0,
         };
-        let generation = newest.map_or(1, |(_, g)| g.saturating_add(1));
+        let generation = read.newest.map_or(1, |(_, g)| g.saturating_add(1));
         let mut phys = [0u8; PHYSICAL_BLOCK_LEN];
         self.seal_into(&mut phys, 0, target, generation, &page[..])?;
         self.file
@@ -787,7 +799,7 @@ mod tests {
 
     fn newest_block0(file: &PageFile) -> Option<(u8, u64)> {
         let mut page = [0u8; BLOCK_LEN];
-        file.inner.read_block0(&mut page).unwrap()
+        file.inner.read_block0(&mut page).unwrap().newest
     }
 
     #[derive(Debug, Clone)]
@@ -1038,6 +1050,15 @@ mod tests {
         overwrite_physical(&path, u64::from(durable), 0x5A);
         file.read(0, &mut out).unwrap();
         assert_eq!(&out, b"header D");
+
+        // The durable copy (E) is broken: the next write replaces it, not D, the only
+        // authentic one.
+        let other_offset = physical_offset(u64::from(1 - durable)).unwrap();
+        let sealed_d = raw(other_offset);
+        file.write(0, b"header F").unwrap();
+        assert_eq!(raw(other_offset), sealed_d);
+        file.read(0, &mut out).unwrap();
+        assert_eq!(&out, b"header F");
     }
 
     #[test]
