@@ -67,11 +67,13 @@
 //! inject data. If both copies of block 0 fail, block 0 reads as zeros and redb refuses the
 //! file ("not a redb database"); it is never taken for an empty database.
 //!
-//! **What an attacker learns or can do.** Reading the disk: the file's total size, and (from
-//! the slot region) nothing. Writing the disk: roll any block back to an earlier version of
-//! itself, or destroy blocks (redb then refuses the file or falls back to an older commit),
-//! or truncate the file; never read or forge data. A wrong page key looks like a file whose
-//! every block was destroyed: redb refuses it and `failed_blocks()` is non-zero.
+//! **What an attacker learns or can do.** Reading the disk once: the file's total size, and
+//! nothing else (the slots are random-looking whether used or not). Reading it twice: also
+//! which blocks and slots changed in between. Writing the disk: roll any block back to an
+//! earlier version of itself, or destroy blocks (redb then refuses the file or falls back to
+//! an older commit), or truncate the file (cut to its slot region, it is an empty store, as
+//! a deleted file would be); never read or forge data. A wrong page key looks like a file
+//! whose every block was destroyed: redb refuses it and `failed_blocks()` is non-zero.
 //!
 //! **Assumptions.** Like redb on a plain file, this relies on the disk writing a sector
 //! atomically (old or new content after a power loss). Physical blocks are 4144 bytes, not
@@ -877,6 +879,34 @@ mod tests {
                 prop_assert_eq!(file.failed_blocks(), 0);
             }
         }
+    }
+
+    #[test]
+    fn the_length_counts_whole_blocks_and_block_0_once() {
+        let cases = [
+            (0, 0),
+            (SLOT_REGION_LEN - 1, 0),
+            (SLOT_REGION_LEN, 0),
+            (SLOT_REGION_LEN + PHYSICAL - 1, 0),
+            // Copy 1 missing: block 0 is still there.
+            (SLOT_REGION_LEN + PHYSICAL, 1),
+            (SLOT_REGION_LEN + 2 * PHYSICAL, 1),
+            (SLOT_REGION_LEN + 3 * PHYSICAL - 1, 1),
+            (SLOT_REGION_LEN + 3 * PHYSICAL, 2),
+            (SLOT_REGION_LEN + 3 * PHYSICAL + 5, 2),
+        ];
+        for (file_len, blocks) in cases {
+            assert_eq!(logical_blocks(file_len), blocks, "{file_len}");
+        }
+        for logical in [0, 1, 2, 100] {
+            let file_len = physical_offset(physical_blocks(logical)).unwrap();
+            assert_eq!(logical_blocks(file_len), logical);
+        }
+        for physical in 0..5 {
+            let (index, copy) = logical_of(physical);
+            assert_eq!(physical_of(index, copy), physical);
+        }
+        assert!(physical_offset(u64::MAX / 2).is_err());
     }
 
     #[test]
