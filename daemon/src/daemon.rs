@@ -41,27 +41,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "hearthd ready"
     );
     let app = http::front_router(keeper.clone());
-    let exit = keeper.exit_requested();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                () = shutdown_signal() => {}
-                () = exit => {}
-            }
-        })
-        .await;
+    let stopping = keeper.clone();
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        // The unlocked daemon first: that ends the event streams, which would otherwise
+        // hold the graceful shutdown for as long as their clients stay.
+        stopping.shut_down().await;
+    });
+    let served = tokio::select! {
+        served = serve.into_future() => served,
+        () = keeper.exit_requested() => {
+            // After a panic everything is destroyed: leave at once, telling no one and
+            // waiting for no client, once the panic's answer has had a moment to go out.
+            tokio::time::sleep(PANIC_ANSWER_GRACE).await;
+            std::process::exit(0);
+        }
+    };
     auto_lock.abort();
-    if keeper.panicked() {
-        // Everything is destroyed already; tell no one, keep nothing, leave at once.
-        std::process::exit(0);
-    }
-    tracing::info!("shutting down");
-    keeper.shut_down().await;
     if let Err(e) = std::fs::remove_file(&config.socket) {
         tracing::warn!("could not remove the API socket: {e}");
     }
     served.context("serving the local API")
 }
+
+/// How long a panicking daemon gives its answer to reach the client before it exits.
+const PANIC_ANSWER_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The unlocked daemon's parts, made by [`start`] on the runtime that will run them.
 pub struct Started {

@@ -110,7 +110,19 @@ pub fn front_router(keeper: Arc<Keeper>) -> Router {
         .route("/v1/passphrase/duress", axum::routing::put(set_duress))
         .route("/v1/events", get(events))
         .fallback(forward)
+        // One request per connection: an idle kept-alive connection would hold the last
+        // request (a passphrase, a text) in its buffers after locking. The CLI opens one
+        // connection per command anyway.
+        .layer(axum::middleware::map_response(close_connection))
         .with_state(keeper)
+}
+
+async fn close_connection(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 fn locked() -> Failure {
@@ -126,6 +138,7 @@ fn keeper_failure(e: KeeperError) -> Failure {
         KeeperError::NotProtected => (StatusCode::CONFLICT, "no_passphrase"),
         KeeperError::AlreadyProtected => (StatusCode::CONFLICT, "passphrase_set"),
         KeeperError::Refused(_) => (StatusCode::BAD_REQUEST, "invalid"),
+        KeeperError::Interrupted => (StatusCode::SERVICE_UNAVAILABLE, "interrupted"),
         KeeperError::Internal(_) => {
             tracing::error!("request failed: {e}");
             (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -202,8 +215,8 @@ async fn forward(State(keeper): State<Arc<Keeper>>, req: axum::extract::Request)
     match gate.handle.spawn(router.oneshot(req)).await {
         Ok(Ok(response)) => response,
         Ok(Err(never)) => match never {},
-        // The daemon locked while the request ran.
-        Err(_) => locked().into_response(),
+        // The daemon locked while the request ran: it may have done it.
+        Err(_) => keeper_failure(KeeperError::Interrupted).into_response(),
     }
 }
 

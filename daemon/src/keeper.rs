@@ -58,6 +58,12 @@ pub enum KeeperError {
     #[error("{0}")]
     Refused(String),
 
+    #[error(
+        "hearthd locked while this request ran, so it may or may not have been done; unlock \
+         it with `hearth unlock` and look before trying again"
+    )]
+    Interrupted,
+
     #[error("{0:#}")]
     Internal(anyhow::Error),
 }
@@ -67,9 +73,10 @@ impl From<VaultError> for KeeperError {
         match e {
             VaultError::WrongPassphrase => KeeperError::WrongPassphrase,
             VaultError::NotProtected => KeeperError::NotProtected,
-            VaultError::TooShort | VaultError::SameAsPassphrase => {
-                KeeperError::Refused(e.to_string())
-            }
+            VaultError::TooShort
+            | VaultError::SameAsPassphrase
+            | VaultError::SameAsDuress
+            | VaultError::Destroyed => KeeperError::Refused(e.to_string()),
             other => KeeperError::Internal(other.into()),
         }
     }
@@ -103,14 +110,21 @@ pub struct Keeper {
     /// Serialises unlocking, locking and passphrase changes.
     running: tokio::sync::Mutex<Option<Running>>,
     gate: std::sync::RwLock<Option<Gate>>,
-    last_request: std::sync::Mutex<Instant>,
+    /// When the last client request came, on the clock that keeps counting while the
+    /// computer sleeps (so a laptop closed overnight locks when it wakes).
+    last_request: std::sync::Mutex<Duration>,
     tries: std::sync::Mutex<Tries>,
+    /// Whether a passphrase protects the store, as of the last start or change (not read
+    /// from the file each time: a damaged or unreadable file must not turn locking off).
+    protected: AtomicBool,
     panicked: AtomicBool,
     exit: tokio::sync::watch::Sender<bool>,
     /// The TCP port the first unlock was given for `--listen .../tcp/0`, asked for again
     /// on every later unlock, so that peers who remember this daemon's address still
     /// reach it after a lock.
     port: std::sync::Mutex<Option<u16>>,
+    /// The node of the last unlock: a new one may not open the store while it lives.
+    last_node: std::sync::Mutex<Weak<Node>>,
 }
 
 impl Keeper {
@@ -122,11 +136,13 @@ impl Keeper {
             vault,
             running: tokio::sync::Mutex::new(None),
             gate: std::sync::RwLock::new(None),
-            last_request: std::sync::Mutex::new(Instant::now()),
+            last_request: std::sync::Mutex::new(since_boot()),
             tries: std::sync::Mutex::new(Tries::default()),
+            protected: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
             exit: tokio::sync::watch::channel(false).0,
             port: std::sync::Mutex::new(None),
+            last_node: std::sync::Mutex::new(Weak::new()),
         })
     }
 
@@ -136,10 +152,7 @@ impl Keeper {
         let vault = self.vault.clone();
         let dir = self.dir.path().to_owned();
         let key = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<StorageKey>> {
-            if vault.recover()? {
-                // A duress unlock was interrupted after the real key was destroyed.
-                store::destroy_files(&dir)?;
-            }
+            store::recover(&dir, &vault)?;
             let key = match vault.read()? {
                 Some(KeyFile::Plain(key)) => Some(key),
                 Some(KeyFile::Wrapped(_)) => None,
@@ -149,6 +162,7 @@ impl Keeper {
             Ok(key)
         })
         .await??;
+        self.protected.store(key.is_none(), Ordering::SeqCst);
         if let Some(key) = key {
             let mut running = self.running.lock().await;
             *running = Some(self.start(key).await.map_err(|e| anyhow::anyhow!("{e}"))?);
@@ -157,7 +171,7 @@ impl Keeper {
     }
 
     pub fn protected(&self) -> bool {
-        matches!(self.vault.read(), Ok(Some(KeyFile::Wrapped(_))))
+        self.protected.load(Ordering::SeqCst)
     }
 
     pub fn is_locked(&self) -> bool {
@@ -171,14 +185,12 @@ impl Keeper {
 
     /// Notes a client request, which holds off auto-lock.
     pub fn touch(&self) {
-        *self.last_request.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        *self.last_request.lock().unwrap_or_else(|p| p.into_inner()) = since_boot();
     }
 
     fn idle_for(&self) -> Duration {
-        self.last_request
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
+        let last = *self.last_request.lock().unwrap_or_else(|p| p.into_inner());
+        since_boot().saturating_sub(last)
     }
 
     pub async fn status(&self) -> api::Status {
@@ -210,6 +222,7 @@ impl Keeper {
     /// unlocks a fresh, empty one that only it opens, and answers exactly as an unlock.
     pub async fn unlock(&self, passphrase: Passphrase) -> Result<(), KeeperError> {
         let mut running = self.running.lock().await;
+        self.not_destroyed()?;
         if running.is_some() {
             return Err(KeeperError::AlreadyUnlocked);
         }
@@ -217,6 +230,9 @@ impl Keeper {
         let vault = self.vault.clone();
         let dir = self.dir.path().to_owned();
         let opened = tokio::task::spawn_blocking(move || {
+            if let Err(e) = store::recover(&dir, &vault) {
+                return Err(KeeperError::Internal(e.into()));
+            }
             let opened = match vault.unlock(&passphrase) {
                 Ok(Opened::Storage(key)) => Ok(key),
                 Ok(Opened::Duress(wrap)) => start_over(&vault, &dir, &wrap),
@@ -247,33 +263,67 @@ impl Keeper {
     }
 
     /// Sets the first passphrase, or changes it (`current` given).
+    ///
+    /// Setting the first one also moves the store to a new storage key: until then the key
+    /// sat in the clear beside the data, and a copy of that file (a backup, a snapshot)
+    /// must open nothing stored afterwards. Changing it wraps the same key again, quickly,
+    /// without re-encrypting anything: a copy of the key file from before still opens the
+    /// store with the old passphrase (docs/threat-model.md).
     pub async fn set_passphrase(
         &self,
         current: Option<Passphrase>,
         new: Passphrase,
     ) -> Result<(), KeeperError> {
-        let running = self.running.lock().await;
+        let mut running = self.running.lock().await;
+        self.not_destroyed()?;
         if running.is_none() {
             return Err(KeeperError::Locked);
         }
-        match current {
-            None => {
-                let vault = self.vault.clone();
-                self.blocking(move || match vault.read()? {
-                    Some(KeyFile::Plain(key)) => {
-                        Ok(vault.protect(&key, &new, KdfParams::default())?)
-                    }
-                    _ => Err(KeeperError::AlreadyProtected),
-                })
-                .await
+        let vault = self.vault.clone();
+        if let Some(current) = current {
+            self.may_try()?;
+            let done = self
+                .blocking(move || Ok(vault.change(&current, &new)?))
+                .await;
+            return self.count_try(done);
+        }
+        let new_key = StorageKey::random();
+        // The slow part (Argon2id) first, while the daemon keeps serving.
+        let (old_key, staged, new_key) = self
+            .blocking(move || match vault.read()? {
+                Some(KeyFile::Plain(old)) => {
+                    let staged = vault.prepare_protect(&new_key, &new, KdfParams::default())?;
+                    Ok((old, staged, new_key))
+                }
+                _ => Err(KeeperError::AlreadyProtected),
+            })
+            .await?;
+        if let Some(r) = running.take() {
+            self.stop(r).await;
+        }
+        let (vault, dir) = (self.vault.clone(), self.dir.clone());
+        let rekeyed = self
+            .blocking(move || {
+                let done = rekey(&vault, &dir, &old_key, &new_key, &staged);
+                Ok((done, old_key, new_key))
+            })
+            .await?;
+        match rekeyed {
+            (Ok(()), _, new_key) => {
+                self.protected.store(true, Ordering::SeqCst);
+                *running = Some(self.start(new_key).await?);
+                Ok(())
             }
-            Some(current) => {
-                self.may_try()?;
-                let vault = self.vault.clone();
-                let done = self
-                    .blocking(move || Ok(vault.change(&current, &new)?))
-                    .await;
-                self.count_try(done)
+            (Err(e), old_key, new_key) => {
+                // Back to whichever key the files now hold (the store opens under one only).
+                let restarted = match self.start(old_key).await {
+                    Ok(r) => Ok(r),
+                    Err(_) => self.start(new_key).await,
+                };
+                if let Ok(r) = restarted {
+                    *running = Some(r);
+                }
+                Err(e)
             }
         }
     }
@@ -296,6 +346,7 @@ impl Keeper {
         duress: Passphrase,
     ) -> Result<(), KeeperError> {
         let running = self.running.lock().await;
+        self.not_destroyed()?;
         if running.is_none() {
             return Err(KeeperError::Locked);
         }
@@ -312,6 +363,12 @@ impl Keeper {
     pub async fn panic(&self) -> Result<(), KeeperError> {
         self.panicked.store(true, Ordering::SeqCst);
         drop(self.gate.write().unwrap_or_else(|p| p.into_inner()).take());
+        // Open event streams end now (the process exits right after the answer anyway).
+        if let Ok(running) = self.running.try_lock()
+            && let Some(r) = running.as_ref()
+        {
+            r.stop.send_replace(true);
+        }
         let vault = self.vault.clone();
         let dir = self.dir.path().to_owned();
         let socket = self.config.socket.clone();
@@ -357,6 +414,15 @@ impl Keeper {
         .map_err(|e| KeeperError::Internal(e.into()))?
     }
 
+    fn not_destroyed(&self) -> Result<(), KeeperError> {
+        if self.panicked() {
+            return Err(KeeperError::Refused(
+                "hearthd destroyed its keys and data and is stopping".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
     fn may_try(&self) -> Result<(), KeeperError> {
         let tries = self.tries.lock().unwrap_or_else(|p| p.into_inner());
         match tries.not_before {
@@ -387,6 +453,20 @@ impl Keeper {
     }
 
     async fn start(&self, key: StorageKey) -> Result<Running, KeeperError> {
+        self.not_destroyed()?;
+        if self
+            .last_node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .strong_count()
+            > 0
+        {
+            // Work from before the last lock still holds the store open.
+            return Err(KeeperError::Refused(
+                "hearthd is still finishing work from before it locked; try again in a minute"
+                    .to_owned(),
+            ));
+        }
         let port = *self.port.lock().unwrap_or_else(|p| p.into_inner());
         match self.start_listening(key, port).await {
             // The port was taken meanwhile: any port will do.
@@ -438,6 +518,7 @@ impl Keeper {
             *self.port.lock().unwrap_or_else(|p| p.into_inner()) = bound.iter().find_map(tcp_port);
         }
         let node = Arc::downgrade(&started.state.node);
+        *self.last_node.lock().unwrap_or_else(|p| p.into_inner()) = node.clone();
         let gate = Gate {
             router: crate::http::router(started.state.clone()),
             state: started.state,
@@ -480,6 +561,38 @@ impl Keeper {
         }
         tracing::error!("something still holds the groups after locking");
     }
+}
+
+/// Time since boot, counting time asleep (`CLOCK_BOOTTIME`; `Instant` stops while the
+/// computer is suspended).
+fn since_boot() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Changes the storage key of the (closed) store from `old` to `new`: the copy under the
+/// new key first, then the key file for it staged, then the copy put in place of the old
+/// store (destroyed) and the key file installed (`store::rekey`, `store::recover`).
+fn rekey(
+    vault: &Vault,
+    dir: &Arc<DataDir>,
+    old: &StorageKey,
+    new: &StorageKey,
+    staged: &crate::vault::Staged,
+) -> Result<(), KeeperError> {
+    let internal = |e: store::StoreError| KeeperError::Internal(e.into());
+    store::rekey(dir, old, new).map_err(internal)?;
+    vault.stage(staged)?;
+    vault
+        .install_staged(|| store::finish_rekey(dir.path()))
+        .map_err(internal)
 }
 
 /// A duress unlock: a fresh key file for the duress passphrase, the real key destroyed,

@@ -41,6 +41,12 @@ use crate::pagefile::{KEY_SLOTS, PageFile, PageFileError};
 const STORE_FILE: &str = "store";
 /// The new store being written from an older layout's files ([`legacy`]).
 const MIGRATING_FILE: &str = "store.migrating";
+/// The store being copied under a new storage key ([`rekey`]).
+const REKEY_FILE: &str = "store.rekey";
+/// The meta entry holding the key of [`Store::alias`]. Table keys are built from aliases,
+/// so the alias key must outlive a change of storage key: it is derived from the first
+/// storage key, then kept here.
+const ALIAS_KEY_ENTRY: &[u8] = b"alias key";
 pub const LOCK_FILE: &str = "hearthd.lock";
 const KEY_LEN: usize = 32;
 const VALUE_KEY_INFO: &[u8] = b"hearth v1 storage value key";
@@ -319,7 +325,7 @@ impl Store {
         }
         let mut db = open_db(file.clone())?;
         compact_db(&mut db);
-        let store = Store {
+        let mut store = Store {
             db: std::sync::RwLock::new(db),
             file,
             cipher: value_cipher(key.expose()),
@@ -331,7 +337,52 @@ impl Store {
             _dir: dir,
         };
         store.load_group_keys()?;
+        match store.get(Table::Meta, ALIAS_KEY_ENTRY)? {
+            Some(kept) => {
+                store.alias_key = Zeroizing::new(
+                    kept[..]
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt { table: "meta" })?,
+                );
+            }
+            None => store.write(vec![WriteOp::Put {
+                table: Table::Meta,
+                key: ALIAS_KEY_ENTRY.to_vec(),
+                value: store.alias_key.to_vec(),
+            }])?,
+        }
         Ok(store)
+    }
+
+    /// Copies every entry into `to`, re-sealed under its keys; each group gets a new key
+    /// slot there (its slot record here is not copied).
+    fn copy_into(&self, to: &Store) -> Result<(), StoreError> {
+        for alias in self.group_aliases() {
+            to.create_group_key(&alias)?;
+        }
+        for table in Table::ALL {
+            let ops: Vec<WriteOp> = self
+                .scan(table, &[])?
+                .into_iter()
+                .filter(|(key, _)| !(table == Table::Meta && key.starts_with(SLOT_PREFIX)))
+                .map(|(key, value)| WriteOp::Put {
+                    table,
+                    key,
+                    value: value.to_vec(),
+                })
+                .collect();
+            to.write(ops)?;
+        }
+        Ok(())
+    }
+
+    fn group_aliases(&self) -> Vec<[u8; 16]> {
+        self.group_ciphers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// Reads every group's key slot.
@@ -408,10 +459,12 @@ impl Store {
     /// not yet reused) can then be opened by no key, the storage key included.
     pub fn shred_group_key(&self, alias: &[u8; 16]) -> Result<(), StoreError> {
         let _slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(group) = self.ciphers_mut().remove(alias) else {
+        let Some(slot) = self.ciphers_mut().get(alias).map(|g| g.slot) else {
             return Ok(());
         };
-        self.file.write_slot(group.slot, &random32())?;
+        // The slot stays taken until its key is gone: a failed overwrite must not free it.
+        self.file.write_slot(slot, &random32())?;
+        self.ciphers_mut().remove(alias);
         self.write(vec![WriteOp::Delete {
             table: Table::Meta,
             key: [SLOT_PREFIX, &alias[..]].concat(),
@@ -717,9 +770,7 @@ fn take_lock(dir: &Path) -> Result<File, StoreError> {
 /// The storage key of a directory with no passphrase, made if the directory holds no store.
 fn unprotected_key(dir: &Path) -> Result<StorageKey, StoreError> {
     let vault = Vault::new(dir);
-    if vault.recover()? {
-        destroy_files(dir)?;
-    }
+    recover(dir, &vault)?;
     match vault.read()? {
         Some(KeyFile::Plain(key)) => Ok(key),
         Some(KeyFile::Wrapped(_)) => Err(StoreError::Protected),
@@ -753,19 +804,8 @@ fn has_data(path: &Path) -> bool {
 /// unreadable): the key slots are overwritten first, then the files removed. Missing files
 /// are fine.
 pub fn destroy_files(dir: &Path) -> Result<(), StoreError> {
-    for name in [STORE_FILE, MIGRATING_FILE] {
-        let path = dir.join(name);
-        match PageFile::wipe_slots(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(StoreError::Io {
-                    context: format!("destroying the key slots of {}", path.display()),
-                    source: e,
-                });
-            }
-        }
-        remove_if_there(&path)?;
+    for name in [STORE_FILE, MIGRATING_FILE, REKEY_FILE] {
+        destroy_store_file(&dir.join(name), false)?;
     }
     legacy::destroy(dir)
 }
@@ -788,6 +828,97 @@ fn shred_file(path: &Path) -> Result<(), StoreError> {
             source: e,
         }),
     }
+}
+
+/// The first step of changing the storage key (a passphrase set or changed): the store,
+/// closed, is copied under `new` as `store.rekey`, synced. Then the caller stages the new
+/// key file ([`Vault::stage`]) and calls [`finish_rekey`], then installs the key file; a
+/// start after a crash anywhere in between ends with the old key and store, or the new.
+pub fn rekey(
+    dir: &std::sync::Arc<DataDir>,
+    old: &StorageKey,
+    new: &StorageKey,
+) -> Result<(), StoreError> {
+    let temp = dir.path().join(REKEY_FILE);
+    remove_if_there(&temp)?;
+    let from = Store::open(dir.clone(), old)?;
+    let to = Store::open_file(dir.clone(), new, &temp)?;
+    from.copy_into(&to)?;
+    drop((from, to));
+    fsync_dir(dir.path())
+}
+
+/// The second step: the old store is destroyed (key slots, then every byte overwritten),
+/// and the copy takes its place.
+pub fn finish_rekey(dir: &Path) -> Result<(), StoreError> {
+    let path = dir.join(STORE_FILE);
+    destroy_store_file(&path, true)?;
+    std::fs::rename(dir.join(REKEY_FILE), &path).map_err(io(format!(
+        "moving the re-keyed store into place as {}",
+        path.display()
+    )))?;
+    fsync_dir(dir)
+}
+
+/// Finishes, at start, what a crash interrupted: a duress unlock (the store is destroyed,
+/// then the fresh key file installed), a re-key (the copy replaces the store, then the new
+/// key file is installed), or a key file replacement; a re-key copy without its key file
+/// is thrown away.
+pub fn recover(dir: &Path, vault: &Vault) -> Result<(), StoreError> {
+    match vault.pending()? {
+        crate::vault::Pending::Fresh => {
+            destroy_files(dir)?;
+            vault.finish_fresh()?;
+        }
+        crate::vault::Pending::Staged => vault.install_staged(|| {
+            if dir.join(REKEY_FILE).exists() {
+                finish_rekey(dir)?;
+            }
+            Ok::<(), StoreError>(())
+        })?,
+        crate::vault::Pending::None => {
+            if dir.join(REKEY_FILE).exists() {
+                destroy_store_file(&dir.join(REKEY_FILE), true)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Overwrites a store file's key slots (and, with `whole`, every other byte) with random
+/// bytes, syncs, and removes it. A missing file is fine.
+fn destroy_store_file(path: &Path, whole: bool) -> Result<(), StoreError> {
+    let ctx = || format!("destroying {}", path.display());
+    match PageFile::wipe_slots(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(StoreError::Io {
+                context: ctx(),
+                source: e,
+            });
+        }
+    }
+    if whole {
+        overwrite_whole(path).map_err(io(ctx()))?;
+    }
+    remove_if_there(path)
+}
+
+/// Overwrites every byte of a file with random bytes, in place, and syncs.
+fn overwrite_whole(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = OpenOptions::new().write(true).open(path)?;
+    let len = file.metadata()?.len();
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(chunk.len() as u64) as usize;
+        OsRng.fill_bytes(&mut chunk[..n]);
+        file.write_all_at(&chunk[..n], at)?;
+        at += n as u64;
+    }
+    file.sync_all()
 }
 
 fn random32() -> Zeroizing<[u8; 32]> {
@@ -1212,6 +1343,63 @@ mod tests {
         // Nothing was moved or destroyed by the refusals.
         assert!(tmp.path().join("hearth.redb").exists());
         assert!(!tmp.path().join("store").exists());
+    }
+
+    #[test]
+    fn a_rekey_interrupted_anywhere_ends_with_one_whole_key_and_store() {
+        let quick = crate::vault::KdfParams {
+            m_cost_kib: 64,
+            t_cost: 1,
+            p_cost: 1,
+        };
+        let pass = hearth_protocol::api::Passphrase::new("a long passphrase".to_owned());
+        let alias = [3u8; 16];
+        let group_key = [&alias[..], b"e"].concat();
+        // 0: the copy made; 1: and the key file staged; 2: and the copy in place.
+        for steps in 0..3 {
+            let tmp = tempfile::tempdir().unwrap();
+            let vault = Vault::new(tmp.path());
+            {
+                let s = Store::open_unprotected(tmp.path()).unwrap();
+                s.create_group_key(&alias).unwrap();
+                s.write(vec![
+                    put(Table::Meta, b"k", b"v"),
+                    put(Table::Envelopes, &group_key, b"group value"),
+                ])
+                .unwrap();
+            }
+            let Some(KeyFile::Plain(old)) = vault.read().unwrap() else {
+                panic!("a plain key file");
+            };
+            let new = StorageKey::random();
+            {
+                let dir = std::sync::Arc::new(DataDir::open(tmp.path()).unwrap());
+                rekey(&dir, &old, &new).unwrap();
+                if steps >= 1 {
+                    vault
+                        .stage(&vault.prepare_protect(&new, &pass, quick).unwrap())
+                        .unwrap();
+                }
+                if steps >= 2 {
+                    finish_rekey(tmp.path()).unwrap();
+                }
+            }
+            recover(tmp.path(), &vault).unwrap();
+            assert!(!tmp.path().join(REKEY_FILE).exists(), "steps {steps}");
+            let (expected, other) = if steps >= 1 {
+                (&new, &old)
+            } else {
+                (&old, &new)
+            };
+            let dir = std::sync::Arc::new(DataDir::open(tmp.path()).unwrap());
+            assert!(Store::open(dir.clone(), other).is_err(), "steps {steps}");
+            let s = Store::open(dir, expected).unwrap();
+            assert_eq!(&s.get(Table::Meta, b"k").unwrap().unwrap()[..], b"v");
+            assert_eq!(
+                &s.get(Table::Envelopes, &group_key).unwrap().unwrap()[..],
+                b"group value"
+            );
+        }
     }
 
     #[test]

@@ -178,6 +178,15 @@ pub enum VaultError {
     SameAsPassphrase,
 
     #[error(
+        "that is the duress passphrase; choose a new passphrase that differs from it (or \
+         set a new duress passphrase afterwards)"
+    )]
+    SameAsDuress,
+
+    #[error("hearth's keys on this device were destroyed")]
+    Destroyed,
+
+    #[error(
         "{} is damaged (cut short, overwritten or from another program); the data beside it \
          cannot be opened without it: restore the data directory from a backup, or move it \
          aside to start afresh",
@@ -205,16 +214,35 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> VaultError {
     move |source| VaultError::Io { context, source }
 }
 
-/// The key file of one data directory.
+/// A key file written beside the current one and not yet installed: the next step of a
+/// re-key ([`Vault::stage`]).
+pub struct Staged(Zeroizing<Vec<u8>>);
+
+/// A replacement of the key file that a crash left, found by [`Vault::pending`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    None,
+    /// `keys.new`: a passphrase set, changed or removed, or a re-key's new key.
+    Staged,
+    /// `keys.fresh`: a duress unlock had destroyed the real key; the store goes next.
+    Fresh,
+}
+
+/// The key file of one data directory. Clones share one lock, under which every write
+/// happens, and which [`Vault::destroy`] closes for good: a passphrase change racing a
+/// panic can never write a key after the panic destroyed the files.
 #[derive(Debug, Clone)]
 pub struct Vault {
     dir: PathBuf,
+    /// `true` once destroyed.
+    writes: std::sync::Arc<std::sync::Mutex<bool>>,
 }
 
 impl Vault {
     pub fn new(dir: &Path) -> Vault {
         Vault {
             dir: dir.to_owned(),
+            writes: std::sync::Arc::new(std::sync::Mutex::new(false)),
         }
     }
 
@@ -222,23 +250,29 @@ impl Vault {
         self.dir.join(name)
     }
 
-    /// Finishes a replacement of the key file that a crash interrupted. Returns whether a
-    /// duress unlock's fresh start was finished, in which case the caller must destroy the
-    /// store (the fresh key cannot open it).
-    pub fn recover(&self) -> Result<bool, VaultError> {
-        for (name, fresh) in [(FRESH_FILE, true), (NEW_FILE, false)] {
-            let path = self.path(name);
-            match read_file(&path)? {
-                None => {}
-                Some(bytes) if parse(&bytes).is_some() => {
-                    self.install(&path)?;
-                    return Ok(fresh);
-                }
-                // Cut short before it was synced: the old file is still whole.
-                Some(_) => destroy_file(&path)?,
-            }
+    /// Runs a write under the lock, unless the files were destroyed.
+    fn writing<T>(&self, f: impl FnOnce() -> Result<T, VaultError>) -> Result<T, VaultError> {
+        let destroyed = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        if *destroyed {
+            return Err(VaultError::Destroyed);
         }
-        Ok(false)
+        f()
+    }
+
+    /// What a crash left half done. A replacement cut short before it was synced is
+    /// destroyed here (the file it would have replaced is still whole).
+    pub fn pending(&self) -> Result<Pending, VaultError> {
+        self.writing(|| {
+            for (name, pending) in [(FRESH_FILE, Pending::Fresh), (NEW_FILE, Pending::Staged)] {
+                let path = self.path(name);
+                match read_file(&path)? {
+                    None => {}
+                    Some(bytes) if parse(&bytes).is_some() => return Ok(pending),
+                    Some(_) => destroy_file(&path)?,
+                }
+            }
+            Ok(Pending::None)
+        })
     }
 
     /// The key file, or `None` when there is none.
@@ -253,30 +287,31 @@ impl Vault {
     /// Makes a new storage key, kept in the clear (no passphrase yet).
     pub fn create_plain(&self) -> Result<StorageKey, VaultError> {
         let key = StorageKey::random();
-        self.replace(&plain_bytes(&key), NEW_FILE)?;
+        self.replace(&plain_bytes(&key))?;
         Ok(key)
     }
 
-    /// Keeps `key` in the clear again (a passphrase removed).
+    /// Keeps `key` in the clear (an older layout's key moved in).
     pub fn store_plain(&self, key: &StorageKey) -> Result<(), VaultError> {
-        self.replace(&plain_bytes(key), NEW_FILE)
+        self.replace(&plain_bytes(key))
     }
 
-    /// Wraps `key` under a first `passphrase`, with a new salt.
-    pub fn protect(
+    /// The key file for `new_key` wrapped under a first `passphrase`, with a new salt:
+    /// [`Vault::stage`] writes it once the store is re-keyed.
+    pub fn prepare_protect(
         &self,
-        key: &StorageKey,
+        new_key: &StorageKey,
         passphrase: &Passphrase,
         params: KdfParams,
-    ) -> Result<(), VaultError> {
+    ) -> Result<Staged, VaultError> {
         check_length(passphrase)?;
         let mut salt = [0u8; SALT_LEN];
         OsRng.fill_bytes(&mut salt);
         let wrap = derive(passphrase, params, salt)?;
         let mut random = [0u8; SLOT_LEN];
         OsRng.fill_bytes(&mut random);
-        let bytes = wrapped_bytes(&wrap, seal_slot(&wrap, KIND_STORAGE, key.expose()), random);
-        self.replace(&bytes, NEW_FILE)
+        let slot = seal_slot(&wrap, KIND_STORAGE, new_key.expose());
+        Ok(Staged(wrapped_bytes(&wrap, slot, random)))
     }
 
     /// The wrapped key file, or [`VaultError::NotProtected`].
@@ -287,8 +322,10 @@ impl Vault {
         }
     }
 
-    /// Replaces the passphrase `current` (which must open the storage key) by `new`. The
-    /// salt and the other slot stay, so a duress passphrase survives the change.
+    /// Replaces the passphrase `current` (which must open the storage key) by `new`,
+    /// wrapping the same storage key: nothing stored is re-encrypted. The salt and the other
+    /// slot stay, so a duress passphrase survives the change; `new` may not be the duress
+    /// passphrase (one passphrase would then both open the data and destroy it).
     pub fn change(&self, current: &Passphrase, new: &Passphrase) -> Result<(), VaultError> {
         check_length(new)?;
         let wrapped = self.wrapped()?;
@@ -296,9 +333,35 @@ impl Vault {
             return Err(VaultError::WrongPassphrase);
         };
         let wrap = derive(new, wrapped.params, wrapped.salt)?;
+        if opens(&wrap, &wrapped.slots[1 - index]) {
+            return Err(VaultError::SameAsDuress);
+        }
         let mut slots = wrapped.slots;
         slots[index] = seal_slot(&wrap, KIND_STORAGE, key.expose());
-        self.replace(&wrapped_bytes(&wrap, slots[0], slots[1]), NEW_FILE)
+        self.replace(&wrapped_bytes(&wrap, slots[0], slots[1]))
+    }
+
+    /// Writes `staged` beside the key file (synced), to be installed by
+    /// [`Vault::install_staged`]; a start after a crash in between finishes the re-key
+    /// (`store::recover`).
+    pub fn stage(&self, staged: &Staged) -> Result<(), VaultError> {
+        self.writing(|| write_new(&self.path(NEW_FILE), &staged.0))
+    }
+
+    /// Installs what [`Vault::stage`] wrote, after `first` (the store's half of a re-key),
+    /// both under the lock, so a panic meanwhile waits for them or stops them.
+    pub fn install_staged<E: From<VaultError>>(
+        &self,
+        first: impl FnOnce() -> Result<(), E>,
+    ) -> Result<(), E> {
+        let destroyed = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        if *destroyed {
+            return Err(VaultError::Destroyed.into());
+        }
+        first()?;
+        self.install(&self.path(NEW_FILE))?;
+        drop(destroyed);
+        Ok(())
     }
 
     /// Takes the passphrase `current` away (and any duress passphrase with it): the
@@ -308,7 +371,7 @@ impl Vault {
         let (Opened::Storage(key), _, _) = open_slots(&wrapped, current)? else {
             return Err(VaultError::WrongPassphrase);
         };
-        self.replace(&plain_bytes(&key), NEW_FILE)
+        self.replace(&plain_bytes(&key))
     }
 
     /// Adds (or replaces) the duress passphrase beside `current`, which must open the
@@ -330,7 +393,7 @@ impl Vault {
         OsRng.fill_bytes(&mut unused[..]);
         let mut slots = wrapped.slots;
         slots[1 - index] = seal_slot(&duress_wrap, KIND_DURESS, &unused);
-        self.replace(&wrapped_bytes(&real, slots[0], slots[1]), NEW_FILE)
+        self.replace(&wrapped_bytes(&real, slots[0], slots[1]))
     }
 
     /// Tries `passphrase` on the key file: the storage key, the duress mark, or
@@ -344,44 +407,50 @@ impl Vault {
     /// new storage key wrapped under the duress passphrase alone, then destroys the real
     /// key. [`Vault::finish_fresh`] installs the fresh file once the old store is gone.
     pub fn start_fresh(&self, duress: &WrapKey) -> Result<StorageKey, VaultError> {
-        let key = StorageKey::random();
-        let mut random = [0u8; SLOT_LEN];
-        OsRng.fill_bytes(&mut random);
-        let bytes = wrapped_bytes(
-            duress,
-            seal_slot(duress, KIND_STORAGE, key.expose()),
-            random,
-        );
-        write_new(&self.path(FRESH_FILE), &bytes)?;
-        // The real key goes first, so that whatever happens next nothing opens the data.
-        destroy_contents(&self.path(KEY_FILE))?;
-        Ok(key)
+        self.writing(|| {
+            let key = StorageKey::random();
+            let mut random = [0u8; SLOT_LEN];
+            OsRng.fill_bytes(&mut random);
+            let slot = seal_slot(duress, KIND_STORAGE, key.expose());
+            write_new(&self.path(FRESH_FILE), &wrapped_bytes(duress, slot, random))?;
+            fsync_dir(&self.dir)?;
+            // The real key goes first, so that whatever happens next nothing opens the data.
+            destroy_contents(&self.path(KEY_FILE))?;
+            Ok(key)
+        })
     }
 
     /// Installs the fresh key file [`Vault::start_fresh`] wrote.
     pub fn finish_fresh(&self) -> Result<(), VaultError> {
-        self.install(&self.path(FRESH_FILE))
+        self.writing(|| self.install(&self.path(FRESH_FILE)))
     }
 
     /// Destroys every key file: each is overwritten with random bytes, synced and removed.
+    /// No write through any clone of this vault succeeds afterwards.
     pub fn destroy(&self) -> Result<(), VaultError> {
+        let mut destroyed = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        *destroyed = true;
         for name in [KEY_FILE, NEW_FILE, FRESH_FILE] {
             destroy_file(&self.path(name))?;
         }
         fsync_dir(&self.dir)
     }
 
-    /// Writes `bytes` as `temp`, then replaces the key file with it.
-    fn replace(&self, bytes: &[u8], temp: &str) -> Result<(), VaultError> {
-        let path = self.path(temp);
-        write_new(&path, bytes)?;
-        self.install(&path)
+    /// Writes `bytes` as `keys.new`, then replaces the key file with it.
+    fn replace(&self, bytes: &[u8]) -> Result<(), VaultError> {
+        self.writing(|| {
+            let path = self.path(NEW_FILE);
+            write_new(&path, bytes)?;
+            self.install(&path)
+        })
     }
 
     /// Overwrites the current key file in place (so its old contents are not left in the
-    /// blocks a rename would free), then renames `from` over it.
+    /// blocks a rename would free), then renames `from` over it. Callers hold the lock.
     fn install(&self, from: &Path) -> Result<(), VaultError> {
         let to = self.path(KEY_FILE);
+        // The new file's name is durable before the old key is overwritten.
+        fsync_dir(&self.dir)?;
         destroy_contents(&to)?;
         std::fs::rename(from, &to).map_err(io(format!(
             "replacing {} with {}",
@@ -468,7 +537,19 @@ fn seal_slot(wrap: &WrapKey, kind: u8, key: &[u8; KEY_LEN]) -> [u8; SLOT_LEN] {
     slot
 }
 
+/// Whether `wrap` opens `slot`.
+fn opens(wrap: &WrapKey, slot: &[u8; SLOT_LEN]) -> bool {
+    let aad = slot_aad(&header_bytes(wrap.params, &wrap.salt));
+    let (nonce, ct) = slot.split_at(NONCE_LEN);
+    XChaCha20Poly1305::new((&*wrap.key.0).into())
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
+        .map(Zeroizing::new)
+        .is_ok()
+}
+
 /// Opens whichever slot `passphrase` opens: what it holds, the wrap key, and its index.
+/// Should both open (no file this code writes is so), the storage key wins, so no
+/// passphrase can both open the data and destroy it.
 fn open_slots(
     wrapped: &Wrapped,
     passphrase: &Passphrase,
@@ -476,6 +557,7 @@ fn open_slots(
     let wrap = derive(passphrase, wrapped.params, wrapped.salt)?;
     let aad = slot_aad(&header_bytes(wrapped.params, &wrapped.salt));
     let cipher = XChaCha20Poly1305::new((&*wrap.key.0).into());
+    let mut duress = None;
     for (index, slot) in wrapped.slots.iter().enumerate() {
         let (nonce, ct) = slot.split_at(NONCE_LEN);
         let Ok(plain) = cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
@@ -483,24 +565,32 @@ fn open_slots(
             continue;
         };
         let plain = Zeroizing::new(plain);
-        let opened = match plain[0] {
-            KIND_STORAGE => Opened::Storage(StorageKey::from_slice(
-                plain[1..].try_into().expect("a slot holds 1 + 32 bytes"),
-            )),
-            KIND_DURESS => Opened::Duress(WrapKey {
-                key: wrap.key.clone(),
-                params: wrap.params,
-                salt: wrap.salt,
-            }),
+        match plain[0] {
+            KIND_STORAGE => {
+                let key = StorageKey::from_slice(
+                    plain[1..].try_into().expect("a slot holds 1 + 32 bytes"),
+                );
+                return Ok((Opened::Storage(key), wrap, index));
+            }
+            KIND_DURESS => duress = Some(index),
             _ => {
                 return Err(VaultError::Damaged {
                     path: PathBuf::from(KEY_FILE),
                 });
             }
-        };
-        return Ok((opened, wrap, index));
+        }
     }
-    Err(VaultError::WrongPassphrase)
+    match duress {
+        Some(index) => {
+            let again = WrapKey {
+                key: wrap.key.clone(),
+                params: wrap.params,
+                salt: wrap.salt,
+            };
+            Ok((Opened::Duress(again), wrap, index))
+        }
+        None => Err(VaultError::WrongPassphrase),
+    }
 }
 
 /// A wrapped key file with these two slots, in random order.
@@ -688,11 +778,25 @@ mod tests {
         }
     }
 
+    /// Stages and installs a key file, as a re-key does once the store is copied.
+    fn install(vault: &Vault, staged: &Staged) {
+        vault.stage(staged).unwrap();
+        vault.install_staged(|| Ok::<(), VaultError>(())).unwrap();
+    }
+
+    /// A vault whose key is wrapped under "correct horse".
     fn protected(dir: &Path) -> (Vault, [u8; KEY_LEN]) {
         let vault = Vault::new(dir);
-        let key = vault.create_plain().unwrap();
-        vault.protect(&key, &pass("correct horse"), QUICK).unwrap();
+        let key = StorageKey::random();
+        let staged = vault
+            .prepare_protect(&key, &pass("correct horse"), QUICK)
+            .unwrap();
+        install(&vault, &staged);
         (vault, *key.expose())
+    }
+
+    fn change(vault: &Vault, current: &str, new: &str) -> Result<(), VaultError> {
+        vault.change(&pass(current), &pass(new))
     }
 
     #[test]
@@ -734,13 +838,13 @@ mod tests {
     fn change_and_remove_rewrap_the_same_key() {
         let dir = tempfile::tempdir().unwrap();
         let (vault, key) = protected(dir.path());
+        let before = std::fs::read(dir.path().join(KEY_FILE)).unwrap();
         assert!(matches!(
-            vault.change(&pass("not it at all"), &pass("battery staple")),
+            change(&vault, "not it at all", "battery staple"),
             Err(VaultError::WrongPassphrase)
         ));
-        vault
-            .change(&pass("correct horse"), &pass("battery staple"))
-            .unwrap();
+        assert_eq!(std::fs::read(dir.path().join(KEY_FILE)).unwrap(), before);
+        change(&vault, "correct horse", "battery staple").unwrap();
         assert!(vault.unlock(&pass("correct horse")).is_err());
         assert_eq!(storage(vault.unlock(&pass("battery staple")).unwrap()), key);
         vault.unprotect(&pass("battery staple")).unwrap();
@@ -765,14 +869,41 @@ mod tests {
             vault.unlock(&pass("all is well")).unwrap(),
             Opened::Duress(_)
         ));
-        vault
-            .change(&pass("correct horse"), &pass("battery staple"))
-            .unwrap();
+        change(&vault, "correct horse", "battery staple").unwrap();
         assert!(matches!(
             vault.unlock(&pass("all is well")).unwrap(),
             Opened::Duress(_)
         ));
         assert_eq!(storage(vault.unlock(&pass("battery staple")).unwrap()), key);
+        // The passphrase cannot become the duress one: one passphrase would then both
+        // open the data and destroy it.
+        assert!(matches!(
+            change(&vault, "battery staple", "all is well"),
+            Err(VaultError::SameAsDuress)
+        ));
+        assert_eq!(storage(vault.unlock(&pass("battery staple")).unwrap()), key);
+        assert!(matches!(
+            vault.unlock(&pass("all is well")).unwrap(),
+            Opened::Duress(_)
+        ));
+    }
+
+    #[test]
+    fn no_write_succeeds_after_destroy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vault, _) = protected(dir.path());
+        let other = vault.clone();
+        let key = StorageKey::random();
+        let staged = vault
+            .prepare_protect(&key, &pass("battery staple"), QUICK)
+            .unwrap();
+        vault.destroy().unwrap();
+        assert!(matches!(other.stage(&staged), Err(VaultError::Destroyed)));
+        assert!(matches!(
+            other.store_plain(&key),
+            Err(VaultError::Destroyed)
+        ));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
@@ -788,7 +919,9 @@ mod tests {
         let fresh = vault.start_fresh(&wrap).unwrap();
         // Interrupted here: the real key is already gone.
         assert!(matches!(vault.read(), Err(VaultError::Damaged { .. })));
-        assert!(vault.recover().unwrap());
+        assert_eq!(vault.pending().unwrap(), Pending::Fresh);
+        vault.finish_fresh().unwrap();
+        assert_eq!(vault.pending().unwrap(), Pending::None);
         assert_ne!(*fresh.expose(), key);
         assert_eq!(
             storage(vault.unlock(&pass("all is well")).unwrap()),
@@ -819,13 +952,14 @@ mod tests {
             std::fs::Permissions::from_mode(0o600),
         )
         .unwrap();
-        assert!(!vault.recover().unwrap());
+        assert_eq!(vault.pending().unwrap(), Pending::None);
         assert!(!dir.path().join(NEW_FILE).exists());
         assert_eq!(storage(vault.unlock(&pass("correct horse")).unwrap()), key);
 
         let whole = plain_bytes(&StorageKey::from_slice(&key));
         write_new(&dir.path().join(NEW_FILE), &whole).unwrap();
-        assert!(!vault.recover().unwrap());
+        assert_eq!(vault.pending().unwrap(), Pending::Staged);
+        vault.install_staged(|| Ok::<(), VaultError>(())).unwrap();
         assert!(matches!(vault.read().unwrap(), Some(KeyFile::Plain(_))));
     }
 
@@ -844,7 +978,7 @@ mod tests {
         let vault = Vault::new(dir.path());
         let key = vault.create_plain().unwrap();
         assert!(matches!(
-            vault.protect(&key, &pass("short"), QUICK),
+            vault.prepare_protect(&key, &pass("short"), QUICK),
             Err(VaultError::TooShort)
         ));
         std::fs::set_permissions(

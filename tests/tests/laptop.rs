@@ -446,3 +446,101 @@ fn unlocking_again_listens_where_it_did() {
     assert_eq!(unlock(&d, PASS).0, Some(0));
     assert_eq!(d.addr(), before);
 }
+
+/// A panic with an event stream open and a command waiting (a facilitator's `hearth invite
+/// --code` waits up to an hour) still ends hearthd at once, holding nothing.
+#[test]
+fn panic_exits_at_once_even_with_streams_and_waiting_commands_open() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start("D", &tmp.path().join("d"));
+    let group = group_with(&d, "PANIC-STREAM-MARKER");
+    let mut events = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    events
+        .write_all(b"GET /v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 12];
+    events.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let code = d.json(&["invite", &group, "--code", "--no-wait"])["code"]
+        .as_str()
+        .unwrap()
+        .split('-')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut waiting = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    write!(
+        waiting,
+        "GET /v1/groups/{group}/codes/{code}?wait=600 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    let answer = d.json(&["panic", "--yes"]);
+    assert_eq!(answer["destroyed"], true, "{answer}");
+    let status = d.wait_for_exit();
+    assert!(status.success(), "{status}");
+    assert!(!d.data_dir.exists(), "panic left the data directory");
+}
+
+/// Setting the first passphrase moves the store to a new storage key: the key file from
+/// before (the key in the clear, as a backup or snapshot may keep it) opens nothing stored
+/// afterwards. Changing the passphrase wraps the same key again, as documented.
+#[test]
+fn setting_a_passphrase_leaves_the_earlier_key_file_useless() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start("D", &tmp.path().join("d"));
+    let group = group_with(&d, "REKEY-MARKER-1");
+    let plain = std::fs::read(d.data_dir.join("keys")).unwrap();
+    set_passphrase(&d, PASS);
+    d.json(&["agreement", "add", &group, "REKEY-MARKER-2"]);
+    assert_eq!(
+        d.agreement_texts(&group),
+        vec!["REKEY-MARKER-1", "REKEY-MARKER-2"]
+    );
+    let now = key_material(&d.data_dir, PASS)[0].clone();
+    let out = d.cli_with_input(
+        &["passphrase", "change", "--passphrase-stdin"],
+        &format!("{PASS}\nbattery staple horse\n"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(key_material(&d.data_dir, "battery staple horse")[0], now);
+    d.stop();
+
+    // The earlier key file, put back beside the store as it is now, opens nothing.
+    let earlier = tmp.path().join("earlier");
+    std::fs::create_dir_all(&earlier).unwrap();
+    std::fs::copy(d.data_dir.join("store"), earlier.join("store")).unwrap();
+    std::fs::write(earlier.join("keys"), &plain).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(earlier.join("keys"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let Some(hearthd::vault::KeyFile::Plain(key)) = Vault::new(&earlier).read().unwrap() else {
+        panic!("the first key file held the key in the clear");
+    };
+    assert_ne!(key.expose().to_vec(), now, "the storage key did not change");
+    let dir = std::sync::Arc::new(hearthd::store::DataDir::open(&earlier).unwrap());
+    assert!(
+        hearthd::store::Store::open(dir, &key).is_err(),
+        "the earlier key file still opens the store"
+    );
+}
+
+/// Every answer closes its connection: a kept-alive one would hold the last request (a
+/// passphrase, a text) in its buffers after the daemon locks.
+#[test]
+fn every_answer_closes_its_connection() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start("D", &tmp.path().join("d"));
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    // Returns only because the daemon closes the connection.
+    s.read_to_string(&mut out).unwrap();
+    assert!(
+        out.to_ascii_lowercase().contains("connection: close"),
+        "{out}"
+    );
+}

@@ -198,7 +198,9 @@ fn load_group_keys(dir: &Path) -> Result<HashMap<[u8; 16], XChaCha20Poly1305>, S
 }
 
 /// Destroys what is left of the old layout: the group key files and the storage key file
-/// are overwritten, synced and removed, then the database is removed.
+/// are overwritten, synced and removed, then the database is overwritten and removed (its
+/// table names, keys and sizes were readable, and its values open under the storage key,
+/// which the new store still uses until a passphrase is set).
 pub fn destroy(dir: &Path) -> Result<(), StoreError> {
     let keys_dir = dir.join(GROUP_KEYS_DIR);
     if let Ok(entries) = std::fs::read_dir(&keys_dir) {
@@ -208,6 +210,17 @@ pub fn destroy(dir: &Path) -> Result<(), StoreError> {
         let _ = std::fs::remove_dir(&keys_dir);
     }
     super::shred_file(&dir.join(KEY_FILE))?;
-    super::remove_if_there(&dir.join(DB_FILE))?;
+    let db = dir.join(DB_FILE);
+    match super::overwrite_whole(&db) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(StoreError::Io {
+                context: format!("destroying {}", db.display()),
+                source: e,
+            });
+        }
+    }
+    super::remove_if_there(&db)?;
     super::fsync_dir(dir)
 }
