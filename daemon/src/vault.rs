@@ -135,6 +135,7 @@ impl std::fmt::Debug for StorageKey {
 }
 
 /// What the key file holds.
+#[derive(Debug)]
 pub enum KeyFile {
     /// No passphrase: the key itself.
     Plain(StorageKey),
@@ -147,6 +148,39 @@ pub struct Wrapped {
     params: KdfParams,
     salt: [u8; SALT_LEN],
     slots: [[u8; SLOT_LEN]; 2],
+}
+
+impl KeyFile {
+    /// A key file's bytes as read from disk, or `None` when they are not a whole,
+    /// well-formed key file (for tools and the fuzzer; [`Vault::read`] reads the file).
+    pub fn parse(bytes: &[u8]) -> Option<KeyFile> {
+        parse(bytes)
+    }
+
+    /// Tries `passphrase` on a wrapped key file (one Argon2id derivation, at the cost the
+    /// file names).
+    pub fn open(&self, passphrase: &Passphrase) -> Result<Opened, VaultError> {
+        match self {
+            KeyFile::Plain(_) => Err(VaultError::NotProtected),
+            KeyFile::Wrapped(w) => open_slots(w, passphrase).map(|(opened, _, _)| opened),
+        }
+    }
+
+    /// The Argon2id cost a wrapped key file asks for.
+    pub fn params(&self) -> Option<KdfParams> {
+        match self {
+            KeyFile::Plain(_) => None,
+            KeyFile::Wrapped(w) => Some(w.params),
+        }
+    }
+}
+
+impl std::fmt::Debug for Wrapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wrapped")
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a passphrase opened.

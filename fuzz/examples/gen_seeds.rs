@@ -69,8 +69,7 @@ fn main() {
     let mut dm = automerge::AutoCommit::load(&snap)
         .unwrap()
         .with_actor(m.member_id().actor_id());
-    automerge::transaction::Transactable::put(&mut dm, automerge::ROOT, "name", "Renamed")
-        .unwrap();
+    automerge::transaction::Transactable::put(&mut dm, automerge::ROOT, "name", "Renamed").unwrap();
     let rename_hash = dm.commit().unwrap();
     let rename = vec![dm.get_change_by_hash(&rename_hash).unwrap()];
     let rename_body = postcard::to_stdvec(&Body::Changes {

@@ -40,7 +40,10 @@ fn scratch(name: &str) -> PathBuf {
     } else {
         std::env::temp_dir()
     };
-    dir.join(format!("hearth-fuzz-pagefile-{}-{name}", std::process::id()))
+    dir.join(format!(
+        "hearth-fuzz-pagefile-{}-{name}",
+        std::process::id()
+    ))
 }
 
 fn path() -> &'static Path {
@@ -87,7 +90,9 @@ fn database_versions() -> &'static (Vec<u8>, Vec<u8>) {
                 let mut table = txn.open_table(TABLE).expect("open_table");
                 for key in 0..40 {
                     if commit == 0 || key % 3 == 0 {
-                        table.insert(key, value(commit, key).as_slice()).expect("insert");
+                        table
+                            .insert(key, value(commit, key).as_slice())
+                            .expect("insert");
                     }
                 }
             }
@@ -149,7 +154,11 @@ fn hostile_file(path: &Path, mode: u8, size: usize, rest: &[u8], ops: &[Op]) {
         if op.kind & 1 == 0 {
             let mut out = vec![0u8; op.len];
             let read = file.read(offset, &mut out);
-            assert_eq!(read.is_ok(), offset + op.len as u64 <= len, "read at {offset}");
+            assert_eq!(
+                read.is_ok(),
+                offset + op.len as u64 <= len,
+                "read at {offset}"
+            );
         } else {
             file.write(offset, &vec![op.kind; op.len]).expect("write");
             if op.len > 0 {
@@ -186,7 +195,8 @@ fn tamper(path: &Path, earlier: &[u8], ops: &[Op]) {
             _ => {
                 let from = (at as usize).min(earlier.len());
                 let to = (from + op.len).min(earlier.len());
-                raw.write_all_at(&earlier[from..to], at).expect("rolling back");
+                raw.write_all_at(&earlier[from..to], at)
+                    .expect("rolling back");
             }
         }
     }
@@ -215,7 +225,8 @@ fn tampered_pages(path: &Path, size: usize, rest: &[u8], ops: &[Op]) {
     let mut page = vec![0u8; BLOCK_LEN];
     let mut expected = vec![0u8; BLOCK_LEN];
     for block in 0..len / BLOCK {
-        file.read(block * BLOCK, &mut page).expect("reading a block");
+        file.read(block * BLOCK, &mut page)
+            .expect("reading a block");
         expected.fill(0);
         let start = (block * BLOCK) as usize;
         if start < plaintext.len() {

@@ -43,8 +43,14 @@ fuzz_target!(|data: &[u8]| {
         *s ^= x;
     }
     slots.insert(0, slot);
-    let opener = Opener::new(creator(), &group, &sender.public(), &transcript, Side::Dialer)
-        .expect("an honest session key");
+    let opener = Opener::new(
+        creator(),
+        &group,
+        &sender.public(),
+        &transcript,
+        Side::Dialer,
+    )
+    .expect("an honest session key");
     let opened = opener.open(&slots[..1]);
     if !touched {
         assert_eq!(opened, Some(member().public()));

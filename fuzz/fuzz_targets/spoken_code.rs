@@ -38,7 +38,8 @@ fuzz_target!(|data: &[u8]| {
         match CodeFacilitator::respond(&fixed_code(), &hello, J, F, &mut FixedRng::new(1)) {
             Ok((facilitator, reply)) => {
                 assert_eq!(reply.spake.len(), SPAKE_MSG_LEN);
-                let (decoy, decoy_reply) = decoy.expect("the decoy answers whatever a code answers");
+                let (decoy, decoy_reply) =
+                    decoy.expect("the decoy answers whatever a code answers");
                 assert_eq!(decoy_reply.spake.len(), reply.spake.len());
                 if let Ok(confirm) = postcard::from_bytes::<CodeConfirm>(rest) {
                     let _ = facilitator.finish(&confirm);
