@@ -55,6 +55,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             // After a panic everything is destroyed: leave at once, telling no one and
             // waiting for no client, once the panic's answer has had a moment to go out.
             tokio::time::sleep(PANIC_ANSWER_GRACE).await;
+            // Anything work racing the panic wrote meanwhile goes too.
+            keeper.sweep_after_panic();
             std::process::exit(0);
         }
     };

@@ -180,7 +180,7 @@ async fn set_passphrase(
     State(keeper): State<Arc<Keeper>>,
     Body(req): Body<api::SetPassphrase>,
 ) -> Answer<api::Status> {
-    keeper.touch();
+    note_use(&keeper).await?;
     keeper.set_passphrase(req.current, req.passphrase).await?;
     Ok(Json(keeper.status().await))
 }
@@ -189,7 +189,7 @@ async fn remove_passphrase(
     State(keeper): State<Arc<Keeper>>,
     Body(req): Body<api::RemovePassphrase>,
 ) -> Answer<api::Status> {
-    keeper.touch();
+    note_use(&keeper).await?;
     keeper.remove_passphrase(req.current).await?;
     Ok(Json(keeper.status().await))
 }
@@ -198,16 +198,29 @@ async fn set_duress(
     State(keeper): State<Arc<Keeper>>,
     Body(req): Body<api::SetDuress>,
 ) -> Answer<api::Status> {
-    keeper.touch();
+    note_use(&keeper).await?;
     keeper.set_duress(req.current, req.duress).await?;
     Ok(Json(keeper.status().await))
+}
+
+/// Notes a client request, which holds auto-lock off; one that comes after the auto-lock
+/// limit (the computer asleep meanwhile) locks first and is refused.
+async fn note_use(keeper: &Keeper) -> Result<(), Failure> {
+    if keeper.auto_lock_due() {
+        let _ = keeper.lock().await;
+        return Err(locked());
+    }
+    keeper.touch();
+    Ok(())
 }
 
 /// Every other request: run by the unlocked daemon's router on the unlocked runtime, so
 /// whatever it spawns ends when the daemon locks.
 async fn forward(State(keeper): State<Arc<Keeper>>, req: axum::extract::Request) -> Response {
     use tower::ServiceExt;
-    keeper.touch();
+    if let Err(refused) = note_use(&keeper).await {
+        return refused.into_response();
+    }
     let Some(gate) = keeper.gate() else {
         return locked().into_response();
     };
@@ -323,6 +336,7 @@ async fn show_agreement(
 /// `GET /v1/events`, served outside the unlocked runtime (the stream outlives the handler);
 /// it ends when the daemon locks or stops.
 async fn events(State(keeper): State<Arc<Keeper>>) -> Result<Response, Failure> {
+    note_use(&keeper).await?;
     let s = keeper.gate().ok_or_else(locked)?.state;
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures::StreamExt;

@@ -226,6 +226,7 @@ impl Keeper {
         if running.is_some() {
             return Err(KeeperError::AlreadyUnlocked);
         }
+        self.no_store_open()?;
         self.may_try()?;
         let vault = self.vault.clone();
         let dir = self.dir.path().to_owned();
@@ -301,6 +302,7 @@ impl Keeper {
         if let Some(r) = running.take() {
             self.stop(r).await;
         }
+        self.no_store_open()?;
         let (vault, dir) = (self.vault.clone(), self.dir.clone());
         let rekeyed = self
             .blocking(move || {
@@ -308,36 +310,66 @@ impl Keeper {
                 Ok((done, old_key, new_key))
             })
             .await?;
-        match rekeyed {
-            (Ok(()), _, new_key) => {
-                self.protected.store(true, Ordering::SeqCst);
-                *running = Some(self.start(new_key).await?);
+        let (done, old_key, new_key) = rekeyed;
+        if let Err(e) = done {
+            // Finish or undo what the files say was done (never start a key beside a store
+            // it does not open: Store::open would make an empty one).
+            let (vault, dir) = (self.vault.clone(), self.dir.clone());
+            let held = self
+                .blocking(move || {
+                    store::recover(dir.path(), &vault)
+                        .map_err(|e| KeeperError::Internal(e.into()))?;
+                    if !store::exists(dir.path()) {
+                        return Err(KeeperError::Internal(anyhow::anyhow!(
+                            "the store is missing after a failed change of key"
+                        )));
+                    }
+                    Ok(matches!(vault.read()?, Some(KeyFile::Wrapped(_))))
+                })
+                .await;
+            return match held {
+                Ok(wrapped) => {
+                    self.protected.store(wrapped, Ordering::SeqCst);
+                    let key = if wrapped { new_key } else { old_key };
+                    match self.start(key).await {
+                        Ok(r) => {
+                            *running = Some(r);
+                            if wrapped { Ok(()) } else { Err(e) }
+                        }
+                        Err(start) => Err(start),
+                    }
+                }
+                Err(recovery) => Err(KeeperError::Internal(anyhow::anyhow!(
+                    "{e}; and then: {recovery}; restart hearthd, which finishes or undoes it"
+                ))),
+            };
+        }
+        self.protected.store(true, Ordering::SeqCst);
+        match self.start(new_key).await {
+            Ok(r) => {
+                *running = Some(r);
                 Ok(())
             }
-            (Err(e), old_key, new_key) => {
-                // Back to whichever key the files now hold (the store opens under one only).
-                let restarted = match self.start(old_key).await {
-                    Ok(r) => Ok(r),
-                    Err(_) => self.start(new_key).await,
-                };
-                if let Ok(r) = restarted {
-                    *running = Some(r);
-                }
-                Err(e)
-            }
+            Err(e) => Err(KeeperError::Internal(anyhow::anyhow!(
+                "the passphrase is set, but hearthd could not start again: {e}; run `hearth \
+                 unlock`, or restart hearthd"
+            ))),
         }
     }
 
     /// Takes the passphrase (and any duress passphrase) away.
     pub async fn remove_passphrase(&self, current: Passphrase) -> Result<(), KeeperError> {
         let running = self.running.lock().await;
+        self.not_destroyed()?;
         if running.is_none() {
             return Err(KeeperError::Locked);
         }
         self.may_try()?;
         let vault = self.vault.clone();
         let done = self.blocking(move || Ok(vault.unprotect(&current)?)).await;
-        self.count_try(done)
+        self.count_try(done)?;
+        self.protected.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     pub async fn set_duress(
@@ -385,6 +417,20 @@ impl Keeper {
         self.panicked.load(Ordering::SeqCst)
     }
 
+    /// Destroys what a panic may have missed (work racing it that wrote a file after it
+    /// looked): called again just before the process exits.
+    pub fn sweep_after_panic(&self) {
+        let _ = destroy_everything(&self.vault, self.dir.path(), &self.config.socket);
+    }
+
+    /// Whether auto-lock is due: a request that comes after the limit (the computer asleep
+    /// meanwhile, say) must find the daemon locked, not reset the clock.
+    pub fn auto_lock_due(&self) -> bool {
+        self.config
+            .auto_lock
+            .is_some_and(|limit| self.protected() && !self.is_locked() && self.idle_for() >= limit)
+    }
+
     /// Resolves when the daemon should exit (after a panic).
     pub fn exit_requested(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.exit.subscribe();
@@ -412,6 +458,24 @@ impl Keeper {
         })
         .await
         .map_err(|e| KeeperError::Internal(e.into()))?
+    }
+
+    /// Refuses while work from before the last lock still holds the store open: a second
+    /// opening of the same file would corrupt it.
+    fn no_store_open(&self) -> Result<(), KeeperError> {
+        if self
+            .last_node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .strong_count()
+            > 0
+        {
+            return Err(KeeperError::Refused(
+                "hearthd is still finishing work from before it locked; try again in a minute"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
     }
 
     fn not_destroyed(&self) -> Result<(), KeeperError> {
@@ -454,19 +518,7 @@ impl Keeper {
 
     async fn start(&self, key: StorageKey) -> Result<Running, KeeperError> {
         self.not_destroyed()?;
-        if self
-            .last_node
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .strong_count()
-            > 0
-        {
-            // Work from before the last lock still holds the store open.
-            return Err(KeeperError::Refused(
-                "hearthd is still finishing work from before it locked; try again in a minute"
-                    .to_owned(),
-            ));
-        }
+        self.no_store_open()?;
         let port = *self.port.lock().unwrap_or_else(|p| p.into_inner());
         match self.start_listening(key, port).await {
             // The port was taken meanwhile: any port will do.
@@ -519,6 +571,13 @@ impl Keeper {
         }
         let node = Arc::downgrade(&started.state.node);
         *self.last_node.lock().unwrap_or_else(|p| p.into_inner()) = node.clone();
+        if self.panicked() {
+            // A panic came while this was starting: open nothing to anyone.
+            drop(started);
+            let _ =
+                tokio::task::spawn_blocking(move || runtime.shutdown_timeout(SHUTDOWN_WAIT)).await;
+            return Err((None, KeeperError::Refused("hearthd is stopping".to_owned())));
+        }
         let gate = Gate {
             router: crate::http::router(started.state.clone()),
             state: started.state,
@@ -610,22 +669,23 @@ fn start_over(
 
 /// The panic button's work: every key file first, so that nothing left can be opened
 /// even if what follows is interrupted, then the store, then the rest of what hearthd
-/// keeps on disk.
+/// keeps on disk. Each step is tried whatever the ones before did (a read-only file, a
+/// failed overwrite): the first error is returned.
 fn destroy_everything(
     vault: &Vault,
     dir: &std::path::Path,
     socket: &PathBuf,
 ) -> Result<(), KeeperError> {
-    let internal = |e: anyhow::Error| KeeperError::Internal(e);
-    vault.destroy().map_err(|e| internal(e.into()))?;
-    store::destroy_files(dir).map_err(|e| internal(e.into()))?;
+    let keys = vault.destroy();
+    let data = store::destroy_files(dir);
     let _ = std::fs::remove_file(socket);
     if let Some(parent) = socket.parent() {
         let _ = std::fs::remove_dir(parent);
     }
     let _ = std::fs::remove_file(dir.join(store::LOCK_FILE));
     let _ = std::fs::remove_dir(dir);
-    Ok(())
+    keys.map_err(|e| KeeperError::Internal(e.into()))?;
+    data.map_err(|e| KeeperError::Internal(e.into()))
 }
 
 fn tcp_port(addr: &libp2p::Multiaddr) -> Option<u16> {

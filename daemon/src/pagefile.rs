@@ -105,6 +105,9 @@ use zeroize::Zeroizing;
 
 /// Number of key slots at the start of the file.
 pub const KEY_SLOTS: usize = 256;
+/// The slot that holds the file's own secret ([`PageFile::create_or_open_with`]); the
+/// others are free for the store's keys.
+pub const FILE_SECRET_SLOT: usize = KEY_SLOTS - 1;
 /// Bytes in one key slot.
 pub const SLOT_LEN: usize = 32;
 /// Bytes of the key-slot region, where the first physical block starts.
@@ -222,6 +225,18 @@ impl PageFile {
     /// is missing or empty. The file's blocks are not checked here: ones that fail
     /// authentication read as zeros and are counted by [`Self::failed_blocks`].
     pub fn create_or_open(path: &Path, page_key: &[u8; 32]) -> Result<PageFile, PageFileError> {
+        PageFile::create_or_open_with(path, |_| Zeroizing::new(*page_key))
+    }
+
+    /// [`PageFile::create_or_open`] with a page key made from this file's own secret: the
+    /// last key slot ([`FILE_SECRET_SLOT`]), random like the others. The store mixes it into
+    /// its page key, so that wiping the slots leaves every page this file ever held
+    /// unreadable, even to whoever has the storage key: the pages of the file as it is,
+    /// and those its truncations gave back to the filesystem.
+    pub fn create_or_open_with(
+        path: &Path,
+        page_key: impl FnOnce(&[u8; SLOT_LEN]) -> Zeroizing<[u8; 32]>,
+    ) -> Result<PageFile, PageFileError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -261,10 +276,14 @@ impl PageFile {
             file.sync_data()
                 .map_err(io_err(format!("syncing {}", path.display())))?;
         }
+        let mut secret = Zeroizing::new([0u8; SLOT_LEN]);
+        file.read_exact_at(&mut secret[..], slot_offset(FILE_SECRET_SLOT)?)
+            .map_err(io_err(format!("reading {}", path.display())))?;
+        let page_key = page_key(&secret);
         let inner = Inner {
             file,
             path: path.to_owned(),
-            cipher: XChaCha20Poly1305::new(Key::from_slice(page_key)),
+            cipher: XChaCha20Poly1305::new(Key::from_slice(&page_key[..])),
             blocks: RwLock::new(HeaderCopies::default()),
             slots: Mutex::new(()),
             failed: AtomicU64::new(0),

@@ -36,7 +36,7 @@ use crate::vault::{KeyFile, StorageKey, Vault, VaultError};
 
 mod legacy;
 
-use crate::pagefile::{KEY_SLOTS, PageFile, PageFileError};
+use crate::pagefile::{FILE_SECRET_SLOT, PageFile, PageFileError};
 
 const STORE_FILE: &str = "store";
 /// The new store being written from an older layout's files ([`legacy`]).
@@ -190,7 +190,7 @@ pub enum StoreError {
     Corrupt { table: &'static str },
 
     #[error(
-        "this device is in as many groups as it can keep ({KEY_SLOTS}); leave one before \
+        "this device is in as many groups as it can keep ({FILE_SECRET_SLOT}); leave one before \
          creating or joining another"
     )]
     Full,
@@ -319,7 +319,7 @@ impl Store {
         path: &Path,
     ) -> Result<Store, StoreError> {
         let fresh = !path.exists();
-        let file = PageFile::create_or_open(path, &derive(key.expose(), PAGE_KEY_INFO))?;
+        let file = PageFile::create_or_open_with(path, |secret| page_key(key, secret))?;
         if fresh {
             fsync_dir(dir.path())?;
         }
@@ -395,7 +395,7 @@ impl Store {
             let slot = <[u8; 2]>::try_from(&value[..])
                 .map(|b| usize::from(u16::from_be_bytes(b)))
                 .ok()
-                .filter(|s| *s < KEY_SLOTS)
+                .filter(|s| *s < FILE_SECRET_SLOT)
                 .ok_or(StoreError::Corrupt { table: "meta" })?;
             let cipher = self.group_cipher(slot)?;
             ciphers.insert(alias, GroupKey { slot, cipher });
@@ -424,7 +424,7 @@ impl Store {
         }
         let used: std::collections::BTreeSet<usize> =
             self.ciphers_mut().values().map(|g| g.slot).collect();
-        let slot = (0..KEY_SLOTS)
+        let slot = (0..FILE_SECRET_SLOT)
             .find(|s| !used.contains(s))
             .ok_or(StoreError::Full)?;
         // Fresh bytes in the slot first: a crash before the record leaves a free slot.
@@ -674,6 +674,17 @@ fn derive(storage_key: &[u8], label: &[u8]) -> Zeroizing<[u8; 32]> {
     key
 }
 
+/// The page key of a store file: HKDF-SHA256(salt = the file's secret slot, ikm =
+/// HKDF(storage key, "hearth v2 storage page key"), info = "hearth v2 storage page key").
+fn page_key(key: &StorageKey, file_secret: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+    let base = derive(key.expose(), PAGE_KEY_INFO);
+    let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(&file_secret[..]), &base[..]);
+    let mut out = Zeroizing::new([0u8; 32]);
+    hk.expand(PAGE_KEY_INFO, &mut out[..])
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    out
+}
+
 /// Every key the store derives from the storage key and holds while open: for tests that
 /// look for keys where none may be (a locked daemon's memory).
 pub fn derived_keys(key: &StorageKey) -> Vec<Zeroizing<[u8; 32]>> {
@@ -804,10 +815,12 @@ fn has_data(path: &Path) -> bool {
 /// unreadable): the key slots are overwritten first, then the files removed. Missing files
 /// are fine.
 pub fn destroy_files(dir: &Path) -> Result<(), StoreError> {
+    // Every file, whatever happened to the one before; the first error is returned.
+    let mut outcome = Ok(());
     for name in [STORE_FILE, MIGRATING_FILE, REKEY_FILE] {
-        destroy_store_file(&dir.join(name), false)?;
+        outcome = outcome.and(destroy_store_file(&dir.join(name)));
     }
-    legacy::destroy(dir)
+    outcome.and(legacy::destroy(dir))
 }
 
 /// Overwrites a small file with zeros, syncs it and removes it; a missing one is fine.
@@ -848,11 +861,11 @@ pub fn rekey(
     fsync_dir(dir.path())
 }
 
-/// The second step: the old store is destroyed (key slots, then every byte overwritten),
-/// and the copy takes its place.
+/// The second step: the old store is destroyed (its key slots, the file's own secret
+/// among them, so none of its pages opens under any key), and the copy takes its place.
 pub fn finish_rekey(dir: &Path) -> Result<(), StoreError> {
     let path = dir.join(STORE_FILE);
-    destroy_store_file(&path, true)?;
+    destroy_store_file(&path)?;
     std::fs::rename(dir.join(REKEY_FILE), &path).map_err(io(format!(
         "moving the re-keyed store into place as {}",
         path.display()
@@ -878,16 +891,22 @@ pub fn recover(dir: &Path, vault: &Vault) -> Result<(), StoreError> {
         })?,
         crate::vault::Pending::None => {
             if dir.join(REKEY_FILE).exists() {
-                destroy_store_file(&dir.join(REKEY_FILE), true)?;
+                destroy_store_file(&dir.join(REKEY_FILE))?;
             }
         }
     }
     Ok(())
 }
 
-/// Overwrites a store file's key slots (and, with `whole`, every other byte) with random
-/// bytes, syncs, and removes it. A missing file is fine.
-fn destroy_store_file(path: &Path, whole: bool) -> Result<(), StoreError> {
+/// Whether the data directory has a store file.
+pub fn exists(dir: &Path) -> bool {
+    dir.join(STORE_FILE).exists()
+}
+
+/// Overwrites a store file's key slots with random bytes (the file's own secret among
+/// them: no page of it opens afterwards, under any key), syncs, and removes it. A missing
+/// file is fine.
+fn destroy_store_file(path: &Path) -> Result<(), StoreError> {
     let ctx = || format!("destroying {}", path.display());
     match PageFile::wipe_slots(path) {
         Ok(()) => {}
@@ -898,9 +917,6 @@ fn destroy_store_file(path: &Path, whole: bool) -> Result<(), StoreError> {
                 source: e,
             });
         }
-    }
-    if whole {
-        overwrite_whole(path).map_err(io(ctx()))?;
     }
     remove_if_there(path)
 }
@@ -1125,7 +1141,13 @@ mod tests {
         assert_eq!(s.data_dir(), tmp.path());
         for t in Table::ALL {
             assert!(s.get(t, b"anything").unwrap().is_none());
-            assert!(s.scan(t, b"").unwrap().is_empty());
+            // The store's own alias key is its one entry.
+            let entries: Vec<Vec<u8>> = s.scan(t, b"").unwrap().into_iter().map(|e| e.0).collect();
+            if t == Table::Meta {
+                assert_eq!(entries, vec![ALIAS_KEY_ENTRY.to_vec()]);
+            } else {
+                assert!(entries.is_empty());
+            }
         }
         s.write(vec![]).unwrap();
     }
@@ -1596,14 +1618,22 @@ mod tests {
 
         // And every page of the file opens with the documented page recipe:
         // HKDF-SHA256(ikm = 32 x 0x42, info = "hearth v2 storage page key"), computed with
-        // Python's hmac/hashlib; logical block i >= 1 at physical position i + 1 after the
-        // key slots, aad "hearth v2 page" || i u64 LE || copy 0.
-        let page_key: [u8; 32] =
+        // Python's hmac/hashlib, mixed with the file's secret (below); logical block i >= 1
+        // at physical position i + 1 after the key slots, aad "hearth v2 page" || i u64 LE
+        // || copy 0.
+        let base: [u8; 32] =
             hex::decode("3aeab3cb9e15252f693e997d1f5c1be8fe7be8a88222f4628ec3a3d9c1fa9434")
                 .unwrap()
                 .try_into()
                 .unwrap();
         let file = std::fs::read(tmp.path().join(STORE_FILE)).unwrap();
+        // Then HKDF-SHA256(salt = the file's secret, the last of its 256 key slots, ikm =
+        // that, info = "hearth v2 storage page key").
+        let secret = &file[255 * 32..256 * 32];
+        let mut page_key = [0u8; 32];
+        hkdf::Hkdf::<sha2::Sha256>::new(Some(secret), &base)
+            .expand(b"hearth v2 storage page key", &mut page_key)
+            .unwrap();
         let pages = &file[crate::pagefile::SLOT_REGION_LEN as usize..];
         let block = crate::pagefile::PHYSICAL_BLOCK_LEN;
         assert!(
@@ -1695,6 +1725,13 @@ mod tests {
     type Model = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
 
     fn check_against(s: &Store, model: &Model, prefix: &[u8]) -> Result<(), TestCaseError> {
+        // The store's own entry (its alias key) is not the model's.
+        let plain = |entries: Vec<Entry>| -> Vec<(Vec<u8>, Vec<u8>)> {
+            plain(entries)
+                .into_iter()
+                .filter(|(k, _)| k.as_slice() != ALIAS_KEY_ENTRY)
+                .collect()
+        };
         for t in Table::ALL {
             let want: Vec<(Vec<u8>, Vec<u8>)> = model
                 .range((t, Vec::new())..)

@@ -379,7 +379,11 @@ impl Vault {
     /// [`Vault::install_staged`]; a start after a crash in between finishes the re-key
     /// (`store::recover`).
     pub fn stage(&self, staged: &Staged) -> Result<(), VaultError> {
-        self.writing(|| write_new(&self.path(NEW_FILE), &staged.0))
+        self.writing(|| {
+            write_new(&self.path(NEW_FILE), &staged.0)?;
+            // Its name durable too, before the old store is destroyed.
+            fsync_dir(&self.dir)
+        })
     }
 
     /// Installs what [`Vault::stage`] wrote, after `first` (the store's half of a re-key),
@@ -464,10 +468,14 @@ impl Vault {
     pub fn destroy(&self) -> Result<(), VaultError> {
         let mut destroyed = self.writes.lock().unwrap_or_else(|p| p.into_inner());
         *destroyed = true;
+        // Every file, whatever happened to the one before; the first error is returned.
+        let mut outcome = Ok(());
         for name in [KEY_FILE, NEW_FILE, FRESH_FILE] {
-            destroy_file(&self.path(name))?;
+            if let Err(e) = destroy_file(&self.path(name)) {
+                outcome = outcome.and(Err(e));
+            }
         }
-        fsync_dir(&self.dir)
+        outcome.and(fsync_dir(&self.dir))
     }
 
     /// Writes `bytes` as `keys.new`, then replaces the key file with it.
@@ -771,17 +779,26 @@ fn destroy_contents(path: &Path) -> Result<(), VaultError> {
         .map_err(io(ctx()))
 }
 
-/// [`destroy_contents`], then removes the file.
+/// [`destroy_contents`] (made writable first, should someone have made it read-only),
+/// then removes the file whether or not the overwrite worked.
 fn destroy_file(path: &Path) -> Result<(), VaultError> {
-    destroy_contents(path)?;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    let overwritten = destroy_contents(path);
     match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Ok(()) => overwritten,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => overwritten,
         Err(e) => Err(VaultError::Io {
             context: format!("removing {}", path.display()),
             source: e,
         }),
     }
+}
+
+/// Whether any key file (current, staged or fresh) is left in `dir`.
+pub fn any_key_file(dir: &Path) -> bool {
+    [KEY_FILE, NEW_FILE, FRESH_FILE]
+        .iter()
+        .any(|name| std::fs::symlink_metadata(dir.join(name)).is_ok())
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), VaultError> {

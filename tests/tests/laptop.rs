@@ -282,6 +282,13 @@ fn panic_destroys_everything_and_exits_whether_locked_or_not() {
         if protected {
             set_passphrase(&d, PASS);
             d.stop();
+            // Someone made the key file read-only: panic must destroy it all the same.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                d.data_dir.join("keys"),
+                std::fs::Permissions::from_mode(0o400),
+            )
+            .unwrap();
             d.restart();
             assert_eq!(d.api_get("/v1/status")["locked"], true);
         }
@@ -543,4 +550,23 @@ fn every_answer_closes_its_connection() {
         out.to_ascii_lowercase().contains("connection: close"),
         "{out}"
     );
+}
+
+/// Removing the passphrase puts the key back in the clear, and hearthd says so: it no
+/// longer claims a passphrase, and refuses to lock (the key file would open it again).
+#[test]
+fn removing_the_passphrase_is_reflected_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start("D", &tmp.path().join("d"));
+    set_passphrase(&d, PASS);
+    assert_eq!(d.json(&["status"])["passphrase"], true);
+    let out = d.cli_with_input(
+        &["passphrase", "remove", "--passphrase-stdin", "--yes"],
+        &format!("{PASS}\n"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(d.json(&["status"])["passphrase"], false);
+    let out = d.cli(&["lock"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(d.json(&["status"])["locked"], false);
 }
