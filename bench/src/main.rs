@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::report::Report;
-use crate::scenario::{catchup, history, idle, join, live, rotation};
+use crate::scenario::{catchup, history, idle, join, live, locking, rotation};
 use crate::stats::{median, percentile};
 
 #[derive(Parser)]
@@ -64,6 +64,7 @@ enum Scenario {
     Disk,
     Idle,
     Rotation,
+    Locking,
 }
 
 /// The sizes of one run of the harness.
@@ -72,6 +73,7 @@ struct Sizes {
     edits: usize,
     idle: idle::Shape,
     group_size: usize,
+    locking: locking::Shape,
     runs: usize,
 }
 
@@ -89,6 +91,7 @@ impl Sizes {
                     window: Duration::from_secs(1),
                 },
                 group_size: 4,
+                locking: locking::Shape { agreements: 20 },
                 runs,
             }
         } else {
@@ -102,6 +105,7 @@ impl Sizes {
                     window: Duration::from_secs(10),
                 },
                 group_size: 32,
+                locking: locking::Shape { agreements: 200 },
                 runs,
             }
         }
@@ -212,6 +216,38 @@ fn run(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<()> {
             Ok(())
         })();
         attempt("rotation", outcome);
+    }
+    if wanted(Scenario::Locking) {
+        say(&format!(
+            "locking, a daemon with {} agreements",
+            sizes.locking.agreements
+        ));
+        let outcome = (|| {
+            let dir = root.join("locking");
+            let mut fixture = locking::build(&dir, &sizes.locking, rt)?;
+            report.locking_params = Some(fixture.params);
+            report.locking_data_bytes = Some(fixture.data_bytes);
+            for r in 0..sizes.runs {
+                let run = fixture.run(&dir.join(format!("run{r}")), rt)?;
+                say(&format!(
+                    "locking, run {}: unlock {:.1} ms against Argon2id alone {:.1} ms \
+                     (wiping its memory {:.1} ms); lock {:.1} ms; panic answered in {:.1} ms, \
+                     exited in {:.1} ms, {} bytes destroyed",
+                    r + 1,
+                    run.unlock_ms,
+                    run.kdf_ms,
+                    run.wipe_ms,
+                    run.lock_ms,
+                    run.panic_answer_ms,
+                    run.panic_exit_ms,
+                    run.panic_bytes
+                ));
+                report.locking.push(run);
+            }
+            fixture.stop();
+            Ok(())
+        })();
+        attempt("locking", outcome);
     }
 
     print!("{}", report.table());
