@@ -1,8 +1,9 @@
 //! `hearth-bench`: hearth's end-to-end benchmarks. Each scenario runs real hearthd
-//! processes on loopback and, in the same run, its baseline (automerge's own plaintext
-//! sync, save and load), several times; it prints medians and hearth/baseline ratios, and
-//! with `--json PATH` writes them as one JSON object. docs/performance.md explains each
-//! scenario and the figures.
+//! processes on loopback (the store scenario: hearthd's store, in this process) and, in the
+//! same run, its baseline (automerge's own plaintext sync, save and load; the passphrase's
+//! key derivation alone; redb on a plain file), several times; it prints medians and
+//! hearth/baseline ratios, and with `--json PATH` writes them as one JSON object.
+//! docs/performance.md explains each scenario and the figures.
 
 mod api;
 mod baseline;
@@ -21,7 +22,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::report::Report;
-use crate::scenario::{catchup, history, idle, join, live, locking, rotation};
+use crate::scenario::{catchup, history, idle, join, live, locking, rotation, store};
 use crate::stats::{median, percentile};
 
 #[derive(Parser)]
@@ -65,6 +66,7 @@ enum Scenario {
     Idle,
     Rotation,
     Locking,
+    Store,
 }
 
 /// The sizes of one run of the harness.
@@ -74,6 +76,7 @@ struct Sizes {
     idle: idle::Shape,
     group_size: usize,
     locking: locking::Shape,
+    store: store::Shape,
     runs: usize,
 }
 
@@ -92,6 +95,10 @@ impl Sizes {
                 },
                 group_size: 4,
                 locking: locking::Shape { agreements: 20 },
+                store: store::Shape {
+                    writes: 100,
+                    value_len: 1024,
+                },
                 runs,
             }
         } else {
@@ -106,6 +113,10 @@ impl Sizes {
                 },
                 group_size: 32,
                 locking: locking::Shape { agreements: 200 },
+                store: store::Shape {
+                    writes: 2_000,
+                    value_len: 1024,
+                },
                 runs,
             }
         }
@@ -248,6 +259,40 @@ fn run(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<()> {
             Ok(())
         })();
         attempt("locking", outcome);
+    }
+    if wanted(Scenario::Store) {
+        say(&format!(
+            "store, {} writes of {} bytes",
+            sizes.store.writes, sizes.store.value_len
+        ));
+        let outcome = (|| {
+            for r in 0..sizes.runs {
+                let run = store::run(&root.join(format!("store{r}")), &sizes.store, r)?;
+                say(&format!(
+                    "store, run {}: one write {:.2} ms (page file {:.2}, plain {:.2}), \
+                     open {:.1} ms (page file {:.1}, plain {:.1}), \
+                     scan {:.1} ms (page file {:.1}, plain {:.1}), \
+                     {} bytes (page file {}, plain {})",
+                    r + 1,
+                    run.store.write_ms,
+                    run.paged.write_ms,
+                    run.plain.write_ms,
+                    run.store.open_ms,
+                    run.paged.open_ms,
+                    run.plain.open_ms,
+                    run.store.scan_ms,
+                    run.paged.scan_ms,
+                    run.plain.scan_ms,
+                    run.store.bytes,
+                    run.paged.bytes,
+                    run.plain.bytes,
+                ));
+                report.store.push(run);
+            }
+            report.store_shape = Some((sizes.store.writes, sizes.store.value_len));
+            Ok(())
+        })();
+        attempt("store", outcome);
     }
 
     print!("{}", report.table());

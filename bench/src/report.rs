@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use hearthd::vault::KdfParams;
 
-use crate::scenario::{catchup, idle, locking};
+use crate::scenario::{catchup, idle, locking, store};
 use crate::stats::{median, ratio};
 
 pub struct Disk {
@@ -44,6 +44,10 @@ pub struct Report {
     pub locking_params: Option<KdfParams>,
     /// The locking scenario's data dir while locked, in bytes.
     pub locking_data_bytes: Option<u64>,
+    /// Per run: the store, redb on the page file, and plain redb.
+    pub store: Vec<store::Run>,
+    /// The store scenario's writes and the length of each value.
+    pub store_shape: Option<(usize, usize)>,
 }
 
 /// The medians of the locking runs.
@@ -55,6 +59,26 @@ struct LockingMedians {
     panic_answer: f64,
     panic_exit: f64,
     panic_bytes: f64,
+}
+
+/// One figure of a store's run.
+type Pick = dyn Fn(&store::Figures) -> f64;
+
+/// The medians of one figure of the store runs: the store, the page file alone, plain.
+struct Trio {
+    store: f64,
+    paged: f64,
+    plain: f64,
+}
+
+impl Trio {
+    fn json(&self) -> Value {
+        json!({
+            "store": self.store, "page_file": self.paged, "plain": self.plain,
+            "ratio": ratio(self.store, self.plain),
+            "page_file_ratio": ratio(self.paged, self.plain),
+        })
+    }
 }
 
 impl Report {
@@ -73,6 +97,8 @@ impl Report {
             locking: Vec::new(),
             locking_params: None,
             locking_data_bytes: None,
+            store: Vec::new(),
+            store_shape: None,
         }
     }
 
@@ -91,6 +117,20 @@ impl Report {
             panic_answer: pick(&|r| r.panic_answer_ms),
             panic_exit: pick(&|r| r.panic_exit_ms),
             panic_bytes: pick(&|r| r.panic_bytes as f64),
+        })
+    }
+
+    fn store_medians(&self, f: &Pick) -> Option<Trio> {
+        if self.store.is_empty() {
+            return None;
+        }
+        let pick = |which: &dyn Fn(&store::Run) -> &store::Figures| {
+            median(&self.store.iter().map(|r| f(which(r))).collect::<Vec<_>>())
+        };
+        Some(Trio {
+            store: pick(&|r| &r.store),
+            paged: pick(&|r| &r.paged),
+            plain: pick(&|r| &r.plain),
         })
     }
 
@@ -165,6 +205,17 @@ impl Report {
                 })),
             })
         });
+        let store = self.store_shape.map(|(writes, value_bytes)| {
+            let trio = |f: &Pick| self.store_medians(f).map(|t| t.json());
+            json!({
+                "writes": writes, "value_bytes": value_bytes,
+                "write_ms": trio(&|f| f.write_ms),
+                "writes_ms": trio(&|f| f.writes_ms),
+                "open_ms": trio(&|f| f.open_ms),
+                "scan_ms": trio(&|f| f.scan_ms),
+                "bytes": trio(&|f| f.bytes as f64),
+            })
+        });
         let join = self.join_medians();
         json!({
             "catchup": catchup,
@@ -177,6 +228,7 @@ impl Report {
             "rotation_group_sizes": self.rotation.iter().map(|r| r.0).collect::<Vec<_>>(),
             "write_ms_each": self.write_ms_each,
             "locking": locking,
+            "store": store,
             "quick": self.quick,
             "runs": self.runs,
         })
@@ -304,6 +356,39 @@ impl Report {
                 "< 1 s",
             );
         }
+        if let Some((writes, len)) = self.store_shape {
+            let show_ms: fn(f64) -> String = ms_fine;
+            let figures = [
+                ("store write", self.store_medians(&|f| f.write_ms), show_ms),
+                ("store open", self.store_medians(&|f| f.open_ms), show_ms),
+                ("store scan", self.store_medians(&|f| f.scan_ms), show_ms),
+                ("store bytes", self.store_medians(&|f| f.bytes as f64), kb),
+            ];
+            for (i, (name, t, show)) in figures.into_iter().enumerate() {
+                let Some(t) = t else {
+                    continue;
+                };
+                let note = if i == 0 {
+                    format!("(plain redb; {writes} writes of {len} bytes)")
+                } else {
+                    String::new()
+                };
+                row(
+                    name,
+                    show(t.store),
+                    show(t.plain),
+                    x(ratio(t.store, t.plain)),
+                    &note,
+                );
+                row(
+                    "  page file alone",
+                    show(t.paged),
+                    show(t.plain),
+                    x(ratio(t.paged, t.plain)),
+                    "",
+                );
+            }
+        }
         if self.quick {
             out.push_str("(--quick: small sizes, to check the harness; not comparable)\n");
         }
@@ -313,6 +398,11 @@ impl Report {
 
 fn ms(v: f64) -> String {
     format!("{v:.1} ms")
+}
+
+/// Milliseconds with two decimals, for figures of a few milliseconds.
+fn ms_fine(v: f64) -> String {
+    format!("{v:.2} ms")
 }
 
 fn kb(v: f64) -> String {

@@ -7,3 +7,4 @@ pub mod join;
 pub mod live;
 pub mod locking;
 pub mod rotation;
+pub mod store;
