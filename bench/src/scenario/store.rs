@@ -136,15 +136,15 @@ fn redb_builder() -> redb::Builder {
     builder
 }
 
-/// Opens a database as `Store::open` does: then compacts it and makes every table exist.
+/// Opens a database as `Store::open` does: then makes every table exist, then compacts it.
 fn open_like_the_store(open: &dyn Fn() -> Result<Database>) -> Result<Database> {
     let mut db = open()?;
-    while db.compact().context("compacting")? {}
     let txn = db.begin_write()?;
     for name in TABLES {
         txn.open_table(TableDefinition::<&[u8], &[u8]>::new(name))?;
     }
     txn.commit()?;
+    while db.compact().context("compacting")? {}
     Ok(db)
 }
 
