@@ -1,8 +1,9 @@
 //! `hearth-bench`: hearth's end-to-end benchmarks. Each scenario runs real hearthd
-//! processes on loopback and, in the same run, its baseline (automerge's own plaintext
-//! sync, save and load), several times; it prints medians and hearth/baseline ratios, and
-//! with `--json PATH` writes them as one JSON object. docs/performance.md explains each
-//! scenario and the figures.
+//! processes on loopback (the store scenario: hearthd's store, in this process) and, in the
+//! same run, its baseline (automerge's own plaintext sync, save and load; the passphrase's
+//! key derivation alone; redb on a plain file), several times; it prints medians and
+//! hearth/baseline ratios, and with `--json PATH` writes them as one JSON object.
+//! docs/performance.md explains each scenario and the figures.
 
 mod api;
 mod baseline;
@@ -21,7 +22,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::report::Report;
-use crate::scenario::{catchup, history, idle, join, live, rotation};
+use crate::scenario::{catchup, history, idle, join, live, locking, rotation, store};
 use crate::stats::{median, percentile};
 
 #[derive(Parser)]
@@ -64,6 +65,8 @@ enum Scenario {
     Disk,
     Idle,
     Rotation,
+    Locking,
+    Store,
 }
 
 /// The sizes of one run of the harness.
@@ -72,6 +75,8 @@ struct Sizes {
     edits: usize,
     idle: idle::Shape,
     group_size: usize,
+    locking: locking::Shape,
+    store: store::Shape,
     runs: usize,
 }
 
@@ -89,6 +94,11 @@ impl Sizes {
                     window: Duration::from_secs(1),
                 },
                 group_size: 4,
+                locking: locking::Shape { agreements: 20 },
+                store: store::Shape {
+                    writes: 100,
+                    value_len: 1024,
+                },
                 runs,
             }
         } else {
@@ -102,6 +112,11 @@ impl Sizes {
                     window: Duration::from_secs(10),
                 },
                 group_size: 32,
+                locking: locking::Shape { agreements: 200 },
+                store: store::Shape {
+                    writes: 2_000,
+                    value_len: 1024,
+                },
                 runs,
             }
         }
@@ -212,6 +227,72 @@ fn run(cli: &Cli, rt: &tokio::runtime::Runtime) -> Result<()> {
             Ok(())
         })();
         attempt("rotation", outcome);
+    }
+    if wanted(Scenario::Locking) {
+        say(&format!(
+            "locking, a daemon with {} agreements",
+            sizes.locking.agreements
+        ));
+        let outcome = (|| {
+            let dir = root.join("locking");
+            let mut fixture = locking::build(&dir, &sizes.locking, rt)?;
+            report.locking_params = Some(fixture.params);
+            report.locking_data_bytes = Some(fixture.data_bytes);
+            for r in 0..sizes.runs {
+                let run = fixture.run(&dir.join(format!("run{r}")), rt)?;
+                say(&format!(
+                    "locking, run {}: unlock {:.1} ms against Argon2id alone {:.1} ms \
+                     (wiping its memory {:.1} ms); lock {:.1} ms; panic answered in {:.1} ms, \
+                     exited in {:.1} ms, {} bytes destroyed",
+                    r + 1,
+                    run.unlock_ms,
+                    run.kdf_ms,
+                    run.wipe_ms,
+                    run.lock_ms,
+                    run.panic_answer_ms,
+                    run.panic_exit_ms,
+                    run.panic_bytes
+                ));
+                report.locking.push(run);
+            }
+            fixture.stop();
+            Ok(())
+        })();
+        attempt("locking", outcome);
+    }
+    if wanted(Scenario::Store) {
+        say(&format!(
+            "store, {} writes of {} bytes",
+            sizes.store.writes, sizes.store.value_len
+        ));
+        let outcome = (|| {
+            for r in 0..sizes.runs {
+                let run = store::run(&root.join(format!("store{r}")), &sizes.store, r)?;
+                say(&format!(
+                    "store, run {}: one write {:.2} ms (page file {:.2}, plain {:.2}), \
+                     open {:.1} ms (page file {:.1}, plain {:.1}), \
+                     scan {:.1} ms (page file {:.1}, plain {:.1}), \
+                     {} bytes (page file {}, plain {})",
+                    r + 1,
+                    run.store.write_ms,
+                    run.paged.write_ms,
+                    run.plain.write_ms,
+                    run.store.open_ms,
+                    run.paged.open_ms,
+                    run.plain.open_ms,
+                    run.store.scan_ms,
+                    run.paged.scan_ms,
+                    run.plain.scan_ms,
+                    run.store.bytes,
+                    run.paged.bytes,
+                    run.plain.bytes,
+                ));
+                report.store.push(run);
+            }
+            report.store_shape = Some((sizes.store.writes, sizes.store.value_len));
+            Ok(())
+        })();
+        attempt("store", outcome);
     }
 
     print!("{}", report.table());

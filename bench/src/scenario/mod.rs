@@ -5,4 +5,6 @@ pub mod history;
 pub mod idle;
 pub mod join;
 pub mod live;
+pub mod locking;
 pub mod rotation;
+pub mod store;
