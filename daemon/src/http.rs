@@ -161,8 +161,11 @@ async fn unlock(
     State(keeper): State<Arc<Keeper>>,
     Body(req): Body<api::Unlock>,
 ) -> Answer<api::Status> {
-    keeper.touch();
+    if keeper.auto_lock_due() {
+        let _ = keeper.lock().await;
+    }
     keeper.unlock(req.passphrase).await?;
+    keeper.touch();
     Ok(Json(keeper.status().await))
 }
 

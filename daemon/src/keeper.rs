@@ -302,7 +302,18 @@ impl Keeper {
         if let Some(r) = running.take() {
             self.stop(r).await;
         }
-        self.no_store_open()?;
+        // stop() waited 2 s for requests in flight to let go; give stragglers longer.
+        for _ in 0..100 {
+            if self.no_store_open().is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Err(e) = self.no_store_open() {
+            return Err(KeeperError::Internal(anyhow::anyhow!(
+                "{e}; nothing changed: restart hearthd"
+            )));
+        }
         let (vault, dir) = (self.vault.clone(), self.dir.clone());
         let rekeyed = self
             .blocking(move || {
@@ -392,25 +403,41 @@ impl Keeper {
 
     /// Destroys the keys, then the data, and asks the daemon to exit at once. Needs no
     /// passphrase and tells no peer anything.
-    pub async fn panic(&self) -> Result<(), KeeperError> {
-        self.panicked.store(true, Ordering::SeqCst);
-        drop(self.gate.write().unwrap_or_else(|p| p.into_inner()).take());
+    pub async fn panic(self: &Arc<Self>) -> Result<(), KeeperError> {
+        {
+            // Under the gate's lock, so no start racing this can open it again.
+            let mut gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
+            self.panicked.store(true, Ordering::SeqCst);
+            gate.take();
+        }
         // Open event streams end now (the process exits right after the answer anyway).
         if let Ok(running) = self.running.try_lock()
             && let Some(r) = running.as_ref()
         {
             r.stop.send_replace(true);
         }
-        let vault = self.vault.clone();
-        let dir = self.dir.path().to_owned();
-        let socket = self.config.socket.clone();
-        let destroyed =
-            tokio::task::spawn_blocking(move || destroy_everything(&vault, &dir, &socket))
-                .await
-                .map_err(|e| KeeperError::Internal(e.into()))
-                .and_then(|r| r);
-        self.exit.send_replace(true);
-        destroyed
+        // The destruction and the exit go on if the client goes away meanwhile.
+        let keeper = self.clone();
+        tokio::spawn(async move {
+            let (vault, dir, socket) = (
+                keeper.vault.clone(),
+                keeper.dir.path().to_owned(),
+                keeper.config.socket.clone(),
+            );
+            let destroyed =
+                tokio::task::spawn_blocking(move || destroy_everything(&vault, &dir, &socket))
+                    .await
+                    .map_err(|e| KeeperError::Internal(e.into()))
+                    .and_then(|r| r);
+            // Exit once nothing opens the data; while a key file is still there, stay
+            // (locked, refusing all but panic) so panic can be pressed again.
+            if !crate::vault::any_key_file(keeper.dir.path()) {
+                keeper.exit.send_replace(true);
+            }
+            destroyed
+        })
+        .await
+        .map_err(|e| KeeperError::Internal(e.into()))?
     }
 
     pub fn panicked(&self) -> bool {
@@ -571,19 +598,25 @@ impl Keeper {
         }
         let node = Arc::downgrade(&started.state.node);
         *self.last_node.lock().unwrap_or_else(|p| p.into_inner()) = node.clone();
-        if self.panicked() {
-            // A panic came while this was starting: open nothing to anyone.
-            drop(started);
-            let _ =
-                tokio::task::spawn_blocking(move || runtime.shutdown_timeout(SHUTDOWN_WAIT)).await;
-            return Err((None, KeeperError::Refused("hearthd is stopping".to_owned())));
-        }
+
         let gate = Gate {
             router: crate::http::router(started.state.clone()),
             state: started.state,
             handle: runtime.handle().clone(),
         };
-        *self.gate.write().unwrap_or_else(|p| p.into_inner()) = Some(gate);
+        {
+            let mut open = self.gate.write().unwrap_or_else(|p| p.into_inner());
+            if !self.panicked() {
+                *open = Some(gate);
+            }
+        }
+        if self.panicked() {
+            // A panic came while this was starting: open nothing to anyone.
+            drop(started.stop);
+            let _ =
+                tokio::task::spawn_blocking(move || runtime.shutdown_timeout(SHUTDOWN_WAIT)).await;
+            return Err((None, KeeperError::Refused("hearthd is stopping".to_owned())));
+        }
         self.touch();
         tracing::info!("unlocked");
         Ok(Running {
@@ -649,9 +682,17 @@ fn rekey(
     let internal = |e: store::StoreError| KeeperError::Internal(e.into());
     store::rekey(dir, old, new).map_err(internal)?;
     vault.stage(staged)?;
+    let mut replaced = None;
     vault
-        .install_staged(|| store::finish_rekey(dir.path()))
-        .map_err(internal)
+        .install_staged(|| {
+            replaced = store::finish_rekey(dir.path())?;
+            Ok::<(), store::StoreError>(())
+        })
+        .map_err(internal)?;
+    match replaced {
+        Some(old) => store::overwrite_old_store(old).map_err(internal),
+        None => Ok(()),
+    }
 }
 
 /// A duress unlock: a fresh key file for the duress passphrase, the real key destroyed,
@@ -678,12 +719,15 @@ fn destroy_everything(
 ) -> Result<(), KeeperError> {
     let keys = vault.destroy();
     let data = store::destroy_files(dir);
-    let _ = std::fs::remove_file(socket);
-    if let Some(parent) = socket.parent() {
-        let _ = std::fs::remove_dir(parent);
+    // The way to press panic again stays while a key file does.
+    if !crate::vault::any_key_file(dir) {
+        let _ = std::fs::remove_file(dir.join(store::LOCK_FILE));
+        let _ = std::fs::remove_dir(dir);
+        let _ = std::fs::remove_file(socket);
+        if let Some(parent) = socket.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
-    let _ = std::fs::remove_file(dir.join(store::LOCK_FILE));
-    let _ = std::fs::remove_dir(dir);
     keys.map_err(|e| KeeperError::Internal(e.into()))?;
     data.map_err(|e| KeeperError::Internal(e.into()))
 }

@@ -685,10 +685,11 @@ fn page_key(key: &StorageKey, file_secret: &[u8; 32]) -> Zeroizing<[u8; 32]> {
     out
 }
 
-/// Every key the store derives from the storage key and holds while open: for tests that
-/// look for keys where none may be (a locked daemon's memory).
-pub fn derived_keys(key: &StorageKey) -> Vec<Zeroizing<[u8; 32]>> {
-    [
+/// Every key the store derives from the storage key, and the page key of the store file
+/// in `dir` (which mixes in the file's own secret): for tests that look for keys where none
+/// may be (a locked daemon's memory).
+pub fn derived_keys(key: &StorageKey, dir: &Path) -> Vec<Zeroizing<[u8; 32]>> {
+    let mut keys: Vec<_> = [
         VALUE_KEY_INFO,
         ALIAS_KEY_INFO,
         PAGE_KEY_INFO,
@@ -696,7 +697,15 @@ pub fn derived_keys(key: &StorageKey) -> Vec<Zeroizing<[u8; 32]>> {
     ]
     .iter()
     .map(|label| derive(key.expose(), label))
-    .collect()
+    .collect();
+    if let Ok(file) = std::fs::read(dir.join(STORE_FILE))
+        && let Some(secret) = file
+            .get(FILE_SECRET_SLOT * 32..FILE_SECRET_SLOT * 32 + 32)
+            .and_then(|s| <[u8; 32]>::try_from(s).ok())
+    {
+        keys.push(page_key(key, &secret));
+    }
+    keys
 }
 
 /// The cipher of values: HKDF label "hearth v1 storage value key".
@@ -863,14 +872,28 @@ pub fn rekey(
 
 /// The second step: the old store is destroyed (its key slots, the file's own secret
 /// among them, so none of its pages opens under any key), and the copy takes its place.
-pub fn finish_rekey(dir: &Path) -> Result<(), StoreError> {
+///
+/// Returns the old file, still open: overwrite it with [`overwrite_old_store`] once the
+/// new key file is installed (outside the key file's lock, so a panic need not wait for
+/// it), so its pages are gone too, not only unreadable (an earlier copy of the directory
+/// holds the old file secret and key).
+pub fn finish_rekey(dir: &Path) -> Result<Option<File>, StoreError> {
     let path = dir.join(STORE_FILE);
+    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    let old = OpenOptions::new().write(true).open(&path).ok();
     destroy_store_file(&path)?;
     std::fs::rename(dir.join(REKEY_FILE), &path).map_err(io(format!(
         "moving the re-keyed store into place as {}",
         path.display()
     )))?;
-    fsync_dir(dir)
+    fsync_dir(dir)?;
+    Ok(old)
+}
+
+/// Overwrites every byte of a store file [`finish_rekey`] replaced, through the handle it
+/// kept, and syncs; then the file is gone.
+pub fn overwrite_old_store(old: File) -> Result<(), StoreError> {
+    overwrite_handle(&old).map_err(io("overwriting the replaced store"))
 }
 
 /// Finishes, at start, what a crash interrupted: a duress unlock (the store is destroyed,
@@ -883,12 +906,18 @@ pub fn recover(dir: &Path, vault: &Vault) -> Result<(), StoreError> {
             destroy_files(dir)?;
             vault.finish_fresh()?;
         }
-        crate::vault::Pending::Staged => vault.install_staged(|| {
-            if dir.join(REKEY_FILE).exists() {
-                finish_rekey(dir)?;
+        crate::vault::Pending::Staged => {
+            let mut old = None;
+            vault.install_staged(|| {
+                if dir.join(REKEY_FILE).exists() {
+                    old = finish_rekey(dir)?;
+                }
+                Ok::<(), StoreError>(())
+            })?;
+            if let Some(old) = old {
+                overwrite_old_store(old)?;
             }
-            Ok::<(), StoreError>(())
-        })?,
+        }
         crate::vault::Pending::None => {
             if dir.join(REKEY_FILE).exists() {
                 destroy_store_file(&dir.join(REKEY_FILE))?;
@@ -907,24 +936,27 @@ pub fn exists(dir: &Path) -> bool {
 /// them: no page of it opens afterwards, under any key), syncs, and removes it. A missing
 /// file is fine.
 fn destroy_store_file(path: &Path) -> Result<(), StoreError> {
-    let ctx = || format!("destroying {}", path.display());
-    match PageFile::wipe_slots(path) {
-        Ok(()) => {}
+    // Writable first, should someone have made it read-only; removed whatever the wipe did.
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    let wiped = match PageFile::wipe_slots(path) {
+        Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(StoreError::Io {
-                context: ctx(),
-                source: e,
-            });
-        }
-    }
-    remove_if_there(path)
+        Err(e) => Err(StoreError::Io {
+            context: format!("destroying {}", path.display()),
+            source: e,
+        }),
+    };
+    let removed = remove_if_there(path);
+    wiped.and(removed)
 }
 
 /// Overwrites every byte of a file with random bytes, in place, and syncs.
 fn overwrite_whole(path: &Path) -> std::io::Result<()> {
+    overwrite_handle(&OpenOptions::new().write(true).open(path)?)
+}
+
+fn overwrite_handle(file: &File) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let file = OpenOptions::new().write(true).open(path)?;
     let len = file.metadata()?.len();
     let mut chunk = vec![0u8; 1 << 20];
     let mut at = 0;

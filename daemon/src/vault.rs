@@ -493,6 +493,9 @@ impl Vault {
         let to = self.path(KEY_FILE);
         // The new file's name is durable before the old key is overwritten.
         fsync_dir(&self.dir)?;
+        // Writable, should someone have made it read-only: a re-key destroys the old store
+        // before this, so failing here would leave the key file naming a store that is gone.
+        let _ = std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600));
         destroy_contents(&to)?;
         std::fs::rename(from, &to).map_err(io(format!(
             "replacing {} with {}",

@@ -81,7 +81,7 @@ fn key_material(dir: &Path, passphrase: &str) -> Vec<Vec<u8>> {
     };
     let mut out = vec![key.expose().to_vec()];
     out.extend(
-        hearthd::store::derived_keys(&key)
+        hearthd::store::derived_keys(&key, dir)
             .iter()
             .map(|k| k.to_vec()),
     );
