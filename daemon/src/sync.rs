@@ -115,6 +115,7 @@ pub async fn run(
     let mut push = tokio::spawn(push_loop(
         node.clone(),
         groups.clone(),
+        view,
         link.clone(),
         writer,
     ));
@@ -338,6 +339,7 @@ where
 async fn push_loop<W>(
     node: Arc<Node>,
     groups: Shared,
+    view: u64,
     link: Link,
     mut writer: W,
 ) -> anyhow::Result<()>
@@ -347,6 +349,11 @@ where
     let mut changed = node.subscribe();
     let mut groups_changed = node.subscribe_groups();
     let mut widened = node.subscribe_widened();
+    // This device's groups changed during the handshake (a join just finished): the
+    // notice came before the subscription above, so restart now to cover them.
+    if node.view_version() != view {
+        return Ok(());
+    }
     // The peer's standing per group as last announced to it (by `Have` or `HaveOwn`).
     let mut told: HashMap<GroupId, Standing> = HashMap::new();
     loop {
