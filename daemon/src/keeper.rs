@@ -275,19 +275,17 @@ impl Keeper {
         current: Option<Passphrase>,
         new: Passphrase,
     ) -> Result<(), KeeperError> {
+        if let Some(current) = current {
+            return self
+                .with_current_passphrase(move |vault| vault.change(&current, &new))
+                .await;
+        }
         let mut running = self.running.lock().await;
         self.not_destroyed()?;
         if running.is_none() {
             return Err(KeeperError::Locked);
         }
         let vault = self.vault.clone();
-        if let Some(current) = current {
-            self.may_try()?;
-            let done = self
-                .blocking(move || Ok(vault.change(&current, &new)?))
-                .await;
-            return self.count_try(done);
-        }
         let new_key = StorageKey::random();
         // The slow part (Argon2id) first, while the daemon keeps serving.
         let (old_key, staged, new_key) = self
@@ -370,15 +368,8 @@ impl Keeper {
 
     /// Takes the passphrase (and any duress passphrase) away.
     pub async fn remove_passphrase(&self, current: Passphrase) -> Result<(), KeeperError> {
-        let running = self.running.lock().await;
-        self.not_destroyed()?;
-        if running.is_none() {
-            return Err(KeeperError::Locked);
-        }
-        self.may_try()?;
-        let vault = self.vault.clone();
-        let done = self.blocking(move || Ok(vault.unprotect(&current)?)).await;
-        self.count_try(done)?;
+        self.with_current_passphrase(move |vault| vault.unprotect(&current))
+            .await?;
         self.protected.store(false, Ordering::SeqCst);
         Ok(())
     }
@@ -388,6 +379,17 @@ impl Keeper {
         current: Passphrase,
         duress: Passphrase,
     ) -> Result<(), KeeperError> {
+        self.with_current_passphrase(move |vault| vault.add_duress(&current, &duress))
+            .await
+    }
+
+    /// Runs a change of the key file that the current passphrase authorises: only while
+    /// unlocked and not destroyed, and counted against the wrong-passphrase slowdown as an
+    /// unlock is.
+    async fn with_current_passphrase(
+        &self,
+        change: impl FnOnce(&Vault) -> Result<(), VaultError> + Send + 'static,
+    ) -> Result<(), KeeperError> {
         let running = self.running.lock().await;
         self.not_destroyed()?;
         if running.is_none() {
@@ -395,9 +397,7 @@ impl Keeper {
         }
         self.may_try()?;
         let vault = self.vault.clone();
-        let done = self
-            .blocking(move || Ok(vault.add_duress(&current, &duress)?))
-            .await;
+        let done = self.blocking(move || Ok(change(&vault)?)).await;
         self.count_try(done)
     }
 

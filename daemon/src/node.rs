@@ -245,14 +245,8 @@ impl Node {
         self.purge_invites()?;
         let now = now_unix();
         let mut out = Vec::new();
-        for (key, raw) in self.store.scan(Table::Invites, &[])? {
-            if key.starts_with(b"code") {
-                continue;
-            }
-            let Ok(record) = postcard::from_bytes::<records::InviteRecord>(&raw) else {
-                continue;
-            };
-            if record.group_id != *group || record.expires_at <= now {
+        for (_, record) in self.stored_tokens(group)? {
+            if record.expires_at <= now {
                 continue;
             }
             out.push(api::OpenInvite {
@@ -276,6 +270,24 @@ impl Node {
         })
     }
 
+    /// The invite tokens of `group` in the store (expired ones included), with their keys.
+    fn stored_tokens(
+        &self,
+        group: &GroupId,
+    ) -> Result<Vec<(Vec<u8>, records::InviteRecord)>, NodeError> {
+        let mut out = Vec::new();
+        for (key, raw) in self.store.scan(Table::Invites, &[])? {
+            if key.starts_with(b"code") {
+                continue;
+            }
+            match postcard::from_bytes::<records::InviteRecord>(&raw) {
+                Ok(record) if record.group_id == *group => out.push((key, record)),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
     fn group_name(&self, group: &GroupId) -> Result<String, NodeError> {
         self.with_slot(group, |s| Ok(s.group.name()))
     }
@@ -293,7 +305,8 @@ impl Node {
         let now = now_unix();
         let not_found = || {
             NodeError::InviteNotFound(format!(
-                "no open invite {id:?} in this group (it may have been used, withdrawn or                  have expired)"
+                "no open invite {id:?} in this group (it may have been used, withdrawn or have \
+                 expired); `hearth invite list` shows the open ones"
             ))
         };
         if let Ok(channel) = id.parse::<u16>()
@@ -317,38 +330,17 @@ impl Node {
             });
         }
         let _groups = self.lock();
-        let mut matches = Vec::new();
-        for (key, raw) in self.store.scan(Table::Invites, &[])? {
-            if key.starts_with(b"code") {
-                continue;
-            }
-            let Ok(record) = postcard::from_bytes::<records::InviteRecord>(&raw) else {
-                continue;
-            };
-            if record.group_id == *group
-                && hearth_protocol::invite::invite_handle(&record.secret) == id
-            {
-                matches.push(key);
-            }
-        }
+        let matches: Vec<Vec<u8>> = self
+            .stored_tokens(group)?
+            .into_iter()
+            .filter(|(_, record)| hearth_protocol::invite::invite_handle(&record.secret) == id)
+            .map(|(key, _)| key)
+            .collect();
         match matches.as_slice() {
             [] => Err(not_found()),
-            [key] => {
-                self.store.write(vec![WriteOp::Delete {
-                    table: Table::Invites,
-                    key: key.clone(),
-                }])?;
-                drop(_groups);
-                Ok(api::InviteWithdrawn {
-                    group_id: group.to_hex(),
-                    group_name: self.group_name(group)?,
-                    id,
-                    kind: api::InviteKind::Token,
-                })
-            }
-            _ => {
-                // Two open tokens whose 32-bit handles collide: withdraw both, say so.
-                let ops = matches
+            // Usually one; two open tokens whose 32-bit handles collide are both withdrawn.
+            keys => {
+                let ops = keys
                     .iter()
                     .map(|key| WriteOp::Delete {
                         table: Table::Invites,
