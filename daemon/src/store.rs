@@ -72,7 +72,7 @@ pub enum Table {
 }
 
 impl Table {
-    const ALL: [Table; 7] = [
+    pub const ALL: [Table; 7] = [
         Table::Meta,
         Table::Groups,
         Table::Envelopes,
@@ -83,7 +83,7 @@ impl Table {
     ];
 
     /// The redb table name; also part of every value's associated data, so never rename one.
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Table::Meta => "meta",
             Table::Groups => "groups",

@@ -25,16 +25,6 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 
 use crate::stats::median;
 
-/// The store's tables, all created as hearthd creates them; values go to `envelopes`.
-const TABLES: [&str; 7] = [
-    "meta",
-    "groups",
-    "envelopes",
-    "epoch_keys",
-    "invites",
-    "peers",
-    "verified",
-];
 const VALUES: TableDefinition<'static, &'static [u8], &'static [u8]> =
     TableDefinition::new("envelopes");
 
@@ -140,8 +130,8 @@ fn redb_builder() -> redb::Builder {
 fn open_like_the_store(open: &dyn Fn() -> Result<Database>) -> Result<Database> {
     let mut db = open()?;
     let txn = db.begin_write()?;
-    for name in TABLES {
-        txn.open_table(TableDefinition::<&[u8], &[u8]>::new(name))?;
+    for table in Table::ALL {
+        txn.open_table(TableDefinition::<&[u8], &[u8]>::new(table.name()))?;
     }
     txn.commit()?;
     while db.compact().context("compacting")? {}
