@@ -306,7 +306,7 @@ impl Node {
         let not_found = || {
             NodeError::InviteNotFound(format!(
                 "no open invite {id:?} in this group (it may have been used, withdrawn or have \
-                 expired); `hearth invite list` shows the open ones"
+                 expired); `hearth invite list GROUP` shows the open ones"
             ))
         };
         if let Ok(channel) = id.parse::<u16>()
